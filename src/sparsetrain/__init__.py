@@ -1,3 +1,21 @@
-"""sparsetrain: sparse neural network training and lottery-ticket science on PyTorch."""
+"""sparsetrain: sparse neural network training and lottery-ticket science on PyTorch.
+
+Two lines in a plain PyTorch loop::
+
+    sparsifier = sparsetrain.GraNet(model, optimizer, sparsity=0.9, total_steps=T)
+    ...
+    loss.backward(); optimizer.step(); sparsifier.step(); optimizer.zero_grad()
+"""
+
+from .masks import SparsityReport, select_prunable
+from .methods import GMP, SET, SNFS, GraNet, RigL, Static
+from .sparsifier import Sparsifier
 
 __version__ = "0.1.0"
+
+METHODS: dict[str, type[Sparsifier]] = {
+    cls.method: cls for cls in (GraNet, GMP, RigL, SET, SNFS, Static)
+}
+
+__all__ = ["GraNet", "GMP", "RigL", "SET", "SNFS", "Static", "Sparsifier", "SparsityReport", "select_prunable",
+           "METHODS", "__version__"]

@@ -1,0 +1,266 @@
+"""Which tensors are prunable, their bool masks, and the sparsity report measured from the weights.
+
+Masks are plain ``dict[str, torch.BoolTensor]`` keyed by the parameter's fully-qualified name (as in
+``model.named_parameters()``), each on its parameter's device. Nothing is attached to the model: parameter
+names never change and ``deepcopy`` / pickling / ``state_dict`` keep working. Tied parameters appear once
+(``named_parameters`` de-duplicates them), so they are masked once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .distributions import allocate
+from .topk import topk_mask
+
+__all__ = [
+    "PRUNABLE_MODULES",
+    "select_prunable",
+    "resolve_overrides",
+    "random_masks",
+    "apply_masks",
+    "SparsityReport",
+    "LayerSparsity",
+    "sparsity_report",
+]
+
+#: Module types whose >=2-D weights are pruned by default; norm layers and biases stay dense.
+PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Embedding,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+)
+_RNN_WEIGHT = re.compile(r"weight_(ih|hh)_l\d+(_reverse)?$")
+
+
+def _default_prunable(module: nn.Module, local_name: str, param: nn.Parameter) -> bool:
+    if param.dim() < 2 or not isinstance(module, PRUNABLE_MODULES):
+        return False
+    if isinstance(module, nn.RNNBase):
+        return bool(_RNN_WEIGHT.match(local_name))
+    if isinstance(module, nn.MultiheadAttention):
+        return local_name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+    return local_name == "weight"
+
+
+def _owner_names(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Fully-qualified parameter name -> (owning module, local name), first occurrence of tied params only."""
+    owners: dict[str, tuple[nn.Module, str]] = {}
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for local_name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            full = f"{module_name}.{local_name}" if module_name else local_name
+            owners[full] = (module, local_name)
+    return owners
+
+
+def _matches(pattern: str, name: str) -> bool:
+    return pattern == name or re.fullmatch(pattern, name) is not None
+
+
+def _as_patterns(value: str | Iterable[str] | None, arg: str) -> list[str]:
+    if value is None:
+        return []
+    patterns = [value] if isinstance(value, str) else list(value)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"{arg} must hold parameter names or regexes (str), got {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"{arg}: {pattern!r} is not a valid regex ({err})") from None
+    return patterns
+
+
+def select_prunable(
+    model: nn.Module,
+    *,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+) -> dict[str, nn.Parameter]:
+    """The parameters to sparsify, by fully-qualified name, in model order.
+
+    By default: every weight with >= 2 dims of Linear, Conv1d/2d/3d (grouped and depthwise too), ConvTranspose,
+    Embedding, MultiheadAttention (``in_proj_weight``; ``out_proj`` is a Linear) and RNN/LSTM/GRU
+    (``weight_ih_l*``, ``weight_hh_l*``). Biases and norm layers stay dense.
+
+    Args:
+        model: the model.
+        include: names or regexes (full match) of parameters to sparsify *instead of* the default selection;
+            any parameter with >= 2 dims may be named.
+        exclude: names or regexes removed from the selection.
+
+    Raises:
+        ValueError: a pattern matches no parameter, or nothing is left to prune.
+    """
+    owners = _owner_names(model)
+    params = dict(model.named_parameters())
+    include_patterns = _as_patterns(include, "include")
+    exclude_patterns = _as_patterns(exclude, "exclude")
+    for arg, patterns in (("include", include_patterns), ("exclude", exclude_patterns)):
+        for pattern in patterns:
+            if not any(_matches(pattern, name) for name in params):
+                raise ValueError(f"{arg}: {pattern!r} matches no parameter of the model; "
+                                 f"parameters are e.g. {', '.join(list(params)[:6])}")
+    if include_patterns:
+        chosen = {n: p for n, p in params.items() if any(_matches(pat, n) for pat in include_patterns)}
+        for name, param in chosen.items():
+            if param.dim() < 2:
+                raise ValueError(f"include: {name!r} has shape {tuple(param.shape)}; only tensors with >= 2 dims "
+                                 "can be sparsified")
+    else:
+        chosen = {n: params[n] for n, (module, local) in owners.items() if _default_prunable(module, local, params[n])}
+    chosen = {n: p for n, p in chosen.items() if not any(_matches(pat, n) for pat in exclude_patterns)}
+    if not chosen:
+        raise ValueError("the model has nothing to prune: no Linear/Conv/Embedding/attention/RNN weight with >= 2 "
+                         "dims was selected (use include=... to name parameters)")
+    return chosen
+
+
+def resolve_overrides(
+    names: Sequence[str],
+    overrides: Mapping[str, float] | None,
+    *,
+    dense_first: bool = False,
+    dense_last: bool = False,
+) -> dict[str, float]:
+    """Per-tensor pinned sparsities from name/regex overrides and the dense first/last switches.
+
+    Raises:
+        ValueError: an override pattern matches no selected tensor, or a sparsity is outside [0, 1).
+    """
+    fixed: dict[str, float] = {}
+    for pattern, value in (overrides or {}).items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+            raise ValueError(f"sparsity_overrides[{pattern!r}]={value!r}: a sparsity must be a number in [0, 1)")
+        hits = [n for n in names if _matches(pattern, n)]
+        if not hits:
+            raise ValueError(f"sparsity_overrides: {pattern!r} matches no sparsified parameter; "
+                             f"they are {', '.join(names)}")
+        fixed.update({n: float(value) for n in hits})
+    if dense_first:
+        fixed[names[0]] = 0.0
+    if dense_last:
+        fixed[names[-1]] = 0.0
+    return fixed
+
+
+def random_masks(
+    params: Mapping[str, Tensor],
+    sparsity: float,
+    distribution: str,
+    generator: torch.Generator,
+    *,
+    fixed: Mapping[str, float] | None = None,
+) -> dict[str, Tensor]:
+    """Random masks with exact per-tensor counts from ``distribution``.
+
+    Scores are drawn on the CPU from ``generator`` (so every device and every rank draws the same mask) and
+    the mask is moved to the parameter's device. "global" draws ``k`` positions uniformly over all tensors
+    together, so each tensor's density is uniform in expectation.
+    """
+    shapes = {n: tuple(p.shape) for n, p in params.items()}
+    if distribution == "global":
+        free = [n for n in shapes if n not in (fixed or {})]
+        total_free = sum(math.prod(shapes[n]) for n in free)
+        pinned = {n: round((1 - s) * math.prod(shapes[n])) for n, s in (fixed or {}).items()}
+        budget = round((1 - sparsity) * sum(math.prod(s) for s in shapes.values())) - sum(pinned.values())
+        scores = torch.rand(total_free, generator=generator)
+        keep = topk_mask(scores, min(max(budget, 0), total_free))
+        counts = dict(pinned)
+        for name, part in zip(free, torch.split(keep, [math.prod(shapes[n]) for n in free]), strict=True):
+            counts[name] = int(part.sum())
+    else:
+        counts = allocate(shapes, sparsity, distribution, fixed=fixed)
+    masks = {}
+    for name, param in params.items():
+        scores = torch.rand(shapes[name], generator=generator)
+        masks[name] = topk_mask(scores, counts[name]).to(param.device)
+    return masks
+
+
+@torch.no_grad()
+def apply_masks(params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
+    """Zero every parameter outside its mask, in place (one fused call over all tensors)."""
+    names = list(masks)
+    torch._foreach_mul_([params[n] for n in names], [masks[n] for n in names])
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One tensor's row of a :class:`SparsityReport`."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    nonzeros: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzeros / self.numel if self.numel else 0.0
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Per-tensor shape, nonzeros and sparsity measured from the weights; ``str()`` is a table."""
+
+    layers: list[LayerSparsity] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+    @property
+    def nonzeros(self) -> int:
+        return sum(layer.nonzeros for layer in self.layers)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzeros / self.numel if self.numel else 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-able form: per-layer rows and the totals."""
+        return {
+            "layers": [
+                {"name": l.name, "shape": list(l.shape), "numel": l.numel, "nonzeros": l.nonzeros,
+                 "sparsity": l.sparsity}
+                for l in self.layers
+            ],
+            "numel": self.numel,
+            "nonzeros": self.nonzeros,
+            "sparsity": self.sparsity,
+        }
+
+    def __str__(self) -> str:
+        rows = [(l.name, "x".join(map(str, l.shape)), f"{l.numel:,}", f"{l.nonzeros:,}", f"{l.sparsity:.4f}")
+                for l in self.layers]
+        rows.append(("total", "", f"{self.numel:,}", f"{self.nonzeros:,}", f"{self.sparsity:.4f}"))
+        header = ("tensor", "shape", "numel", "nonzeros", "sparsity")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        line = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+@torch.no_grad()
+def sparsity_report(params: Mapping[str, Tensor]) -> SparsityReport:
+    """Measure each tensor's nonzeros from its values."""
+    return SparsityReport([
+        LayerSparsity(name, tuple(p.shape), p.numel(), int(torch.count_nonzero(p)))
+        for name, p in params.items()
+    ])

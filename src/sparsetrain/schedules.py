@@ -1,0 +1,80 @@
+"""Schedules: pure functions of the optimizer step.
+
+Every schedule answers one of two questions for a step ``t`` (the number of optimizer steps taken so far):
+"is ``t`` an update step?" and "what value (sparsity, drop fraction) holds at ``t``?". They hold no state, so
+resuming a run is a matter of restoring ``t``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["cubic_sparsity", "cosine_decay", "UpdateCadence", "resolve_step"]
+
+
+def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int) -> float:
+    """Zhu & Gupta (2017) gradual pruning schedule.
+
+    ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t_f - t0)) ** 3`` for ``t0 <= t <= t_f``; ``s_i`` before ``t0``
+    and ``s_f`` after ``t_f``. Callers evaluate it on the update grid (see :class:`UpdateCadence`).
+
+    Args:
+        step: the step ``t``.
+        initial: ``s_i``; final: ``s_f``; start: ``t0``; end: ``t_f`` (``end > start``, or ``end == start``
+            for a one-shot schedule).
+    """
+    if step <= start:
+        return initial if step < start or end > start else final
+    if step >= end:
+        return final
+    progress = (step - start) / (end - start)
+    return final + (initial - final) * (1.0 - progress) ** 3
+
+
+def cosine_decay(step: int, initial: float, final: float, total: int) -> float:
+    """Cosine decay from ``initial`` at step 0 to ``final`` at ``total`` (constant afterwards).
+
+    RigL's drop fraction is ``f(t) = alpha/2 * (1 + cos(pi * t / T_end))``, i.e. ``initial = alpha`` and
+    ``final = 0``; GraNet's official code decays 0.5 to 0.005 over the whole run.
+    """
+    if total <= 0 or step >= total:
+        return final
+    return final + (initial - final) * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+@dataclass(frozen=True)
+class UpdateCadence:
+    """Every ``every`` steps after ``start`` up to and including ``end`` (and ``end`` itself if ``include_end``).
+
+    Update steps are ``start + k * every`` for ``k >= 1`` with the step ``<= end``. With ``include_end`` the
+    step ``end`` is an update step even when it is off the grid, so a pruning schedule reaches its final
+    sparsity exactly at ``end``.
+    """
+
+    every: int
+    start: int = 0
+    end: int | None = None
+    include_end: bool = False
+
+    def __call__(self, step: int) -> bool:
+        if step <= self.start:
+            return False
+        if self.end is not None and step > self.end:
+            return False
+        on_grid = (step - self.start) % self.every == 0
+        return on_grid or (self.include_end and step == self.end)
+
+
+def resolve_step(value: int | float, total_steps: int, name: str) -> int:
+    """A point in training given as an int (steps) or a float in [0, 1] (fraction of ``total_steps``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be an int (steps) or a float in [0, 1] (fraction of total_steps), "
+                        f"got {value!r}")
+    if isinstance(value, float):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}={value!r}: a float must be a fraction of total_steps in [0, 1]")
+        return int(round(value * total_steps))
+    if not 0 <= value <= total_steps:
+        raise ValueError(f"{name}={value!r}: an int must be a step in [0, total_steps={total_steps}]")
+    return value

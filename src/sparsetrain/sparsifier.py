@@ -1,0 +1,340 @@
+"""The sparsifier base: the optimizer-like contract every method shares.
+
+A method is constructed on a model and its optimizer, and ``step()`` is called once per optimizer step, right
+after ``optimizer.step()``::
+
+    sparsifier = sparsetrain.GraNet(model, optimizer, sparsity=0.9, total_steps=T)
+    ...
+    loss.backward(); optimizer.step(); sparsifier.step(); optimizer.zero_grad()
+
+How pruned weights stay exactly zero cheaply: an optimizer *step pre-hook* zeroes the gradients of inactive
+weights before the optimizer runs. With a zero weight, a zero gradient and zero optimizer state, every
+``torch.optim`` update (momentum, Nesterov, coupled or decoupled weight decay, Adam moments) leaves the weight at
+zero, so on ordinary steps the weights and the state need no masking at all. On a topology-update step the
+gradients are left dense (RigL and GraNet grow by the dense gradient), and after the update the weights and the
+optimizer state are masked in full. ``mask_gradients=False`` selects the plain path instead: weights and state
+are masked after every step, as the official GraNet code does; both give identical weights.
+
+Steps are counted in optimizer steps: the sparsifier counts ``optimizer.step()`` calls with a post-hook, so a
+step that ``GradScaler`` skips (non-finite gradients) is not counted and changes nothing. A topology update
+whose gradients are not finite is skipped too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .distributions import allocate, check_distribution
+from .masks import SparsityReport, apply_masks, random_masks, resolve_overrides, select_prunable, sparsity_report
+from .optim_state import mask_optimizer_state, zero_optimizer_state
+
+__all__ = ["Sparsifier", "check_choice", "check_fraction", "check_sparsity", "check_positive_int"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+def check_sparsity(name: str, value: Any) -> float:
+    """A sparsity must be a real number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r} is not allowed: a sparsity must be a number in [0, 1)")
+    return float(value)
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """A drop fraction must be a real number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name}={value!r} is not allowed: a fraction must be a number in (0, 1]")
+    return float(value)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Step counts must be positive integers."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}={value!r} is not allowed: it must be a positive int")
+    if value <= 0:
+        raise ValueError(f"{name}={value!r} is not allowed: it must be a positive int (> 0)")
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+class Sparsifier:
+    """Base of every method: masks, step counting, masking of weights and optimizer state, state dict.
+
+    Subclasses set ``method`` and override :meth:`initial_masks`, :meth:`is_update_step` and :meth:`update`.
+
+    Args:
+        model: any ``nn.Module``.
+        optimizer: its optimizer (any ``torch.optim.Optimizer``), or None to mask weights only.
+        sparsity: final target sparsity in [0, 1).
+        total_steps: number of optimizer steps in the run (> 0); schedules are fractions of it.
+        distribution: layer-wise allocation, one of "uniform", "er", "erk", "global".
+        update_every: ΔT, optimizer steps between topology updates.
+        include / exclude: parameter names or regexes (full match) to sparsify instead of / remove from the
+            default selection (see :func:`sparsetrain.masks.select_prunable`).
+        sparsity_overrides: name or regex -> sparsity pinned for those tensors.
+        dense_first / dense_last: keep the first / last sparsified tensor dense.
+        seed: seeds the sparsifier's own CPU generator (random masks, random growth).
+        mask_gradients: the fast path (see module docstring); False masks weights and state every step.
+    """
+
+    method: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        sparsity: float,
+        total_steps: int,
+        distribution: str = "erk",
+        update_every: int = 100,
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        sparsity_overrides: Mapping[str, float] | None = None,
+        dense_first: bool = False,
+        dense_last: bool = False,
+        seed: int = 0,
+        mask_gradients: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        self.sparsity = check_sparsity("sparsity", sparsity)
+        self.total_steps = check_positive_int("total_steps", total_steps)
+        self.distribution = check_distribution(distribution)
+        self.update_every = check_positive_int("update_every", update_every)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed={seed!r} is not allowed: it must be an int")
+        self.model = model
+        self.optimizer = optimizer
+        self.params: dict[str, nn.Parameter] = select_prunable(model, include=include, exclude=exclude)
+        self.fixed = resolve_overrides(
+            list(self.params), sparsity_overrides, dense_first=dense_first, dense_last=dense_last
+        )
+        self.mask_gradients = bool(mask_gradients)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.config: dict[str, Any] = {
+            "sparsity": self.sparsity, "total_steps": self.total_steps, "distribution": self.distribution,
+            "update_every": self.update_every, "include": include, "exclude": exclude,
+            "sparsity_overrides": dict(sparsity_overrides or {}), "dense_first": dense_first,
+            "dense_last": dense_last, "seed": seed, "mask_gradients": self.mask_gradients,
+        }
+        self.step_count = 0
+        self._optimizer_steps = 0
+        self._hooks: list[Any] = []
+        self.masks: dict[str, Tensor] = {}
+        self.ever_active: dict[str, Tensor] = {}
+
+    # -- set-up, called by subclasses at the end of their __init__ -------------------------------------------------
+    def _start(self) -> None:
+        """Draw the initial masks, zero the pruned weights and state, and hook the optimizer."""
+        self.masks = self.initial_masks()
+        self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}
+        self.apply_masks()
+        if self.optimizer is not None:
+            self._hooks = [
+                self.optimizer.register_step_pre_hook(self._before_optimizer_step),
+                self.optimizer.register_step_post_hook(self._after_optimizer_step),
+            ]
+        logger.info("%s: %d tensors sparsified, sparsity %.4f at step 0", type(self).__name__, len(self.masks),
+                    self.current_sparsity())
+
+    # -- what subclasses define -----------------------------------------------------------------------------------
+    def initial_masks(self) -> dict[str, Tensor]:
+        """Masks at step 0. Default: all dense."""
+        return {name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()}
+
+    def is_update_step(self, step: int) -> bool:
+        """Whether the topology changes after optimizer step ``step`` (1-based). Default: never."""
+        return False
+
+    def update(self, step: int) -> dict[str, Tensor]:
+        """Change ``self.masks`` in place for step ``step``; return positions whose weights and state restart at 0."""
+        return {}
+
+    # -- shared helpers for subclasses ----------------------------------------------------------------------------
+    def random_masks(self, sparsity: float, distribution: str) -> dict[str, Tensor]:
+        """Random masks with exact counts (see :func:`sparsetrain.masks.random_masks`)."""
+        return random_masks(self.params, sparsity, distribution, self.generator, fixed=self.fixed)
+
+    def allocation(self, sparsity: float, distribution: str | None = None) -> dict[str, int]:
+        """Nonzeros per tensor at ``sparsity`` under a static distribution (overrides pinned)."""
+        shapes = {name: tuple(p.shape) for name, p in self.params.items()}
+        return allocate(shapes, sparsity, distribution or self.distribution, fixed=self.fixed)
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self.mask_gradients or self.is_update_step(self._optimizer_steps + 1):
+            return
+        names = [n for n in self.masks if self.params[n].grad is not None]
+        if names:
+            torch._foreach_mul_([self.params[n].grad for n in names], [self.masks[n] for n in names])
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._optimizer_steps += 1
+
+    def step(self) -> bool:
+        """Advance one optimizer step; update the topology on update steps. Call after ``optimizer.step()``.
+
+        Returns:
+            True if the topology changed at this step.
+        """
+        if self.optimizer is not None:
+            if self._optimizer_steps == self.step_count:
+                logger.debug("optimizer.step() did not run since the last call (skipped step): nothing to do")
+                return False
+            self.step_count = self._optimizer_steps
+        else:
+            self.step_count += 1
+        changed = False
+        update_step = self.is_update_step(self.step_count)
+        if update_step:
+            if self._gradients_finite():
+                reset = self.update(self.step_count)
+                self._reset_positions(reset)
+                for name, mask in self.masks.items():
+                    self.ever_active[name] |= mask
+                changed = True
+            else:
+                logger.warning("step %d: non-finite gradients, topology update skipped", self.step_count)
+        if update_step or not self.mask_gradients or self.optimizer is None:
+            self.apply_masks()
+        return changed
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.params.values() if p.grad is not None]
+        if not grads:
+            return True
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    @torch.no_grad()
+    def _reset_positions(self, reset: Mapping[str, Tensor]) -> None:
+        for name, where in reset.items():
+            self.params[name].masked_fill_(where, 0.0)
+        zero_optimizer_state(self.optimizer, self.params, reset)
+
+    def apply_masks(self) -> None:
+        """Zero the weights and the optimizer state outside the masks."""
+        apply_masks(self.params, self.masks)
+        mask_optimizer_state(self.optimizer, self.params, self.masks)
+
+    # -- inspection -----------------------------------------------------------------------------------------------
+    def current_sparsity(self) -> float:
+        """Sparsity of the masks over all sparsified tensors."""
+        total = sum(m.numel() for m in self.masks.values())
+        return 1.0 - sum(int(torch.count_nonzero(m)) for m in self.masks.values()) / total
+
+    def itop_rate(self) -> float:
+        """In-time over-parameterization rate: fraction of sparsified weights ever active so far."""
+        total = sum(m.numel() for m in self.ever_active.values())
+        return sum(int(torch.count_nonzero(m)) for m in self.ever_active.values()) / total
+
+    def report(self) -> SparsityReport:
+        """Per-tensor shape, nonzeros and sparsity measured from the weights."""
+        return sparsity_report(self.params)
+
+    # -- persistence ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Masks, step, generator state and config: everything needed for an exact resume."""
+        return {
+            "version": _STATE_VERSION,
+            "method": self.method,
+            "config": self._portable_config(),
+            "step": self.step_count,
+            "masks": {n: m.detach().cpu().clone() for n, m in self.masks.items()},
+            "ever_active": {n: m.detach().cpu().clone() for n, m in self.ever_active.items()},
+            "generator": self.generator.get_state(),
+            "extra": self._extra_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`.
+
+        Raises:
+            ValueError: the state belongs to another method, or its tensor names or shapes do not fit.
+        """
+        if not isinstance(state, Mapping) or "masks" not in state or "method" not in state:
+            raise ValueError("not a sparsetrain sparsifier state (expected keys 'method', 'masks', 'step', ...)")
+        if state["method"] != self.method:
+            raise ValueError(f"the state is for method {state['method']!r}, this sparsifier is {self.method!r}")
+        names, theirs = set(self.params), set(state["masks"])
+        if names != theirs:
+            missing, unexpected = sorted(names - theirs), sorted(theirs - names)
+            raise ValueError(f"the state's masks do not fit the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        for name, mask in state["masks"].items():
+            if tuple(mask.shape) != tuple(self.params[name].shape):
+                raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, the parameter has "
+                                 f"{tuple(self.params[name].shape)}")
+        for key in ("sparsity", "total_steps"):
+            if key in state.get("config", {}) and state["config"][key] != self.config[key]:
+                logger.warning("loaded state has %s=%r, this sparsifier has %r", key, state["config"][key],
+                               self.config[key])
+        self.masks = {n: state["masks"][n].to(device=self.params[n].device, dtype=torch.bool) for n in self.params}
+        self.ever_active = {
+            n: state.get("ever_active", state["masks"])[n].to(device=self.params[n].device, dtype=torch.bool)
+            for n in self.params
+        }
+        self.step_count = self._optimizer_steps = int(state["step"])
+        self.generator.set_state(state["generator"])
+        self._load_extra_state(state.get("extra", {}))
+        self.apply_masks()
+
+    def _portable_config(self) -> dict[str, Any]:
+        def portable(value: Any) -> Any:
+            if isinstance(value, (list, tuple)):
+                return [portable(v) for v in value]
+            if isinstance(value, dict):
+                return {str(k): portable(v) for k, v in value.items()}
+            return value
+        return portable(self.config)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, extra: Mapping[str, Any]) -> None:
+        return None
+
+    # -- leaving ------------------------------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Detach the optimizer hooks; the model and optimizer go on as plain PyTorch objects."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    def export(self) -> nn.Module:
+        """Bake the masks into the weights, detach from the optimizer, and return the plain model."""
+        self.apply_masks()
+        self.remove()
+        return self.model
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(sparsity={self.sparsity}, total_steps={self.total_steps}, "
+                f"distribution={self.distribution!r}, update_every={self.update_every}, step={self.step_count}, "
+                f"tensors={len(self.params)})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_hooks"] = []
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator = torch.Generator()
+        generator.set_state(state["generator"])
+        state["generator"] = generator
+        self.__dict__.update(state)
