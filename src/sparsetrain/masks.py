@@ -197,7 +197,10 @@ def random_masks(
 
 @torch.no_grad()
 def apply_masks(params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
-    """Zero every parameter outside its mask, in place (one fused call over all tensors)."""
+    """Zero every parameter outside its mask, in place (one fused call over all tensors).
+
+    ``masks`` may be bool or already in the parameters' dtype (faster).
+    """
     names = list(masks)
     torch._foreach_mul_([params[n] for n in names], [masks[n] for n in names])
 

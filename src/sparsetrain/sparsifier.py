@@ -138,6 +138,10 @@ class Sparsifier:
         self._hooks: list[Any] = []
         self.masks: dict[str, Tensor] = {}
         self.ever_active: dict[str, Tensor] = {}
+        # The masks in each parameter's dtype: multiplying by a float tensor is about twice as fast as by a bool
+        # one, and this runs on every step. Rebuilt whenever the masks change.
+        self._multipliers: dict[str, Tensor] = {}
+        self._multiplier_sources: dict[str, Tensor] = {}
 
     # -- set-up, called by subclasses at the end of their __init__ -------------------------------------------------
     def _start(self) -> None:
@@ -182,7 +186,8 @@ class Sparsifier:
             return
         names = [n for n in self.masks if self.params[n].grad is not None]
         if names:
-            torch._foreach_mul_([self.params[n].grad for n in names], [self.masks[n] for n in names])
+            multipliers = self._current_multipliers()
+            torch._foreach_mul_([self.params[n].grad for n in names], [multipliers[n] for n in names])
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._optimizer_steps += 1
@@ -212,7 +217,7 @@ class Sparsifier:
             else:
                 logger.warning("step %d: non-finite gradients, topology update skipped", self.step_count)
         if update_step or not self.mask_gradients or self.optimizer is None:
-            self.apply_masks()
+            self.apply_masks(refresh=update_step)
         return changed
 
     def _gradients_finite(self) -> bool:
@@ -227,10 +232,24 @@ class Sparsifier:
             self.params[name].masked_fill_(where, 0.0)
         zero_optimizer_state(self.optimizer, self.params, reset)
 
-    def apply_masks(self) -> None:
-        """Zero the weights and the optimizer state outside the masks."""
-        apply_masks(self.params, self.masks)
-        mask_optimizer_state(self.optimizer, self.params, self.masks)
+    def _current_multipliers(self, refresh: bool = False) -> dict[str, Tensor]:
+        """The masks in their parameters' dtypes, rebuilt when asked or when a mask tensor was replaced."""
+        sources = self._multiplier_sources
+        if refresh or sources.keys() != self.masks.keys() or any(sources[n] is not m for n, m in self.masks.items()):
+            self._multipliers = {n: m.to(self.params[n].dtype) for n, m in self.masks.items()}
+            self._multiplier_sources = dict(self.masks)
+        return self._multipliers
+
+    def apply_masks(self, refresh: bool = True) -> None:
+        """Zero the weights and the optimizer state outside the masks.
+
+        Args:
+            refresh: rebuild the cached multipliers from ``self.masks`` first (needed after editing a mask in
+                place; the per-step plain path skips it).
+        """
+        multipliers = self._current_multipliers(refresh)
+        apply_masks(self.params, multipliers)
+        mask_optimizer_state(self.optimizer, self.params, multipliers)
 
     # -- inspection -----------------------------------------------------------------------------------------------
     def current_sparsity(self) -> float:
