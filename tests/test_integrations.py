@@ -68,7 +68,7 @@ def _lightning_run(root: Path, method: str, max_epochs: int, ckpt_path: Path | N
 
     x, y = _data()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=False)
-    callback = SparsifierCallback(method, log_metrics=False, **METHOD_OPTIONS[method])
+    callback = SparsifierCallback(method, **METHOD_OPTIONS[method])
     checkpoints = pl.callbacks.ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_epochs=1,
                                                filename="{epoch}-{step}")
     trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, accumulate_grad_batches=ACCUMULATE,
@@ -90,6 +90,8 @@ def test_lightning_callback_counts_optimizer_steps_and_resumes(tmp_path: Path, m
     assert trainer.global_step == 24 == sparsifier.step_count
     assert sparsifier.total_steps == 24  # trainer.estimated_stepping_batches: optimizer steps, not batches
     _assert_exact(sparsifier)
+    logged = trainer.callback_metrics["sparsetrain/sparsity"]  # logged at the last topology update
+    assert float(logged) == pytest.approx(sparsifier.current_sparsity(), abs=1e-6)
 
     # The callback's state is inside Lightning's checkpoint, and loads weights-only.
     first = tmp_path / "a" / "epoch=0-step=8.ckpt"
