@@ -181,7 +181,26 @@ class Sparsifier:
         return allocate(shapes, sparsity, distribution or self.distribution, fixed=self.fixed)
 
     # -- the loop -----------------------------------------------------------------------------------------------
-    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        # torch passes ``args`` with the optimizer itself first; a positional closure comes next.
+        first = 1 if args and args[0] is optimizer else 0
+        closure = kwargs.get("closure", args[first] if len(args) > first else None)
+        if closure is None:
+            self._prepare_gradients()
+            return None
+
+        # With a closure (Lightning, LBFGS) the gradients only exist once the closure has run inside step().
+        def closure_then_prepare() -> Any:
+            loss = closure()
+            self._prepare_gradients()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_prepare}
+        return (*args[:first], closure_then_prepare, *args[first + 1:]), kwargs
+
+    def _prepare_gradients(self) -> None:
+        """Runs once this step's gradients exist, before the optimizer reads them: mask inactive gradients."""
         if not self.mask_gradients or self.is_update_step(self._optimizer_steps + 1):
             return
         names = [n for n in self.masks if self.params[n].grad is not None]
