@@ -7,7 +7,8 @@ Two lines in a plain PyTorch loop::
     loss.backward(); optimizer.step(); sparsifier.step(); optimizer.zero_grad()
 """
 
-from . import analysis
+from . import analysis, distributed
+from .checkpoint_io import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
 from .data import DataError, DatasetBundle, get_dataset, list_datasets
 from .masks import SparsityReport, select_prunable
 from .methods import GMP, SET, SNFS, GraNet, RigL, Static
@@ -22,4 +23,5 @@ METHODS: dict[str, type[Sparsifier]] = {
 
 __all__ = ["GraNet", "GMP", "RigL", "SET", "SNFS", "Static", "Sparsifier", "SparsityReport", "select_prunable",
            "METHODS", "analysis", "get_dataset", "list_datasets", "DatasetBundle", "DataError", "build_model",
-           "list_models", "__version__"]
+           "list_models", "distributed", "CheckpointError", "UnsafeCheckpointError", "load_checkpoint",
+           "save_checkpoint", "__version__"]
