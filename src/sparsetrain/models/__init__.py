@@ -1,0 +1,11 @@
+"""The model zoo, registered by name: `build_model(name, input_shape, num_classes, ...)`.
+
+Names: "mlp", "lenet300", "lenet5", "conv2", "conv4", "conv6", "cnn1d", "resnet20", "resnet32",
+"resnet56", "vgg16", "vgg19", "resnet18", "resnet50", "gpt". Importing a model module registers it; all
+are imported here. No torchvision.
+"""
+
+from sparsetrain.models import cnn1d, conv, gpt, lenet, mlp, resnet, resnet_cifar, vgg  # noqa: F401  (register)
+from sparsetrain.models.registry import build_model, list_models, model_options, register_model
+
+__all__ = ["build_model", "list_models", "model_options", "register_model"]
