@@ -1,0 +1,453 @@
+"""The ``sparsetrain`` command line: ``train``, ``report`` and ``plot``.
+
+``sparsetrain train`` with no arguments trains GraNet at 90% sparsity on MNIST-1D and the dense baseline with
+the same recipe, and prints both accuracies. Every config field has a flag (``--help`` lists them with their
+defaults); a YAML file (``--config``) and dotted overrides (``--set sparse.sparsity=0.95``) cover the rest.
+Precedence: defaults < ``--config`` < flags < ``--set``.
+
+The CLI owns the terminal: a tqdm progress bar and per-epoch lines on stderr, results on stdout. A bad option
+or config value exits with status 2 and one line, ``sparsetrain: error: <field>=<value> is not allowed ...``;
+Ctrl-C or SIGTERM writes a checkpoint and exits with 130 / 143, and rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from sparsetrain import __version__
+
+__all__ = ["main", "build_parser"]
+
+PROG = "sparsetrain"
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see {self.prog} --help)")
+
+
+def _fmt_default(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "[]"
+    if isinstance(value, dict):
+        return "{}" if not value else ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+# -- train ------------------------------------------------------------------------------------------------------
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, grouped by section; every flag defaults to "not given" (None)."""
+    import typing
+
+    from sparsetrain.experiment.config import SECTIONS, iter_fields
+
+    groups = {s: parser.add_argument_group(f"{s} (config section '{s}')", SECTIONS[s].__doc__) for s in SECTIONS}
+    for info in iter_fields():
+        group = groups[info.section]
+        help_text = f"{info.help} (default: {_fmt_default(info.default)})"
+        dest = f"cfg:{info.path}"
+        origin = typing.get_origin(info.type)
+        if info.type is bool:
+            group.add_argument(info.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        elif origin is dict:
+            group.add_argument(info.flag, dest=dest, action="append", default=None, metavar="KEY=VALUE",
+                               help=f"{info.help}; repeatable, values are YAML (default: none)")
+        elif origin is list:
+            group.add_argument(info.flag, dest=dest, nargs="+", default=None, metavar="X", help=help_text)
+        else:
+            try:
+                choices = info.allowed()
+            except ImportError:
+                choices = None
+            metavar = "{" + ",".join(choices) + "}" if choices else info.name.upper()
+            group.add_argument(info.flag, dest=dest, default=None, metavar=metavar, help=help_text)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train", help="train runs (and the dense baseline); resume interrupted ones; skip finished ones",
+        description="Train one run per seed in <runs-dir>/<method>-<hash>/seed_<n>/ (hash of the non-default "
+                    "config fields). With no arguments: GraNet at 90%% sparsity on MNIST-1D, plus the dense "
+                    "baseline with the same recipe. A finished run is skipped; an interrupted one resumes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", metavar="FILE", default=None,
+                     help="YAML config file with sections data/model/optim/sparse/train (default: none)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="dotted override applied after the flags, repeatable, e.g. --set sparse.sparsity=0.95 "
+                          "or --set sparse.options.drop_fraction=0.3 (default: none)")
+    run.add_argument("--runs-dir", default="runs", help="where runs are written (default: runs)")
+    run.add_argument("--seeds", nargs="+", type=str, default=None, metavar="N",
+                     help="train one run per seed (default: train.seed)")
+    run.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                     help="also train (or reuse) the dense baseline with the same recipe (default: true)")
+    run.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                     help="resume interrupted runs (the default anyway); with a run directory "
+                          "(runs/<name>/seed_<n>), continue that run from its own config.yaml (default: off)")
+    run.add_argument("--restart", action="store_true",
+                     help="discard an interrupted run's checkpoint and train it from scratch (default: false)")
+    run.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                     help="write each run's PNG plots when it finishes (default: true)")
+    run.add_argument("--print-config", action="store_true",
+                     help="print the resolved config as YAML and exit (default: false)")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bar or per-epoch lines on stderr (default: shown)")
+    run.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
+    _add_config_flags(parser)
+    parser.set_defaults(func=_cmd_train)
+
+
+def _resolve_config(args: argparse.Namespace) -> Any:
+    """defaults < --config file (or --resume RUN_DIR's config.yaml) < flags < --set."""
+    from sparsetrain.experiment.config import ConfigError, ExperimentConfig, _safe_yaml, iter_fields, parse_text
+
+    if isinstance(args.resume, str):
+        from sparsetrain.experiment.rundir import RunDir
+
+        if args.config:
+            raise CliError("--resume RUN_DIR and --config cannot be combined: the run's own config.yaml is used")
+        config = RunDir(Path(args.resume)).read_config()
+    elif args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise CliError(f"--config={args.config!r}: no such file")
+        config = ExperimentConfig.from_yaml(path.read_text(), str(path))
+    else:
+        config = ExperimentConfig()
+
+    overrides: dict[str, Any] = {}
+    for info in iter_fields():
+        given = getattr(args, f"cfg:{info.path}")
+        if given is None:
+            continue
+        try:
+            if isinstance(given, bool):
+                overrides[info.path] = given
+            elif isinstance(given, list) and info.name == "options":
+                for item in given:
+                    key, sep, text = item.partition("=")
+                    if not sep or not key:
+                        raise ConfigError(f"{info.flag}={item!r} is not allowed: expected KEY=VALUE")
+                    overrides[f"{info.path}.{key.strip()}"] = _safe_yaml(f"{info.path}.{key}", text)
+            elif isinstance(given, list):
+                overrides[info.path] = parse_text(info.path, " ".join(given))
+            else:
+                overrides[info.path] = parse_text(info.path, given)
+        except ConfigError as exc:
+            raise ConfigError(f"argument {info.flag}: {exc}") from None
+    config = config.with_overrides(overrides)
+
+    sets: dict[str, Any] = {}
+    for item in args.overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not allowed: expected KEY=VALUE, e.g. sparse.sparsity=0.95")
+        parts = key.split(".")
+        if len(parts) == 3 and parts[1] == "options":
+            sets[key] = _safe_yaml(key, text)
+        else:
+            sets[key] = parse_text(key, text)
+        config = config.with_overrides({key: sets[key]})
+    return config
+
+
+def _seeds(args: argparse.Namespace, default: int) -> list[int]:
+    if args.seeds is None:
+        return [default]
+    seeds = []
+    for text in args.seeds:
+        try:
+            seed = int(text)
+        except ValueError:
+            raise CliError(f"argument --seeds: {text!r} is not allowed: expected ints >= 0") from None
+        if seed < 0:
+            raise CliError(f"argument --seeds: {seed} is not allowed: expected ints >= 0")
+        seeds.append(seed)
+    return list(dict.fromkeys(seeds))
+
+
+class _Progress:
+    """tqdm progress bar on stderr with loss, accuracy, sparsity; one line per epoch."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self._last = 0.0
+
+    def on_start(self, trainer: Any) -> None:
+        if trainer.resumed_from is not None:
+            _note(f"{trainer.run.name}: resuming an interrupted run at step {trainer.step} "
+                  f"(epoch {trainer.epoch} of {trainer.config.train.epochs} complete)")
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc=trainer.run.name, unit="step",
+                        file=sys.stderr, dynamic_ncols=True, mininterval=0.25, leave=False)
+
+    def on_step(self, trainer: Any) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self._last >= 0.25:
+            self._last = now
+            values = trainer.running()
+            self.bar.set_postfix(loss=_num(values["loss"]), acc=_num(values["acc"]),
+                                 sparsity=_num(values["sparsity"]), refresh=False)
+
+    def on_epoch(self, trainer: Any, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        line = (f"{trainer.run.name} epoch {record['epoch']}/{trainer.config.train.epochs} step {record['step']}: "
+                f"train loss {_num(record['train_loss'])} acc {_num(record['train_acc'])} | "
+                f"val acc {_num(record['val_acc'])} | test acc {_num(record['test_acc'])} | "
+                f"sparsity {_num(record['sparsity'])} | lr {record['lr']:.3g}")
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
+    def on_end(self, trainer: Any, summary: dict[str, Any]) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _note(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _trainer(config: Any, args: argparse.Namespace, runs_dir: Path) -> tuple[Any, _Progress]:
+    """A Trainer with a progress display; built (validated) now unless its run has finished."""
+    from sparsetrain.experiment import Trainer, TrainerCallback
+
+    progress = _Progress(args.progress)
+
+    class Callback(TrainerCallback):
+        on_start = staticmethod(progress.on_start)
+        on_step = staticmethod(progress.on_step)
+        on_epoch = staticmethod(progress.on_epoch)
+        on_end = staticmethod(progress.on_end)
+
+    trainer = Trainer(config, runs_dir, callback=Callback(), plots=args.plots)
+    if trainer.status() != "finished":
+        trainer.prepare()  # configuration errors surface here, before anything is trained or written
+    return trainer, progress
+
+
+def _train_one(trainer: Any, progress: _Progress, args: argparse.Namespace) -> dict[str, Any]:
+    status = trainer.status()
+    if status == "finished":
+        extra = f"; --restart does not retrain finished runs (delete {trainer.run.path} to retrain)" \
+            if args.restart else ""
+        _note(f"{trainer.run.name}: already finished ({trainer.run.path}); skipping{extra}")
+        return trainer.run.read_summary() or {}
+    if status == "new" or not trainer.run.checkpoint_file.exists():
+        _note(f"{trainer.run.name}: training {trainer.config.sparse.method} ({trainer.total_steps} steps) in "
+              f"{trainer.run.path}")
+    elif args.restart:
+        _note(f"{trainer.run.name}: --restart: discarding the checkpoint, training from scratch")
+    try:
+        return trainer.fit(restart=args.restart)
+    finally:
+        progress.close()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sparsetrain.experiment import RunDir, TrainingInterrupted
+    from sparsetrain.experiment.config import DENSE
+
+    base = _resolve_config(args)
+    if args.print_config:
+        print(base.canonical().to_yaml(), end="")
+        return 0
+    if args.resume is not None and args.restart:
+        raise CliError("--resume and --restart cannot be combined")
+    runs_dir = Path(args.runs_dir)
+    if isinstance(args.resume, str):
+        run_path = Path(args.resume).resolve()
+        runs_dir = run_path.parent.parent
+        if RunDir.for_config(runs_dir, base).path != run_path:
+            raise CliError(f"--resume {args.resume}: the options given change the run's identity; "
+                           "only paths, device, threads and workers may change on resume")
+    seeds = _seeds(args, base.train.seed)
+    with_baseline = args.baseline and base.sparse.method != DENSE and not isinstance(args.resume, str)
+    results: list[dict[str, Any]] = []
+    try:
+        for seed in seeds:
+            config = base.with_overrides({"train.seed": seed})
+            main_run = _trainer(config, args, runs_dir)  # validate the run before training its baseline
+            if with_baseline:
+                results.append(_train_one(*_trainer(config.dense_baseline(), args, runs_dir), args))
+            results.append(_train_one(*main_run, args))
+    except TrainingInterrupted as exc:
+        _note(f"interrupted by {exc.signal_name} at step {exc.step} ({exc.epoch} epochs complete); checkpoint "
+              f"written to {exc.checkpoint}. Run the same command again to resume.")
+        return exc.exit_code
+    _print_results(results, runs_dir)
+    return 0
+
+
+def _print_results(results: Sequence[dict[str, Any]], runs_dir: Path) -> None:
+    print(f"results (test accuracy; runs in {runs_dir}/):")
+    dense = {r.get("seed"): r for r in results if r.get("method") == "dense"}
+    for r in results:
+        line = (f"  {r['method']:<8} sparsity {_num(r.get('sparsity'))} (target {r.get('target_sparsity', 0):.2f})"
+                f"  final {_num(r.get('final_acc'))}  best {_num(r.get('best_acc'))}  {r['wall_time']:.1f}s  {r['run']}")
+        print(line)
+    for r in results:
+        if r.get("method") == "dense":
+            continue
+        ref = dense.get(r.get("seed")) or {}
+        ref_acc = ref.get("final_acc", (r.get("dense") or {}).get("final_acc"))
+        if ref_acc is not None and r.get("final_acc") is not None:
+            print(f"{r['method']} at {r['target_sparsity']:.0%} sparsity: {r['final_acc']:.4f} vs dense "
+                  f"{ref_acc:.4f} ({r['final_acc'] - ref_acc:+.4f}), seed {r.get('seed')}")
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    from sparsetrain.experiment.report import COLUMNS, FORMATS
+
+    parser = sub.add_parser(
+        "report", help="print a table of finished runs",
+        description="A table of the finished runs under --runs-dir. Columns: "
+                    + "; ".join(f"{k}: {d}" for k, d in COLUMNS) + ".")
+    parser.add_argument("--runs-dir", default="runs", help="the runs directory (default: runs)")
+    parser.add_argument("--format", default="table", choices=FORMATS,
+                        help="table (aligned text), markdown or csv (default: table)")
+    parser.add_argument("--aggregate", action="store_true",
+                        help="one row per experiment, mean (± std) over seeds (default: one row per run)")
+    parser.add_argument("--output", metavar="FILE", default=None,
+                        help="also write the table to FILE (default: stdout only)")
+    parser.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sparsetrain.experiment.report import aggregate_rows, collect_rows, format_rows
+
+    runs_dir = Path(args.runs_dir)
+    if not runs_dir.is_dir():
+        raise CliError(f"--runs-dir={args.runs_dir!r}: no such directory")
+    rows = collect_rows(runs_dir)
+    if not rows:
+        _note(f"no finished runs under {runs_dir}/")
+        return 0
+    if args.aggregate:
+        rows = aggregate_rows(rows)
+    text = format_rows(rows, args.format)
+    print(text, end="" if text.endswith("\n") else "\n")
+    if args.output:
+        Path(args.output).write_text(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+# -- plot -------------------------------------------------------------------------------------------------------
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "plot", help="write PNG plots of the runs",
+        description="Writes accuracy_vs_sparsity.png (across runs, dense baseline as a dashed line) into --out, "
+                    "and curves.png, density.png and layers.png into every finished run's directory.")
+    parser.add_argument("--runs-dir", default="runs", help="the runs directory (default: runs)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where accuracy_vs_sparsity.png goes (default: the runs directory)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar (default: shown)")
+    parser.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from sparsetrain.experiment.plots import plot_accuracy_vs_sparsity, plot_run
+    from sparsetrain.experiment.rundir import find_runs
+
+    runs_dir = Path(args.runs_dir)
+    if not runs_dir.is_dir():
+        raise CliError(f"--runs-dir={args.runs_dir!r}: no such directory")
+    runs = list(find_runs(runs_dir))
+    if not runs:
+        _note(f"no finished runs under {runs_dir}/: nothing to plot")
+        return 0
+    summaries = []
+    written = []
+    for run in tqdm(runs, desc="plots", unit="run", file=sys.stderr, disable=not args.progress, leave=False):
+        summary = run.read_summary()
+        if summary is None:
+            continue
+        summaries.append(summary)
+        written += plot_run(run, summary=summary)
+    out = Path(args.out) if args.out else runs_dir
+    written.append(plot_accuracy_vs_sparsity(summaries, out / "accuracy_vs_sparsity.png"))
+    for path in written:
+        print(path)
+    return 0
+
+
+# -- entry point ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its three commands."""
+    parser = _Parser(prog=PROG, description="Sparse neural network training (GraNet, RigL, SET, GMP, ...) and "
+                                            "lottery-ticket science on PyTorch.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,report,plot}", parser_class=_Parser)
+    _add_train(sub)
+    _add_report(sub)
+    _add_plot(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad option/config, 130/143 interrupted).
+
+    Args:
+        argv: arguments (default: ``sys.argv[1:]``).
+    """
+    from sparsetrain.experiment.config import ConfigError
+
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            command = f"{PROG} {args.command}" if args.command else PROG
+            raise CliError(f"unrecognized arguments: {' '.join(extra)} (see {command} --help)")
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                            format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
+        return int(args.func(args))
+    except (CliError, ConfigError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,49 @@
+"""Experiments: typed configs, run directories, the trainer with exact resume, metrics, reports and plots.
+
+The command line (:mod:`sparsetrain.cli`) is a thin layer over this package::
+
+    from sparsetrain.experiment import ExperimentConfig, Trainer
+
+    config = ExperimentConfig().with_overrides({"sparse.method": "rigl", "sparse.sparsity": 0.95})
+    summary = Trainer(config, "runs").fit()   # trains, resumes an interrupted run, or skips a finished one
+"""
+
+from .checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
+from .config import (
+    SECTIONS,
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    OptimConfig,
+    SparseConfig,
+    TrainConfig,
+)
+from .report import aggregate_rows, collect_rows, format_rows
+from .rundir import RunDir, find_runs
+from .signals import TrainingInterrupted
+from .trainer import Trainer, TrainerCallback, dense_reference
+
+__all__ = [
+    "SECTIONS",
+    "ConfigError",
+    "DataConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SparseConfig",
+    "TrainConfig",
+    "RunDir",
+    "find_runs",
+    "Trainer",
+    "TrainerCallback",
+    "TrainingInterrupted",
+    "dense_reference",
+    "atomic_save",
+    "capture_rng",
+    "load_checkpoint",
+    "restore_rng",
+    "collect_rows",
+    "aggregate_rows",
+    "format_rows",
+]

@@ -1,0 +1,533 @@
+"""The experiment configuration: typed dataclasses with help text, strict validation, overrides and a hash.
+
+An experiment is five sections (``data``, ``model``, ``optim``, ``sparse``, ``train``), each a dataclass whose
+fields carry their help text, command-line flag and allowed values in ``dataclasses.field`` metadata (the
+OpenLTH style: the config *is* the documentation of the command line). A config is built from defaults, then a
+YAML file, then dotted overrides (``sparse.sparsity=0.95``); every value is checked on the way in, and a bad
+one raises :class:`ConfigError` naming the field, the value and what is allowed.
+
+A run directory is named by :meth:`ExperimentConfig.run_name`: the method and a short hash of the fields that
+differ from their defaults, leaving out fields that cannot change the result (seed, paths, device, threads), so
+adding an option with a default later never renames old runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SparseConfig",
+    "TrainConfig",
+    "ExperimentConfig",
+    "SECTIONS",
+    "FieldInfo",
+    "iter_fields",
+    "parse_text",
+]
+
+DENSE = "dense"
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "multistep", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DISTRIBUTIONS = ("uniform", "er", "erk", "global")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message is one line naming the field, the value and what is allowed."""
+
+
+def _methods() -> tuple[str, ...]:
+    import sparsetrain
+
+    return (DENSE, *sparsetrain.METHODS)
+
+
+def _datasets() -> tuple[str, ...]:
+    from sparsetrain.data import list_datasets
+
+    return tuple(list_datasets())
+
+
+def _models() -> tuple[str, ...]:
+    from sparsetrain.models import list_models
+
+    return tuple(list_models())
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
+    check: tuple[Callable[[Any], bool], str] | None = None,
+    hashed: bool = True,
+) -> Any:
+    """A config field with its help text and command-line metadata.
+
+    Args:
+        default: the default value (lists and dicts are copied per instance).
+        help: one sentence for ``--help``.
+        flag: the command-line flag (default ``--`` + the field name with dashes).
+        choices: allowed values of a string field (or a function returning them, for registries).
+        check: ``(predicate, description)``: a value is allowed when ``predicate(value)`` is true.
+        hashed: whether the field is part of the run's identity (False for paths, devices, seeds...).
+
+    Returns:
+        A ``dataclasses.field``.
+    """
+    metadata = {"help": help, "flag": flag, "choices": choices, "check": check, "hashed": hashed}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _nonneg(v: float) -> bool:
+    return v >= 0
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+@dataclass
+class DataConfig:
+    """The dataset and its split (``sparsetrain.data.get_dataset``)."""
+
+    name: str = option("mnist1d", "dataset name", flag="--data", choices=_datasets)
+    seed: int = option(0, "seed of the train/val split (kept apart from train.seed: every run sees the same data)",
+                       flag="--data-seed", check=(_nonneg, "an int >= 0"))
+    val_fraction: float = option(0.1, "share of the training set held out for validation",
+                                 check=(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"))
+    data_dir: str | None = option(None, "directory with the files of file-based datasets (cifar10, mnist, ...)",
+                                  hashed=False)
+    cache_dir: str | None = option(None, "cache of generated datasets (default $SPARSETRAIN_CACHE or "
+                                   "~/.cache/sparsetrain)", hashed=False)
+    options: dict[str, Any] = option({}, "dataset-specific options (sparsetrain.data.dataset_options)",
+                                     flag="--data-option")
+
+
+@dataclass
+class ModelConfig:
+    """The network (``sparsetrain.models.build_model``)."""
+
+    name: str = option("cnn1d", "model name", flag="--model", choices=_models)
+    options: dict[str, Any] = option({}, "model-specific options (sparsetrain.models.model_options)",
+                                     flag="--model-option")
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer and its learning-rate schedule (counted in optimizer steps)."""
+
+    name: str = option("sgd", "optimizer", flag="--optimizer", choices=OPTIMIZERS)
+    lr: float = option(0.05, "peak learning rate", check=(_positive, "a number > 0"))
+    momentum: float = option(0.9, "SGD momentum", check=(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"))
+    nesterov: bool = option(True, "Nesterov momentum (SGD)")
+    weight_decay: float = option(5e-4, "weight decay (coupled for sgd/adam, decoupled for adamw)",
+                                 check=(_nonneg, "a number >= 0"))
+    betas: list[float] = option([0.9, 0.999], "Adam/AdamW betas",
+                                check=(lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v),
+                                       "two numbers in [0, 1)"))
+    lr_schedule: str = option("cosine", "learning-rate schedule after warm-up", choices=LR_SCHEDULES)
+    milestones: list[float] = option([0.5, 0.75], "multistep: fractions of the run where the lr is multiplied "
+                                     "by gamma", check=(lambda v: all(0.0 < m < 1.0 for m in v) and v == sorted(v),
+                                                        "increasing numbers in (0, 1)"))
+    gamma: float = option(0.1, "multistep: lr factor at each milestone", check=(_positive, "a number > 0"))
+    warmup_epochs: float = option(0.0, "linear warm-up from 0 over this many epochs", check=(_nonneg, "a number >= 0"))
+    grad_clip: float | None = option(None, "clip the global gradient norm to this value (none: no clipping)",
+                                     check=(_positive, "a number > 0 or none"))
+
+
+@dataclass
+class SparseConfig:
+    """The sparse-training method (``sparsetrain.METHODS``; "dense" trains without a sparsifier)."""
+
+    method: str = option("granet", "sparse-training method", flag="--method", choices=_methods)
+    sparsity: float = option(0.9, "final sparsity of the sparsified weights",
+                             check=(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"))
+    distribution: str | None = option(None, "layer-wise allocation (none: the method's default)",
+                                      choices=DISTRIBUTIONS)
+    update_every: int = option(100, "ΔT: optimizer steps between topology updates", check=(_positive, "an int > 0"))
+    options: dict[str, Any] = option({}, "method-specific keyword arguments (e.g. initial_sparsity, drop_fraction)",
+                                     flag="--method-option")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = option(30, "training epochs", check=(_positive, "an int > 0"))
+    batch_size: int = option(32, "training minibatch size", check=(_positive, "an int > 0"))
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss",
+                                    check=(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"))
+    precision: str = option("fp32", "fp32, or autocast with bf16 (CPU/CUDA) or fp16 (CUDA, with a GradScaler)",
+                            choices=PRECISIONS)
+    seed: int = option(0, "seed of the model init, data order and sparsifier (a run directory per seed)",
+                       check=(_nonneg, "an int >= 0"), hashed=False)
+    eval_batch_size: int = option(1000, "batch size of evaluation", check=(_positive, "an int > 0"), hashed=False)
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps", hashed=False,
+                         check=(lambda v: v in ("auto", "cpu", "cuda", "mps") or
+                                (v.startswith("cuda:") and v[5:].isdigit()), "auto, cpu, cuda, cuda:N or mps"))
+    threads: int | None = option(1, "torch CPU threads; 1 is fastest for small models and safe on a shared "
+                                 "machine, raise it for large models on CPU (none: torch's default)",
+                                 check=(_positive, "an int > 0 or none"), hashed=False)
+    num_workers: int = option(0, "DataLoader worker processes", check=(_nonneg, "an int >= 0"), hashed=False)
+    deterministic: bool = option(True, "torch.use_deterministic_algorithms (warn only)", hashed=False)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "sparse": SparseConfig,
+    "train": TrainConfig,
+}
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One config field as the command line sees it."""
+
+    section: str
+    name: str
+    type: Any
+    default: Any
+    help: str
+    flag: str
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None
+    check: tuple[Callable[[Any], bool], str] | None
+    hashed: bool
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    def allowed(self) -> tuple[str, ...] | None:
+        """The allowed choices, resolving a registry function."""
+        return self.choices() if callable(self.choices) else self.choices
+
+
+def iter_fields() -> Iterator[FieldInfo]:
+    """Every config field, section by section, in declaration order."""
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            meta = f.metadata
+            yield FieldInfo(section, f.name, hints[f.name], default, meta["help"],
+                            meta["flag"] or "--" + f.name.replace("_", "-"), meta["choices"], meta["check"],
+                            meta["hashed"])
+
+
+_FIELDS: dict[str, FieldInfo] = {}
+
+
+def _field(path: str) -> FieldInfo:
+    if not _FIELDS:
+        _FIELDS.update({info.path: info for info in iter_fields()})
+    return _FIELDS[path]
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join("none" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an int", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats. Raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(path, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{path}={value!r} is not allowed: expected {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}={value!r} is not allowed: expected {_type_name(tp)}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(path, v, item) for v in value]
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{path}={value!r} is not allowed: expected a mapping of option names to values")
+        return copy.deepcopy(dict(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}={value!r} is not allowed: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}={value!r} is not allowed: expected an int")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{path}={value!r} is not allowed: expected a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}={value!r} is not allowed: expected a string")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {path}")  # a bug in this module, not a user error
+
+
+def validate_value(path: str, value: Any) -> Any:
+    """Check one field's value (type, choices, range) and return it normalised (ints -> floats for floats).
+
+    Args:
+        path: ``section.field``.
+        value: the value.
+
+    Returns:
+        The normalised value.
+
+    Raises:
+        ConfigError: unknown field or a value that is not allowed.
+    """
+    try:
+        info = _field(path)
+    except KeyError:
+        raise _unknown(path) from None
+    value = _coerce(path, value, info.type)
+    if value is None:
+        return None
+    allowed = info.allowed()
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{path}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+    if info.check is not None:
+        predicate, description = info.check
+        if not predicate(value):
+            raise ConfigError(f"{path}={value!r} is not allowed: expected {description}")
+    return value
+
+
+def _unknown(path: str) -> ConfigError:
+    section, _, name = path.partition(".")
+    if section not in SECTIONS:
+        return ConfigError(f"unknown config section {section!r} (in {path!r}); sections: {', '.join(SECTIONS)}")
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    return ConfigError(f"unknown config field {path!r}; fields of {section}: {', '.join(names)}")
+
+
+def parse_text(path: str, text: str) -> Any:
+    """Parse a command-line string for field ``path`` into a value of the field's type.
+
+    Numbers, booleans and "none" are read as such; lists as YAML (``[0.5, 0.75]``) or comma-separated; option
+    dicts take YAML values. The result still goes through :func:`validate_value`.
+
+    Raises:
+        ConfigError: unknown field or text that cannot be read as the field's type.
+    """
+    try:
+        info = _field(path)
+    except KeyError:
+        raise _unknown(path) from None
+    return _parse_as(path, text, info.type)
+
+
+def _parse_as(path: str, text: str, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    stripped = text.strip()
+    if origin in (Union, types.UnionType):
+        if stripped.lower() in ("none", "null", "~", ""):
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _parse_as(path, text, inner)
+    if tp is bool:
+        low = stripped.lower()
+        if low in ("true", "yes", "on", "1"):
+            return True
+        if low in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{path}={text!r} is not allowed: expected true or false")
+    if tp in (int, float):
+        try:
+            return tp(stripped)
+        except ValueError:
+            raise ConfigError(f"{path}={text!r} is not allowed: expected {_type_name(tp)}") from None
+    if tp is str:
+        return text
+    if origin is list:
+        try:
+            loaded = yaml.safe_load(stripped) if stripped.startswith("[") else None
+        except yaml.YAMLError:
+            loaded = None
+        if isinstance(loaded, list):
+            items = [str(v) for v in loaded]
+        else:
+            items = [s for s in stripped.replace(",", " ").split() if s]
+        (item,) = typing.get_args(tp)
+        return [_parse_as(path, s, item) for s in items]
+    return _safe_yaml(path, text)
+
+
+def _safe_yaml(path: str, text: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}={text!r} is not allowed: not a YAML value ({str(exc).splitlines()[0]})") from None
+    # YAML 1.1 reads "1e-3" as a string; a user writing a number means a number.
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: one field per section."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sparse: SparseConfig = field(default_factory=SparseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> ExperimentConfig:
+        """Build from nested ``{section: {field: value}}``; missing fields take their defaults.
+
+        Raises:
+            ConfigError: unknown section or field, or a value that is not allowed.
+        """
+        config = cls()
+        return config.updated(values or {})
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "config") -> ExperimentConfig:
+        """Build from YAML text (``yaml.safe_load``), e.g. a ``config.yaml`` or a user's ``--config`` file."""
+        return cls().updated(load_yaml(text, source))
+
+    def updated(self, values: Mapping[str, Any]) -> ExperimentConfig:
+        """A copy with nested ``{section: {field: value}}`` applied on top (a section's dict replaces nothing else).
+
+        Raises:
+            ConfigError: as :meth:`from_dict`.
+        """
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got {values!r}")
+        flat: dict[str, Any] = {}
+        for section, fields_ in values.items():
+            if section not in SECTIONS:
+                raise _unknown(f"{section}.")
+            if fields_ is None:
+                continue
+            if not isinstance(fields_, Mapping):
+                raise ConfigError(f"config section {section!r} must be a mapping of fields, got {fields_!r}")
+            for name, value in fields_.items():
+                flat[f"{section}.{name}"] = value
+        return self.with_overrides(flat)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
+        """A copy with dotted overrides applied in order, e.g. ``{"sparse.sparsity": 0.95}``.
+
+        ``section.options.KEY`` sets one key of an options dict.
+
+        Raises:
+            ConfigError: unknown field or a value that is not allowed.
+        """
+        config = copy.deepcopy(self)
+        for path, value in overrides.items():
+            parts = path.split(".")
+            if len(parts) == 3 and parts[1] == "options" and parts[0] in SECTIONS:
+                getattr(config, parts[0]).options[parts[2]] = value
+                continue
+            if len(parts) != 2:
+                raise _unknown(path) if len(parts) < 2 else ConfigError(
+                    f"unknown config field {path!r}: only section.options.KEY has three parts")
+            setattr(getattr(config, parts[0]), parts[1], validate_value(path, value))
+        return config
+
+    # -- views -------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict of every field (YAML/JSON-able)."""
+        return {section: dataclasses.asdict(getattr(self, section)) for section in SECTIONS}
+
+    def to_yaml(self) -> str:
+        """The full config as YAML (what ``config.yaml`` holds)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"section.field": value}`` for every field."""
+        return {f"{s}.{k}": v for s, d in self.to_dict().items() for k, v in d.items()}
+
+    def non_default(self, *, hashed_only: bool = True) -> dict[str, Any]:
+        """The fields that differ from their defaults (only those that identify a run, by default)."""
+        result = {}
+        for info in iter_fields():
+            value = getattr(getattr(self, info.section), info.name)
+            if value != info.default and (info.hashed or not hashed_only):
+                result[info.path] = value
+        return result
+
+    def config_hash(self, length: int = 8) -> str:
+        """Short SHA-256 of the non-default identifying fields (stable across key order and new default fields)."""
+        payload = json.dumps(self.non_default(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+    def run_name(self) -> str:
+        """``<method>-<hash>``: the directory of this experiment (one ``seed_<n>`` subdirectory per seed)."""
+        return f"{self.sparse.method}-{self.config_hash()}"
+
+    def dense_baseline(self) -> ExperimentConfig:
+        """The same recipe without sparsity: method "dense" with the other sparse fields at their defaults.
+
+        The sparse section is reset so that every sparse run with the same data, model, optimizer and training
+        recipe shares one dense baseline directory.
+        """
+        config = copy.deepcopy(self)
+        config.sparse = SparseConfig(method=DENSE)
+        return config
+
+    def canonical(self) -> ExperimentConfig:
+        """The config with fields that a method ignores reset (the dense method ignores the sparse section)."""
+        return self.dense_baseline() if self.sparse.method == DENSE else copy.deepcopy(self)
+
+
+def load_yaml(text: str, source: str = "config") -> dict[str, Any]:
+    """``yaml.safe_load`` a config file's text into a nested dict.
+
+    Raises:
+        ConfigError: not valid YAML, or not a mapping.
+    """
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = " ".join(str(exc).split())
+        raise ConfigError(f"{source}: not valid YAML: {first}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: a config must be a mapping of sections ({', '.join(SECTIONS)}), "
+                          f"got {type(values).__name__}")
+    return values

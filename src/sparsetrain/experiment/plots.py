@@ -1,0 +1,213 @@
+"""PNG plots of runs: training curves, density schedule, per-layer density, accuracy vs sparsity across runs.
+
+Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas, never through ``pyplot``: no global
+backend is changed, nothing opens a window, and it works on a machine without a display.
+
+Per run (in the run directory): ``curves.png`` (loss and accuracy per epoch), ``density.png`` (the density of
+the sparsified weights over optimizer steps, overall and per layer) and ``layers.png`` (final density per
+layer, measured from the weights). Across runs: ``accuracy_vs_sparsity.png`` (final test accuracy against
+target sparsity, one line per method, mean ± std over seeds, the dense baseline as a dashed line; one panel
+per data/model pair).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .rundir import RunDir
+
+__all__ = ["plot_run", "plot_curves", "plot_density", "plot_layers", "plot_accuracy_vs_sparsity", "FIGSIZE", "DPI"]
+
+logger = logging.getLogger(__name__)
+
+FIGSIZE = (8.0, 4.5)
+DPI = 100
+
+
+def _figure(figsize: tuple[float, float] = FIGSIZE) -> Figure:
+    fig = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "",
+                dense_acc: float | None = None) -> Path:
+    """Loss and accuracy per epoch (train, val, test).
+
+    Args:
+        records: metrics.jsonl records.
+        path: the PNG to write.
+        title: figure title.
+        dense_acc: the dense baseline's final test accuracy, drawn as a dashed line.
+
+    Returns:
+        The path written.
+    """
+    fig = _figure()
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    epochs = [r["epoch"] for r in records]
+    for split, style in (("train", "-"), ("val", "--"), ("test", ":")):
+        losses = [r.get(f"{split}_loss") for r in records]
+        accs = [r.get(f"{split}_acc") for r in records]
+        if any(v is not None for v in losses):
+            loss_ax.plot(epochs, [v if v is not None else float("nan") for v in losses], style, marker=".",
+                         label=split)
+        if any(v is not None for v in accs):
+            acc_ax.plot(epochs, [v if v is not None else float("nan") for v in accs], style, marker=".",
+                        label=split)
+    if dense_acc is not None:
+        acc_ax.axhline(dense_acc, color="black", linestyle="--", linewidth=1, label="dense (test)")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_density(trace: Mapping[str, Any], total_steps: int, path: str | Path, *, title: str = "") -> Path:
+    """Density of the sparsified weights over optimizer steps: overall (thick) and per layer (thin).
+
+    Args:
+        trace: ``{"steps": [...], "density": [...], "layers": {name: [...]}}`` (summary["density_trace"]);
+            each value holds from its step until the next.
+        total_steps: the run's last step (the curves extend to it).
+        path: the PNG to write.
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    fig = _figure()
+    ax = fig.subplots()
+    steps = list(trace.get("steps", [])) or [0]
+    end = max(total_steps, steps[-1])
+    xs = [*steps, end]
+    for name, values in trace.get("layers", {}).items():
+        ax.step(xs, [*values, values[-1]], where="post", linewidth=0.8, alpha=0.6, label=name)
+    density = list(trace.get("density", [])) or [1.0]
+    ax.step(xs, [*density, density[-1]], where="post", color="black", linewidth=2.2, label="overall")
+    ax.set(xlabel="optimizer step", ylabel="density (1 - sparsity)", title=title or "density schedule",
+           ylim=(0, 1.05), xlim=(0, end))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_layers(layers: Mapping[str, Any], path: str | Path, *, title: str = "") -> Path:
+    """Final density of each sparsified tensor, measured from the weights (horizontal bars).
+
+    Args:
+        layers: a SparsityReport dict (summary["layers"]).
+        path: the PNG to write.
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    rows = list(layers.get("layers", []))
+    fig = _figure()
+    ax = fig.subplots()
+    names = [r["name"] for r in rows][::-1]
+    densities = [1.0 - r["sparsity"] for r in rows][::-1]
+    bars = ax.barh(range(len(rows)), densities, color="tab:blue")
+    for bar, row in zip(bars, rows[::-1]):
+        ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2,
+                f"{bar.get_width():.3f} ({row['nonzeros']:,}/{row['numel']:,})", va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    total = 1.0 - layers.get("sparsity", 0.0)
+    ax.axvline(total, color="black", linestyle="--", linewidth=1, label=f"overall {total:.3f}")
+    ax.set(xlabel="density (1 - sparsity)", xlim=(0, 1.25), title=title or "per-layer density")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_run(run: RunDir, *, summary: Mapping[str, Any] | None = None,
+             records: Sequence[Mapping[str, Any]] | None = None) -> list[Path]:
+    """Write curves.png, density.png and layers.png into the run directory.
+
+    Args:
+        run: the run.
+        summary: its summary (read from summary.json if None).
+        records: its metrics (read from metrics.jsonl if None).
+
+    Returns:
+        The paths written.
+    """
+    summary = summary if summary is not None else run.read_summary()
+    records = records if records is not None else run.read_metrics()
+    if summary is None:
+        raise ValueError(f"{run.path}: the run has not finished (no summary.json)")
+    title = (f"{summary['method']} @ {summary['target_sparsity']:.2f} sparsity, {summary['model']} on "
+             f"{summary['data']} (seed {summary['seed']})")
+    dense = summary.get("dense") or {}
+    return [
+        plot_curves(records, run.path / "curves.png", title=title, dense_acc=dense.get("final_acc")),
+        plot_density(summary.get("density_trace", {}), summary.get("total_steps", 0), run.path / "density.png",
+                     title=f"density schedule: {title}"),
+        plot_layers(summary.get("layers", {}), run.path / "layers.png", title=f"final per-layer density: {title}"),
+    ]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def plot_accuracy_vs_sparsity(summaries: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """Final test accuracy against target sparsity, one line per method, dense as a dashed line.
+
+    One panel per (data, model) pair; points are the mean over seeds with ± std error bars.
+
+    Args:
+        summaries: summary.json dicts of finished runs.
+        path: the PNG to write.
+
+    Returns:
+        The path written.
+    """
+    groups: dict[tuple[str, str], dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(
+        lambda: defaultdict(list)))
+    for s in summaries:
+        if s.get("final_acc") is None:
+            continue
+        groups[(s["data"], s["model"])][s["method"]][float(s["target_sparsity"])].append(float(s["final_acc"]))
+    panels = sorted(groups) or [("no runs", "")]
+    fig = _figure((FIGSIZE[0], FIGSIZE[1] * max(1, len(panels)) if len(panels) > 1 else FIGSIZE[1]))
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, key in zip(axes, panels):
+        methods = groups.get(key, {})
+        for method in sorted(m for m in methods if m != "dense"):
+            points = sorted(methods[method].items())
+            xs = [x for x, _ in points]
+            stats = [_mean_std(v) for _, v in points]
+            ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=method)
+        if "dense" in methods:
+            mean, _ = _mean_std([a for accs in methods["dense"].values() for a in accs])
+            ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label=f"dense {mean:.3f}")
+        ax.set(xlabel="target sparsity", ylabel="final test accuracy", title=" / ".join(k for k in key if k))
+        ax.grid(alpha=0.3)
+        if methods:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, Path(path))

@@ -1,0 +1,157 @@
+"""The table of runs: one row per finished run (or per experiment, averaged over seeds), as text, markdown or CSV.
+
+Columns: run, method, model, data, seed, target and measured sparsity, final test accuracy, best accuracy
+(the test accuracy at the epoch of best validation accuracy), the dense baseline's final test accuracy, the
+inference and training FLOPs as fractions of dense (when the summary has them), steps and wall time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+from .rundir import RunDir, find_runs
+from .trainer import dense_reference
+
+__all__ = ["COLUMNS", "collect_rows", "aggregate_rows", "format_rows", "FORMATS"]
+
+FORMATS = ("table", "markdown", "csv")
+
+#: (column, description) in display order.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run", "run directory (<method>-<hash>)"),
+    ("method", "sparse-training method"),
+    ("model", "model"),
+    ("data", "dataset"),
+    ("seed", "seed (or number of seeds when aggregated)"),
+    ("target", "target sparsity"),
+    ("sparsity", "sparsity measured from the final weights"),
+    ("final_acc", "test accuracy after the last epoch"),
+    ("best_acc", "test accuracy at the epoch of best validation accuracy"),
+    ("dense_acc", "final test accuracy of the dense baseline with the same recipe"),
+    ("inf_flops", "inference FLOPs / dense"),
+    ("train_flops", "training FLOPs / dense"),
+    ("steps", "optimizer steps"),
+    ("time_s", "training wall time, seconds"),
+)
+
+
+def _row(run: RunDir, summary: Mapping[str, Any], runs_dir: Path) -> dict[str, Any]:
+    dense = summary.get("dense")
+    if dense is None and summary.get("method") != "dense":
+        try:
+            dense = dense_reference(runs_dir, run.read_config())
+        except ConfigError:
+            dense = None
+    if summary.get("method") == "dense":
+        dense = {"final_acc": summary.get("final_acc")}
+    flops = summary.get("flops") or {}
+    return {
+        "run": run.path.parent.name,
+        "method": summary.get("method"),
+        "model": summary.get("model"),
+        "data": summary.get("data"),
+        "seed": summary.get("seed"),
+        "target": summary.get("target_sparsity"),
+        "sparsity": summary.get("sparsity"),
+        "final_acc": summary.get("final_acc"),
+        "best_acc": summary.get("best_acc"),
+        "dense_acc": (dense or {}).get("final_acc"),
+        "inf_flops": flops.get("inference_ratio"),
+        "train_flops": flops.get("training_ratio"),
+        "steps": summary.get("total_steps"),
+        "time_s": summary.get("wall_time"),
+    }
+
+
+def collect_rows(runs_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per finished run under ``runs_dir``, sorted by data, model, method, target sparsity, seed.
+
+    Args:
+        runs_dir: the runs directory.
+
+    Returns:
+        Rows keyed by the names in :data:`COLUMNS`.
+    """
+    runs_dir = Path(runs_dir)
+    rows = []
+    for run in find_runs(runs_dir):
+        summary = run.read_summary()
+        if summary is not None:
+            rows.append(_row(run, summary, runs_dir))
+    rows.sort(key=lambda r: (str(r["data"]), str(r["model"]), r["method"] != "dense", str(r["method"]),
+                             r["target"] or 0.0, str(r["run"]), r["seed"] or 0))
+    return rows
+
+
+def aggregate_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Average the rows of each experiment (same run name) over seeds; ``seed`` becomes the number of seeds.
+
+    Accuracies get ``"_std"`` companions (0 for one seed).
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["run"]].append(row)
+    result = []
+    for name, members in groups.items():
+        first = dict(members[0])
+        first["seed"] = len(members)
+        for key in ("sparsity", "final_acc", "best_acc", "dense_acc", "inf_flops", "train_flops", "time_s"):
+            values = [m[key] for m in members if m[key] is not None]
+            first[key] = statistics.fmean(values) if values else None
+            if key in ("final_acc", "best_acc"):
+                first[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        result.append(first)
+    return result
+
+
+def _cell(key: str, row: Mapping[str, Any]) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key in ("final_acc", "best_acc") and f"{key}_std" in row and row.get("seed", 1) > 1:
+        return f"{value:.4f}±{row[f'{key}_std']:.4f}"
+    if key == "time_s":
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def format_rows(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
+    """Render rows as an aligned text table, a markdown table, or CSV (raw numbers).
+
+    Args:
+        rows: from :func:`collect_rows` or :func:`aggregate_rows`.
+        fmt: one of :data:`FORMATS`.
+
+    Returns:
+        The text (no trailing newline for table/markdown).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r} is not allowed; choose one of {', '.join(FORMATS)}")
+    keys = [key for key, _ in COLUMNS]
+    if fmt == "csv":
+        extra = [k for k in ("final_acc_std", "best_acc_std") if any(k in r for r in rows)]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys + extra, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys + extra})
+        return buffer.getvalue()
+    cells = [[_cell(k, row) for k in keys] for row in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in range(len(keys))) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in cells]
+        return "\n".join(lines)
+    widths = [max(len(k), *(len(r[i]) for r in cells)) for i, k in enumerate(keys)]
+    align = lambda text, i: text.ljust(widths[i]) if i < 4 else text.rjust(widths[i])  # noqa: E731
+    lines = ["  ".join(align(k, i) for i, k in enumerate(keys)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(align(c, i) for i, c in enumerate(r)) for r in cells]
+    return "\n".join(lines)
