@@ -74,6 +74,9 @@ class GMP(Sparsifier):
         if self.prune_end < self.prune_start:
             raise ValueError(f"prune_end={prune_end!r} ({self.prune_end} steps) must not come before "
                              f"prune_start={prune_start!r} ({self.prune_start} steps)")
+        if self.prune_end == 0 and self.initial_sparsity < self.sparsity:
+            raise ValueError(f"prune_end={prune_end!r} is step 0, before the first optimizer step: pruning must "
+                             "end at a step >= 1 (or set initial_sparsity=sparsity)")
         self.init_distribution = check_distribution(init_distribution, "init_distribution")
         self.prune_cadence = UpdateCadence(self.update_every, self.prune_start, self.prune_end, include_end=True)
         self.config.update(initial_sparsity=self.initial_sparsity, prune_start=prune_start, prune_end=prune_end,
