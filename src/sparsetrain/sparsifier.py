@@ -329,7 +329,7 @@ class Sparsifier:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_hooks"] = []
+        state["_hooks"] = bool(self._hooks)  # hook handles do not copy; the copy re-hooks its own optimizer
         state["generator"] = self.generator.get_state()
         return state
 
@@ -337,4 +337,11 @@ class Sparsifier:
         generator = torch.Generator()
         generator.set_state(state["generator"])
         state["generator"] = generator
+        hooked = state["_hooks"]
+        state["_hooks"] = []
         self.__dict__.update(state)
+        if hooked and self.optimizer is not None:
+            self._hooks = [
+                self.optimizer.register_step_pre_hook(self._before_optimizer_step),
+                self.optimizer.register_step_post_hook(self._after_optimizer_step),
+            ]
