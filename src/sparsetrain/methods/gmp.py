@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributions import allocate, check_distribution
+from ..masks import random_masks
 from ..schedules import UpdateCadence, cubic_sparsity, resolve_step
 from ..scores import magnitude_scores
 from ..sparsifier import Sparsifier, check_sparsity
@@ -83,9 +84,11 @@ class GMP(Sparsifier):
                            init_distribution=self.init_distribution)
 
     def initial_masks(self) -> dict[str, Tensor]:
-        if self.initial_sparsity == 0.0 and not self.fixed:
+        if self.initial_sparsity == 0.0:
             return super().initial_masks()
-        return self.random_masks(self.initial_sparsity, self.init_distribution)
+        # Pinned tensors start where prune() starts them, min(s_i, their own target), and reach it by magnitude.
+        start = {name: min(self.initial_sparsity, final) for name, final in self.fixed.items()}
+        return random_masks(self.params, self.initial_sparsity, self.init_distribution, self.generator, fixed=start)
 
     def target_sparsity(self, step: int) -> float:
         """``s_t`` of the cubic schedule at ``step``."""
