@@ -33,7 +33,7 @@ from .distributions import allocate, check_distribution
 from .masks import SparsityReport, apply_masks, random_masks, resolve_overrides, select_prunable, sparsity_report
 from .optim_state import mask_optimizer_state, zero_optimizer_state
 
-__all__ = ["Sparsifier", "check_choice", "check_fraction", "check_sparsity", "check_positive_int"]
+__all__ = ["Sparsifier", "check_bool", "check_choice", "check_fraction", "check_sparsity", "check_positive_int"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,13 @@ def check_positive_int(name: str, value: Any) -> int:
         raise TypeError(f"{name}={value!r} is not allowed: it must be a positive int")
     if value <= 0:
         raise ValueError(f"{name}={value!r} is not allowed: it must be a positive int (> 0)")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Switches must be real bools: ``bool("no")`` is True, so strings and numbers are refused."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r} is not allowed: it must be True or False")
     return value
 
 
@@ -121,6 +128,9 @@ class Sparsifier:
             raise TypeError(f"seed={seed!r} is not allowed: it must be an int")
         self.model = model
         self.optimizer = optimizer
+        for switch, value in (("dense_first", dense_first), ("dense_last", dense_last),
+                              ("mask_gradients", mask_gradients)):
+            check_bool(switch, value)
         self.params: dict[str, nn.Parameter] = select_prunable(model, include=include, exclude=exclude)
         self.fixed = resolve_overrides(
             list(self.params), sparsity_overrides, dense_first=dense_first, dense_last=dense_last
@@ -367,7 +377,7 @@ class Sparsifier:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_hooks"] = []
+        state["_hooks"] = bool(self._hooks)  # hook handles do not copy; the copy re-hooks its own optimizer
         state["generator"] = self.generator.get_state()
         return state
 
@@ -375,4 +385,11 @@ class Sparsifier:
         generator = torch.Generator()
         generator.set_state(state["generator"])
         state["generator"] = generator
+        hooked = state["_hooks"]
+        state["_hooks"] = []
         self.__dict__.update(state)
+        if hooked and self.optimizer is not None:
+            self._hooks = [
+                self.optimizer.register_step_pre_hook(self._before_optimizer_step),
+                self.optimizer.register_step_post_hook(self._after_optimizer_step),
+            ]
