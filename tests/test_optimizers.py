@@ -186,3 +186,18 @@ def test_gradient_clipping_keeps_pruned_entries_zero(method):
     for t in range(T):
         train_step(model, optimizer, sp, "cnn", t, clip=0.1)
         assert pruned_entries_zero(sp) and pruned_state_zero(sp, optimizer)
+
+
+def test_growth_without_gradients_warns(caplog):
+    """Calling sparsifier.step() after zero_grad() leaves RigL nothing to grow by: say so instead of silently."""
+    model = make_model("mlp")
+    optimizer = make_optimizer("sgd", model)
+    sp = make_sparsifier("rigl", model, optimizer, 30)
+    with caplog.at_level("WARNING", logger="sparsetrain"):
+        for t in range(3):
+            x, y = make_batch("mlp", t)
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)  # wrong order
+            sp.step()
+    assert "no sparsified parameter has a gradient" in caplog.text
