@@ -227,10 +227,17 @@ class Sparsifier:
         Returns:
             True if the topology changed at this step.
         """
+        missed = False
         if self.optimizer is not None:
             if self._optimizer_steps == self.step_count:
                 logger.debug("optimizer.step() did not run since the last call (skipped step): nothing to do")
                 return False
+            missed = self._optimizer_steps - self.step_count > 1
+            if missed:
+                # An update step's gradients were left dense for growth; without its step() call the pruned
+                # weights moved. Re-mask so they are exactly zero again (the missed update itself is lost).
+                logger.warning("sparsifier.step() was not called after %d optimizer step(s); call it after every "
+                               "optimizer.step()", self._optimizer_steps - self.step_count - 1)
             self.step_count = self._optimizer_steps
         else:
             self.step_count += 1
@@ -245,7 +252,7 @@ class Sparsifier:
                 changed = True
             else:
                 logger.warning("step %d: non-finite gradients, topology update skipped", self.step_count)
-        if update_step or not self.mask_gradients or self.optimizer is None:
+        if update_step or missed or not self.mask_gradients or self.optimizer is None:
             self.apply_masks(refresh=update_step)
         return changed
 
