@@ -17,7 +17,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["topk_mask", "global_topk_masks", "drop_and_grow", "exact_counts"]
+__all__ = ["topk_mask", "global_topk_masks", "drop_and_grow", "exact_counts", "NEG_INF"]
+
+#: Score for entries that must rank below every candidate when scores may be negative.
+NEG_INF = float("-inf")
 
 
 _SAMPLE_SIZE = 65_536
