@@ -58,7 +58,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     from sparsetrain.experiment.config import SECTIONS, iter_fields
 
-    groups = {s: parser.add_argument_group(f"{s} (config section '{s}')", SECTIONS[s].__doc__) for s in SECTIONS}
+    groups = {s: parser.add_argument_group(f"{s} (config section '{s}')",
+                                         (SECTIONS[s].__doc__ or "").replace("``", "")) for s in SECTIONS}
     for info in iter_fields():
         group = groups[info.section]
         help_text = f"{info.help} (default: {_fmt_default(info.default)})"
@@ -85,7 +86,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train", help="train runs (and the dense baseline); resume interrupted ones; skip finished ones",
         description="Train one run per seed in <runs-dir>/<method>-<hash>/seed_<n>/ (hash of the non-default "
-                    "config fields). With no arguments: GraNet at 90%% sparsity on MNIST-1D, plus the dense "
+                    "config fields). With no arguments: GraNet at 90% sparsity on MNIST-1D, plus the dense "
                     "baseline with the same recipe. A finished run is skipped; an interrupted one resumes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -295,7 +296,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if isinstance(args.resume, str):
         run_path = Path(args.resume).resolve()
         runs_dir = run_path.parent.parent
-        if RunDir.for_config(runs_dir, base).path != run_path:
+        if RunDir.for_config(runs_dir, base.canonical()).path != run_path:
             raise CliError(f"--resume {args.resume}: the options given change the run's identity; "
                            "only paths, device, threads and workers may change on resume")
     seeds = _seeds(args, base.train.seed)
