@@ -119,7 +119,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _resolve_config(args: argparse.Namespace) -> Any:
     """defaults < --config file (or --resume RUN_DIR's config.yaml) < flags < --set."""
-    from sparsetrain.experiment.config import ConfigError, ExperimentConfig, _safe_yaml, iter_fields, parse_text
+    from sparsetrain.experiment.config import ConfigError, ExperimentConfig, parse_yaml_value, iter_fields, parse_text
 
     if isinstance(args.resume, str):
         from sparsetrain.experiment.rundir import RunDir
@@ -148,7 +148,7 @@ def _resolve_config(args: argparse.Namespace) -> Any:
                     key, sep, text = item.partition("=")
                     if not sep or not key:
                         raise ConfigError(f"{info.flag}={item!r} is not allowed: expected KEY=VALUE")
-                    overrides[f"{info.path}.{key.strip()}"] = _safe_yaml(f"{info.path}.{key}", text)
+                    overrides[f"{info.path}.{key.strip()}"] = parse_yaml_value(f"{info.path}.{key}", text)
             elif isinstance(given, list):
                 overrides[info.path] = parse_text(info.path, " ".join(given))
             else:
@@ -165,7 +165,7 @@ def _resolve_config(args: argparse.Namespace) -> Any:
             raise ConfigError(f"--set {item!r} is not allowed: expected KEY=VALUE, e.g. sparse.sparsity=0.95")
         parts = key.split(".")
         if len(parts) == 3 and parts[1] == "options":
-            sets[key] = _safe_yaml(key, text)
+            sets[key] = parse_yaml_value(key, text)
         else:
             sets[key] = parse_text(key, text)
         config = config.with_overrides({key: sets[key]})
