@@ -7,8 +7,12 @@ Two lines in a plain PyTorch loop::
     loss.backward(); optimizer.step(); sparsifier.step(); optimizer.zero_grad()
 """
 
+from . import analysis, distributed
+from .checkpoint_io import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
+from .data import DataError, DatasetBundle, get_dataset, list_datasets
 from .masks import SparsityReport, select_prunable
 from .methods import GMP, SET, SNFS, GraNet, RigL, Static
+from .models import build_model, list_models
 from .sparsifier import Sparsifier
 
 __version__ = "0.1.0"
@@ -18,4 +22,6 @@ METHODS: dict[str, type[Sparsifier]] = {
 }
 
 __all__ = ["GraNet", "GMP", "RigL", "SET", "SNFS", "Static", "Sparsifier", "SparsityReport", "select_prunable",
-           "METHODS", "__version__"]
+           "METHODS", "analysis", "get_dataset", "list_datasets", "DatasetBundle", "DataError", "build_model",
+           "list_models", "distributed", "CheckpointError", "UnsafeCheckpointError", "load_checkpoint",
+           "save_checkpoint", "__version__"]

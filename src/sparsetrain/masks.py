@@ -98,7 +98,8 @@ def select_prunable(
 
     By default: every weight with >= 2 dims of Linear, Conv1d/2d/3d (grouped and depthwise too), ConvTranspose,
     Embedding, MultiheadAttention (``in_proj_weight``; ``out_proj`` is a Linear) and RNN/LSTM/GRU
-    (``weight_ih_l*``, ``weight_hh_l*``). Biases and norm layers stay dense.
+    (``weight_ih_l*``, ``weight_hh_l*``). Biases and norm layers stay dense. A ``DistributedDataParallel`` or
+    ``DataParallel`` wrapper is looked through: names are those of the wrapped model (no ``module.`` prefix).
 
     Args:
         model: the model.
@@ -109,6 +110,8 @@ def select_prunable(
     Raises:
         ValueError: a pattern matches no parameter, or nothing is left to prune.
     """
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
     owners = _owner_names(model)
     params = dict(model.named_parameters())
     include_patterns = _as_patterns(include, "include")
@@ -197,7 +200,10 @@ def random_masks(
 
 @torch.no_grad()
 def apply_masks(params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
-    """Zero every parameter outside its mask, in place (one fused call over all tensors)."""
+    """Zero every parameter outside its mask, in place (one fused call over all tensors).
+
+    ``masks`` may be bool or already in the parameters' dtype (faster).
+    """
     names = list(masks)
     torch._foreach_mul_([params[n] for n in names], [masks[n] for n in names])
 

@@ -58,12 +58,13 @@ class UpdateCadence:
     include_end: bool = False
 
     def __call__(self, step: int) -> bool:
+        if self.include_end and step == self.end:
+            return True  # also when end == start (one-shot), which the grid below never reaches
         if step <= self.start:
             return False
         if self.end is not None and step > self.end:
             return False
-        on_grid = (step - self.start) % self.every == 0
-        return on_grid or (self.include_end and step == self.end)
+        return (step - self.start) % self.every == 0
 
 
 def resolve_step(value: int | float, total_steps: int, name: str) -> int:

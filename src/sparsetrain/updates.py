@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .topk import NEG_INF, drop_and_grow, global_topk_masks, topk_mask
+from .topk import drop_and_grow, global_topk_masks, topk_mask
 
 __all__ = ["REGROW_MODES", "prune_by_magnitude", "regrow", "swap_count"]
 
@@ -45,15 +45,15 @@ def prune_by_magnitude(
         New masks for every tensor in ``masks``.
     """
     new = {name: mask for name, mask in masks.items()}
-    ranked = {name: magnitudes[name].masked_fill(~masks[name], NEG_INF) for name in masks}
     for name, count in (counts or {}).items():
         active = int(torch.count_nonzero(masks[name]))
         if count < active:
-            new[name] = topk_mask(ranked[name], count)
+            new[name] = topk_mask(magnitudes[name], count, masks[name])
     if global_names:
         active = sum(int(torch.count_nonzero(masks[n])) for n in global_names)
         if global_count is not None and global_count < active:
-            new.update(global_topk_masks({n: ranked[n] for n in global_names}, global_count))
+            new.update(global_topk_masks({n: magnitudes[n] for n in global_names}, global_count,
+                                         {n: masks[n] for n in global_names}))
     return new
 
 
@@ -87,13 +87,14 @@ def regrow(
     new_masks: dict[str, Tensor] = {}
     reset: dict[str, Tensor] = {}
     for name, mask in masks.items():
-        n_swap = swap_count(fraction, int(torch.count_nonzero(mask)), rounding)
-        if n_swap == 0 or bool(mask.all()):
+        n_active = int(torch.count_nonzero(mask))
+        n_swap = swap_count(fraction, n_active, rounding)
+        if n_swap == 0 or n_active == mask.numel():
             new_masks[name] = mask
             continue
         scores = grow_scores(name) if callable(grow_scores) else grow_scores[name]
         new_mask, kept = drop_and_grow(
-            mask, drop_scores[name], scores, n_swap, forbid=mask if mode == "forbid" else None
+            mask, drop_scores[name], scores, n_swap, forbid=mask if mode == "forbid" else None, n_active=n_active
         )
         new_masks[name] = new_mask
         reset[name] = new_mask & ~kept if mode == "zero" else new_mask & ~mask

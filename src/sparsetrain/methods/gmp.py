@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributions import allocate, check_distribution
+from ..masks import random_masks
 from ..schedules import UpdateCadence, cubic_sparsity, resolve_step
 from ..scores import magnitude_scores
 from ..sparsifier import Sparsifier, check_sparsity
@@ -74,15 +75,20 @@ class GMP(Sparsifier):
         if self.prune_end < self.prune_start:
             raise ValueError(f"prune_end={prune_end!r} ({self.prune_end} steps) must not come before "
                              f"prune_start={prune_start!r} ({self.prune_start} steps)")
+        if self.prune_end == 0 and self.initial_sparsity < self.sparsity:
+            raise ValueError(f"prune_end={prune_end!r} is step 0, before the first optimizer step: pruning must "
+                             "end at a step >= 1 (or set initial_sparsity=sparsity)")
         self.init_distribution = check_distribution(init_distribution, "init_distribution")
         self.prune_cadence = UpdateCadence(self.update_every, self.prune_start, self.prune_end, include_end=True)
         self.config.update(initial_sparsity=self.initial_sparsity, prune_start=prune_start, prune_end=prune_end,
                            init_distribution=self.init_distribution)
 
     def initial_masks(self) -> dict[str, Tensor]:
-        if self.initial_sparsity == 0.0 and not self.fixed:
+        if self.initial_sparsity == 0.0:
             return super().initial_masks()
-        return self.random_masks(self.initial_sparsity, self.init_distribution)
+        # Pinned tensors start where prune() starts them, min(s_i, their own target), and reach it by magnitude.
+        start = {name: min(self.initial_sparsity, final) for name, final in self.fixed.items()}
+        return random_masks(self.params, self.initial_sparsity, self.init_distribution, self.generator, fixed=start)
 
     def target_sparsity(self, step: int) -> float:
         """``s_t`` of the cubic schedule at ``step``."""

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..schedules import UpdateCadence, cosine_decay
 from ..scores import gradient_scores, magnitude_scores
-from ..sparsifier import check_choice, check_fraction
+from ..sparsifier import check_bool, check_choice, check_fraction
 from ..updates import REGROW_MODES, regrow
 from .gmp import GMP
 
@@ -75,7 +75,7 @@ class GraNet(GMP):
         self.drop_fraction = check_fraction("drop_fraction", drop_fraction)
         self.drop_fraction_final = check_fraction("drop_fraction_final", drop_fraction_final)
         self.regrow_mode = check_choice("regrow_mode", regrow_mode, REGROW_MODES)
-        self.regrow_after_pruning = bool(regrow_after_pruning)
+        self.regrow_after_pruning = check_bool("regrow_after_pruning", regrow_after_pruning)
         super().__init__(model, optimizer, sparsity=sparsity, total_steps=total_steps,
                          initial_sparsity=initial_sparsity, prune_start=prune_start, prune_end=prune_end,
                          update_every=update_every, distribution=distribution, init_distribution=init_distribution,

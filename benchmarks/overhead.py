@@ -1,0 +1,106 @@
+"""Masking overhead: time a training step of a dense loop against the same loop with GraNet and RigL.
+
+Both methods run at 90% sparsity with ΔT = 100, and the timed window spans whole update periods, so the cost of
+the topology updates is included in the average. Configurations are interleaved repeat by repeat so that drift
+on a shared machine hits them alike; the table reports the median per-step time and its ratio to dense.
+
+    python benchmarks/overhead.py [--repeats 5] [--steps 200] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from _common import table, write_doc
+from sparsetrain import GraNet, RigL, build_model
+
+SPARSITY = 0.9
+UPDATE_EVERY = 100
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+
+
+CASES = {
+    "MLP 784-1024-1024-10, batch 128": (mlp, (784,), 128),
+    "ResNet-20 (CIFAR), batch 64": (lambda: build_model("resnet20", (3, 32, 32), 10), (3, 32, 32), 64),
+}
+
+
+def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
+    if name == "SGD":
+        return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    return torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4)
+
+
+def time_run(case: str, method: str, optimizer_name: str, steps: int) -> float:
+    """Seconds per optimizer step, averaged over ``steps`` steps (a multiple of ΔT, so updates are included)."""
+    build, input_shape, batch = CASES[case]
+    torch.manual_seed(0)
+    model = build()
+    optimizer = make_optimizer(optimizer_name, model)
+    sparsifier = None
+    if method == "GraNet":
+        # A pruning window over the timed steps, so both global pruning and regrowth updates are timed.
+        sparsifier = GraNet(model, optimizer, sparsity=SPARSITY, total_steps=steps + UPDATE_EVERY,
+                            update_every=UPDATE_EVERY, prune_end=steps)
+    elif method == "RigL":
+        sparsifier = RigL(model, optimizer, sparsity=SPARSITY, total_steps=steps + UPDATE_EVERY,
+                          update_every=UPDATE_EVERY, stop_at=1.0)
+    x = torch.randn(batch, *input_shape)
+    y = torch.randint(0, 10, (batch,))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def train_step() -> None:
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        if sparsifier is not None:
+            sparsifier.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(5):  # warm-up outside the timed window; 5 steps never reach an update step
+        train_step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per configuration (median)")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per run (a multiple of 100)")
+    parser.add_argument("--quick", action="store_true", help="MLP with SGD only, 2 repeats")
+    args = parser.parse_args()
+    cases = list(CASES)[:1] if args.quick else list(CASES)
+    optimizers = ["SGD"] if args.quick else ["SGD", "AdamW"]
+    repeats = 2 if args.quick else args.repeats
+    rows = []
+    for case in cases:
+        for optimizer_name in optimizers:
+            times: dict[str, list[float]] = {"dense": [], "GraNet": [], "RigL": []}
+            for _ in range(repeats):
+                for method in times:
+                    times[method].append(time_run(case, method, optimizer_name, args.steps))
+            dense = statistics.median(times["dense"])
+            for method, values in times.items():
+                median = statistics.median(values)
+                rows.append([case, optimizer_name, method, f"{median * 1000:.2f}", f"{median / dense:.3f}",
+                             f"{(median / dense - 1) * 100:+.1f}%"])
+                print(rows[-1], flush=True)
+    body = (
+        f"Sparsity {SPARSITY}, ΔT = {UPDATE_EVERY}; {args.steps} timed steps per run (update steps included), "
+        f"median of {repeats} interleaved repeats.\n\n"
+        + table(["model", "optimizer", "method", "ms / step", "ratio to dense", "overhead"], rows)
+    )
+    write_doc("overhead", "Masking overhead per training step", body)
+
+
+if __name__ == "__main__":
+    main()

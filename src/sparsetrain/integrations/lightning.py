@@ -1,0 +1,132 @@
+"""PyTorch Lightning adapter: ``SparsifierCallback``, a ``Callback`` that runs a sparsetrain method.
+
+Usage::
+
+    from sparsetrain.integrations.lightning import SparsifierCallback
+
+    trainer = lightning.pytorch.Trainer(max_epochs=10, callbacks=[SparsifierCallback("granet", sparsity=0.9)])
+    trainer.fit(module, datamodule)          # resume: trainer.fit(module, datamodule, ckpt_path=...)
+
+What it does, hook by hook:
+
+- ``on_fit_start`` (after Lightning has built the optimizers, before it restores their state): build the
+  method on the ``LightningModule`` and its optimizer (``trainer.optimizers[optimizer_index]``), with
+  ``total_steps = trainer.estimated_stepping_batches`` (optimizer steps, i.e. batches / accumulate_grad_batches)
+  unless given.
+- ``on_train_batch_end``: ``sparsifier.step()``. The sparsifier counts real ``optimizer.step()`` calls itself,
+  so batches that only accumulate gradients (``accumulate_grad_batches``) and steps skipped by a ``GradScaler``
+  do nothing; the gradients are still there at this point (Lightning zeroes them at the next step), as RigL
+  and GraNet need.
+- ``state_dict`` / ``load_state_dict``: the sparsifier's state goes into Lightning's own checkpoint, so
+  ``ckpt_path=...`` resumes masks, schedule position and generator; the restored weights and optimizer state
+  are kept (see :func:`sparsetrain.integrations._common.build_sparsifier`).
+
+Under Lightning's DDP strategy every rank builds the same sparsifier (same ``seed``) on its replica and the
+masks stay identical (see :mod:`sparsetrain.distributed`). Requires ``lightning`` (``lightning.pytorch``) or,
+failing that, the standalone ``pytorch_lightning`` package.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+try:
+    import lightning.pytorch as pl
+except ImportError:  # pragma: no cover - depends on what is installed
+    try:
+        import pytorch_lightning as pl  # type: ignore[no-redef]
+    except ImportError as err:
+        raise ImportError("sparsetrain.integrations.lightning needs PyTorch Lightning: pip install lightning") \
+            from err
+
+from ..sparsifier import Sparsifier
+from ._common import build_sparsifier, check_total_steps, resolve_method, unwrap_optimizer
+
+__all__ = ["SparsifierCallback"]
+
+logger = logging.getLogger(__name__)
+
+
+class SparsifierCallback(pl.Callback):
+    """Run a sparsetrain method inside ``lightning.pytorch.Trainer``.
+
+    Args:
+        method: a name of ``sparsetrain.METHODS`` ("granet", "gmp", "rigl", "set", "snfs", "static") or a
+            Sparsifier subclass.
+        total_steps: optimizer steps in the run; default ``trainer.estimated_stepping_batches``.
+        optimizer_index: which of ``trainer.optimizers`` the method hooks (default 0).
+        log_metrics: log ``sparsetrain/sparsity`` and ``sparsetrain/itop`` with ``pl_module.log`` after each
+            topology update (default True).
+        **options: keyword arguments of the method (``sparsity`` is required), e.g. ``update_every``, ``seed``.
+
+    Attributes:
+        sparsifier: the running sparsifier (None before ``fit`` starts).
+    """
+
+    def __init__(
+        self,
+        method: str | type[Sparsifier] = "granet",
+        *,
+        total_steps: int | None = None,
+        optimizer_index: int = 0,
+        log_metrics: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        self.method = resolve_method(method)
+        if "sparsity" not in options:
+            raise ValueError("sparsity=... is required (the final sparsity in [0, 1))")
+        if total_steps is not None:
+            check_total_steps(total_steps, "the total_steps argument")
+        if isinstance(optimizer_index, bool) or not isinstance(optimizer_index, int) or optimizer_index < 0:
+            raise ValueError(f"optimizer_index={optimizer_index!r} is not allowed: it must be an int >= 0")
+        self.total_steps = total_steps
+        self.optimizer_index = optimizer_index
+        self.log_metrics = bool(log_metrics)
+        self.options = dict(options)
+        self.sparsifier: Sparsifier | None = None
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(method=self.method.method, optimizer_index=self.optimizer_index)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.sparsifier is not None:  # a second fit() on the same callback: continue where it stopped
+            self._pending = self.sparsifier.state_dict()
+            self.sparsifier.remove()
+        optimizers = trainer.optimizers
+        if self.optimizer_index >= len(optimizers):
+            raise ValueError(f"optimizer_index={self.optimizer_index} but the module configured "
+                             f"{len(optimizers)} optimizer(s)")
+        optimizer = unwrap_optimizer(optimizers[self.optimizer_index])
+        total = self.total_steps or check_total_steps(trainer.estimated_stepping_batches,
+                                                      "trainer.estimated_stepping_batches")
+        self.sparsifier = build_sparsifier(self.method, pl_module, optimizer, total, self.options, self._pending)
+        if self._pending is not None:
+            logger.info("resumed %s at step %d", self.method.__name__, self.sparsifier.step_count)
+        self._pending = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.sparsifier is None:
+            return
+        changed = self.sparsifier.step()
+        if changed and self.log_metrics:
+            pl_module.log("sparsetrain/sparsity", self.sparsifier.current_sparsity(), on_step=True, on_epoch=False)
+            pl_module.log("sparsetrain/itop", self.sparsifier.itop_rate(), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.sparsifier is not None:
+            return {"sparsifier": self.sparsifier.state_dict()}
+        return {"sparsifier": self._pending} if self._pending is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = state_dict.get("sparsifier")
+        if state is None:
+            return
+        if self.sparsifier is None:
+            self._pending = dict(state)  # applied in on_fit_start, once the optimizer exists
+        else:
+            self.sparsifier.load_state_dict(state)

@@ -1,0 +1,92 @@
+"""Reading a lottery run back: accuracy (or any metric) against the fraction of weights remaining, for the
+ticket and its controls, as rows, a markdown table, or a plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+__all__ = ["lottery_curve", "curve_table", "plot_curve"]
+
+_LEVEL = re.compile(r"level_(\d+)$")
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def lottery_curve(run_dir: str | os.PathLike[str], metric: str = "accuracy") -> list[dict[str, Any]]:
+    """One row per level whose ticket finished training, in level order.
+
+    Args:
+        run_dir: a directory written by :func:`~sparsetrain.lottery.run_lottery`.
+        metric: the metrics key to report (default "accuracy").
+
+    Returns:
+        Rows ``{"level", "remaining" (fraction of pruned-tensor weights kept), "kept", "numel", "ticket",
+        "reinit", "random"}``; a control that was not run (or not finished) is None, as is a metric the
+        train function did not return.
+    """
+    rows = []
+    levels = sorted((int(m.group(1)), p) for p in Path(run_dir).iterdir() if (m := _LEVEL.match(p.name)))
+    for level, path in levels:
+        metrics = _read(path / "metrics.json")
+        report = _read(path / "sparsity.json")
+        if metrics is None or report is None:
+            continue
+        row: dict[str, Any] = {
+            "level": level,
+            "remaining": report["nonzeros"] / report["numel"],
+            "kept": report["nonzeros"],
+            "numel": report["numel"],
+            "ticket": metrics.get(metric),
+        }
+        for control in ("reinit", "random"):
+            found = _read(path / control / "metrics.json")
+            row[control] = None if found is None else found.get(metric)
+        rows.append(row)
+    return rows
+
+
+def curve_table(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
+    """A markdown table of :func:`lottery_curve` rows."""
+    def cell(value: Any) -> str:
+        return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = [f"| level | weights remaining | ticket {metric} | reinit {metric} | random-mask {metric} |",
+             "|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['level']} | {100 * row['remaining']:.2f}% | {cell(row['ticket'])} | "
+                     f"{cell(row['reinit'])} | {cell(row['random'])} |")
+    return "\n".join(lines)
+
+
+def plot_curve(rows: list[dict[str, Any]], path: str | os.PathLike[str], metric: str = "accuracy") -> Path:
+    """A PNG of the metric against weights remaining (log scale, decreasing), ticket and controls.
+
+    Returns:
+        The written path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key, style in (("ticket", "o-"), ("reinit", "s--"), ("random", "^:")):
+        points = [(100 * r["remaining"], r[key]) for r in rows if r[key] is not None]
+        if points:
+            ax.plot(*zip(*points), style, label=key)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("weights remaining (%)")
+    ax.set_ylabel(metric)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,24 @@
+"""Compressed export and sparse inference for pruned models (weights already exactly zero).
+
+* :func:`export_sparse` / :func:`load_sparse`: lossless state_dict export to one safetensors file,
+  sparse tensors stored as a packed bitmask, CSR or COO, whichever is smallest.
+* :func:`convert`: swap sparse-enough ``nn.Linear`` layers for :class:`SparseLinear` (CSR weight,
+  MKL sparse matmul on CPU) for faster inference.
+"""
+
+from sparsetrain.sparse.convert import DEFAULT_MIN_NUMEL, DEFAULT_MIN_SPARSITY, convert
+from sparsetrain.sparse.encoding import choose_encoding
+from sparsetrain.sparse.export import ExportInfo, SparseFileError, export_sparse, load_sparse
+from sparsetrain.sparse.linear import SparseLinear
+
+__all__ = [
+    "DEFAULT_MIN_NUMEL",
+    "DEFAULT_MIN_SPARSITY",
+    "ExportInfo",
+    "SparseFileError",
+    "SparseLinear",
+    "choose_encoding",
+    "convert",
+    "export_sparse",
+    "load_sparse",
+]

@@ -1,0 +1,106 @@
+"""convert(): swap the sparse-enough ``nn.Linear`` layers of a model for :class:`SparseLinear`.
+
+Which layers are converted is decided by measurement (``benchmarks/sparse_inference.py``,
+``docs/benchmarks/sparse_inference.md``): a CSR layer is only faster than dense above a break-even
+sparsity, and for small layers the fixed per-call cost of the sparse kernel (tens of microseconds)
+eats the gain. Layers below either threshold stay ``nn.Linear``, so converting never trades a fast
+dense layer for a slower sparse one at the measured batch size.
+
+Convolutions are left dense: im2col (``F.unfold``) alone took longer than the whole dense
+convolution in our measurements, so im2col + sparse matmul never paid (see the benchmark doc).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from torch import nn
+
+from sparsetrain.sparse.linear import SUPPORTED_DTYPES, SparseLinear
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MIN_SPARSITY = 0.8
+"""Break-even sparsity measured at batch 128 on square 1024/2048/4096 layers (2-thread Xeon): the
+highest per-size break-even, rounded up to a multiple of 0.05. See docs/benchmarks/sparse_inference.md."""
+
+DEFAULT_MIN_NUMEL = 1 << 16
+"""Smallest weight (in elements) worth converting: below it the sparse call's fixed cost dominates."""
+
+
+def _weight_sparsity(linear: nn.Linear) -> float:
+    weight = linear.weight.detach()
+    return float((weight == 0).sum()) / weight.numel() if weight.numel() else 0.0
+
+
+def _skip_reason(linear: nn.Linear, min_sparsity: float, min_numel: int) -> str | None:
+    weight = linear.weight
+    if weight.device.type != "cpu":
+        return f"weight on {weight.device} (sparse inference is measured and supported on CPU only)"
+    if weight.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {weight.dtype} (CPU CSR matmul supports float32/float64 only)"
+    if weight.numel() < min_numel:
+        return f"{weight.numel()} weights < min_numel={min_numel}"
+    sparsity = _weight_sparsity(linear)
+    if sparsity < min_sparsity:
+        return f"sparsity {sparsity:.4f} < min_sparsity={min_sparsity}"
+    return None
+
+
+def convert(
+    model: nn.Module,
+    *,
+    min_sparsity: float | None = None,
+    min_numel: int = DEFAULT_MIN_NUMEL,
+    inplace: bool = False,
+) -> nn.Module:
+    """Return a model whose sparse ``nn.Linear`` layers are :class:`SparseLinear` (for inference).
+
+    A layer is converted when its type is exactly ``nn.Linear`` (subclasses such as the
+    ``out_proj`` of ``nn.MultiheadAttention``, whose weight is read directly by its parent, are
+    left alone), its weight is a float32/float64 CPU tensor of at least ``min_numel`` elements, and
+    the fraction of exactly-zero weights is at least ``min_sparsity``. A Linear shared between
+    several parents is converted once and stays shared. Outputs equal the original model's up to
+    float rounding (summation order differs).
+
+    Args:
+        model: the model (pruned weights exactly zero). An ``nn.Linear`` itself is accepted too.
+        min_sparsity: conversion threshold in [0, 1]; ``None`` uses :data:`DEFAULT_MIN_SPARSITY`,
+            the break-even measured at batch 128.
+        min_numel: smallest weight size (elements, >= 0) to convert.
+        inplace: modify ``model`` itself instead of a deep copy.
+
+    Returns:
+        The converted model (``model`` itself when ``inplace``, else a copy).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    threshold = DEFAULT_MIN_SPARSITY if min_sparsity is None else min_sparsity
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"min_sparsity must be None or a float in [0, 1], got {min_sparsity!r}")
+    if isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0:
+        raise ValueError(f"min_numel must be an int >= 0, got {min_numel!r}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
+    target = model if inplace else copy.deepcopy(model)
+    if type(target) is nn.Linear:
+        reason = _skip_reason(target, threshold, min_numel)
+        return target if reason else SparseLinear.from_dense(target)
+    replaced: dict[int, nn.Module] = {}
+    for parent_name, parent in list(target.named_modules(remove_duplicate=False)):
+        # _modules, not named_children(): the latter lists a module shared under two names once.
+        for child_name, child in list(parent._modules.items()):
+            if type(child) is not nn.Linear:
+                continue
+            full_name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if id(child) not in replaced:
+                reason = _skip_reason(child, threshold, min_numel)
+                if reason is not None:
+                    logger.debug("keeping %s dense: %s", full_name, reason)
+                    replaced[id(child)] = child
+                    continue
+                replaced[id(child)] = SparseLinear.from_dense(child)
+                logger.info("converted %s to SparseLinear (sparsity %.4f)", full_name, _weight_sparsity(child))
+            setattr(parent, child_name, replaced[id(child)])
+    return target
