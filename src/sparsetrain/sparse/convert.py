@@ -102,7 +102,8 @@ def convert(
                     logger.debug("keeping %s dense: %s", full_name, reason)
                     replaced[id(child)] = child
                     continue
-                replaced[id(child)] = SparseLinear.from_dense(child)
-                logger.info("converted %s to SparseLinear (sparsity %.4f)", full_name, _weight_sparsity(child))
+                sparse = SparseLinear.from_dense(child)
+                replaced[id(child)] = sparse
+                logger.info("converted %s to SparseLinear (sparsity %.4f)", full_name, sparse.sparsity)
             setattr(parent, child_name, replaced[id(child)])
     return target
