@@ -373,8 +373,15 @@ class Sparsifier:
         self._hooks = []
 
     def export(self) -> nn.Module:
-        """Bake the masks into the weights, detach from the optimizer, and return the plain model."""
+        """Bake the masks into the weights, detach from the optimizer, and return the plain model.
+
+        Pruned weights become ``+0.0`` (masking by multiplication leaves ``-0.0`` where a weight was negative,
+        which costs a sign bit per zero in :func:`sparsetrain.export_sparse`'s bit-exact files).
+        """
         self.apply_masks()
+        with torch.no_grad():
+            for name, mask in self.masks.items():
+                self.params[name].masked_fill_(~mask, 0.0)
         self.remove()
         return self.model
 
