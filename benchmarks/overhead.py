@@ -77,7 +77,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per configuration (median)")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per run (a multiple of 100)")
     parser.add_argument("--quick", action="store_true", help="MLP with SGD only, 2 repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = list(CASES)[:1] if args.quick else list(CASES)
     optimizers = ["SGD"] if args.quick else ["SGD", "AdamW"]
     repeats = 2 if args.quick else args.repeats

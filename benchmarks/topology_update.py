@@ -21,7 +21,10 @@ from sparsetrain.reference import reference_granet_update
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per implementation (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model("resnet50", (3, 224, 224), 1000)
     total_steps, step = 100_000, 20_000

@@ -34,18 +34,20 @@ def _select_kth_largest(flat: Tensor, k: int) -> Tensor:
     return torch.topk(flat, k, sorted=False).values.min()
 
 
-def _kth_largest(flat: Tensor, k: int) -> Tensor:
-    """The value of the k-th largest entry of a 1-D tensor (1 <= k <= numel), exactly.
+def _kth_largest(parts: Tensor | Sequence[Tensor], k: int) -> Tensor:
+    """The k-th largest value over one or several 1-D tensors taken together (1 <= k <= total), exactly.
 
-    Large tensors are narrowed first: a strided sample gives two values that bracket the k-th largest with
+    Large inputs are narrowed first: a strided sample gives two values that bracket the k-th largest with
     high probability; one counting pass checks the bracket, and selection then runs on the few entries
     inside it. If the bracket misses (an adversarial layout), the full selection runs, so the answer is always
-    exact; only the time depends on the sample.
+    exact; only the time depends on the sample. Several tensors are never concatenated in full.
     """
-    n = flat.numel()
+    parts = [parts] if isinstance(parts, Tensor) else list(parts)
+    n = sum(part.numel() for part in parts)
     if n < _NARROWING_MIN_NUMEL:
-        return _select_kth_largest(flat, k)
-    sample = flat[:: n // _SAMPLE_SIZE]
+        return _select_kth_largest(torch.cat(parts) if len(parts) > 1 else parts[0], k)
+    stride = max(1, n // _SAMPLE_SIZE)
+    sample = torch.cat([part[::stride] for part in parts])
     m = sample.numel()
     rank = k * m / n  # expected rank of the answer in the sample, from the top
     margin = 0.01 * m + 64
@@ -53,20 +55,22 @@ def _kth_largest(flat: Tensor, k: int) -> Tensor:
     lo_rank = int(rank + margin) + 1
     hi = _select_kth_largest(sample, hi_rank) if hi_rank >= 1 else None
     lo = _select_kth_largest(sample, lo_rank) if lo_rank <= m else None
-    n_above = 0 if hi is None else int(torch.count_nonzero(flat > hi))
-    if n_above < k:
-        if hi is None and lo is None:
-            return _select_kth_largest(flat, k)
-        if hi is None:
-            in_band = flat >= lo
-        elif lo is None:
-            in_band = flat <= hi
-        else:
-            in_band = torch.logical_and(flat >= lo, flat <= hi)
-        band = flat[in_band]
-        if n_above + band.numel() >= k:
-            return _select_kth_largest(band, k - n_above)
-    return _select_kth_largest(flat, k)
+    if hi is not None or lo is not None:
+        n_above = 0 if hi is None else sum(int(torch.count_nonzero(part > hi)) for part in parts)
+        if n_above < k:
+            bands = []
+            for part in parts:
+                if hi is None:
+                    in_band = part >= lo
+                elif lo is None:
+                    in_band = part <= hi
+                else:
+                    in_band = torch.logical_and(part >= lo, part <= hi)
+                bands.append(part[in_band])
+            band = torch.cat(bands) if len(bands) > 1 else bands[0]
+            if n_above + band.numel() >= k:
+                return _select_kth_largest(band, k - n_above)
+    return _select_kth_largest(torch.cat(parts) if len(parts) > 1 else parts[0], k)
 
 
 def topk_mask(scores: Tensor, k: int, eligible: Tensor | None = None, n_eligible: int | None = None) -> Tensor:
@@ -117,27 +121,49 @@ def topk_mask(scores: Tensor, k: int, eligible: Tensor | None = None, n_eligible
 def global_topk_masks(
     scores: Mapping[str, Tensor], k: int, eligible: Mapping[str, Tensor] | None = None
 ) -> dict[str, Tensor]:
-    """Top-k over the concatenation of several tensors, split back per tensor.
+    """Top-k over several tensors taken together (one threshold), as if concatenated, split back per tensor.
 
-    The flat index used for tie-breaking follows the mapping's order, then each tensor's own order.
+    The flat index used for tie-breaking follows the mapping's order, then each tensor's own order. The
+    tensors are never concatenated in full (see :func:`_kth_largest`).
 
     Args:
         scores: name -> score tensor (all on one device).
         k: total number of entries to keep across all tensors.
-        eligible: optional name -> bool tensor (see :func:`topk_mask`).
+        eligible: optional name -> bool tensor (see :func:`topk_mask`; scores must then be non-negative).
 
     Returns:
-        name -> bool mask with ``k`` True entries in total.
+        name -> bool mask with ``k`` True entries in total (after clamping to the eligible count).
     """
     names = list(scores)
-    flat = torch.cat([scores[name].reshape(-1) for name in names])
-    allowed = None if eligible is None else torch.cat([eligible[name].reshape(-1) for name in names])
-    keep = topk_mask(flat, k, allowed)
-    sizes = [scores[name].numel() for name in names]
-    return {
-        name: part.view_as(scores[name])
-        for name, part in zip(names, torch.split(keep, sizes), strict=True)
-    }
+    flats = {name: scores[name].reshape(-1) for name in names}
+    allowed = None
+    n = sum(flat.numel() for flat in flats.values())
+    k = max(0, min(int(k), n))
+    if eligible is not None:
+        allowed = {name: eligible[name].reshape(-1) for name in names}
+        flats = {name: flats[name] * allowed[name].view(torch.uint8) for name in names}
+        k = min(k, sum(int(torch.count_nonzero(allowed[name])) for name in names))
+    if k == 0 or k == n:
+        return {name: torch.full_like(scores[name], k == n, dtype=torch.bool) for name in names}
+    threshold = _kth_largest(list(flats.values()), k)
+    masks = {name: flats[name] >= threshold for name in names}
+    if allowed is not None and threshold <= 0:
+        for name in names:
+            masks[name] &= allowed[name]
+    if sum(int(torch.count_nonzero(m)) for m in masks.values()) != k:
+        # More entries tie at the threshold than fit: keep the lowest-index ones, tensor by tensor.
+        masks = {name: flats[name] > threshold for name in names}
+        missing = k - sum(int(torch.count_nonzero(m)) for m in masks.values())
+        for name in names:
+            if missing <= 0:
+                break
+            ties = flats[name] == threshold
+            if allowed is not None:
+                ties &= allowed[name]
+            index = ties.nonzero().squeeze(1)[:missing]
+            masks[name][index] = True
+            missing -= index.numel()
+    return {name: masks[name].view_as(scores[name]) for name in names}
 
 
 def drop_and_grow(
