@@ -17,7 +17,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["topk_mask", "global_topk_masks", "drop_and_grow", "exact_counts"]
+__all__ = ["topk_mask", "global_topk_masks", "drop_and_grow", "exact_counts", "NEG_INF"]
+
+#: Score that ranks an entry below every finite score (used by pruning at init to exclude pruned weights).
+NEG_INF = float("-inf")
 
 
 _SAMPLE_SIZE = 65_536
