@@ -213,3 +213,21 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
     (checkpoint,) = (tmp_path / "runs").glob("*/seed_0/checkpoint.pt")
     state = torch.load(checkpoint, weights_only=True)
     assert 0 < state["step"] < 50 * 1024 and state["batch_in_epoch"] == state["step"] % 922
+
+
+def test_resume_a_run_directory_by_path(tmp_path, capsys):
+    from test_experiment_trainer import StopAt, tiny
+
+    from sparsetrain.experiment import Trainer, TrainingInterrupted
+
+    config = tiny("gmp")
+    with pytest.raises(TrainingInterrupted):
+        Trainer(config, tmp_path / "runs", callback=StopAt(5), plots=False).fit()
+    run = tmp_path / "runs" / config.run_name() / "seed_0"
+    assert main(["train", "--resume", str(run), "--no-progress", "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming an interrupted run at step 5" in captured.err
+    assert json.loads((run / "summary.json").read_text())["resumed"] is True
+    assert "gmp-" in captured.out and "dense" not in captured.out  # a resumed run trains no baseline
+    assert main(["train", "--resume", str(run), "--epochs", "9"]) == 2
+    assert "change the run's identity" in capsys.readouterr().err

@@ -172,3 +172,16 @@ def test_dense_gradient_steps_known_values():
     assert dense_gradient_steps("granet", [10], 10) == [9]
     assert dense_gradient_steps("snfs", [3], 4) == [0, 1, 2, 3]
     assert dense_gradient_steps("gmp", [3, 6], 10) == dense_gradient_steps("set", [3], 10) == []
+
+
+def test_restart_discards_an_interrupted_run(tmp_path):
+    config = tiny()
+    with pytest.raises(TrainingInterrupted):
+        Trainer(config, tmp_path / "cut", callback=StopAt(13), plots=False).fit()
+    restarted = Trainer(config, tmp_path / "cut", plots=False)
+    summary = restarted.fit(restart=True)
+    assert restarted.resumed_from is None and not summary["resumed"]
+    straight = Trainer(config, tmp_path / "straight", plots=False).fit()
+    cut = RunDir.for_config(tmp_path / "cut", config)
+    assert _metrics(cut) == _metrics(RunDir.for_config(tmp_path / "straight", config))
+    assert summary["final_acc"] == straight["final_acc"]

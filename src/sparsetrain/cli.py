@@ -58,7 +58,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     from sparsetrain.experiment.config import SECTIONS, iter_fields
 
-    groups = {s: parser.add_argument_group(f"{s} (config section '{s}')", SECTIONS[s].__doc__) for s in SECTIONS}
+    groups = {s: parser.add_argument_group(f"{s} (config section '{s}')",
+                                         (SECTIONS[s].__doc__ or "").replace("``", "")) for s in SECTIONS}
     for info in iter_fields():
         group = groups[info.section]
         help_text = f"{info.help} (default: {_fmt_default(info.default)})"
@@ -85,7 +86,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train", help="train runs (and the dense baseline); resume interrupted ones; skip finished ones",
         description="Train one run per seed in <runs-dir>/<method>-<hash>/seed_<n>/ (hash of the non-default "
-                    "config fields). With no arguments: GraNet at 90%% sparsity on MNIST-1D, plus the dense "
+                    "config fields). With no arguments: GraNet at 90% sparsity on MNIST-1D, plus the dense "
                     "baseline with the same recipe. A finished run is skipped; an interrupted one resumes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -118,7 +119,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _resolve_config(args: argparse.Namespace) -> Any:
     """defaults < --config file (or --resume RUN_DIR's config.yaml) < flags < --set."""
-    from sparsetrain.experiment.config import ConfigError, ExperimentConfig, _safe_yaml, iter_fields, parse_text
+    from sparsetrain.experiment.config import ConfigError, ExperimentConfig, parse_yaml_value, iter_fields, parse_text
 
     if isinstance(args.resume, str):
         from sparsetrain.experiment.rundir import RunDir
@@ -147,7 +148,7 @@ def _resolve_config(args: argparse.Namespace) -> Any:
                     key, sep, text = item.partition("=")
                     if not sep or not key:
                         raise ConfigError(f"{info.flag}={item!r} is not allowed: expected KEY=VALUE")
-                    overrides[f"{info.path}.{key.strip()}"] = _safe_yaml(f"{info.path}.{key}", text)
+                    overrides[f"{info.path}.{key.strip()}"] = parse_yaml_value(f"{info.path}.{key}", text)
             elif isinstance(given, list):
                 overrides[info.path] = parse_text(info.path, " ".join(given))
             else:
@@ -164,7 +165,7 @@ def _resolve_config(args: argparse.Namespace) -> Any:
             raise ConfigError(f"--set {item!r} is not allowed: expected KEY=VALUE, e.g. sparse.sparsity=0.95")
         parts = key.split(".")
         if len(parts) == 3 and parts[1] == "options":
-            sets[key] = _safe_yaml(key, text)
+            sets[key] = parse_yaml_value(key, text)
         else:
             sets[key] = parse_text(key, text)
         config = config.with_overrides({key: sets[key]})
@@ -295,7 +296,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if isinstance(args.resume, str):
         run_path = Path(args.resume).resolve()
         runs_dir = run_path.parent.parent
-        if RunDir.for_config(runs_dir, base).path != run_path:
+        if RunDir.for_config(runs_dir, base.canonical()).path != run_path:
             raise CliError(f"--resume {args.resume}: the options given change the run's identity; "
                            "only paths, device, threads and workers may change on resume")
     seeds = _seeds(args, base.train.seed)

@@ -8,6 +8,7 @@ Everything a config can get wrong surfaces here, before any file is written, as 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,8 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     if train.threads is not None:
         torch.set_num_threads(train.threads)
     if train.deterministic:
+        if device.type == "cuda":  # cuBLAS needs this before its first handle for deterministic matmuls
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     data = config.data

@@ -38,6 +38,9 @@ __all__ = [
     "FieldInfo",
     "iter_fields",
     "parse_text",
+    "parse_yaml_value",
+    "validate_value",
+    "load_yaml",
 ]
 
 DENSE = "dense"
@@ -385,10 +388,15 @@ def _parse_as(path: str, text: str, tp: Any) -> Any:
             items = [s for s in stripped.replace(",", " ").split() if s]
         (item,) = typing.get_args(tp)
         return [_parse_as(path, s, item) for s in items]
-    return _safe_yaml(path, text)
+    return parse_yaml_value(path, text)
 
 
-def _safe_yaml(path: str, text: str) -> Any:
+def parse_yaml_value(path: str, text: str) -> Any:
+    """Read one option value (``KEY=VALUE`` of an options dict) as YAML; "1e-3" is a number, not a string.
+
+    Raises:
+        ConfigError: not a YAML value.
+    """
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -151,6 +151,8 @@ class Trainer:
             logger.info("resuming %s at step %d (epoch %d, %d metric records)", self.run.name, self.step, self.epoch,
                         kept)
         else:
+            # A restart forgets the old run at once: a crash before the first new checkpoint must not resume it.
+            self.run.checkpoint_file.unlink(missing_ok=True)
             self.run.metrics_file.unlink(missing_ok=True)
             restore_rng(self._rng_after_build)
             self._begin_trace()
