@@ -349,6 +349,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                         help="one row per experiment, mean (± std) over seeds (default: one row per run)")
     parser.add_argument("--output", metavar="FILE", default=None,
                         help="also write the table to FILE (default: stdout only)")
+    parser.add_argument("--layers", action="store_true",
+                        help="also print each run's per-layer table: final density, ITOP rate, inference and "
+                             "training FLOPs beside dense (default: false)")
     parser.set_defaults(func=_cmd_report)
 
 
@@ -366,6 +369,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
         rows = aggregate_rows(rows)
     text = format_rows(rows, args.format)
     print(text, end="" if text.endswith("\n") else "\n")
+    if args.layers:
+        from sparsetrain.experiment.report import format_layers, layer_rows
+        from sparsetrain.experiment.rundir import find_runs
+
+        for run in find_runs(runs_dir):
+            summary = run.read_summary() or {}
+            layers = format_layers(layer_rows(summary), args.format)
+            text += f"\n\n{run.name}:\n{layers}"
+            print(f"\n{run.name}:\n{layers}")
     if args.output:
         Path(args.output).write_text(text if text.endswith("\n") else text + "\n")
     return 0
@@ -413,16 +425,89 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- reproduce --------------------------------------------------------------------------------------------------
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "reproduce", help="the reproduction benchmark: every method at several sparsities and seeds, tables, "
+                          "plots and the claims checked",
+        description="Trains the grid of a setting (full: dense, GMP, GraNet s_i=0 and 0.5, RigL, SET, SNFS, static "
+                    "ERK, SNIP, GraSP, SynFlow and IMP at 90/95/98% sparsity, 3 seeds, on MNIST-1D (cnn1d, mlp) "
+                    "and the packaged MNIST subset (LeNet-300-100); plus a pruning-plasticity study) as ordinary run "
+                    "directories, so a rerun skips finished cells and resumes interrupted ones; then writes "
+                    "reproduction.md (mean ± std tables, the claims of MISSION.md section 5 checked), "
+                    "reproduction.csv and PNG plots.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--quick", dest="setting", action="store_const", const="quick",
+                       help="a subset in a few minutes (one pair, one sparsity, one seed, 6 epochs)")
+    which.add_argument("--tiny", dest="setting", action="store_const", const="tiny",
+                       help="test-only: synthetic data, seconds")
+    which.add_argument("--setting", dest="setting", choices=("full", "quick", "tiny"),
+                       help="the grid (default: full)")
+    parser.set_defaults(setting="full")
+    parser.add_argument("--runs-dir", default="runs/reproduce",
+                        help="runs go to RUNS_DIR/<setting>/ (default: runs/reproduce)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where the results go (default: docs/results for full, else RUNS_DIR/<setting>/results)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="parallel worker processes, one torch thread each (default: 2)")
+    parser.add_argument("--no-plasticity", dest="plasticity", action="store_false",
+                        help="skip the plasticity study (default: run it)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing; write the results of what has finished (default: false)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
+    parser.set_defaults(func=_cmd_reproduce)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import shlex
+
+    from sparsetrain.experiment.reproduce import SETTINGS, plan_jobs, run_jobs
+    from sparsetrain.experiment.reproduce_report import write_report
+
+    if args.workers < 1:
+        raise CliError(f"argument --workers: {args.workers} is not allowed: expected an int >= 1")
+    setting = SETTINGS[args.setting]
+    runs_dir = Path(args.runs_dir) / setting.name
+    out = Path(args.out) if args.out else (Path("docs/results") if setting.name == "full" else runs_dir / "results")
+    start = time.monotonic()
+    failed: list[str] = []
+    if not args.report_only:
+        jobs = plan_jobs(setting, runs_dir, plasticity=args.plasticity)
+        _note(f"reproduce ({setting.name}): {len(jobs)} jobs in {runs_dir}/ with {args.workers} worker(s); "
+              "finished ones are skipped")
+        count = 0
+
+        def on_done(job: Any, result: dict[str, Any] | None, error: BaseException | None) -> None:
+            nonlocal count
+            count += 1
+            if error is not None:
+                failed.append(job.name)
+                _note(f"[{count}/{len(jobs)}] {job.name}: FAILED: {type(error).__name__}: {error}")
+                return
+            acc = (result or {}).get("final_acc", (result or {}).get("acc"))
+            extra = f" acc {acc:.4f}" if isinstance(acc, float) else ""
+            _note(f"[{count}/{len(jobs)}] {job.name}: done{extra} ({time.monotonic() - start:.0f}s)")
+
+        run_jobs(jobs, workers=args.workers, on_done=on_done)
+    command = shlex.join([PROG, *getattr(args, "argv", ["reproduce"])])
+    paths = write_report(setting, runs_dir, out, command=command,
+                         wall_time=None if args.report_only else time.monotonic() - start, failed=failed)
+    for path in paths:
+        print(path)
+    return 1 if failed else 0
+
+
 # -- entry point ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its three commands."""
     parser = _Parser(prog=PROG, description="Sparse neural network training (GraNet, RigL, SET, GMP, ...) and "
                                             "lottery-ticket science on PyTorch.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,report,plot}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,report,plot,plasticity,compare,reproduce}", parser_class=_Parser)
     _add_train(sub)
     _add_report(sub)
     _add_plot(sub)
+    _add_reproduce(sub)
     return parser
 
 
@@ -437,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         if extra:
             command = f"{PROG} {args.command}" if args.command else PROG
             raise CliError(f"unrecognized arguments: {' '.join(extra)} (see {command} --help)")
