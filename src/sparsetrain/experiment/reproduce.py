@@ -153,14 +153,14 @@ _TINY = Benchmark("synthetic-mlp", "synthetic / mlp 32", "synthetic", "mlp", {"h
 SETTINGS: dict[str, ReproSetting] = {
     "full": ReproSetting(
         name="full", benchmarks=(_CNN1D, _MLP, _LENET), methods=_ALL, sparsities=(0.9, 0.95, 0.98),
-        seeds=(0, 1, 2), epochs=20, batch_size=64, lr=0.05, update_every=50, imp_rounds=5,
+        seeds=(0, 1, 2), epochs=20, batch_size=128, lr=0.1, update_every=25, imp_rounds=5,
         plasticity=PlasticityPlan("mnist1d-cnn1d", epochs=20, milestones=(0.5, 0.75),
                                   prune_epochs=(2, 6, 9, 11, 14, 16), rates=(0.2, 0.5, 0.8)),
         description="the reproduction grid: 3 data/model pairs x 12 methods x 3 sparsities x 3 seeds"),
     "quick": ReproSetting(
         name="quick", benchmarks=(_CNN1D,),
         methods=("dense", "gmp", "granet", "granet_st", "rigl", "set", "static", "snip", "synflow", "imp"),
-        sparsities=(0.9,), seeds=(0,), epochs=6, batch_size=64, lr=0.05, update_every=25, imp_rounds=2,
+        sparsities=(0.9,), seeds=(0,), epochs=6, batch_size=128, lr=0.1, update_every=10, imp_rounds=2,
         plasticity=PlasticityPlan("mnist1d-cnn1d", epochs=6, milestones=(0.5,), prune_epochs=(2, 4), rates=(0.5,)),
         description="a subset in a few minutes: one data/model pair, one sparsity, one seed, 6 epochs"),
     "tiny": ReproSetting(
