@@ -660,7 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Sparse neural network training (GraNet, RigL, SET, GMP, ...) and "
                                             "lottery-ticket science on PyTorch.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,report,plot,plasticity,compare,reproduce}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,report,plot,plasticity,compare,reproduce}",
+                                parser_class=_Parser)
     _add_train(sub)
     _add_report(sub)
     _add_plot(sub)

@@ -415,7 +415,7 @@ def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Pat
                   "levels " + ", ".join(f"{100 * s:g}% -> level {lv}" for s, lv in levels.items())
                   + " (measured sparsity after '@'). The control retrains the ticket's mask from a fresh random "
                   "initialisation.", ""]
-    lines += [f"Methods: " + "; ".join(f"`{m}`: {METHOD_LABELS[m]}" for m in setting.methods) + ".", ""]
+    lines += ["Methods: " + "; ".join(f"`{m}`: {METHOD_LABELS[m]}" for m in setting.methods) + ".", ""]
     if failed:
         lines += [f"**Failed jobs** (left out of the tables): {', '.join(failed)}.", ""]
 
