@@ -1,4 +1,5 @@
-"""The ``sparsetrain`` command line: ``train``, ``report``, ``plot`` and ``lottery``.
+"""The ``sparsetrain`` command line: ``train``, ``report``, ``plot``, ``lottery``, ``plasticity``, ``compare``
+and ``reproduce``.
 
 ``sparsetrain train`` with no arguments trains GraNet at 90% sparsity on MNIST-1D and the dense baseline with
 the same recipe, and prints both accuracies. Every config field has a flag (``--help`` lists them with their
@@ -349,6 +350,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                         help="one row per experiment, mean (± std) over seeds (default: one row per run)")
     parser.add_argument("--output", metavar="FILE", default=None,
                         help="also write the table to FILE (default: stdout only)")
+    parser.add_argument("--layers", action="store_true",
+                        help="also print each run's per-layer table: final density, ITOP rate, inference and "
+                             "training FLOPs beside dense (default: false)")
     parser.set_defaults(func=_cmd_report)
 
 
@@ -366,6 +370,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
         rows = aggregate_rows(rows)
     text = format_rows(rows, args.format)
     print(text, end="" if text.endswith("\n") else "\n")
+    if args.layers:
+        from sparsetrain.experiment.report import format_layers, layer_rows
+        from sparsetrain.experiment.rundir import find_runs
+
+        for run in find_runs(runs_dir):
+            summary = run.read_summary() or {}
+            layers = format_layers(layer_rows(summary), args.format)
+            text += f"\n\n{run.name}:\n{layers}"
+            print(f"\n{run.name}:\n{layers}")
     if args.output:
         Path(args.output).write_text(text if text.endswith("\n") else text + "\n")
     return 0
@@ -528,17 +541,250 @@ def _cmd_lottery(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- plasticity -------------------------------------------------------------------------------------------------
+def _add_plasticity(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "plasticity", help="pruning plasticity: prune a dense run at epochs t with rates r, train on, compare",
+        description="Trains the dense run of the recipe (config flags as for train), saves its checkpoints after "
+                    "the epochs t of --prune-epochs, prunes a copy of each by magnitude with each rate r "
+                    "(--scope global or layer), and trains it to the end of the schedule with the mask fixed "
+                    "and/or with GraNet's neuroregeneration. Writes plasticity.md, plasticity.csv and "
+                    "plasticity.png (relative accuracy change against t, one line per r and regeneration, LR "
+                    "decays marked). Every stage is skipped when its output exists. Use a multistep learning rate "
+                    "(--lr-schedule multistep) to see the effect of its decays.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    study = parser.add_argument_group("plasticity")
+    study.add_argument("--prune-epochs", nargs="+", type=int, default=None, metavar="T",
+                       help="epochs after which copies are pruned (default: before and after each LR decay, plus "
+                            "an early one)")
+    study.add_argument("--rates", nargs="+", type=float, default=[0.2, 0.5, 0.8], metavar="R",
+                       help="pruning rates (default: 0.2 0.5 0.8)")
+    study.add_argument("--regeneration", choices=("both", "yes", "no"), default="both",
+                       help="train the pruned copies with neuroregeneration, without, or both (default: both)")
+    study.add_argument("--scope", choices=("global", "layer"), default="global",
+                       help="one magnitude threshold over all layers, or one per layer (default: global)")
+    study.add_argument("--regrow-every", type=int, default=100,
+                       help="neuroregeneration: optimizer steps between drop-and-regrow updates (default: 100)")
+    study.add_argument("--drop-fraction", type=float, default=0.5,
+                       help="neuroregeneration: initial drop fraction, cosine-decayed (default: 0.5)")
+    study.add_argument("--out", default=None, metavar="DIR",
+                       help="study directory (default: RUNS_DIR/plasticity/<dense run name>/seed_<n>)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", metavar="FILE", default=None, help="YAML config file (default: none)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="dotted override applied after the flags, repeatable (default: none)")
+    run.add_argument("--runs-dir", default="runs", help="runs directory (default: runs)")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bar (default: shown)")
+    run.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
+    _add_config_flags(parser)
+    parser.set_defaults(func=_cmd_plasticity, resume=None)
+
+
+def _cmd_plasticity(args: argparse.Namespace) -> int:
+    from sparsetrain.analysis.plasticity import format_plasticity, run_plasticity
+    from sparsetrain.experiment import TrainerCallback, TrainingInterrupted
+
+    config = _resolve_config(args).dense_baseline()
+    out = Path(args.out) if args.out else (Path(args.runs_dir) / "plasticity" / config.run_name()
+                                           / f"seed_{config.train.seed}")
+    regeneration = {"both": (False, True), "yes": (True,), "no": (False,)}[args.regeneration]
+    progress = _Progress(args.progress)
+
+    class Callback(TrainerCallback):
+        on_start = staticmethod(progress.on_start)
+        on_step = staticmethod(progress.on_step)
+        on_end = staticmethod(progress.on_end)
+
+    _note(f"plasticity study in {out}/ (finished stages are skipped)")
+    try:
+        rows = run_plasticity(config, out, prune_epochs=args.prune_epochs, rates=args.rates,
+                              regeneration=regeneration, scope=args.scope, regrow_every=args.regrow_every,
+                              drop_fraction=args.drop_fraction, callback=Callback())
+    except TrainingInterrupted as exc:
+        _note(f"interrupted by {exc.signal_name} at step {exc.step}; checkpoint written to {exc.checkpoint}. Run "
+              "the same command again to resume.")
+        return exc.exit_code
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        progress.close()
+    print(format_plasticity(rows, "markdown"))
+    for name in ("plasticity.md", "plasticity.csv", "plasticity.png"):
+        print(out / name)
+    return 0
+
+
+# -- compare ----------------------------------------------------------------------------------------------------
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "compare", help="mask overlap (IoU, Hamming) of two runs, or update sparsity between two checkpoints",
+        description="A and B are run directories (runs/<name>/seed_<n>), lottery level directories (level_<L>, "
+                    "level_<L>/reinit), masks.pt files, checkpoint.pt files or saved state dicts. Without --update: "
+                    "the overlap of their masks per layer and in total (IoU, Hamming distance, and the IoU two "
+                    "random masks of the same sizes would have). With --update: the update sparsity from A "
+                    "(before) to B (after): the fraction of each tensor that changed (beyond --atol) and the rank "
+                    "of each update. With four paths (A B C D) or --against C D: also the overlap of the changed "
+                    "sets of A->B and C->D.")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="A B, or A B C D")
+    parser.add_argument("--update", action="store_true",
+                        help="update sparsity between checkpoints instead of mask overlap (default: false)")
+    parser.add_argument("--against", nargs=2, metavar=("C", "D"), default=None,
+                        help="a second pair: overlap of the changed sets of A->B and C->D (implies --update)")
+    parser.add_argument("--atol", type=float, default=0.0,
+                        help="an entry changed when |after - before| > ATOL; 0 compares exactly (default: 0)")
+    parser.add_argument("--no-rank", dest="rank", action="store_false",
+                        help="skip the update ranks (one SVD per tensor) (default: computed)")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output (default: table)")
+    parser.add_argument("--output", metavar="FILE", default=None, help="also write the output to FILE")
+    parser.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from sparsetrain.analysis import mask_overlap, update_overlap, update_sparsity
+    from sparsetrain.analysis.sources import common_names, load_masks, load_weights
+
+    paths = list(args.paths)
+    if len(paths) not in (2, 4):
+        raise CliError(f"compare takes 2 or 4 paths (A B [C D]), got {len(paths)}")
+    if args.against is not None:
+        if len(paths) == 4:
+            raise CliError("give either four paths or --against C D, not both")
+        paths += list(args.against)
+    update = args.update or len(paths) == 4
+    if not args.atol >= 0 or args.atol == float("inf"):
+        raise CliError(f"argument --atol: {args.atol!r} is not allowed: a finite number >= 0")
+    sections: list[tuple[str, Any]] = []
+    notes: list[str] = []
+    try:
+        if not update:
+            a, b = load_masks(paths[0]), load_masks(paths[1])
+            names, left = common_names(a, b)
+            if left:
+                notes.append(f"tensors not in both (left out): {', '.join(left)}")
+            if not names:
+                raise CliError(f"{paths[0]} and {paths[1]} share no mask of the same name and shape")
+            sections.append((f"mask overlap: {paths[0]} vs {paths[1]}",
+                             mask_overlap({n: a[n] for n in names}, {n: b[n] for n in names})))
+        else:
+            pairs = [paths[0:2]] + ([paths[2:4]] if len(paths) == 4 else [])
+            reports = []
+            for before_path, after_path in pairs:
+                before, after = load_weights(before_path), load_weights(after_path)
+                names, left = common_names(before, after)
+                names = [n for n in names if before[n].is_floating_point()]
+                if left:
+                    notes.append(f"{before_path} -> {after_path}: tensors not in both (left out): {', '.join(left)}")
+                report = update_sparsity(before, after, atol=args.atol, names=names, compute_rank=args.rank)
+                reports.append(report)
+                sections.append((f"update sparsity: {before_path} -> {after_path} (atol {args.atol:g})", report))
+            if len(reports) == 2:
+                shared, _ = common_names(reports[0].changed_masks, reports[1].changed_masks)
+                sections.append((f"overlap of the changed entries: ({paths[0]} -> {paths[1]}) vs "
+                                 f"({paths[2]} -> {paths[3]})",
+                                 update_overlap({n: reports[0].changed_masks[n] for n in shared},
+                                                {n: reports[1].changed_masks[n] for n in shared})))
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    if args.format == "json":
+        text = json.dumps({"sections": [{"title": t, **r.to_dict()} for t, r in sections], "notes": notes}, indent=2)
+    else:
+        text = "\n\n".join(f"{t}\n{r}" for t, r in sections) + "".join(f"\nnote: {n}" for n in notes)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+# -- reproduce --------------------------------------------------------------------------------------------------
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "reproduce", help="the reproduction benchmark: every method at several sparsities and seeds, tables, "
+                          "plots and the claims checked",
+        description="Trains the grid of a setting (full: dense, GMP, GraNet s_i=0 and 0.5, RigL, SET, SNFS, static "
+                    "ERK, SNIP, GraSP, SynFlow and IMP at 90/95/98% sparsity, 3 seeds, on MNIST-1D (cnn1d, mlp) "
+                    "and the packaged MNIST subset (LeNet-300-100); plus a pruning-plasticity study) as ordinary run "
+                    "directories, so a rerun skips finished cells and resumes interrupted ones; then writes "
+                    "reproduction.md (mean ± std tables, the claims of MISSION.md section 5 checked), "
+                    "reproduction.csv and PNG plots.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--quick", dest="setting", action="store_const", const="quick",
+                       help="a subset in a few minutes (one pair, one sparsity, one seed, 6 epochs)")
+    which.add_argument("--tiny", dest="setting", action="store_const", const="tiny",
+                       help="test-only: synthetic data, seconds")
+    which.add_argument("--setting", dest="setting", choices=("full", "quick", "tiny"),
+                       help="the grid (default: full)")
+    parser.set_defaults(setting="full")
+    parser.add_argument("--runs-dir", default="runs/reproduce",
+                        help="runs go to RUNS_DIR/<setting>/ (default: runs/reproduce)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where the results go (default: docs/results for full, else RUNS_DIR/<setting>/results)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="parallel worker processes, one torch thread each (default: 2)")
+    parser.add_argument("--no-plasticity", dest="plasticity", action="store_false",
+                        help="skip the plasticity study (default: run it)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing; write the results of what has finished (default: false)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
+    parser.set_defaults(func=_cmd_reproduce)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import shlex
+
+    from sparsetrain.experiment.reproduce import SETTINGS, plan_jobs, run_jobs
+    from sparsetrain.experiment.reproduce_report import write_report
+
+    if args.workers < 1:
+        raise CliError(f"argument --workers: {args.workers} is not allowed: expected an int >= 1")
+    setting = SETTINGS[args.setting]
+    runs_dir = Path(args.runs_dir) / setting.name
+    out = Path(args.out) if args.out else (Path("docs/results") if setting.name == "full" else runs_dir / "results")
+    start = time.monotonic()
+    failed: list[str] = []
+    if not args.report_only:
+        jobs = plan_jobs(setting, runs_dir, plasticity=args.plasticity)
+        _note(f"reproduce ({setting.name}): {len(jobs)} jobs in {runs_dir}/ with {args.workers} worker(s); "
+              "finished ones are skipped")
+        count = 0
+
+        def on_done(job: Any, result: dict[str, Any] | None, error: BaseException | None) -> None:
+            nonlocal count
+            count += 1
+            if error is not None:
+                failed.append(job.name)
+                _note(f"[{count}/{len(jobs)}] {job.name}: FAILED: {type(error).__name__}: {error}")
+                return
+            acc = (result or {}).get("final_acc", (result or {}).get("acc"))
+            extra = f" acc {acc:.4f}" if isinstance(acc, float) else ""
+            _note(f"[{count}/{len(jobs)}] {job.name}: done{extra} ({time.monotonic() - start:.0f}s)")
+
+        run_jobs(jobs, workers=args.workers, on_done=on_done)
+    command = shlex.join([PROG, *getattr(args, "argv", ["reproduce"])])
+    paths = write_report(setting, runs_dir, out, command=command,
+                         wall_time=None if args.report_only else time.monotonic() - start, failed=failed)
+    for path in paths:
+        print(path)
+    return 1 if failed else 0
+
+
 # -- entry point ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with its four commands."""
+    """The argument parser with its commands."""
     parser = _Parser(prog=PROG, description="Sparse neural network training (GraNet, RigL, SET, GMP, ...) and "
                                             "lottery-ticket science on PyTorch.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,report,plot,lottery}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,report,plot,lottery,plasticity,compare,reproduce}",
+                                parser_class=_Parser)
     _add_train(sub)
     _add_report(sub)
     _add_plot(sub)
     _add_lottery(sub)
+    _add_plasticity(sub)
+    _add_compare(sub)
+    _add_reproduce(sub)
     return parser
 
 
@@ -553,6 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         if extra:
             command = f"{PROG} {args.command}" if args.command else PROG
             raise CliError(f"unrecognized arguments: {' '.join(extra)} (see {command} --help)")

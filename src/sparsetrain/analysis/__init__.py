@@ -1,9 +1,12 @@
-"""Tools to look inside sparse training: mask overlap, update sparsity, FLOPs and the ITOP rate.
+"""Tools to look inside sparse training: mask overlap, update sparsity, FLOPs, the ITOP rate and pruning plasticity.
 
 Masks are ``dict[str, torch.BoolTensor]`` keyed by fully-qualified parameter name, as everywhere in
 sparsetrain. Every function here is pure (no training state is touched) and works on CPU and device
-tensors.
+tensors. The plasticity study (:mod:`sparsetrain.analysis.plasticity`) trains through the experiment harness,
+so its names are imported on first use.
 """
+
+from typing import Any
 
 from sparsetrain.analysis.flops import (
     FlopsReport,
@@ -15,6 +18,7 @@ from sparsetrain.analysis.flops import (
 )
 from sparsetrain.analysis.itop import ItopTracker, itop_rate
 from sparsetrain.analysis.overlap import OverlapReport, OverlapRow, iou, mask_overlap, masks_from_state_dict
+from sparsetrain.analysis.sources import common_names, load_masks, load_weights
 from sparsetrain.analysis.update_sparsity import (
     UpdateRow,
     UpdateSparsityReport,
@@ -34,14 +38,32 @@ __all__ = [
     "TrainingFlopsReport",
     "UpdateRow",
     "UpdateSparsityReport",
+    "PlasticityCell",
+    "PlasticityStudy",
     "changed_masks",
+    "common_names",
     "inference_flops",
     "iou",
     "itop_rate",
+    "load_masks",
+    "load_weights",
+    "magnitude_masks",
     "mask_overlap",
     "masks_from_state_dict",
+    "run_plasticity",
     "training_flops",
     "update_overlap",
     "update_rank",
     "update_sparsity",
 ]
+
+_PLASTICITY = ("PlasticityCell", "PlasticityStudy", "magnitude_masks", "run_plasticity")
+
+
+def __getattr__(name: str) -> Any:
+    # The plasticity study imports the experiment harness, which imports sparsetrain: load it on first use.
+    if name in _PLASTICITY:
+        from sparsetrain.analysis import plasticity
+
+        return getattr(plasticity, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

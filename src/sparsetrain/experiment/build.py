@@ -91,8 +91,11 @@ def _section_error(section: str, exc: Exception) -> ConfigError:
 
 
 def build_sparsifier(config: ExperimentConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     total_steps: int) -> sparsetrain.Sparsifier | None:
+                     total_steps: int, init_data: Any = None) -> sparsetrain.Sparsifier | None:
     """The sparsifier of ``config.sparse`` (None for the dense method).
+
+    ``init_data`` (batches of the training set) goes to the static method's pruning at initialisation
+    (``sparse.options.init`` = snip, grasp or synflow), which scores weights on it.
 
     Raises:
         ConfigError: a reserved or unknown method option, or a value the method rejects.
@@ -108,6 +111,8 @@ def build_sparsifier(config: ExperimentConfig, model: nn.Module, optimizer: torc
                                   update_every=sparse.update_every, seed=config.train.seed, **sparse.options)
     if sparse.distribution is not None:
         kwargs["distribution"] = sparse.distribution
+    if sparse.options.get("init") is not None and "init_data" not in sparse.options:
+        kwargs["init_data"] = init_data
     try:
         return cls(model, optimizer, **kwargs)
     except (ValueError, TypeError) as exc:
@@ -165,7 +170,11 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
 
     optimizer = build_optimizer(config.optim, model)
     scheduler = build_scheduler(config.optim, optimizer, total_steps, steps_per_epoch)
-    sparsifier = build_sparsifier(config, model, optimizer, total_steps)
+    # Pruning at initialisation scores on shuffled training batches from a loader of its own (same seed), so the
+    # training loader's order is the same with and without it.
+    init_data = (train_loader(bundle.train, train.batch_size, train.seed) if config.sparse.options.get("init")
+                 else None)
+    sparsifier = build_sparsifier(config, model, optimizer, total_steps, init_data)
     scaler = torch.amp.GradScaler("cuda") if train.precision == "fp16" else None
 
     val = (eval_loader(bundle.val, train.eval_batch_size, num_workers=train.num_workers, pin_memory=pin)

@@ -59,7 +59,10 @@ def run_flops(model: nn.Module, input_shape: Sequence[int], *, token_inputs: boo
 
     Returns:
         ``{"inference_dense", "inference_sparse", "inference_ratio", "training", "training_dense",
-        "training_ratio"}`` (FLOPs per sample for inference, whole run for training), or None.
+        "training_ratio", "dense_grad_steps", "layers"}`` (FLOPs per sample for inference, whole run for
+        training; ``layers`` maps each weight to its ``{"inference_dense", "inference_sparse", "training",
+        "training_dense"}``; ``dense_grad_steps`` lists the 0-based steps counted with a dense weight
+        gradient), or None.
     """
     try:
         from sparsetrain.analysis import inference_flops, training_flops
@@ -74,6 +77,13 @@ def run_flops(model: nn.Module, input_shape: Sequence[int], *, token_inputs: boo
     except Exception as exc:  # FLOPs are a nice-to-have: never lose a finished run over them
         logger.warning("FLOPs not counted: %s: %s", type(exc).__name__, exc)
         return None
+    inference_rows = report.by_name()
+    layers = {
+        row.name: {"inference_dense": inference_rows[row.name].dense_flops,
+                   "inference_sparse": inference_rows[row.name].sparse_flops,
+                   "training": row.training_flops, "training_dense": row.dense_training_flops}
+        for row in training.rows
+    }
     return {
         "inference_dense": report.dense_total,
         "inference_sparse": report.sparse_total,
@@ -81,4 +91,6 @@ def run_flops(model: nn.Module, input_shape: Sequence[int], *, token_inputs: boo
         "training": training.total,
         "training_dense": training.dense_total,
         "training_ratio": training.ratio,
+        "dense_grad_steps": list(dense_grad_steps),
+        "layers": layers,
     }

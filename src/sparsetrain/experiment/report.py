@@ -2,7 +2,8 @@
 
 Columns: run, method, model, data, seed, target and measured sparsity, final test accuracy, best accuracy
 (the test accuracy at the epoch of best validation accuracy), the dense baseline's final test accuracy, the
-inference and training FLOPs as fractions of dense (when the summary has them), steps and wall time.
+inference and training FLOPs as fractions of dense (when the summary has them), the ITOP rate, steps and wall
+time. :func:`layer_rows` gives one run's per-layer view: final density, ITOP rate and FLOPs beside dense.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .config import ConfigError
 from .rundir import RunDir, find_runs
 from .trainer import dense_reference
 
-__all__ = ["COLUMNS", "collect_rows", "aggregate_rows", "format_rows", "FORMATS"]
+__all__ = ["COLUMNS", "collect_rows", "aggregate_rows", "format_rows", "FORMATS", "layer_rows", "format_layers"]
 
 FORMATS = ("table", "markdown", "csv")
 
@@ -37,6 +38,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("dense_acc", "final test accuracy of the dense baseline with the same recipe"),
     ("inf_flops", "inference FLOPs / dense"),
     ("train_flops", "training FLOPs / dense"),
+    ("itop", "ITOP rate: fraction of the sparsified weights ever active during the run"),
     ("steps", "optimizer steps"),
     ("time_s", "training wall time, seconds"),
 )
@@ -65,6 +67,7 @@ def _row(run: RunDir, summary: Mapping[str, Any], runs_dir: Path) -> dict[str, A
         "dense_acc": (dense or {}).get("final_acc"),
         "inf_flops": flops.get("inference_ratio"),
         "train_flops": flops.get("training_ratio"),
+        "itop": summary.get("itop_rate"),
         "steps": summary.get("total_steps"),
         "time_s": summary.get("wall_time"),
     }
@@ -102,7 +105,7 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for name, members in groups.items():
         first = dict(members[0])
         first["seed"] = len(members)
-        for key in ("sparsity", "final_acc", "best_acc", "dense_acc", "inf_flops", "train_flops", "time_s"):
+        for key in ("sparsity", "final_acc", "best_acc", "dense_acc", "inf_flops", "train_flops", "itop", "time_s"):
             values = [m[key] for m in members if m[key] is not None]
             first[key] = statistics.fmean(values) if values else None
             if key in ("final_acc", "best_acc"):
@@ -155,3 +158,82 @@ def format_rows(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
     lines = ["  ".join(align(k, i) for i, k in enumerate(keys)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(align(c, i) for i, c in enumerate(r)) for r in cells]
     return "\n".join(lines)
+
+
+#: (column, description) of the per-layer table.
+LAYER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("layer", "sparsified parameter"),
+    ("density", "final density measured from the weights"),
+    ("itop", "fraction of the tensor's weights ever active"),
+    ("inf_flops", "inference FLOPs per sample with the final masks"),
+    ("inf_dense", "inference FLOPs per sample, dense"),
+    ("train_flops", "training FLOPs of the whole run (RigL's accounting)"),
+    ("train_dense", "training FLOPs of the whole run, dense"),
+)
+
+
+def layer_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per sparsified tensor of a finished run, and a "total" row, keyed by :data:`LAYER_COLUMNS`.
+
+    Args:
+        summary: the run's summary.json.
+
+    Returns:
+        Rows in the order of the run's sparsity report; values missing from the summary are None.
+    """
+    report = summary.get("layers") or {}
+    itop = summary.get("itop_layers") or {}
+    flops = summary.get("flops") or {}
+    per_layer = flops.get("layers") or {}
+    rows = []
+    for layer in report.get("layers", []):
+        name = layer["name"]
+        f = per_layer.get(name, {})
+        rows.append({"layer": name, "density": 1.0 - layer["sparsity"], "itop": itop.get(name),
+                     "inf_flops": f.get("inference_sparse"), "inf_dense": f.get("inference_dense"),
+                     "train_flops": f.get("training"), "train_dense": f.get("training_dense")})
+    rows.append({"layer": "total", "density": 1.0 - report["sparsity"] if "sparsity" in report else None,
+                 "itop": summary.get("itop_rate"), "inf_flops": flops.get("inference_sparse"),
+                 "inf_dense": flops.get("inference_dense"), "train_flops": flops.get("training"),
+                 "train_dense": flops.get("training_dense")})
+    return rows
+
+
+def format_layers(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
+    """Render :func:`layer_rows` as an aligned table, markdown or CSV (FLOPs in scientific notation).
+
+    Args:
+        rows: from :func:`layer_rows`.
+        fmt: one of :data:`FORMATS`.
+
+    Returns:
+        The text.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r} is not allowed; choose one of {', '.join(FORMATS)}")
+    keys = [key for key, _ in LAYER_COLUMNS]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+        return buffer.getvalue()
+
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return "-"
+        if key in ("density", "itop"):
+            return f"{value:.4f}"
+        if isinstance(value, (int, float)):
+            return f"{value:.4g}"
+        return str(value)
+
+    cells = [[cell(k, row.get(k)) for k in keys] for row in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(keys) + " |", "|---|" + "---:|" * (len(keys) - 1)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+    widths = [max(len(k), *(len(r[i]) for r in cells)) for i, k in enumerate(keys)]
+    align = lambda text, i: text.ljust(widths[i]) if i == 0 else text.rjust(widths[i])  # noqa: E731
+    lines = ["  ".join(align(k, i) for i, k in enumerate(keys)), "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + ["  ".join(align(c, i) for i, c in enumerate(r)) for r in cells])

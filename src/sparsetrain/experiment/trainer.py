@@ -33,6 +33,7 @@ from .build import Experiment, build_experiment
 from .checkpoint import atomic_save, atomic_write_text, capture_rng, load_checkpoint, restore_rng
 from .config import DENSE, ConfigError, ExperimentConfig
 from .flops import dense_gradient_steps, run_flops
+from .itop import itop_by_layer
 from .metrics import append_metrics, best_epoch, truncate_metrics, write_summary
 from .rundir import RunDir
 from .signals import StopRequest, TrainingInterrupted
@@ -248,6 +249,7 @@ class Trainer:
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
             "sparsity": self.measured_sparsity(), "lr": self._lr,
             "itop_rate": exp.sparsifier.itop_rate() if exp.sparsifier is not None else None,
+            "itop_layers": itop_by_layer(exp.sparsifier),
             "time": self.elapsed(),
         }
         append_metrics(self.run.metrics_file, record)
@@ -431,6 +433,7 @@ class Trainer:
             "max_test_acc": max((r["test_acc"] for r in records if r.get("test_acc") is not None), default=None),
             "final_train_loss": last.get("train_loss"),
             "itop_rate": exp.sparsifier.itop_rate() if exp.sparsifier is not None else None,
+            "itop_layers": itop_by_layer(exp.sparsifier),
             "epochs": config.train.epochs,
             "total_steps": exp.total_steps,
             "wall_time": self.elapsed(),

