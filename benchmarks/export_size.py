@@ -29,8 +29,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from sparsetrain.sparse import export_sparse, load_sparse  # noqa: E402
-from sparsetrain.sparse.encoding import choose_encoding, index_bytes  # noqa: E402
+from sparsetrain.sparse import export_sparse, load_sparse
+from sparsetrain.sparse.encoding import choose_encoding, index_bytes
 
 SPARSITIES = (0.9, 0.95, 0.98, 0.99)
 

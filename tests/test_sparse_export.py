@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sparsetrain.sparse import ExportInfo, SparseFileError, choose_encoding, export_sparse, load_sparse
+from sparsetrain.sparse import (
+    ExportInfo,
+    SparseFileError,
+    choose_encoding,
+    export_sparse,
+    load_sparse,
+)
 from sparsetrain.sparse.encoding import decode, encode, index_bytes
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

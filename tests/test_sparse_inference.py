@@ -88,10 +88,11 @@ def test_sparse_linear_invariant(n_in: int, n_out: int, batch: int, sparsity: fl
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_convert_mlp_matches_dense(mode: str) -> None:
-    model = mlp((0.95, 0.5, 0.99, 0.85)).eval()
+    assert 0.5 < DEFAULT_MIN_SPARSITY <= 0.95
+    model = mlp((0.95, 0.5, 0.99, DEFAULT_MIN_SPARSITY)).eval()
     fast = convert(model, min_numel=0)
     kinds = [type(m) for m in fast if not isinstance(m, nn.ReLU)]
-    assert kinds == [SparseLinear, nn.Linear, SparseLinear, SparseLinear]  # 0.5 < 0.8 <= 0.85
+    assert kinds == [SparseLinear, nn.Linear, SparseLinear, SparseLinear]  # the threshold itself converts
     x = torch.randn(4, 6, 96)
     context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
     with context:
@@ -99,8 +100,7 @@ def test_convert_mlp_matches_dense(mode: str) -> None:
 
 
 def test_convert_thresholds_and_copy_semantics() -> None:
-    model = mlp((0.9, 0.6))
-    assert DEFAULT_MIN_SPARSITY == pytest.approx(0.8)
+    model = mlp((0.95, 0.6))
     copied = convert(model, min_numel=0)
     assert copied is not model and isinstance(model[0], nn.Linear)  # original untouched
     assert isinstance(copied[0], SparseLinear) and isinstance(copied[2], nn.Linear)
@@ -113,9 +113,9 @@ def test_convert_thresholds_and_copy_semantics() -> None:
 
 
 def test_convert_single_linear_and_shared_layers() -> None:
-    layer = sparse_linear(300, 300, 0.95)
+    layer = sparse_linear(400, 400, 0.95)
     assert isinstance(convert(layer), SparseLinear)
-    assert convert(sparse_linear(300, 300, 0.5)).__class__ is nn.Linear
+    assert convert(sparse_linear(400, 400, 0.5)).__class__ is nn.Linear
     shared = nn.Sequential(layer, nn.ReLU(), layer)
     fast = convert(shared)
     assert isinstance(fast[0], SparseLinear) and fast[0] is fast[2]

@@ -7,12 +7,14 @@ Two lines in a plain PyTorch loop::
     loss.backward(); optimizer.step(); sparsifier.step(); optimizer.zero_grad()
 """
 
-from . import analysis, distributed
+from . import analysis, distributed, lottery, sparse
 from .checkpoint_io import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
 from .data import DataError, DatasetBundle, get_dataset, list_datasets
+from .init_pruning import prune_at_init
 from .masks import SparsityReport, select_prunable
 from .methods import GMP, SET, SNFS, GraNet, RigL, Static
 from .models import build_model, list_models
+from .sparse import export_sparse, load_sparse
 from .sparsifier import Sparsifier
 
 __version__ = "0.1.0"
@@ -24,4 +26,4 @@ METHODS: dict[str, type[Sparsifier]] = {
 __all__ = ["GraNet", "GMP", "RigL", "SET", "SNFS", "Static", "Sparsifier", "SparsityReport", "select_prunable",
            "METHODS", "analysis", "get_dataset", "list_datasets", "DatasetBundle", "DataError", "build_model",
            "list_models", "distributed", "CheckpointError", "UnsafeCheckpointError", "load_checkpoint",
-           "save_checkpoint", "__version__"]
+           "save_checkpoint", "prune_at_init", "lottery", "sparse", "export_sparse", "load_sparse", "__version__"]

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .distributions import allocate, check_distribution
 from .masks import SparsityReport, apply_masks, random_masks, resolve_overrides, select_prunable, sparsity_report
-from .optim_state import mask_optimizer_state, zero_optimizer_state
+from .optim_state import mask_optimizer_state
 
 __all__ = ["Sparsifier", "check_bool", "check_choice", "check_fraction", "check_sparsity", "check_positive_int"]
 
@@ -241,32 +241,27 @@ class Sparsifier:
             self.step_count = self._optimizer_steps
         else:
             self.step_count += 1
-        changed = False
         update_step = self.is_update_step(self.step_count)
         if update_step:
             if self._gradients_finite():
                 reset = self.update(self.step_count)
-                self._reset_positions(reset)
                 for name, mask in self.masks.items():
                     self.ever_active[name] |= mask
-                changed = True
-            else:
-                logger.warning("step %d: non-finite gradients, topology update skipped", self.step_count)
+                # One pass zeroes both the inactive positions and the newly grown ones (weights and state).
+                self.apply_masks(also_zero=reset)
+                return True
+            logger.warning("step %d: non-finite gradients, topology update skipped", self.step_count)
         if update_step or missed or not self.mask_gradients or self.optimizer is None:
-            self.apply_masks(refresh=update_step)
-        return changed
+            self.apply_masks(refresh=False)
+        return False
 
     def _gradients_finite(self) -> bool:
         grads = [p.grad for p in self.params.values() if p.grad is not None]
         if not grads:
             return True
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        # The max-abs norm is inf or NaN exactly when some entry is; one fused pass over all gradients.
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).all())
 
-    @torch.no_grad()
-    def _reset_positions(self, reset: Mapping[str, Tensor]) -> None:
-        for name, where in reset.items():
-            self.params[name].masked_fill_(where, 0.0)
-        zero_optimizer_state(self.optimizer, self.params, reset)
 
     def _current_multipliers(self, refresh: bool = False) -> dict[str, Tensor]:
         """The masks in their parameters' dtypes, rebuilt when asked or when a mask tensor was replaced."""
@@ -276,14 +271,20 @@ class Sparsifier:
             self._multiplier_sources = dict(self.masks)
         return self._multipliers
 
-    def apply_masks(self, refresh: bool = True) -> None:
+    def apply_masks(self, refresh: bool = True, also_zero: Mapping[str, Tensor] | None = None) -> None:
         """Zero the weights and the optimizer state outside the masks.
 
         Args:
             refresh: rebuild the cached multipliers from ``self.masks`` first (needed after editing a mask in
                 place; the per-step plain path skips it).
+            also_zero: name -> bool positions zeroed as well (newly grown weights start at zero with zero
+                optimizer state), in the same pass.
         """
         multipliers = self._current_multipliers(refresh)
+        if also_zero:
+            multipliers = dict(multipliers)
+            for name, where in also_zero.items():
+                multipliers[name] = (self.masks[name] & ~where).to(self.params[name].dtype)
         apply_masks(self.params, multipliers)
         mask_optimizer_state(self.optimizer, self.params, multipliers)
 
@@ -372,8 +373,15 @@ class Sparsifier:
         self._hooks = []
 
     def export(self) -> nn.Module:
-        """Bake the masks into the weights, detach from the optimizer, and return the plain model."""
+        """Bake the masks into the weights, detach from the optimizer, and return the plain model.
+
+        Pruned weights become ``+0.0`` (masking by multiplication leaves ``-0.0`` where a weight was negative,
+        which costs a sign bit per zero in :func:`sparsetrain.export_sparse`'s bit-exact files).
+        """
         self.apply_masks()
+        with torch.no_grad():
+            for name, mask in self.masks.items():
+                self.params[name].masked_fill_(~mask, 0.0)
         self.remove()
         return self.model
 

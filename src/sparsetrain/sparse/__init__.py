@@ -8,7 +8,12 @@
 
 from sparsetrain.sparse.convert import DEFAULT_MIN_NUMEL, DEFAULT_MIN_SPARSITY, convert
 from sparsetrain.sparse.encoding import choose_encoding
-from sparsetrain.sparse.export import ExportInfo, SparseFileError, export_sparse, load_sparse
+from sparsetrain.sparse.export import (
+    ExportInfo,
+    SparseFileError,
+    export_sparse,
+    load_sparse,
+)
 from sparsetrain.sparse.linear import SparseLinear
 
 __all__ = [

@@ -21,12 +21,14 @@ from sparsetrain.sparse.linear import SUPPORTED_DTYPES, SparseLinear
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MIN_SPARSITY = 0.8
-"""Break-even sparsity measured at batch 128 on square 1024/2048/4096 layers (2-thread Xeon): the
-highest per-size break-even, rounded up to a multiple of 0.05. See docs/benchmarks/sparse_inference.md."""
+DEFAULT_MIN_SPARSITY = 0.85
+"""Break-even sparsity measured at batch 128 on square 1024/2048/4096 layers (Xeon, 1 thread): the
+highest per-size break-even (about 72-82 %), rounded up to a multiple of 0.05.
+See docs/benchmarks/sparse_inference.md, section 3."""
 
-DEFAULT_MIN_NUMEL = 1 << 16
-"""Smallest weight (in elements) worth converting: below it the sparse call's fixed cost dominates."""
+DEFAULT_MIN_NUMEL = 1 << 17
+"""Smallest weight (in elements) worth converting: below it the sparse call's fixed cost (tens of
+microseconds) dominates; a 256 x 512 layer is where batch 128 breaks even (section 4 of the doc)."""
 
 
 def _weight_sparsity(linear: nn.Linear) -> float:
@@ -100,7 +102,8 @@ def convert(
                     logger.debug("keeping %s dense: %s", full_name, reason)
                     replaced[id(child)] = child
                     continue
-                replaced[id(child)] = SparseLinear.from_dense(child)
-                logger.info("converted %s to SparseLinear (sparsity %.4f)", full_name, _weight_sparsity(child))
+                sparse = SparseLinear.from_dense(child)
+                replaced[id(child)] = sparse
+                logger.info("converted %s to SparseLinear (sparsity %.4f)", full_name, sparse.sparsity)
             setattr(parent, child_name, replaced[id(child)])
     return target

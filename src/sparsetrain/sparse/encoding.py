@@ -185,13 +185,20 @@ def _unpack_bits(packed: Tensor, count: int, what: str) -> Tensor:
     return torch.from_numpy(bits[:count].astype(bool))
 
 
-def encode(tensor: Tensor, encoding: str | None = None, *, keep_zero_signs: bool = True) -> EncodedTensor:
+def encode(
+    tensor: Tensor,
+    encoding: str | None = None,
+    *,
+    min_sparsity: float = 0.0,
+    keep_zero_signs: bool = True,
+) -> EncodedTensor:
     """Encode a tensor; pruned entries are the ones equal to zero.
 
     Args:
         tensor: any tensor (it is detached, moved to CPU and made contiguous).
         encoding: force an encoding from :data:`ENCODINGS`; ``None`` picks with
             :func:`choose_encoding`.
+        min_sparsity: when picking, store dense if the fraction of zeros is below this.
         keep_zero_signs: store which zeros are ``-0.0`` (needed for a bit-identical round trip
             when there are any); if False they come back as ``+0.0`` (equal in value).
 
@@ -214,7 +221,12 @@ def encode(tensor: Tensor, encoding: str | None = None, *, keep_zero_signs: bool
     signed = keep_zero_signs and t.dtype in _SIGNED_ZERO_DTYPES
     negative_zeros = zero & torch.signbit(flat) if signed else None
     n_negative = int(negative_zeros.sum()) if negative_zeros is not None else 0
-    chosen = encoding if encoding is not None else choose_encoding(shape, nnz, t.dtype, n_negative)
+    if encoding is not None:
+        chosen = encoding
+    elif t.numel() - nnz < min_sparsity * t.numel():
+        chosen = "dense"
+    else:
+        chosen = choose_encoding(shape, nnz, t.dtype, n_negative)
     if chosen == "dense":
         return EncodedTensor("dense", shape, t.dtype, {"values": t})
     parts: dict[str, Tensor] = {"values": flat[nonzero].clone()}

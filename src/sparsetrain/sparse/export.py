@@ -76,12 +76,6 @@ def _dtype_from_name(name: object, what: str) -> torch.dtype:
     return dtype
 
 
-def _sparsity(t: Tensor) -> float:
-    if t.numel() == 0 or t.dtype.is_complex:
-        return 0.0
-    return float((t == 0).sum()) / t.numel()
-
-
 def _alias_key(t: Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype, str]:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, str(t.device))
 
@@ -136,8 +130,7 @@ def export_sparse(
             continue
         first_of[key] = name
         dense_bytes += tensor.numel() * tensor.element_size()
-        compress = tensor.dim() > 0 and _sparsity(tensor) >= min_sparsity
-        encoded = encode(tensor, None if compress else "dense", keep_zero_signs=keep_zero_signs)
+        encoded = encode(tensor, min_sparsity=min_sparsity, keep_zero_signs=keep_zero_signs)
         part_keys: dict[str, str] = {}
         for part, value in encoded.parts.items():
             stored_key = name if encoded.encoding == "dense" else f"{name}{_PART_SEPARATOR}{part}"
