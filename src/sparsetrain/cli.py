@@ -9,12 +9,19 @@ Precedence: defaults < ``--config`` < flags < ``--set``.
 The CLI owns the terminal: a tqdm progress bar and per-epoch lines on stderr, results on stdout. A bad option
 or config value exits with status 2 and one line, ``sparsetrain: error: <field>=<value> is not allowed ...``;
 Ctrl-C or SIGTERM writes a checkpoint and exits with 130 / 143, and rerunning the same command resumes.
+
+Data parallel: ``sparsetrain train --nproc N ...`` re-launches itself as
+``python -m torch.distributed.run --standalone --nproc_per_node N -m sparsetrain train ...`` (the same
+arguments less ``--nproc``) after checking the arguments here; ranks other than 0 train silently.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -109,6 +116,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                      help="discard an interrupted run's checkpoint and train it from scratch (default: false)")
     run.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                      help="write each run's PNG plots when it finishes (default: true)")
+    run.add_argument("--nproc", default=None, metavar="N",
+                     help="data parallel on this machine: re-launch under torchrun with N processes (gloo on CPU, "
+                          "NCCL on CUDA); train.batch_size is the global batch, split across them (default: 1)")
     run.add_argument("--print-config", action="store_true",
                      help="print the resolved config as YAML and exit (default: false)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
@@ -244,14 +254,20 @@ def _num(value: float | None) -> str:
 
 
 def _note(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    if _is_main():
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _is_main() -> bool:
+    """False on ranks > 0 of a torchrun launch: they train, but rank 0 alone talks to the terminal."""
+    return os.environ.get("WORLD_SIZE", "1") == "1" or os.environ.get("RANK", "0") == "0"
 
 
 def _trainer(config: Any, args: argparse.Namespace, runs_dir: Path) -> tuple[Any, _Progress]:
     """A Trainer with a progress display; built (validated) now unless its run has finished."""
     from sparsetrain.experiment import Trainer, TrainerCallback
 
-    progress = _Progress(args.progress)
+    progress = _Progress(args.progress and _is_main())
 
     class Callback(TrainerCallback):
         on_start = staticmethod(progress.on_start)
@@ -272,7 +288,7 @@ def _train_one(trainer: Any, progress: _Progress, args: argparse.Namespace) -> d
             if args.restart else ""
         _note(f"{trainer.run.name}: already finished ({trainer.run.path}); skipping{extra}")
         return trainer.run.read_summary() or {}
-    if status == "new" or not trainer.run.checkpoint_file.exists():
+    if status == "new" or not (trainer.run.checkpoint_file.exists() or trainer.run.previous_checkpoint_file.exists()):
         _note(f"{trainer.run.name}: training {trainer.config.sparse.method} ({trainer.total_steps} steps) in "
               f"{trainer.run.path}")
     elif args.restart:
@@ -283,23 +299,48 @@ def _train_one(trainer: Any, progress: _Progress, args: argparse.Namespace) -> d
         progress.close()
 
 
+def _nproc(args: argparse.Namespace) -> int:
+    if args.nproc is None:
+        return 1
+    try:
+        nproc = int(args.nproc)
+    except ValueError:
+        nproc = 0
+    if nproc < 1:
+        raise CliError(f"argument --nproc: {args.nproc!r} is not allowed: expected an int >= 1")
+    if "WORLD_SIZE" in os.environ:
+        raise CliError("argument --nproc is not allowed inside a torchrun launch (WORLD_SIZE is set): torchrun "
+                       "already chose the number of processes")
+    return nproc
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from sparsetrain.experiment import RunDir, TrainingInterrupted
     from sparsetrain.experiment.config import DENSE
+    from sparsetrain.experiment.parallel import shutdown
 
     base = _resolve_config(args)
+    nproc = _nproc(args)
     if args.print_config:
         print(base.canonical().to_yaml(), end="")
         return 0
     if args.resume is not None and args.restart:
         raise CliError("--resume and --restart cannot be combined")
+    if nproc > 1 and base.train.batch_size % nproc:
+        raise CliError(f"train.batch_size={base.train.batch_size} is not allowed with --nproc {nproc}: the "
+                       f"minibatch is split evenly across the processes; use a multiple of {nproc}")
     runs_dir = Path(args.runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise CliError(f"--runs-dir={args.runs_dir!r} is not allowed: it is a file, expected a directory")
     if isinstance(args.resume, str):
         run_path = Path(args.resume).resolve()
         runs_dir = run_path.parent.parent
         if RunDir.for_config(runs_dir, base.canonical()).path != run_path:
             raise CliError(f"--resume {args.resume}: the options given change the run's identity; "
                            "only paths, device, threads and workers may change on resume")
+        if RunDir(run_path).status() == "finished":
+            raise CliError(f"--resume {args.resume}: the run has already finished (summary.json exists), there is "
+                           "nothing to resume; delete its directory to train it again")
     seeds = _seeds(args, base.train.seed)
     with_baseline = args.baseline and base.sparse.method != DENSE and not isinstance(args.resume, str)
     results: list[dict[str, Any]] = []
@@ -308,14 +349,63 @@ def _cmd_train(args: argparse.Namespace) -> int:
             config = base.with_overrides({"train.seed": seed})
             main_run = _trainer(config, args, runs_dir)  # validate the run before training its baseline
             if with_baseline:
-                results.append(_train_one(*_trainer(config.dense_baseline(), args, runs_dir), args))
-            results.append(_train_one(*main_run, args))
+                baseline = _trainer(config.dense_baseline(), args, runs_dir)
+                if nproc == 1:
+                    results.append(_train_one(*baseline, args))
+            if nproc == 1:
+                results.append(_train_one(*main_run, args))
+        if nproc > 1:  # every run checked: train them all under torchrun
+            return _launch(args.argv, nproc)
     except TrainingInterrupted as exc:
         _note(f"interrupted by {exc.signal_name} at step {exc.step} ({exc.epoch} epochs complete); checkpoint "
               f"written to {exc.checkpoint}. Run the same command again to resume.")
         return exc.exit_code
-    _print_results(results, runs_dir)
+    finally:
+        shutdown()
+    if _is_main():
+        _print_results(results, runs_dir)
     return 0
+
+
+def _without_nproc(argv: Sequence[str]) -> list[str]:
+    """``argv`` less ``--nproc N`` / ``--nproc=N`` (and argparse's unambiguous abbreviations of it)."""
+    rest: list[str] = []
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.split("=", 1)[0]
+        if len(name) >= 4 and "--nproc".startswith(name):
+            skip = "=" not in token
+            continue
+        rest.append(token)
+    return rest
+
+
+def _launch(argv: Sequence[str], nproc: int) -> int:
+    """Run ``sparsetrain <argv less --nproc>`` under torchrun with ``nproc`` processes; its exit status."""
+    import sparsetrain
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "sparsetrain", *_without_nproc(argv)]
+    env = dict(os.environ)
+    # the processes import this very copy of sparsetrain, and start with one OpenMP thread (train.threads rules)
+    package_root = str(Path(sparsetrain.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    _note(f"launching {nproc} data-parallel processes: {' '.join(command[1:])}")
+    process = subprocess.Popen(command, env=env)
+    # Ctrl-C reaches the whole process group: the workers checkpoint and stop; wait for them. A SIGTERM sent to
+    # this process alone is passed on.
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))}
+    try:
+        code = process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return code if code >= 0 else 128 - code
 
 
 def _print_results(results: Sequence[dict[str, Any]], runs_dir: Path) -> None:
@@ -794,6 +884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: arguments (default: ``sys.argv[1:]``).
     """
+    from sparsetrain.checkpoint_io import CheckpointError
     from sparsetrain.experiment.config import ConfigError
 
     try:
@@ -808,8 +899,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                             format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         return int(args.func(args))
-    except (CliError, ConfigError) as exc:
+    except (CliError, ConfigError, CheckpointError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

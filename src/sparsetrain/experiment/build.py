@@ -3,10 +3,17 @@
 Everything a config can get wrong surfaces here, before any file is written, as a :class:`ConfigError` (a
 ``ValueError``) whose one-line message names the section: the library's own ``ValueError``/``TypeError`` from
 ``get_dataset``, ``build_model`` and the sparsifier's constructor are re-raised with the section in front.
+
+Inside a torchrun launch the experiment is data parallel (see :mod:`.parallel`): the process group is joined
+here, the training loader reads this rank's shard of ``train.batch_size / world_size`` samples per step, the
+eval loaders this rank's share, and ``Experiment.train_model`` is the DistributedDataParallel wrapper of
+``Experiment.model`` (on which the optimizer and sparsifier are built).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import os
 import random
@@ -23,6 +30,7 @@ import sparsetrain
 from .config import DENSE, ConfigError, ExperimentConfig
 from .loader import eval_loader, train_loader
 from .optim import build_optimizer, build_scheduler
+from .parallel import SINGLE, Parallel, setup, wrap_model
 
 __all__ = ["Experiment", "build_experiment", "resolve_device", "seed_everything", "RESERVED_METHOD_OPTIONS"]
 
@@ -52,6 +60,12 @@ class Experiment:
     loss_fn: nn.Module
     steps_per_epoch: int
     total_steps: int
+    parallel: Parallel = SINGLE
+    train_model: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_model is None:  # the module whose forward trains: the DDP wrapper, or the model itself
+            self.train_model = self.model
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -107,16 +121,67 @@ def build_sparsifier(config: ExperimentConfig, model: nn.Module, optimizer: torc
         if key in sparse.options:
             raise ConfigError(f"sparse.options.{key}={sparse.options[key]!r} is not allowed: set {field_path} instead")
     cls = sparsetrain.METHODS[sparse.method]
+    allowed = method_options(cls)
+    unknown = sorted(set(sparse.options) - allowed)
+    if unknown:
+        raise ConfigError(f"sparse (method {sparse.method}): sparse.options.{unknown[0]} is not allowed: no such "
+                          f"option; allowed: {', '.join(sorted(allowed))}")
+    masks_file = sparse.options.get("masks")
+    if masks_file is not None and not isinstance(masks_file, str):
+        raise ConfigError(f"sparse.options.masks={masks_file!r} is not allowed: expected the path of a masks file "
+                          "(a run's masks.pt)")
+    if isinstance(masks_file, str):
+        sparse = dataclasses.replace(sparse, options={**sparse.options, "masks": load_masks_file(masks_file)})
     kwargs: dict[str, Any] = dict(sparsity=sparse.sparsity, total_steps=total_steps,
                                   update_every=sparse.update_every, seed=config.train.seed, **sparse.options)
     if sparse.distribution is not None:
         kwargs["distribution"] = sparse.distribution
     if sparse.options.get("init") is not None and "init_data" not in sparse.options:
         kwargs["init_data"] = init_data
+    where = f"method {sparse.method}"
+    if isinstance(masks_file, str):
+        where += f", sparse.options.masks={masks_file!r}"
     try:
         return cls(model, optimizer, **kwargs)
     except (ValueError, TypeError) as exc:
-        raise _section_error(f"sparse (method {sparse.method})", exc) from None
+        raise _section_error(f"sparse ({where})", exc) from None
+
+
+def method_options(cls: type) -> set[str]:
+    """The keyword options a sparsifier class accepts (its and its bases' constructor parameters), less the
+    ones the config sets itself (:data:`RESERVED_METHOD_OPTIONS`)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                names.add(param.name)
+    return names - {"self", "model", "optimizer"} - set(RESERVED_METHOD_OPTIONS)
+
+
+def load_masks_file(path: str) -> dict[str, torch.Tensor]:
+    """Read ``sparse.options.masks`` given as a file (a run's ``masks.pt``: parameter name -> bool mask).
+
+    Raises:
+        ConfigError: no such file, an unreadable one, or not a mapping of names to tensors.
+    """
+    from sparsetrain.checkpoint_io import CheckpointError, load_checkpoint
+
+    where = f"sparse.options.masks={path!r}"
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where} is not allowed: no such file (expected a masks.pt of parameter name -> bool "
+                          "mask)")
+    try:
+        masks = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"{where} is not allowed: {exc}") from None
+    if not isinstance(masks, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in masks.items()):
+        raise ConfigError(f"{where} is not allowed: expected a mapping of parameter names to bool masks, got "
+                          f"{type(masks).__name__}")
+    return masks
 
 
 def build_experiment(config: ExperimentConfig) -> Experiment:
@@ -135,7 +200,10 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     from sparsetrain.models import build_model
 
     train = config.train
-    device = resolve_device(train.device)
+    parallel, device = setup(resolve_device(train.device))
+    if train.batch_size % parallel.world_size:
+        raise ConfigError(f"train.batch_size={train.batch_size} is not allowed with {parallel.world_size} processes: "
+                          f"the minibatch is split evenly across them; use a multiple of {parallel.world_size}")
     if train.precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.precision='fp16' is not allowed on {device.type}: fp16 autocast needs CUDA "
                           "(a GradScaler); use bf16 or fp32")
@@ -164,7 +232,9 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     model.to(device)
 
     pin = device.type == "cuda"
-    loader = train_loader(bundle.train, train.batch_size, train.seed, num_workers=train.num_workers, pin_memory=pin)
+    loader = train_loader(bundle.train, train.batch_size // parallel.world_size, train.seed,
+                          num_workers=train.num_workers, pin_memory=pin, rank=parallel.rank,
+                          world_size=parallel.world_size)
     steps_per_epoch = len(loader)
     total_steps = train.epochs * steps_per_epoch
 
@@ -177,12 +247,13 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     sparsifier = build_sparsifier(config, model, optimizer, total_steps, init_data)
     scaler = torch.amp.GradScaler("cuda") if train.precision == "fp16" else None
 
-    val = (eval_loader(bundle.val, train.eval_batch_size, num_workers=train.num_workers, pin_memory=pin)
-           if len(bundle.val) else None)
-    test = eval_loader(bundle.test, train.eval_batch_size, num_workers=train.num_workers, pin_memory=pin)
+    shard = {"num_workers": train.num_workers, "pin_memory": pin, "rank": parallel.rank,
+             "world_size": parallel.world_size}
+    val = eval_loader(bundle.val, train.eval_batch_size, **shard) if len(bundle.val) else None
+    test = eval_loader(bundle.test, train.eval_batch_size, **shard)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
     logger.info("built %s on %s: %d steps/epoch, %d steps", config.run_name(), device, steps_per_epoch, total_steps)
     return Experiment(config=config, device=device, bundle=bundle, model=model, optimizer=optimizer,
                       scheduler=scheduler, sparsifier=sparsifier, scaler=scaler, train_loader=loader,
                       val_loader=val, test_loader=test, loss_fn=loss_fn, steps_per_epoch=steps_per_epoch,
-                      total_steps=total_steps)
+                      total_steps=total_steps, parallel=parallel, train_model=wrap_model(model, parallel, device))

@@ -4,7 +4,16 @@ A checkpoint is one dict of tensors, numbers, strings, lists and dicts, so it lo
 ``torch.load(..., weights_only=True)`` (no pickled code runs). The RNG states of torch (CPU and CUDA), numpy and
 Python's ``random`` are converted to such values here. Files are written atomically: to a temporary file in the
 same directory, flushed and fsync'ed, then ``os.replace``'d over the old one, so a crash (even SIGKILL) leaves
-either the old checkpoint or the new one, never a torn file.
+either the old checkpoint or the new one, never a torn file. With ``keep_previous`` the file being replaced is
+first renamed to ``keep_previous`` (``checkpoint.prev.pt``), so a checkpoint that later turns out to be damaged
+(a bad disk, a copy cut short) has a good predecessor to fall back on.
+
+Loading checks the zip container's CRC-32 of every record before unpickling (``torch.load`` itself does not:
+a flipped byte inside a tensor loads silently), then loads with ``weights_only=True``; a damaged file raises
+:class:`~sparsetrain.checkpoint_io.CheckpointError` naming it.
+
+Test hook: the environment variable ``SPARSETRAIN_TEST_WRITE_DELAY`` (seconds) makes every atomic write sleep
+between writing its temporary file and renaming it, so crash tests can kill a process inside that window.
 """
 
 from __future__ import annotations
@@ -13,15 +22,25 @@ import logging
 import os
 import random
 import tempfile
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["atomic_save", "atomic_write_text", "load_checkpoint", "capture_rng", "restore_rng"]
+from sparsetrain.checkpoint_io import CheckpointError
+from sparsetrain.checkpoint_io import load_checkpoint as _safe_load
+
+__all__ = ["atomic_save", "atomic_write_text", "load_checkpoint", "remove_temp_files", "capture_rng", "restore_rng",
+           "CheckpointError"]
 
 logger = logging.getLogger(__name__)
+
+#: Test-only: seconds each atomic write sleeps between its temporary file and the rename (see module docstring).
+WRITE_DELAY_ENV = "SPARSETRAIN_TEST_WRITE_DELAY"
+TEMP_SUFFIX = ".tmp"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -37,15 +56,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic(path: str | Path, write: Any) -> None:
+def _atomic(path: str | Path, write: Any, keep_previous: str | Path | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        delay = os.environ.get(WRITE_DELAY_ENV)
+        if delay:
+            time.sleep(float(delay))
+        if keep_previous is not None and path.exists():
+            # A crash between the two renames leaves only keep_previous: the loader falls back to it.
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -56,14 +81,16 @@ def _atomic(path: str | Path, write: Any) -> None:
     _fsync_dir(path.parent)
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
+def atomic_save(obj: Any, path: str | Path, *, keep_previous: str | Path | None = None) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically (temp file in the same directory + fsync + os.replace).
 
     Args:
         obj: what to save (keep it to tensors, numbers, strings, lists and dicts for weights-only loading).
         path: destination file.
+        keep_previous: if given, an existing ``path`` is renamed to this file just before the new one takes
+            its place (one generation of history).
     """
-    _atomic(path, lambda handle: torch.save(obj, handle))
+    _atomic(path, lambda handle: torch.save(obj, handle), keep_previous)
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
@@ -72,7 +99,7 @@ def atomic_write_text(text: str, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``torch.load(..., weights_only=True)``.
+    """Load a checkpoint dict: CRC-check the file, then ``torch.load(..., weights_only=True)``.
 
     Args:
         path: the checkpoint file.
@@ -80,8 +107,46 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Returns:
         The checkpoint dict.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file is empty, truncated, corrupt (a record fails its CRC-32), not a torch
+            checkpoint, or not a dict; the message names the file. (An ``UnsafeCheckpointError`` for files
+            holding arbitrary Python objects.)
     """
-    return torch.load(path, map_location=map_location, weights_only=True)
+    source = Path(path)
+    if source.is_file() and source.stat().st_size > 0:
+        try:
+            with zipfile.ZipFile(source) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {str(source)!r} ({source.stat().st_size} bytes) could not be read: "
+                                  f"it is truncated, corrupt or not a torch checkpoint ({exc})") from None
+        if bad is not None:
+            raise CheckpointError(f"checkpoint {str(source)!r} is corrupt: record {bad!r} fails its CRC-32 check")
+    state = _safe_load(source, map_location=map_location)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(source)!r} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def remove_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that writes cut short by a crash left in ``directory``.
+
+    Args:
+        directory: a directory written with :func:`atomic_save` / :func:`atomic_write_text`.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for stale in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        try:
+            stale.unlink()
+            removed.append(stale)
+        except FileNotFoundError:  # another process cleaned it
+            pass
+    return removed
 
 
 def capture_rng() -> dict[str, Any]:

@@ -334,7 +334,8 @@ def validate_value(path: str, value: Any) -> Any:
 def _unknown(path: str) -> ConfigError:
     section, _, name = path.partition(".")
     if section not in SECTIONS:
-        return ConfigError(f"unknown config section {section!r} (in {path!r}); sections: {', '.join(SECTIONS)}")
+        where = f" (in {path!r})" if name else ""
+        return ConfigError(f"unknown config section {section!r}{where}; sections: {', '.join(SECTIONS)}")
     names = [f.name for f in dataclasses.fields(SECTIONS[section])]
     return ConfigError(f"unknown config field {path!r}; fields of {section}: {', '.join(names)}")
 
@@ -531,7 +532,12 @@ def load_yaml(text: str, source: str = "config") -> dict[str, Any]:
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        first = " ".join(str(exc).split())
+        problem = getattr(exc, "problem", None)
+        mark = getattr(exc, "problem_mark", None)
+        if problem and mark is not None:
+            first = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+        else:
+            first = " ".join(str(exc).split())
         raise ConfigError(f"{source}: not valid YAML: {first}") from None
     if values is None:
         return {}

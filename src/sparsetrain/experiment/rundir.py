@@ -6,6 +6,7 @@ Layout (OpenLTH style, one directory per experiment hash and one per seed)::
         config.yaml       the full config
         metrics.jsonl     one JSON line per epoch
         checkpoint.pt     the latest checkpoint (every epoch and on interruption)
+        checkpoint.prev.pt  the one before it (the fallback when checkpoint.pt is damaged)
         masks.pt          the final bool masks
         summary.json      written last: its presence marks the run finished
         *.png             the run's plots
@@ -56,6 +57,10 @@ class RunDir:
         return self.path / "checkpoint.pt"
 
     @property
+    def previous_checkpoint_file(self) -> Path:
+        return self.path / "checkpoint.prev.pt"
+
+    @property
     def masks_file(self) -> Path:
         return self.path / "masks.pt"
 
@@ -72,7 +77,7 @@ class RunDir:
         """"finished" once summary.json exists, "interrupted" with a checkpoint or config only, else "new"."""
         if self.summary_file.exists():
             return "finished"
-        if self.checkpoint_file.exists() or self.config_file.exists():
+        if self.checkpoint_file.exists() or self.previous_checkpoint_file.exists() or self.config_file.exists():
             return "interrupted"
         return "new"
 

@@ -12,12 +12,27 @@ The loop is the library's two-line contract in a plain PyTorch loop: ``optimizer
 * at the end: ``masks.pt``, the plots and ``summary.json`` (written last; it marks the run finished).
 
 A finished run is never retrained (:meth:`Trainer.fit` returns its summary); an interrupted one resumes.
+
+Crash safety: every file is written atomically (temporary file, fsync, rename), the checkpoint keeps its
+predecessor as ``checkpoint.prev.pt``, and a resume truncates ``metrics.jsonl`` to the checkpointed epochs, so a
+run killed at any moment (SIGKILL included) resumes to the same masks and metrics as an uninterrupted one. A
+checkpoint that cannot be read (truncated, corrupt) is reported in one warning naming the file, set aside as
+``checkpoint.bad.pt``, and the run resumes from ``checkpoint.prev.pt``. Anything wrong with the inputs of a
+resume (an unreadable or foreign checkpoint, a different config) raises before a file is touched.
+
+Data parallel (under torchrun, see :mod:`.parallel`): every rank runs this loop on its shard; the gradients are
+averaged by DistributedDataParallel; evaluation is split across ranks and summed, so every rank gets the same
+record; after every topology update the ranks compare mask checksums
+(:func:`sparsetrain.distributed.assert_masks_identical`); only rank 0 writes files, and the other ranks wait for
+it where they would read them. SIGINT/SIGTERM on any rank stops every rank at the same step. There is no
+gradient accumulation: one minibatch, one optimizer step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +42,19 @@ import torch
 from torch import Tensor
 
 import sparsetrain
+from sparsetrain.checkpoint_io import CheckpointError
+from sparsetrain.distributed import assert_masks_identical, masks_checksum
 from sparsetrain.masks import sparsity_report
 
 from .build import Experiment, build_experiment
-from .checkpoint import atomic_save, atomic_write_text, capture_rng, load_checkpoint, restore_rng
+from .checkpoint import (
+    atomic_save,
+    atomic_write_text,
+    capture_rng,
+    load_checkpoint,
+    remove_temp_files,
+    restore_rng,
+)
 from .config import DENSE, ConfigError, ExperimentConfig
 from .flops import dense_gradient_steps, run_flops
 from .itop import itop_by_layer
@@ -43,6 +67,7 @@ __all__ = ["Trainer", "TrainerCallback", "CHECKPOINT_VERSION"]
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+DAMAGED_CHECKPOINT = "checkpoint.bad.pt"
 
 
 class TrainerCallback:
@@ -99,6 +124,7 @@ class Trainer:
         self._lr = 0.0
         self._sparsity = 0.0
         self._trace: dict[str, Any] = {"steps": [], "sparsity": [], "layers": {}}
+        self._damaged: list[Path] = []
 
     # -- set-up --------------------------------------------------------------------------------------------------
     @property
@@ -139,25 +165,40 @@ class Trainer:
 
         Raises:
             TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint was written first.
+            CheckpointError: no checkpoint of the run can be read, or the one read does not fit this run.
+            ConfigError: the checkpoint was written by another config or number of processes.
         """
         finished = self.run.read_summary()
         if finished is not None:
             return finished
         exp = self.prepare()
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config.to_yaml(), self.run.config_file)
-        if self.run.checkpoint_file.exists() and not restart:
-            self._load(load_checkpoint(self.run.checkpoint_file))
-            kept = truncate_metrics(self.run.metrics_file, self.epoch)
-            logger.info("resuming %s at step %d (epoch %d, %d metric records)", self.run.name, self.step, self.epoch,
-                        kept)
-        else:
-            # A restart forgets the old run at once: a crash before the first new checkpoint must not resume it.
-            self.run.checkpoint_file.unlink(missing_ok=True)
-            self.run.metrics_file.unlink(missing_ok=True)
+        par = exp.parallel
+        # Rank 0 decides (it is the rank that writes); the others follow, so every rank loads the same file.
+        kind, detail, state = self._plan(restart) if par.is_main else (None, None, None)
+        kind, detail = par.broadcast((kind, detail))
+        if kind == "error":
+            raise CheckpointError(detail)
+        if kind == "resume":
+            self._load(state if state is not None else self._read(Path(detail)), Path(detail))
+        if par.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            remove_temp_files(self.run.path)  # left by writes a crash cut short
+            for bad in self._damaged:
+                os.replace(bad, self.run.path / DAMAGED_CHECKPOINT)
+            atomic_write_text(self.config.to_yaml(), self.run.config_file)
+            if kind == "resume":
+                kept = truncate_metrics(self.run.metrics_file, self.epoch)
+                logger.info("resuming %s at step %d (epoch %d, %d metric records)", self.run.name, self.step,
+                            self.epoch, kept)
+            else:
+                # A restart forgets the old run at once: a crash before the first new checkpoint must not resume it.
+                for old in (self.run.checkpoint_file, self.run.previous_checkpoint_file, self.run.metrics_file):
+                    old.unlink(missing_ok=True)
+        if kind != "resume":
             restore_rng(self._rng_after_build)
             self._begin_trace()
         self._init_running(reset=self.resumed_from is None)
+        par.barrier()
 
         self._clock = time.perf_counter()
         with StopRequest() as stop:
@@ -166,12 +207,52 @@ class Trainer:
                 self._train_epoch(stop)
                 record = self._end_epoch()
                 self.callback.on_epoch(self, record)
-                if stop.requested:
+                if par.any(stop.requested):
                     raise TrainingInterrupted(stop.signal_name or "SIGINT", self.step, self.epoch,
                                               self.run.checkpoint_file)
+        par.barrier()  # rank 0's last metrics line is on disk before any rank reads the records
         summary = self._finish()
+        par.barrier()  # and its summary.json, before any rank moves on
         self.callback.on_end(self, summary)
         return summary
+
+    def _plan(self, restart: bool) -> tuple[str, str | None, dict[str, Any] | None]:
+        """What :meth:`fit` does: ("fresh", None, None), ("resume", path, state) or ("error", message, None).
+
+        A checkpoint that cannot be read is reported (one warning naming it), to be set aside as checkpoint.bad.pt,
+        and the previous one is tried; nothing is written here.
+        """
+        if restart:
+            return ("fresh", None, None)
+        candidates = [f for f in (self.run.checkpoint_file, self.run.previous_checkpoint_file) if f.exists()]
+        failures: list[tuple[Path, CheckpointError]] = []
+        for path in candidates:
+            try:
+                state = self._read(path)
+            except CheckpointError as exc:
+                failures.append((path, exc))
+                continue
+            for bad, exc in failures:
+                logger.warning("%s; resuming from %s (epoch %s) instead; the damaged file is kept as %s", exc,
+                               path, state.get("epoch"), DAMAGED_CHECKPOINT)
+            self._damaged = [bad for bad, _ in failures]  # set aside once the state has been loaded
+            return ("resume", str(path), state)
+        if failures:
+            for path, exc in failures:
+                logger.info("%s", exc)
+            names = " and ".join(path.name for path, _ in failures)
+            message = (f"no readable checkpoint in {self.run.path}: {names} cannot be read (truncated, corrupt or "
+                       "not torch checkpoints); rerun with --restart to train this run from scratch")
+            return ("error", message, None)
+        return ("fresh", None, None)
+
+    def _read(self, path: Path) -> dict[str, Any]:
+        """A checkpoint file's dict (CRC-checked, weights-only); CheckpointError names the file if it is damaged."""
+        state = load_checkpoint(path)
+        if "version" not in state or "model" not in state:
+            raise CheckpointError(f"checkpoint {str(path)!r} is not a sparsetrain run checkpoint (keys: "
+                                  f"{list(state)[:6]})")
+        return state
 
     def elapsed(self) -> float:
         """Training wall time in seconds, summed over every session of this run."""
@@ -181,6 +262,7 @@ class Trainer:
         exp = self.exp
         assert exp is not None
         loader = exp.train_loader
+        loader.sampler.set_epoch(self.epoch)  # the distributed sampler's order depends on the epoch
         if self._batch_in_epoch == 0:
             self._epoch_loader_state = loader.generator.get_state()
         else:  # resume part-way: replay this epoch's order and skip what was already trained
@@ -190,7 +272,8 @@ class Trainer:
         for inputs, targets in loader:
             self._train_step(inputs, targets)
             self.callback.on_step(self)
-            if stop.requested and self._batch_in_epoch < exp.steps_per_epoch:
+            # every rank must stop at the same step (a signal may reach them a step apart)
+            if exp.parallel.any(stop.requested) and self._batch_in_epoch < exp.steps_per_epoch:
                 self._save_checkpoint()
                 raise TrainingInterrupted(stop.signal_name or "SIGINT", self.step, self.epoch,
                                           self.run.checkpoint_file)
@@ -210,7 +293,7 @@ class Trainer:
         targets = targets.to(exp.device, non_blocking=True)
         exp.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            logits = exp.model(inputs)
+            logits = exp.train_model(inputs)
             loss = exp.loss_fn(logits, targets)
         clip = exp.config.optim.grad_clip
         self._lr = float(exp.optimizer.param_groups[0]["lr"])
@@ -230,6 +313,8 @@ class Trainer:
         self._batch_in_epoch += 1
         if exp.sparsifier is not None and exp.sparsifier.step():
             self._record_trace()
+            if exp.parallel.distributed:  # one small all-gather per update catches diverging ranks at once
+                assert_masks_identical(exp.sparsifier, group=exp.parallel.control)
         exp.scheduler.step()
         with torch.no_grad():
             n = targets.numel()
@@ -241,9 +326,10 @@ class Trainer:
         exp = self.exp
         assert exp is not None
         self.epoch += 1
+        exp.parallel.sync_buffers(exp.model)  # evaluate rank 0's model everywhere (batch-norm statistics)
         val_loss, val_acc = self._evaluate(exp.val_loader)
         test_loss, test_acc = self._evaluate(exp.test_loader)
-        train_loss, train_acc = self._running_means()
+        train_loss, train_acc = self._running_means(across_ranks=True)
         record = {
             "epoch": self.epoch, "step": self.step, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
@@ -252,7 +338,8 @@ class Trainer:
             "itop_layers": itop_by_layer(exp.sparsifier),
             "time": self.elapsed(),
         }
-        append_metrics(self.run.metrics_file, record)
+        if exp.parallel.is_main:
+            append_metrics(self.run.metrics_file, record)
         self._batch_in_epoch = 0
         self._init_running(reset=True)
         self._save_checkpoint()
@@ -269,7 +356,7 @@ class Trainer:
         exp.model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=exp.device)
         correct = torch.zeros((), dtype=torch.int64, device=exp.device)
-        count = 0
+        count = torch.zeros((), dtype=torch.int64, device=exp.device)
         for inputs, targets in loader:
             inputs = inputs.to(exp.device, non_blocking=True)
             targets = targets.to(exp.device, non_blocking=True)
@@ -279,9 +366,10 @@ class Trainer:
             correct += (logits.argmax(-1) == targets).sum()
             count += targets.numel()
         exp.model.train(was_training)
-        if count == 0:
+        exp.parallel.all_sum([loss_sum, correct, count])  # each rank evaluated its share: the same totals everywhere
+        if int(count) == 0:
             return None, None
-        return float(loss_sum) / count, int(correct) / count
+        return float(loss_sum) / int(count), int(correct) / int(count)
 
     # -- running values ------------------------------------------------------------------------------------------
     def _init_running(self, reset: bool) -> None:
@@ -291,10 +379,17 @@ class Trainer:
             self._correct = torch.zeros((), dtype=torch.int64, device=device)
             self._count = 0
 
-    def _running_means(self) -> tuple[float | None, float | None]:
-        if not self._count:
+    def _running_means(self, across_ranks: bool = False) -> tuple[float | None, float | None]:
+        loss_sum, correct, count = self._loss_sum, self._correct, self._count
+        if across_ranks and self.exp is not None and self.exp.parallel.distributed:
+            assert loss_sum is not None and correct is not None
+            loss_sum, correct = loss_sum.clone(), correct.clone()
+            total = torch.tensor(count, dtype=torch.int64, device=loss_sum.device)
+            self.exp.parallel.all_sum([loss_sum, correct, total])
+            count = int(total)
+        if not count:
             return None, None
-        return float(self._loss_sum) / self._count, int(self._correct) / self._count
+        return float(loss_sum) / count, int(correct) / count
 
     def running(self) -> dict[str, float | None]:
         """The current epoch's mean training loss and accuracy, and the masks' sparsity (for a progress bar)."""
@@ -341,8 +436,11 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:
+        """The checkpoint dict; a collective call in a data-parallel run (every rank's running sums)."""
         exp = self.exp
         assert exp is not None
+        running = {"loss_sum": float(self._loss_sum), "correct": int(self._correct), "count": self._count}
+        running_ranks = exp.parallel.gather(running) if exp.parallel.distributed else None
         return {
             "version": CHECKPOINT_VERSION,
             "config": self.config.to_dict(),
@@ -357,25 +455,52 @@ class Trainer:
             "rng": capture_rng(),
             "loader_generator": exp.train_loader.generator.get_state(),
             "epoch_loader_state": self._epoch_loader_state,
-            "running": {"loss_sum": float(self._loss_sum), "correct": int(self._correct), "count": self._count},
+            "running": running,
+            "running_ranks": running_ranks,
+            "world_size": exp.parallel.world_size,
             "trace": self._trace,
             "elapsed": self.elapsed(),
             "lr": self._lr,
         }
 
     def _save_checkpoint(self) -> None:
-        atomic_save(self._checkpoint(), self.run.checkpoint_file)
-        logger.debug("checkpoint at step %d written to %s", self.step, self.run.checkpoint_file)
-
-    def _load(self, state: dict[str, Any]) -> None:
         exp = self.exp
         assert exp is not None
+        state = self._checkpoint()
+        if exp.parallel.is_main:
+            atomic_save(state, self.run.checkpoint_file, keep_previous=self.run.previous_checkpoint_file)
+            logger.debug("checkpoint at step %d written to %s", self.step, self.run.checkpoint_file)
+
+    def _load(self, state: dict[str, Any], path: Path | None = None) -> None:
+        exp = self.exp
+        assert exp is not None
+        path = path or self.run.checkpoint_file
         if state.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(f"{self.run.checkpoint_file}: checkpoint version {state.get('version')!r} is not "
-                              f"supported (expected {CHECKPOINT_VERSION}); retrain with --restart")
-        saved = ExperimentConfig.from_dict(state["config"])
-        if saved.non_default() != self.config.non_default():
-            raise ConfigError(f"{self.run.checkpoint_file} was written by a different config; retrain with --restart")
+            raise ConfigError(f"{path}: checkpoint version {state.get('version')!r} is not supported (expected "
+                              f"{CHECKPOINT_VERSION}); retrain with --restart")
+        try:
+            saved = ExperimentConfig.from_dict(state["config"])
+        except (ConfigError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: the checkpoint's config cannot be read ({exc}); retrain with --restart")
+        theirs, ours = saved.non_default(), self.config.non_default()
+        if theirs != ours:
+            differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+            raise ConfigError(f"{path} was written by a different config ({', '.join(differ)} differ); retrain "
+                              "with --restart")
+        world = int(state.get("world_size", 1))
+        if world != exp.parallel.world_size:
+            raise ConfigError(f"{path} was written by a {world}-process run and cannot resume with "
+                              f"{exp.parallel.world_size}: rerun with --nproc {world}, or --restart")
+        try:
+            self._restore(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise CheckpointError(f"{path} does not fit this run ({type(exc).__name__}: {detail}); retrain with "
+                                  "--restart") from None
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        exp = self.exp
+        assert exp is not None
         exp.model.load_state_dict(state["model"])
         exp.optimizer.load_state_dict(state["optimizer"])
         exp.scheduler.load_state_dict(state["scheduler"])
@@ -387,7 +512,8 @@ class Trainer:
         self._epoch_loader_state = state["epoch_loader_state"]
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self._batch_in_epoch = int(state["batch_in_epoch"])
-        running = state["running"]
+        ranks = state.get("running_ranks")
+        running = ranks[exp.parallel.rank] if ranks else state["running"]
         device = exp.device
         self._loss_sum = torch.tensor(running["loss_sum"], dtype=torch.float64, device=device)
         self._correct = torch.tensor(running["correct"], dtype=torch.int64, device=device)
@@ -404,8 +530,13 @@ class Trainer:
         exp = self.exp
         assert exp is not None
         config = self.config
+        par = exp.parallel
         masks = self._masks()
-        atomic_save(masks, self.run.masks_file)
+        # The final cross-rank check; each rank logs its own checksum (equal to that of masks.pt).
+        checksum = assert_masks_identical(masks, group=par.control) if par.distributed else masks_checksum(masks)
+        logger.info("%s: rank %d of %d: final masks checksum %s", self.run.name, par.rank, par.world_size, checksum)
+        if par.is_main:
+            atomic_save(masks, self.run.masks_file)
         records = self.run.read_metrics()
         last = records[-1] if records else {}
         best = best_epoch(records) or {}
@@ -439,6 +570,8 @@ class Trainer:
             "wall_time": self.elapsed(),
             "device": str(exp.device),
             "resumed": self.resumed_from is not None,
+            "world_size": par.world_size,
+            "masks_checksum": checksum,
             "flops": flops,
             "layers": report.to_dict(),
             "density_trace": {"steps": self._trace["steps"],
@@ -446,6 +579,8 @@ class Trainer:
                               "layers": {n: v for n, v in self._trace["layers"].items()}},
             "dense": self._dense_reference(),
         }
+        if not par.is_main:
+            return summary
         if self.plots:
             try:
                 from .plots import plot_run

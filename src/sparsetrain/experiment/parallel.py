@@ -1,0 +1,208 @@
+"""Data parallelism for the trainer: torchrun's environment, the process group, and cross-rank messages.
+
+``torchrun --nproc_per_node N -m sparsetrain train ...`` (or ``sparsetrain train --nproc N``) starts N processes
+with ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set. :func:`setup` reads them and initialises the default
+process group (NCCL on CUDA, gloo on CPU) plus a gloo group for small CPU-side messages (the stop flag, mask
+checks, decisions rank 0 takes for everyone), so those never wait on a GPU stream. A process group the caller
+initialised already is used as it is.
+
+What a data-parallel run means here (see the trainer for the loop):
+
+* ``train.batch_size`` is the *global* minibatch of one optimizer step, split evenly across the processes, so
+  the run takes as many optimizer steps (and its LR and sparsity schedules see the same step counts) as a
+  one-process run; the run directory is the same. The samples each step sees differ from a one-process run
+  (each rank draws its shard from a ``DistributedSampler``), so results match a one-process run statistically,
+  not bit for bit.
+* every rank builds the same model and sparsifier from the same seeds; DistributedDataParallel averages the
+  gradients, so every rank takes the same optimizer step and computes the same masks (checked with
+  :func:`sparsetrain.distributed.assert_masks_identical` after every topology update);
+* only rank 0 writes files; a resume makes every rank load the checkpoint rank 0 chose.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch import distributed as dist
+
+from .config import ConfigError
+
+__all__ = ["Parallel", "SINGLE", "torchrun_environment", "setup", "shutdown", "wrap_model"]
+
+logger = logging.getLogger(__name__)
+
+_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Where this process stands in a data-parallel run (rank 0 of 1 outside one).
+
+    Attributes:
+        rank: this process's rank.
+        world_size: number of processes.
+        local_rank: rank on this machine (picks the CUDA device).
+        control: process group for CPU-side objects (None: the default group, or no group at all).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    control: Any = None
+
+    @property
+    def distributed(self) -> bool:
+        """True with more than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (the rank that writes files and prints)."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here (no-op with one process)."""
+        if self.distributed:
+            dist.barrier(group=self.control)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (picklable objects; ``obj`` is ignored on the other ranks)."""
+        if not self.distributed:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.control)
+        return out
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.control)
+        return bool(value.item())
+
+    def all_sum(self, tensors: Sequence[Tensor]) -> None:
+        """Sum each tensor over the ranks, in place (the default group: tensors stay on their device)."""
+        if self.distributed:
+            for tensor in tensors:
+                dist.all_reduce(tensor)
+
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Copy rank 0's buffers (batch-norm statistics) to every rank, as DDP does before each forward."""
+        if self.distributed:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
+
+SINGLE = Parallel()
+_current: Parallel | None = None
+_owned = False
+
+
+def torchrun_environment() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` from torchrun's variables, or None outside a multi-process launch.
+
+    Raises:
+        ConfigError: the variables are present but not valid.
+    """
+    text = {name: os.environ.get(name) for name in _ENV}
+    if text["WORLD_SIZE"] is None:
+        return None
+    values = {}
+    for name, raw in text.items():
+        try:
+            values[name] = int(raw if raw is not None else "")
+        except ValueError:
+            raise ConfigError(f"environment variable {name}={raw!r} is not allowed: expected an int (launch "
+                              "data-parallel runs with torchrun or sparsetrain train --nproc N)") from None
+    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ConfigError(f"environment RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local} is not allowed: "
+                          "expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
+    return (rank, world, local) if world > 1 else None
+
+
+def setup(device: torch.device) -> tuple[Parallel, torch.device]:
+    """Join the data-parallel run this process was launched into (idempotent), and pick its device.
+
+    Args:
+        device: the resolved ``train.device``; in a multi-process CUDA run every process takes
+            ``cuda:LOCAL_RANK`` instead, so only "auto" or "cuda" are allowed there.
+
+    Returns:
+        ``(parallel, device)``; :data:`SINGLE` and ``device`` unchanged outside a multi-process run.
+
+    Raises:
+        ConfigError: malformed torchrun variables, an explicit ``cuda:N`` or MPS in a multi-process run, or
+            fewer CUDA devices than local processes.
+    """
+    global _current, _owned
+    if dist.is_available() and dist.is_initialized():
+        env = (dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    else:
+        env = torchrun_environment()
+    if env is None or env[1] == 1:
+        return SINGLE, device
+    rank, world, local = env
+    if device.type == "mps":
+        raise ConfigError("train.device='mps' is not allowed in a data-parallel run: use cpu (gloo) or cuda (NCCL)")
+    if device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(f"train.device={str(device)!r} is not allowed in a data-parallel run: each process "
+                              "uses cuda:LOCAL_RANK; use auto or cuda")
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK={local} is not allowed: this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s); start at most that many processes per machine")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if _current is not None:
+        return _current, device
+    if not dist.is_initialized():
+        if not dist.is_available():
+            raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if name not in os.environ:
+                raise ConfigError(f"WORLD_SIZE={world} is set but {name} is not: launch data-parallel runs with "
+                                  "torchrun or sparsetrain train --nproc N")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        _owned = True
+        logger.info("rank %d of %d: joined the %s process group on %s", rank, world, backend, device)
+    control = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    _current = Parallel(rank=rank, world_size=world, local_rank=local, control=control)
+    return _current, device
+
+
+def shutdown() -> None:
+    """Leave the process group if :func:`setup` created it (call once at the end of the process)."""
+    global _current, _owned
+    if _owned and dist.is_initialized():
+        dist.destroy_process_group()
+    _current, _owned = None, False
+
+
+def wrap_model(model: nn.Module, parallel: Parallel, device: torch.device) -> nn.Module:
+    """The module to train: ``DistributedDataParallel(model)`` in a multi-process run, else ``model`` itself.
+
+    Build the optimizer and the sparsifier on ``model`` (the unwrapped module) before wrapping: they see the
+    same parameters, with the same names.
+    """
+    if not parallel.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

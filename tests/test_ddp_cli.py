@@ -1,0 +1,97 @@
+"""``sparsetrain train --nproc 2``: a real two-process data-parallel run on CPU (gloo) through the CLI, and its
+resume. The CLI re-launches itself under ``torch.distributed.run``; only rank 0 writes files."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsetrain.cli import main
+from sparsetrain.distributed import masks_checksum
+from sparsetrain.experiment import RunDir, Trainer
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+ARGS = ["train", "--data", "synthetic", "--data-option", "n_train=256", "--data-option", "n_test=64",
+        "--data-option", "input_shape=[1, 12]", "--model", "mlp", "--model-option", "hidden=[16]",
+        "--method", "rigl", "--sparsity", "0.8", "--epochs", "2", "--batch-size", "32", "--update-every", "3",
+        "--no-baseline", "--no-progress", "--no-plots", "-v", "--runs-dir", "runs"]
+CHECKSUM = re.compile(r"rank (\d) of 2: final masks checksum ([0-9a-f]{32})")
+FILES = {"config.yaml", "metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "masks.pt", "summary.json"}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """The run, launched as a user would: ``python -m sparsetrain train ... --nproc 2``."""
+    root = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "-m", "sparsetrain", *ARGS, "--nproc", "2"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (root / "runs").glob("*/seed_0")
+    return run, result
+
+
+def _checksums(stderr):
+    return dict(CHECKSUM.findall(stderr))
+
+
+def _metrics(run):
+    return [{k: v for k, v in json.loads(line).items() if k != "time"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_write_one_run_whose_masks_every_rank_had(ddp_run):
+    run, result = ddp_run
+    assert [p.name for p in run.parent.parent.iterdir()] == [run.parent.name]  # one run directory
+    assert {p.name for p in run.iterdir()} == FILES
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2]  # not one line per rank
+    checksums = _checksums(result.stderr)
+    assert set(checksums) == {"0", "1"} and len(set(checksums.values())) == 1, result.stderr[-3000:]
+    saved = torch.load(run / "masks.pt", weights_only=True)
+    summary = json.loads((run / "summary.json").read_text())
+    assert masks_checksum(saved) == checksums["0"] == summary["masks_checksum"]
+    assert summary["world_size"] == 2 and torch.load(run / "checkpoint.pt", weights_only=True)["world_size"] == 2
+    density = sum(int(m.sum()) for m in saved.values()) / sum(m.numel() for m in saved.values())
+    assert density == pytest.approx(0.2, abs=1 / 256)
+    # the same optimizer-step count as one process with the same global batch: 230 samples / 32 -> 8 per epoch
+    assert summary["total_steps"] == 16 and _metrics(run)[-1]["step"] == 16
+    assert result.stderr.count("training rigl") == 1  # rank 1 trains silently
+
+
+def test_sharded_evaluation_equals_one_process_evaluating_the_saved_model(ddp_run):
+    run, _ = ddp_run
+    trainer = Trainer(RunDir(run).read_config(), run.parent.parent, plots=False)
+    exp = trainer.prepare()
+    exp.model.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["model"])
+    exp.model.eval()
+    with torch.no_grad():
+        pairs = [(exp.model(x).argmax(-1) == y).sum().item() for x, y in exp.test_loader]
+    assert sum(pairs) / len(exp.test_loader.dataset) == _metrics(run)[-1]["test_acc"]
+
+
+def test_a_data_parallel_run_resumes_on_every_rank_from_the_same_checkpoint(ddp_run, tmp_path, monkeypatch, capfd):
+    run, first = ddp_run
+    copy = tmp_path / "runs" / run.parent.name / "seed_0"
+    shutil.copytree(run, copy)
+    for name in ("summary.json", "masks.pt"):  # killed after epoch 1's checkpoint, in epoch 2
+        (copy / name).unlink()
+    os.replace(copy / "checkpoint.prev.pt", copy / "checkpoint.pt")
+    monkeypatch.chdir(tmp_path)
+    assert main([*ARGS, "--nproc", "2"]) == 0
+    err = capfd.readouterr().err
+    assert "resuming an interrupted run at step 8 (epoch 1 of 2 complete)" in err
+    assert _checksums(err) == _checksums(first.stderr)
+    assert _metrics(copy) == _metrics(run)
+    assert json.loads((copy / "summary.json").read_text())["resumed"] is True
+
+    os.replace(copy / "checkpoint.prev.pt", copy / "checkpoint.pt")
+    (copy / "summary.json").unlink()
+    assert main(ARGS) == 2  # one process cannot continue a two-process run
+    line = capfd.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("sparsetrain: error: ") and "written by a 2-process run" in line and "--nproc 2" in line
