@@ -16,10 +16,11 @@ import logging
 import os
 import pickle
 import tempfile
+import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -52,30 +53,46 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """Save ``obj`` with ``torch.save`` atomically: temp file in the same directory, fsync, ``os.replace``.
+#: Test-only: seconds each atomic write sleeps between its temporary file and the rename, so crash tests can
+#: kill a process in the middle of a write.
+WRITE_DELAY_ENV = "SPARSETRAIN_TEST_WRITE_DELAY"
+TEMP_SUFFIX = ".tmp"
+
+
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[BinaryIO], Any], *, keep_previous: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write a file atomically: ``write(handle)`` into a temp file in the same directory, fsync, ``os.replace``.
+
+    A reader sees the old file or the new one, never a half-written one, whatever kills the process.
 
     Args:
-        obj: what to save (state dicts, tensors, primitive containers; keep it loadable with weights_only).
         path: the target file; its directory is created if missing.
+        write: fills the open binary handle.
+        keep_previous: if given, an existing target is renamed to this file just before the new one takes its
+            place (one generation of history; a crash between the two renames leaves only this file).
 
     Returns:
         The target path.
 
     Raises:
-        Whatever ``torch.save`` raises (e.g. an object that cannot be pickled); the target is then untouched and
-        no temporary file is left behind.
+        Whatever ``write`` raises; the target is then untouched and no temporary file is left behind.
     """
     target = Path(path)
     if target.is_dir():
-        raise IsADirectoryError(f"save_checkpoint: path={str(target)!r} is a directory, expected a file path")
+        raise IsADirectoryError(f"path={str(target)!r} is a directory, expected a file path")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        delay = os.environ.get(WRITE_DELAY_ENV)
+        if delay:
+            time.sleep(float(delay))
+        if keep_previous is not None and target.exists():
+            os.replace(target, keep_previous)
         os.replace(tmp_name, target)
     except BaseException:
         try:
@@ -84,6 +101,23 @@ def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
             pass
         raise
     _fsync_directory(target.parent)
+    return target
+
+
+def save_checkpoint(
+    obj: Any, path: str | os.PathLike[str], *, keep_previous: str | os.PathLike[str] | None = None
+) -> Path:
+    """Save ``obj`` with ``torch.save`` atomically (see :func:`atomic_write`).
+
+    Args:
+        obj: what to save (state dicts, tensors, primitive containers; keep it loadable with weights_only).
+        path: the target file; its directory is created if missing.
+        keep_previous: optional file that receives the previous version of ``path``.
+
+    Returns:
+        The target path.
+    """
+    target = atomic_write(path, lambda handle: torch.save(obj, handle), keep_previous=keep_previous)
     logger.debug("saved checkpoint %s", target)
     return target
 

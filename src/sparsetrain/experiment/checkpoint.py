@@ -19,10 +19,7 @@ between writing its temporary file and renaming it, so crash tests can kill a pr
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparsetrain.checkpoint_io import CheckpointError
+from sparsetrain.checkpoint_io import WRITE_DELAY_ENV  # noqa: F401  (re-exported for tests)
+from sparsetrain.checkpoint_io import TEMP_SUFFIX, CheckpointError, atomic_write, save_checkpoint
 from sparsetrain.checkpoint_io import load_checkpoint as _safe_load
 
 __all__ = ["atomic_save", "atomic_write_text", "load_checkpoint", "remove_temp_files", "capture_rng", "restore_rng",
@@ -38,51 +36,8 @@ __all__ = ["atomic_save", "atomic_write_text", "load_checkpoint", "remove_temp_f
 
 logger = logging.getLogger(__name__)
 
-#: Test-only: seconds each atomic write sleeps between its temporary file and the rename (see module docstring).
-WRITE_DELAY_ENV = "SPARSETRAIN_TEST_WRITE_DELAY"
-TEMP_SUFFIX = ".tmp"
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened; the replace is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: str | Path, write: Any, keep_previous: str | Path | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        delay = os.environ.get(WRITE_DELAY_ENV)
-        if delay:
-            time.sleep(float(delay))
-        if keep_previous is not None and path.exists():
-            # A crash between the two renames leaves only keep_previous: the loader falls back to it.
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
 def atomic_save(obj: Any, path: str | Path, *, keep_previous: str | Path | None = None) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically (temp file in the same directory + fsync + os.replace).
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`sparsetrain.checkpoint_io.save_checkpoint`).
 
     Args:
         obj: what to save (keep it to tensors, numbers, strings, lists and dicts for weights-only loading).
@@ -90,12 +45,12 @@ def atomic_save(obj: Any, path: str | Path, *, keep_previous: str | Path | None 
         keep_previous: if given, an existing ``path`` is renamed to this file just before the new one takes
             its place (one generation of history).
     """
-    _atomic(path, lambda handle: torch.save(obj, handle), keep_previous)
+    save_checkpoint(obj, path, keep_previous=keep_previous)
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    _atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint_io import save_checkpoint
 from ..masks import apply_masks
 
 __all__ = ["snapshot", "rewind", "reinitialize", "save_atomic", "load"]
@@ -30,12 +30,8 @@ def snapshot(model: nn.Module) -> dict[str, Tensor]:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file, then rename: a killed run never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` atomically: a killed run never leaves a half-written file."""
+    save_checkpoint(obj, path)
 
 
 def load(path: str | os.PathLike[str]) -> Any:
