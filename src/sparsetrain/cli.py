@@ -825,7 +825,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     import shlex
 
     from sparsetrain.experiment.reproduce import SETTINGS, plan_jobs, run_jobs
-    from sparsetrain.experiment.reproduce_report import write_report
+    from sparsetrain.experiment.reproduce_report import record_invocation, write_report
 
     if args.workers < 1:
         raise CliError(f"argument --workers: {args.workers} is not allowed: expected an int >= 1")
@@ -853,8 +853,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
         run_jobs(jobs, workers=args.workers, on_done=on_done)
     command = shlex.join([PROG, *getattr(args, "argv", ["reproduce"])])
-    paths = write_report(setting, runs_dir, out, command=command,
-                         wall_time=None if args.report_only else time.monotonic() - start, failed=failed)
+    if not args.report_only:
+        record_invocation(runs_dir, command, time.monotonic() - start, len(jobs), len(failed))
+    paths = write_report(setting, runs_dir, out, command=command, failed=failed)
     for path in paths:
         print(path)
     return 1 if failed else 0
