@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -233,3 +232,31 @@ def test_rewind_to_step_k_saves_the_weights_after_k_steps(tmp_path: Path) -> Non
     assert torch.equal(saved["1.running_mean"], init["1.running_mean"])  # buffers saved as they were
     assert train.history == [("level_0", 0), ("level_1", k)]  # type: ignore[attr-defined]
     assert all(torch.equal(v, init[n]) for n, v in model.state_dict().items())  # caller's model untouched
+
+
+# -- the command line ------------------------------------------------------------------------------------------
+
+def test_cli_lottery_runs_the_harness_recipe_and_skips_finished_stages(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    from sparsetrain.cli import main
+
+    args = ["lottery", "--data", "synthetic", "--data-option", "n_train=128", "--data-option", "n_test=64",
+            "--data-option", "input_shape=[1, 12]", "--model", "mlp", "--model-option", "hidden=[16]",
+            "--epochs", "1", "--batch-size", "32", "--rounds", "1", "--prune-rate", "0.5", "--controls", "random",
+            "--rewind-step", "2", "--runs-dir", str(tmp_path)]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    assert "training level_0" in first.err and "training level_1/random" in first.err
+    (run,) = tmp_path.glob("lottery-*/seed_0")
+    for name in ("config.json", "experiment.yaml", "init.pt", "rewind.pt", "curve.md", "curve.png",
+                 "level_0/metrics.json", "level_1/masks.pt", "level_1/metrics.json", "level_1/random/metrics.json"):
+        assert (run / name).is_file(), name
+    assert not (run / "level_1" / "reinit").exists()
+    metrics = json.loads((run / "level_1" / "metrics.json").read_text())
+    assert metrics["steps"] == 4 - 2  # 128 samples / 32 per batch = 4 steps, rewound to step 2
+    assert "| 1 | " in first.out and "| 0 | 100.00% |" in first.out
+
+    assert main(args) == 0  # everything done: nothing retrains
+    assert "training" not in capsys.readouterr().err
+    assert main([*args, "--method", "rigl"]) == 2
+    assert "sparse section is not used" in capsys.readouterr().err

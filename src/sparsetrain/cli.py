@@ -1,4 +1,5 @@
-"""The ``sparsetrain`` command line: ``train``, ``report``, ``plot``, ``plasticity``, ``compare`` and ``reproduce``.
+"""The ``sparsetrain`` command line: ``train``, ``report``, ``plot``, ``lottery``, ``plasticity``, ``compare`` and
+``reproduce``.
 
 ``sparsetrain train`` with no arguments trains GraNet at 90% sparsity on MNIST-1D and the dense baseline with
 the same recipe, and prints both accuracies. Every config field has a flag (``--help`` lists them with their
@@ -425,6 +426,121 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- lottery ----------------------------------------------------------------------------------------------------
+def _add_lottery(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "lottery", help="lottery tickets: iterative magnitude pruning with rewinding, and its controls",
+        description="Iterative magnitude pruning (Frankle & Carbin 2019; rewinding to step k: Frankle et al. 2020) "
+                    "on the data/model/optim/train recipe of the config, in <runs-dir>/lottery-<hash>/seed_<n>/"
+                    "level_<k>/ (masks.pt, sparsity.json, metrics.json; controls in reinit/ and random/). A "
+                    "stopped run resumes at the stage it was in. The sparse section plays no part.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", metavar="FILE", default=None,
+                     help="YAML config file with sections data/model/optim/train (default: none)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="dotted override applied after the flags, repeatable (default: none)")
+    run.add_argument("--runs-dir", default="runs", help="where runs are written (default: runs)")
+    run.add_argument("--seeds", nargs="+", type=str, default=None, metavar="N",
+                     help="one lottery run per seed (default: train.seed)")
+    run.add_argument("--print-config", action="store_true",
+                     help="print the resolved config as YAML and exit (default: false)")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no per-level lines on stderr (default: shown)")
+    run.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
+    lottery = parser.add_argument_group("lottery (sparsetrain.lottery.LotteryConfig)")
+    lottery.add_argument("--rounds", type=int, default=3, help="pruning rounds after the dense level 0 (default: 3)")
+    lottery.add_argument("--prune-rate", type=float, default=0.2,
+                         help="fraction of the remaining weights pruned per round (default: 0.2)")
+    lottery.add_argument("--output-rate", default="0.1",
+                         help="rate of the output layer, or none for --prune-rate (default: 0.1)")
+    lottery.add_argument("--output-layer", default=None,
+                         help="name of the output tensor (default: the last pruned tensor)")
+    lottery.add_argument("--scope", default="layerwise", choices=("layerwise", "global"),
+                         help="rank per tensor, or one threshold over all but the output layer (default: layerwise)")
+    lottery.add_argument("--rewind-step", type=int, default=0,
+                         help="rewind survivors to their values at this optimizer step; 0 = init (default: 0)")
+    lottery.add_argument("--one-shot", action="store_true",
+                         help="level k prunes the dense weights straight to its sparsity (default: iterative)")
+    lottery.add_argument("--controls", nargs="*", default=["reinit", "random"], metavar="{reinit,random}",
+                         help="controls trained at every level >= 1 (default: reinit random)")
+    _add_config_flags(parser)
+    parser.set_defaults(func=_cmd_lottery, resume=None)
+
+
+def _lottery_config(args: argparse.Namespace, seed: int) -> Any:
+    from sparsetrain.lottery import LotteryConfig
+
+    output_rate: float | None
+    if str(args.output_rate).lower() == "none":
+        output_rate = None
+    else:
+        try:
+            output_rate = float(args.output_rate)
+        except ValueError:
+            raise CliError(f"argument --output-rate: {args.output_rate!r} is not allowed: a number in [0, 1) or "
+                           "none") from None
+    try:
+        return LotteryConfig(rounds=args.rounds, prune_rate=args.prune_rate, output_rate=output_rate,
+                             output_layer=args.output_layer, scope=args.scope, rewind_step=args.rewind_step,
+                             one_shot=args.one_shot, controls=tuple(args.controls), seed=seed)
+    except (ValueError, TypeError) as exc:
+        raise CliError(f"lottery: {exc}") from None
+
+
+def _lottery_dir(runs_dir: Path, config: Any, lottery: Any) -> Path:
+    """runs_dir/lottery-<hash of the recipe and the lottery options, seeds left out>/seed_<n>."""
+    import hashlib
+    import json
+
+    identity = {"experiment": config.non_default(), "lottery": {k: v for k, v in lottery.to_dict().items()
+                                                                 if k != "seed"}}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return runs_dir / f"lottery-{digest}" / f"seed_{config.train.seed}"
+
+
+def _cmd_lottery(args: argparse.Namespace) -> int:
+    from sparsetrain.lottery import curve_table, plot_curve, run_lottery
+    from sparsetrain.lottery.experiment import experiment_lottery
+
+    base = _resolve_config(args)
+    given_sparse = {k: v for k, v in base.non_default(hashed_only=False).items() if k.startswith("sparse.")}
+    if given_sparse:
+        raise CliError(f"{', '.join(sorted(given_sparse))}: the sparse section is not used by lottery runs (IMP "
+                       "chooses the masks); use --prune-rate, --rounds, --scope instead")
+    if args.print_config:
+        print(base.canonical().to_yaml(), end="")
+        return 0
+    for seed in _seeds(args, base.train.seed):
+        config = base.with_overrides({"train.seed": seed})
+        lottery = _lottery_config(args, seed)
+        out = _lottery_dir(Path(args.runs_dir), config, lottery)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "experiment.yaml").write_text(config.canonical().to_yaml())
+        model, train_fn, total_steps = experiment_lottery(config)
+
+        def announce(model_: Any, masks: Any, level_dir: Path, **kwargs: Any) -> dict[str, Any]:
+            if args.progress:
+                kept = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+                _note(f"{out.parent.name}/{out.name}: training {level_dir.relative_to(out)} "
+                      f"({kept:.2%} of weights, {total_steps - kwargs.get('start_step', 0)} steps)")
+            return train_fn(model_, masks, level_dir, **kwargs)
+
+        if args.progress:
+            _note(f"lottery run in {out} ({lottery.rounds} rounds); finished stages are skipped")
+        rows = run_lottery(model, lottery, announce, out)
+        table = curve_table(rows)
+        (out / "curve.md").write_text(table + "\n")
+        try:
+            plot_curve(rows, out / "curve.png")
+        except Exception as exc:  # a plotting failure must not lose the run
+            logging.getLogger(__name__).warning("curve.png not written: %s: %s", type(exc).__name__, exc)
+        print(f"lottery run {out} (test accuracy vs weights remaining):")
+        print(table)
+    return 0
+
+
 # -- plasticity -------------------------------------------------------------------------------------------------
 def _add_plasticity(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -662,15 +778,17 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 # -- entry point ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with its three commands."""
+    """The argument parser with its commands."""
     parser = _Parser(prog=PROG, description="Sparse neural network training (GraNet, RigL, SET, GMP, ...) and "
                                             "lottery-ticket science on PyTorch.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,report,plot,plasticity,compare,reproduce}",
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{train,report,plot,lottery,plasticity,compare,reproduce}",
                                 parser_class=_Parser)
     _add_train(sub)
     _add_report(sub)
     _add_plot(sub)
+    _add_lottery(sub)
     _add_plasticity(sub)
     _add_compare(sub)
     _add_reproduce(sub)

@@ -90,9 +90,10 @@ def allocate(
 ) -> dict[str, int]:
     """Exact number of nonzeros per tensor for a total ``sparsity``.
 
-    Per-tensor counts are ``round(density * numel)`` by the largest-remainder rule, so the total number of
-    nonzeros over the free tensors matches the budget exactly (within one weight per tensor of each tensor's
-    real-valued share). Fixed tensors get exactly ``round((1 - s) * numel)``. With "uniform", every free
+    With "er"/"erk", per-tensor counts are ``round(density * numel)`` by the largest-remainder rule, so the
+    total number of nonzeros over the free tensors matches the budget exactly (within one weight per tensor of
+    each tensor's real-valued share). With "uniform", each tensor is rounded half-up on its own (within half a
+    weight per tensor, and monotone in the sparsity, as gradual pruning needs). Fixed tensors get exactly ``round((1 - s) * numel)``. With "uniform", every free
     tensor is at ``sparsity`` and pinned tensors change the total; with "er"/"erk" the free tensors are
     re-solved so the total still matches ``sparsity``.
 
@@ -115,6 +116,11 @@ def allocate(
         densities = erk_densities(shapes, 1.0 - sparsity, kind=distribution, fixed=fixed_density)
     counts = {n: round(fixed_density[n] * numel[n]) for n in fixed_density}
     free = [n for n in shapes if n not in fixed_density]
+    if distribution in ("uniform", "global"):
+        # Each tensor rounded on its own: a count never grows as the sparsity rises, which gradual pruning
+        # needs (largest-remainder rounding across tensors can move a weight from one tensor to another).
+        counts.update({n: min(numel[n], math.floor(densities[n] * numel[n] + 0.5)) for n in free})
+        return {n: counts[n] for n in shapes}
     shares = [densities[n] * numel[n] for n in free]
     target_total = min(sum(numel[n] for n in free), round(sum(shares)))
     for name, count in zip(free, exact_counts(shares, target_total), strict=True):

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["state_tensors", "mask_optimizer_state", "zero_optimizer_state"]
+__all__ = ["state_tensors", "mask_optimizer_state"]
 
 
 def state_tensors(optimizer: torch.optim.Optimizer, param: Tensor) -> list[Tensor]:
@@ -35,15 +35,3 @@ def mask_optimizer_state(
             factors.append(mask)
     if tensors:
         torch._foreach_mul_(tensors, factors)
-
-
-@torch.no_grad()
-def zero_optimizer_state(
-    optimizer: torch.optim.Optimizer | None, params: Mapping[str, Tensor], positions: Mapping[str, Tensor]
-) -> None:
-    """Set every state tensor to 0 at ``positions`` (bool, True = reset), e.g. at newly grown weights."""
-    if optimizer is None:
-        return
-    for name, where in positions.items():
-        for buf in state_tensors(optimizer, params[name]):
-            buf.masked_fill_(where, 0)

@@ -7,12 +7,15 @@ during-training methods use magnitude (drop), gradient (RigL/GraNet growth), mom
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 __all__ = ["magnitude_scores", "gradient_scores", "random_scores"]
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -24,6 +27,9 @@ def magnitude_scores(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
 @torch.no_grad()
 def gradient_scores(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``|dL/dw|`` of the current minibatch per tensor (zeros where a parameter has no gradient)."""
+    if params and all(p.grad is None for p in params.values()):
+        logger.warning("no sparsified parameter has a gradient: growth by |gradient| falls back to the lowest "
+                       "indices; call sparsifier.step() after optimizer.step() and before optimizer.zero_grad()")
     return {
         name: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
         for name, p in params.items()

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .distributions import allocate, check_distribution
 from .masks import SparsityReport, apply_masks, random_masks, resolve_overrides, select_prunable, sparsity_report
-from .optim_state import mask_optimizer_state, zero_optimizer_state
+from .optim_state import mask_optimizer_state
 
 __all__ = ["Sparsifier", "check_bool", "check_choice", "check_fraction", "check_sparsity", "check_positive_int"]
 
@@ -227,39 +227,41 @@ class Sparsifier:
         Returns:
             True if the topology changed at this step.
         """
+        missed = False
         if self.optimizer is not None:
             if self._optimizer_steps == self.step_count:
                 logger.debug("optimizer.step() did not run since the last call (skipped step): nothing to do")
                 return False
+            missed = self._optimizer_steps - self.step_count > 1
+            if missed:
+                # An update step's gradients were left dense for growth; without its step() call the pruned
+                # weights moved. Re-mask so they are exactly zero again (the missed update itself is lost).
+                logger.warning("sparsifier.step() was not called after %d optimizer step(s); call it after every "
+                               "optimizer.step()", self._optimizer_steps - self.step_count - 1)
             self.step_count = self._optimizer_steps
         else:
             self.step_count += 1
-        changed = False
         update_step = self.is_update_step(self.step_count)
         if update_step:
             if self._gradients_finite():
                 reset = self.update(self.step_count)
-                self._reset_positions(reset)
                 for name, mask in self.masks.items():
                     self.ever_active[name] |= mask
-                changed = True
-            else:
-                logger.warning("step %d: non-finite gradients, topology update skipped", self.step_count)
-        if update_step or not self.mask_gradients or self.optimizer is None:
-            self.apply_masks(refresh=update_step)
-        return changed
+                # One pass zeroes both the inactive positions and the newly grown ones (weights and state).
+                self.apply_masks(also_zero=reset)
+                return True
+            logger.warning("step %d: non-finite gradients, topology update skipped", self.step_count)
+        if update_step or missed or not self.mask_gradients or self.optimizer is None:
+            self.apply_masks(refresh=False)
+        return False
 
     def _gradients_finite(self) -> bool:
         grads = [p.grad for p in self.params.values() if p.grad is not None]
         if not grads:
             return True
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        # The max-abs norm is inf or NaN exactly when some entry is; one fused pass over all gradients.
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).all())
 
-    @torch.no_grad()
-    def _reset_positions(self, reset: Mapping[str, Tensor]) -> None:
-        for name, where in reset.items():
-            self.params[name].masked_fill_(where, 0.0)
-        zero_optimizer_state(self.optimizer, self.params, reset)
 
     def _current_multipliers(self, refresh: bool = False) -> dict[str, Tensor]:
         """The masks in their parameters' dtypes, rebuilt when asked or when a mask tensor was replaced."""
@@ -269,14 +271,20 @@ class Sparsifier:
             self._multiplier_sources = dict(self.masks)
         return self._multipliers
 
-    def apply_masks(self, refresh: bool = True) -> None:
+    def apply_masks(self, refresh: bool = True, also_zero: Mapping[str, Tensor] | None = None) -> None:
         """Zero the weights and the optimizer state outside the masks.
 
         Args:
             refresh: rebuild the cached multipliers from ``self.masks`` first (needed after editing a mask in
                 place; the per-step plain path skips it).
+            also_zero: name -> bool positions zeroed as well (newly grown weights start at zero with zero
+                optimizer state), in the same pass.
         """
         multipliers = self._current_multipliers(refresh)
+        if also_zero:
+            multipliers = dict(multipliers)
+            for name, where in also_zero.items():
+                multipliers[name] = (self.masks[name] & ~where).to(self.params[name].dtype)
         apply_masks(self.params, multipliers)
         mask_optimizer_state(self.optimizer, self.params, multipliers)
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 __all__ = ["topk_mask", "global_topk_masks", "drop_and_grow", "exact_counts", "NEG_INF"]
 
-#: Score that ranks an entry below every finite score (used by pruning at init to exclude pruned weights).
+#: Score for entries that must rank below every candidate when scores may be negative.
 NEG_INF = float("-inf")
 
 
@@ -69,7 +69,7 @@ def _kth_largest(flat: Tensor, k: int) -> Tensor:
     return _select_kth_largest(flat, k)
 
 
-def topk_mask(scores: Tensor, k: int, eligible: Tensor | None = None) -> Tensor:
+def topk_mask(scores: Tensor, k: int, eligible: Tensor | None = None, n_eligible: int | None = None) -> Tensor:
     """Bool mask of the ``k`` largest entries of ``scores`` (same shape), exactly ``k`` of them.
 
     Ties at the threshold go to the entries with the lowest flat index, so the result is deterministic and
@@ -81,6 +81,7 @@ def topk_mask(scores: Tensor, k: int, eligible: Tensor | None = None) -> Tensor:
         eligible: optional bool tensor; only eligible entries can be chosen. Ineligible ones are ranked below
             every eligible one by zeroing their score (one multiply instead of a slow ``masked_fill``), and
             ties at zero are resolved towards eligible entries.
+        n_eligible: the number of eligible entries, if the caller knows it (saves a pass).
 
     Returns:
         A bool tensor shaped like ``scores`` with exactly ``k`` True entries (after clamping).
@@ -90,7 +91,9 @@ def topk_mask(scores: Tensor, k: int, eligible: Tensor | None = None) -> Tensor:
     k = max(0, min(int(k), n))
     if eligible is not None:
         eligible_flat = eligible.reshape(-1)
-        k = min(k, int(torch.count_nonzero(eligible_flat)))
+        if n_eligible is None:
+            n_eligible = int(torch.count_nonzero(eligible_flat))
+        k = min(k, n_eligible)
         flat = flat * eligible_flat.view(torch.uint8)
     if k == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
@@ -176,9 +179,11 @@ def drop_and_grow(
         n_swap = min(n_swap, int(torch.count_nonzero(~(mask | forbid))))
     if n_swap == 0:
         return mask.clone(), mask.clone()
-    kept = topk_mask(drop_scores, n_active - n_swap, mask)
-    blocked = kept if forbid is None else kept | forbid
-    grown = topk_mask(grow_scores, n_swap, ~blocked)
+    kept = topk_mask(drop_scores, n_active - n_swap, mask, n_active)
+    if forbid is None:
+        grown = topk_mask(grow_scores, n_swap, ~kept, mask.numel() - (n_active - n_swap))
+    else:
+        grown = topk_mask(grow_scores, n_swap, ~(kept | forbid))
     return kept | grown, kept
 
 

@@ -22,9 +22,7 @@ from torch import Tensor, nn
 
 from ..distributions import allocate, check_distribution
 from ..masks import resolve_overrides, select_prunable
-from ..topk import global_topk_masks, topk_mask
-
-NEG_INF = float("-inf")
+from ..topk import NEG_INF, global_topk_masks, topk_mask
 from .data import collect_batches
 from .grasp import GRASP_TEMPERATURE, grasp_scores
 from .snip import LossFn, snip_scores

@@ -1,0 +1,130 @@
+"""A lottery train function from the harness's :class:`~sparsetrain.experiment.ExperimentConfig`.
+
+The data, model, optimizer and LR schedule of every level come from the config, built by the harness
+(:func:`sparsetrain.experiment.build.build_experiment`); the loop is the library's two-line contract with a
+:class:`~sparsetrain.Static` sparsifier holding the level's mask. Each call builds a fresh optimizer and LR
+schedule (both restart every round, as in Frankle & Carbin 2019) and re-seeds the data order, so every level
+sees the same batches in the same order. A round that starts at the rewind step k skips the first k batches
+and the first k steps of the LR schedule, and trains the remaining ``total_steps - k`` steps (Frankle et al.
+2020). ``config.sparse`` plays no part: the lottery chooses the masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..methods.static import Static
+from .train import TrainFn
+
+__all__ = ["experiment_lottery"]
+
+logger = logging.getLogger(__name__)
+
+
+def experiment_lottery(config: Any) -> tuple[nn.Module, TrainFn, int]:
+    """The initial model, a train function and the steps per run, all from a harness config.
+
+    Args:
+        config: a :class:`sparsetrain.experiment.ExperimentConfig`; its ``sparse`` section is not used.
+
+    Returns:
+        ``(model, train_fn, total_steps)``: the model as the harness builds it (seeded by ``train.seed``, on
+        ``train.device``), a :class:`~sparsetrain.lottery.train.TrainFn` whose metrics are ``accuracy`` /
+        ``loss`` (test split), ``val_accuracy`` / ``val_loss``, ``train_loss`` (mean over the run), ``steps`` and
+        ``sparsity`` (measured from the weights), and ``total_steps`` (epochs x steps per epoch).
+
+    Raises:
+        sparsetrain.experiment.ConfigError: the config is rejected by the data, model or optimizer, or asks for
+            fp16 (no GradScaler here; use bf16 or fp32).
+    """
+    from ..experiment.build import build_experiment
+    from ..experiment.config import DENSE, ConfigError
+    from ..experiment.optim import build_optimizer, build_scheduler
+
+    if config.train.precision == "fp16":
+        raise ConfigError("train.precision='fp16' is not allowed for lottery runs; use bf16 or fp32")
+    dense = config.with_overrides({"sparse.method": DENSE})
+    exp = build_experiment(dense)
+    autocast_dtype = exp.autocast_dtype
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=exp.device.type, dtype=autocast_dtype)
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module, loader: Any) -> tuple[float | None, float | None]:
+        if loader is None:
+            return None, None
+        model.eval()
+        loss_sum, correct, count = 0.0, 0, 0
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(exp.device), targets.to(exp.device)
+            with autocast():
+                logits = model(inputs)
+            loss_sum += float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
+            correct += int((logits.argmax(-1) == targets).sum())
+            count += targets.numel()
+        model.train()
+        return (loss_sum / count, correct / count) if count else (None, None)
+
+    def train(model: nn.Module, masks: Mapping[str, Tensor], level_dir: Path, *, start_step: int = 0,
+              on_step: Callable[[int, nn.Module], None] | None = None) -> dict[str, Any]:
+        model.to(exp.device)
+        optimizer = build_optimizer(config.optim, model)
+        scheduler = build_scheduler(config.optim, optimizer, exp.total_steps, exp.steps_per_epoch)
+        with warnings.catch_warnings():  # advancing the schedule to step k before any optimizer step is intended
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(start_step):
+                scheduler.step()
+        kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
+        total = sum(m.numel() for m in masks.values())
+        sparsifier = Static(model, optimizer, sparsity=min(1.0 - kept / total, 0.999999),
+                            total_steps=exp.total_steps, masks=masks,
+                            include=[re.escape(name) for name in masks])
+        loader = exp.train_loader
+        loader.generator.manual_seed(config.train.seed)  # the same data order at every level
+        model.train()
+        step, seen, loss_sum, count = 0, 0, 0.0, 0
+        clip = config.optim.grad_clip
+        while step < exp.total_steps:
+            for inputs, targets in loader:
+                seen += 1
+                if seen <= start_step:  # the rewound run continues the data order from step k
+                    step = seen
+                    continue
+                inputs, targets = inputs.to(exp.device), targets.to(exp.device)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast():
+                    loss = exp.loss_fn(model(inputs), targets)
+                loss.backward()
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+                sparsifier.step()
+                scheduler.step()
+                step += 1
+                loss_sum += loss.item()
+                count += 1
+                if on_step is not None:
+                    on_step(step, model)
+                if step >= exp.total_steps:
+                    break
+        sparsifier.export()
+        test_loss, test_acc = evaluate(model, exp.test_loader)
+        val_loss, val_acc = evaluate(model, exp.val_loader)
+        measured = sparsifier.report().sparsity
+        logger.info("%s/%s: test accuracy %s after %d steps", level_dir.parent.name, level_dir.name, test_acc, count)
+        return {"accuracy": test_acc, "loss": test_loss, "val_accuracy": val_acc, "val_loss": val_loss,
+                "train_loss": loss_sum / count if count else None, "steps": count, "sparsity": measured}
+
+    return exp.model, train, exp.total_steps
