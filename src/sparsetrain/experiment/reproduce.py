@@ -37,7 +37,8 @@ from typing import Any
 from .config import ExperimentConfig
 
 __all__ = ["Benchmark", "PlasticityPlan", "ReproSetting", "SETTINGS", "METHOD_LABELS", "Job", "method_overrides",
-           "run_config", "imp_rate", "imp_levels", "plan_jobs", "run_job", "run_jobs", "imp_dir"]
+           "run_config", "imp_rate", "imp_levels", "plan_jobs", "run_job", "run_jobs", "imp_dir", "method_label",
+           "plasticity_config", "plasticity_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +161,9 @@ SETTINGS: dict[str, ReproSetting] = {
     "quick": ReproSetting(
         name="quick", benchmarks=(_CNN1D,),
         methods=("dense", "gmp", "granet", "granet_st", "rigl", "set", "static", "snip", "synflow", "imp"),
-        sparsities=(0.9,), seeds=(0,), epochs=6, batch_size=128, lr=0.1, update_every=10, imp_rounds=2,
-        plasticity=PlasticityPlan("mnist1d-cnn1d", epochs=6, milestones=(0.5,), prune_epochs=(2, 4), rates=(0.5,)),
-        description="a subset in a few minutes: one data/model pair, one sparsity, one seed, 6 epochs"),
+        sparsities=(0.9, 0.98), seeds=(0,), epochs=10, batch_size=128, lr=0.1, update_every=10, imp_rounds=3,
+        plasticity=PlasticityPlan("mnist1d-cnn1d", epochs=10, milestones=(0.5,), prune_epochs=(4, 6), rates=(0.5,)),
+        description="a subset in a few minutes: one data/model pair, two sparsities, one seed, 10 epochs"),
     "tiny": ReproSetting(
         name="tiny", benchmarks=(_TINY,), methods=("dense", "gmp", "granet", "rigl", "static", "snip", "imp"),
         sparsities=(0.8,), seeds=(0,), epochs=2, batch_size=50, lr=0.05, update_every=2, imp_rounds=1,
@@ -330,14 +331,16 @@ def plasticity_config(setting: ReproSetting) -> ExperimentConfig:
 
 
 def plasticity_study(setting: ReproSetting, runs_dir: str | Path) -> Any:
-    """The :class:`~sparsetrain.analysis.plasticity.PlasticityStudy` of ``setting`` in ``runs_dir/plasticity``."""
+    """The :class:`~sparsetrain.analysis.plasticity.PlasticityStudy` of ``setting``.
+
+    It lives in ``runs_dir/plasticity/<dense run name>-dt<ΔT>``, named by its recipe, so a changed recipe starts a
+    new study instead of clashing with the old one.
+    """
     from sparsetrain.analysis.plasticity import PlasticityStudy
 
-    plan = setting.plasticity
-    if plan is None:
-        raise ValueError(f"setting {setting.name!r} has no plasticity study")
-    return PlasticityStudy(plasticity_config(setting), Path(runs_dir) / "plasticity",
-                           regrow_every=setting.update_every)
+    config = plasticity_config(setting)
+    name = f"{config.run_name()}-dt{setting.update_every}"
+    return PlasticityStudy(config, Path(runs_dir) / "plasticity" / name, regrow_every=setting.update_every)
 
 
 def _train_imp(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,6 +359,23 @@ def _train_imp(payload: Mapping[str, Any]) -> dict[str, Any]:
     return {"levels": len(rows)}
 
 
+def _output_dir(job: Job) -> Path:
+    """The directory a job writes into."""
+    if job.kind == "train":
+        from .rundir import RunDir
+
+        return RunDir.for_config(job.payload["runs_dir"], ExperimentConfig.from_dict(job.payload["config"])).path
+    setting = SETTINGS[job.payload["setting"]]
+    if job.kind == "imp":
+        return imp_dir(job.payload["runs_dir"], setting.benchmark(job.payload["bench"]), setting,
+                       int(job.payload["seed"]))
+    return plasticity_study(setting, job.payload["runs_dir"]).out_dir
+
+
+def _snapshot(path: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()} if path.is_dir() else {}
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Run one job in this process (skipping what is finished) and return a small result dict.
 
@@ -363,11 +383,20 @@ def run_job(job: Job) -> dict[str, Any]:
         job: from :func:`plan_jobs`.
 
     Returns:
-        ``{"final_acc": ...}`` for a harness run, ``{"levels": n}`` for IMP, the cell's row for plasticity.
+        ``{"final_acc": ...}`` for a harness run, ``{"levels": n}`` for IMP, the cell's row for plasticity; each
+        with ``"trained"``: whether the job wrote anything (False when everything was finished already).
     """
     import torch
 
     torch.set_num_threads(1)
+    where = _output_dir(job)
+    before = _snapshot(where)
+    result = _run(job)
+    result["trained"] = _snapshot(where) != before
+    return result
+
+
+def _run(job: Job) -> dict[str, Any]:
     if job.kind == "train":
         from .trainer import Trainer
 
@@ -384,7 +413,7 @@ def run_job(job: Job) -> dict[str, Any]:
         assert plan is not None
         study = plasticity_study(setting, job.payload["runs_dir"])
         if job.kind == "plasticity-dense":
-            return study.train_dense(plan.prune_epochs)
+            return dict(study.train_dense(plan.prune_epochs))
         return study.train_cell(PlasticityCell(**job.payload["cell"]))
     raise ValueError(f"job kind {job.kind!r} is not allowed")
 

@@ -284,7 +284,10 @@ def _compare(a: tuple[float, float, int], b: tuple[float, float, int], name_a: s
     diff = a[0] - b[0]
     se = math.sqrt(a[1] ** 2 / a[2] + b[1] ** 2 / b[2])
     holds = diff > 0 if strict else diff >= 0
-    noise = "beyond 2 s.e." if abs(diff) > 2 * se and se > 0 else "within noise (< 2 s.e.)"
+    if min(a[2], b[2]) < 2:
+        noise = "one seed: no noise estimate"
+    else:
+        noise = "beyond 2 s.e." if abs(diff) > 2 * se and se > 0 else "within noise (< 2 s.e.)"
     return holds, f"{name_a} {100 * a[0]:.2f} vs {name_b} {100 * b[0]:.2f}: {100 * diff:+.2f} pts, {noise}"
 
 
@@ -367,7 +370,7 @@ def _total_train_time(setting: ReproSetting, runs_dir: Path) -> float:
 
 
 def record_invocation(runs_dir: str | Path, command: str, wall_time: float, jobs: int, failed: int) -> Path:
-    """Write ``<runs_dir>/last_training.json``: the command, wall time, job counts and date of a training run.
+    """Write ``<runs_dir>/last_training.json``: the command, wall time, jobs trained and failed, and the date.
 
     The report quotes it, so results rewritten later (``--report-only``) still say how they were produced.
 
@@ -418,8 +421,10 @@ def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Pat
     written: list[Path] = []
     info = machine_info()
     last = _last_training(runs_dir)
-    trained = (f"Trained by `{last['command']}` ({last['jobs']} jobs, {last['failed']} failed; wall time "
-               f"{last['wall_time'] / 60:.1f} min, finished {last['date']})" if last else "Trained by an unrecorded run")
+    trained = "Trained by an unrecorded run"
+    if last:
+        trained = (f"Trained by `{last['command']}` ({last['jobs']} jobs trained, {last['failed']} failed; wall time "
+                   f"{last['wall_time'] / 60:.1f} min, finished {last['date']})")
     lines = [f"# Reproduction benchmark ({setting.name})", "",
              f"{trained}; this file written by `{command}`. Rerunning the command skips every finished run.", "",
              f"Machine: {info['cores']} cores ({info['cpu']}), Python {info['python']}, torch {info['torch']}. "
