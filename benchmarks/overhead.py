@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from _common import table, write_doc
+from topology_update import time_update
 from sparsetrain import GraNet, RigL, build_model
 
 SPARSITY = 0.9
@@ -97,10 +98,14 @@ def main() -> None:
                 rows.append([case, optimizer_name, method, f"{median * 1000:.2f}", f"{median / dense:.3f}",
                              f"{(median / dense - 1) * 100:+.1f}%"])
                 print(rows[-1], flush=True)
+    update = time_update(repeats, with_reference=False)
     body = (
         f"Sparsity {SPARSITY}, ΔT = {UPDATE_EVERY}; {args.steps} timed steps per run (update steps included), "
         f"median of {repeats} interleaved repeats.\n\n"
         + table(["model", "optimizer", "method", "ms / step", "ratio to dense", "overhead"], rows)
+        + f"\n\nOne GraNet topology update over ResNet-50's {update['tensors']} prunable tensors "
+        f"({update['weights']:,} weights): **{update['fast'] * 1000:.0f} ms** (median of {repeats}); "
+        "`benchmarks/topology_update.py` compares it with a sort-based reference."
     )
     write_doc("overhead", "Masking overhead per training step", body)
 
