@@ -1,5 +1,5 @@
-"""The ``sparsetrain`` command line: ``train``, ``report``, ``plot``, ``lottery``, ``plasticity``, ``compare``
-and ``reproduce``.
+"""The ``sparsetrain`` command line: ``train``, ``report``, ``plot``, ``lottery``, ``jackpot``, ``plasticity``,
+``compare`` and ``reproduce``.
 
 ``sparsetrain train`` with no arguments trains GraNet at 90% sparsity on MNIST-1D and the dense baseline with
 the same recipe, and prints both accuracies. Every config field has a flag (``--help`` lists them with their
@@ -631,6 +631,49 @@ def _cmd_lottery(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- jackpot ----------------------------------------------------------------------------------------------------
+def _add_jackpot(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "jackpot", help="lottery jackpot: search a mask in a trained run without changing its weights",
+        description="Rebuilds the model of a finished run (runs/<name>/seed_<n>: config.yaml, checkpoint.pt), loads "
+                    "its trained weights and searches a mask at --sparsity by training scores only (Chen et al. "
+                    "2021, sparsetrain.lottery.find_jackpot) on the run's training batches. Prints the test "
+                    "accuracy of the magnitude mask (before) and of the jackpot (after) and their IoU, and writes "
+                    "RUN_DIR/jackpot-<sparsity>/masks.pt and jackpot.json. No file of the run changes.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained run directory (runs/<name>/seed_<n>)")
+    parser.add_argument("--sparsity", type=float, default=0.9, help="target sparsity in [0, 1) (default: 0.9)")
+    parser.add_argument("--steps", type=int, default=100, help="score-update steps (default: 100)")
+    parser.add_argument("--lr", type=float, default=0.1, help="learning rate of the scores (default: 0.1)")
+    parser.add_argument("--max-changes", type=int, default=None, metavar="N",
+                        help="short restriction: mask entries that may flip per step (default: no limit)")
+    parser.add_argument("--batches", type=int, default=None, metavar="N",
+                        help="use only the first N training batches, cycled (default: the whole split)")
+    parser.add_argument("--distribution", choices=("uniform", "er", "erk", "global"), default="uniform",
+                        help="per-layer sparsity: uniform, er, erk, or one global ranking (default: uniform)")
+    parser.add_argument("--device", default=None, help="overrides the run's train.device (default: the run's)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
+    parser.set_defaults(func=_cmd_jackpot)
+
+
+def _cmd_jackpot(args: argparse.Namespace) -> int:
+    from sparsetrain.lottery.jackpot_run import run_jackpot
+
+    try:
+        record = run_jackpot(args.run_dir, sparsity=args.sparsity, steps=args.steps, lr=args.lr,
+                             max_changes=args.max_changes, batches=args.batches, distribution=args.distribution,
+                             device=args.device)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"jackpot at sparsity {record['sparsity']:g} in {record['run']} ({record['steps']} steps, "
+          f"{record['batches']} batches; test accuracy):")
+    print(f"  magnitude mask (before)  {record['accuracy_before']:.4f}")
+    gain = record["accuracy_after"] - record["accuracy_before"]
+    print(f"  jackpot (after)          {record['accuracy_after']:.4f} ({gain:+.4f})")
+    print(f"  IoU with magnitude mask  {record['iou_with_magnitude']:.4f}")
+    print(record["out"])
+    return 0
+
+
 # -- plasticity -------------------------------------------------------------------------------------------------
 def _add_plasticity(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -867,12 +910,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Sparse neural network training (GraNet, RigL, SET, GMP, ...) and "
                                             "lottery-ticket science on PyTorch.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,report,plot,lottery,plasticity,compare,reproduce}",
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{train,report,plot,lottery,jackpot,plasticity,compare,reproduce}",
                                 parser_class=_Parser)
     _add_train(sub)
     _add_report(sub)
     _add_plot(sub)
     _add_lottery(sub)
+    _add_jackpot(sub)
     _add_plasticity(sub)
     _add_compare(sub)
     _add_reproduce(sub)
