@@ -125,6 +125,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                      help="no progress bar or per-epoch lines on stderr (default: shown)")
     run.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
     _add_config_flags(parser)
+    from sparsetrain.init_pruning import INIT_METHODS
+
+    parser.add_argument("--init", choices=INIT_METHODS, default=None,
+                        help="pruning at initialisation for --method static: shortcut for --method-option "
+                             "init=NAME (default: none, a random mask)")
     parser.set_defaults(func=_cmd_train)
 
 
@@ -314,12 +319,25 @@ def _nproc(args: argparse.Namespace) -> int:
     return nproc
 
 
+def _with_init(config: Any, init: str | None) -> Any:
+    """``config`` with ``sparse.options.init = init`` (``--init``); only with the static method."""
+    if init is None:
+        return config
+    if config.sparse.method != "static":
+        raise CliError(f"argument --init: {init!r} is not allowed with --method {config.sparse.method}: pruning at "
+                       "initialisation chooses a fixed mask; use --method static")
+    given = config.sparse.options.get("init")
+    if given is not None and given != init:
+        raise CliError(f"argument --init: {init!r} contradicts sparse.options.init={given!r}; give one of them")
+    return config.with_overrides({"sparse.options.init": init})
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from sparsetrain.experiment import RunDir, TrainingInterrupted
     from sparsetrain.experiment.config import DENSE
     from sparsetrain.experiment.parallel import shutdown
 
-    base = _resolve_config(args)
+    base = _with_init(_resolve_config(args), args.init)
     nproc = _nproc(args)
     if args.print_config:
         print(base.canonical().to_yaml(), end="")
