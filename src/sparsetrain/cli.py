@@ -450,7 +450,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "report", help="print a table of finished runs",
         description="A table of the finished runs under --runs-dir. Columns: "
-                    + "; ".join(f"{k}: {d}" for k, d in COLUMNS) + ".")
+                    + "; ".join(f"{k}: {d}" for k, d in COLUMNS) + ". Then one row per finished level of each "
+                    "lottery run (lottery-<hash>/seed_<n>): accuracy of the ticket and its controls against the "
+                    "weights remaining.")
     parser.add_argument("--runs-dir", default="runs", help="the runs directory (default: runs)")
     parser.add_argument("--format", default="table", choices=FORMATS,
                         help="table (aligned text), markdown or csv (default: table)")
@@ -470,13 +472,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():
         raise CliError(f"--runs-dir={args.runs_dir!r}: no such directory")
+    from sparsetrain.lottery.report import format_lottery_rows, lottery_rows
+
     rows = collect_rows(runs_dir)
-    if not rows:
+    lottery = lottery_rows(runs_dir)
+    if not rows and not lottery:
         _note(f"no finished runs under {runs_dir}/")
         return 0
     if args.aggregate:
         rows = aggregate_rows(rows)
-    text = format_rows(rows, args.format)
+    text = format_rows(rows, args.format) if rows else ""
+    if lottery:
+        table = format_lottery_rows(lottery, args.format)
+        title = "lottery runs (test accuracy vs weights remaining):\n" if args.format != "csv" else ""
+        text = (text.rstrip("\n") + "\n\n" if text else "") + title + table
     print(text, end="" if text.endswith("\n") else "\n")
     if args.layers:
         from sparsetrain.experiment.report import format_layers, layer_rows
@@ -497,7 +506,8 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "plot", help="write PNG plots of the runs",
         description="Writes accuracy_vs_sparsity.png (across runs, dense baseline as a dashed line) into --out, "
-                    "and curves.png, density.png and layers.png into every finished run's directory.")
+                    "and curves.png, density.png and layers.png into every finished run's directory, and curve.png "
+                    "into every lottery run.")
     parser.add_argument("--runs-dir", default="runs", help="the runs directory (default: runs)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="where accuracy_vs_sparsity.png goes (default: the runs directory)")
@@ -515,9 +525,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():
         raise CliError(f"--runs-dir={args.runs_dir!r}: no such directory")
+    from sparsetrain.lottery.report import plot_lottery_runs
+
     runs = list(find_runs(runs_dir))
+    curves = plot_lottery_runs(runs_dir)
+    for path in curves:
+        print(path)
     if not runs:
-        _note(f"no finished runs under {runs_dir}/: nothing to plot")
+        if not curves:
+            _note(f"no finished runs under {runs_dir}/: nothing to plot")
         return 0
     summaries = []
     written = []
