@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from sparsetrain.cli import main
-from sparsetrain.lottery.report import find_lottery_runs, format_lottery_rows, lottery_rows
+from sparsetrain.lottery.report import (
+    find_lottery_runs,
+    format_lottery_rows,
+    lottery_rows,
+)
 
 TINY = ["--data", "synthetic", "--data-option", "n_train=128", "--data-option", "n_test=64",
         "--data-option", "input_shape=[1, 12]", "--model", "mlp", "--model-option", "hidden=[16]",

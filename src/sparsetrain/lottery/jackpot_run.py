@@ -74,7 +74,9 @@ def run_jackpot(
     if not run.checkpoint_file.is_file():
         raise FileNotFoundError(f"run_dir={str(run_dir)!r}: no checkpoint.pt here; is this a trained run "
                                 "directory (runs/<name>/seed_<n>)?")
-    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
+    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int)):
+        raise TypeError(f"batches={batches!r} is not allowed: an int >= 1 or None")
+    if batches is not None and batches < 1:
         raise ValueError(f"batches={batches!r} is not allowed: an int >= 1 or None")
     config = run.read_config()
     overrides: dict[str, Any] = {"sparse.method": DENSE}  # the architecture only; the weights hold the sparsity

@@ -15,7 +15,7 @@ from typing import Any
 
 from .results import lottery_curve, plot_curve
 
-__all__ = ["LOTTERY_COLUMNS", "find_lottery_runs", "lottery_rows", "format_lottery_rows", "plot_lottery_runs"]
+__all__ = ["LOTTERY_COLUMNS", "find_lottery_runs", "format_lottery_rows", "lottery_rows", "plot_lottery_runs"]
 
 #: (column, description) in display order.
 LOTTERY_COLUMNS: tuple[tuple[str, str], ...] = (
