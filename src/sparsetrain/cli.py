@@ -1,5 +1,5 @@
-"""The ``sparsetrain`` command line: ``train``, ``report``, ``plot``, ``lottery``, ``plasticity``, ``compare`` and
-``reproduce``.
+"""The ``sparsetrain`` command line: ``train``, ``report``, ``plot``, ``lottery``, ``jackpot``, ``plasticity``,
+``compare`` and ``reproduce``.
 
 ``sparsetrain train`` with no arguments trains GraNet at 90% sparsity on MNIST-1D and the dense baseline with
 the same recipe, and prints both accuracies. Every config field has a flag (``--help`` lists them with their
@@ -125,6 +125,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                      help="no progress bar or per-epoch lines on stderr (default: shown)")
     run.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
     _add_config_flags(parser)
+    from sparsetrain.init_pruning import INIT_METHODS
+
+    parser.add_argument("--init", choices=INIT_METHODS, default=None,
+                        help="pruning at initialisation for --method static: shortcut for --method-option "
+                             "init=NAME (default: none, a random mask)")
     parser.set_defaults(func=_cmd_train)
 
 
@@ -314,12 +319,25 @@ def _nproc(args: argparse.Namespace) -> int:
     return nproc
 
 
+def _with_init(config: Any, init: str | None) -> Any:
+    """``config`` with ``sparse.options.init = init`` (``--init``); only with the static method."""
+    if init is None:
+        return config
+    if config.sparse.method != "static":
+        raise CliError(f"argument --init: {init!r} is not allowed with --method {config.sparse.method}: pruning at "
+                       "initialisation chooses a fixed mask; use --method static")
+    given = config.sparse.options.get("init")
+    if given is not None and given != init:
+        raise CliError(f"argument --init: {init!r} contradicts sparse.options.init={given!r}; give one of them")
+    return config.with_overrides({"sparse.options.init": init})
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from sparsetrain.experiment import RunDir, TrainingInterrupted
     from sparsetrain.experiment.config import DENSE
     from sparsetrain.experiment.parallel import shutdown
 
-    base = _resolve_config(args)
+    base = _with_init(_resolve_config(args), args.init)
     nproc = _nproc(args)
     if args.print_config:
         print(base.canonical().to_yaml(), end="")
@@ -432,7 +450,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "report", help="print a table of finished runs",
         description="A table of the finished runs under --runs-dir. Columns: "
-                    + "; ".join(f"{k}: {d}" for k, d in COLUMNS) + ".")
+                    + "; ".join(f"{k}: {d}" for k, d in COLUMNS) + ". Then one row per finished level of each "
+                    "lottery run (lottery-<hash>/seed_<n>): accuracy of the ticket and its controls against the "
+                    "weights remaining.")
     parser.add_argument("--runs-dir", default="runs", help="the runs directory (default: runs)")
     parser.add_argument("--format", default="table", choices=FORMATS,
                         help="table (aligned text), markdown or csv (default: table)")
@@ -452,13 +472,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():
         raise CliError(f"--runs-dir={args.runs_dir!r}: no such directory")
+    from sparsetrain.lottery.report import format_lottery_rows, lottery_rows
+
     rows = collect_rows(runs_dir)
-    if not rows:
+    lottery = lottery_rows(runs_dir)
+    if not rows and not lottery:
         _note(f"no finished runs under {runs_dir}/")
         return 0
     if args.aggregate:
         rows = aggregate_rows(rows)
-    text = format_rows(rows, args.format)
+    text = format_rows(rows, args.format) if rows else ""
+    if lottery:
+        table = format_lottery_rows(lottery, args.format)
+        title = "lottery runs (test accuracy vs weights remaining):\n" if args.format != "csv" else ""
+        text = (text.rstrip("\n") + "\n\n" if text else "") + title + table
     print(text, end="" if text.endswith("\n") else "\n")
     if args.layers:
         from sparsetrain.experiment.report import format_layers, layer_rows
@@ -479,7 +506,8 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "plot", help="write PNG plots of the runs",
         description="Writes accuracy_vs_sparsity.png (across runs, dense baseline as a dashed line) into --out, "
-                    "and curves.png, density.png and layers.png into every finished run's directory.")
+                    "and curves.png, density.png and layers.png into every finished run's directory, and curve.png "
+                    "into every lottery run.")
     parser.add_argument("--runs-dir", default="runs", help="the runs directory (default: runs)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="where accuracy_vs_sparsity.png goes (default: the runs directory)")
@@ -497,9 +525,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():
         raise CliError(f"--runs-dir={args.runs_dir!r}: no such directory")
+    from sparsetrain.lottery.report import plot_lottery_runs
+
     runs = list(find_runs(runs_dir))
+    curves = plot_lottery_runs(runs_dir)
+    for path in curves:
+        print(path)
     if not runs:
-        _note(f"no finished runs under {runs_dir}/: nothing to plot")
+        if not curves:
+            _note(f"no finished runs under {runs_dir}/: nothing to plot")
         return 0
     summaries = []
     written = []
@@ -628,6 +662,49 @@ def _cmd_lottery(args: argparse.Namespace) -> int:
             logging.getLogger(__name__).warning("curve.png not written: %s: %s", type(exc).__name__, exc)
         print(f"lottery run {out} (test accuracy vs weights remaining):")
         print(table)
+    return 0
+
+
+# -- jackpot ----------------------------------------------------------------------------------------------------
+def _add_jackpot(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "jackpot", help="lottery jackpot: search a mask in a trained run without changing its weights",
+        description="Rebuilds the model of a finished run (runs/<name>/seed_<n>: config.yaml, checkpoint.pt), loads "
+                    "its trained weights and searches a mask at --sparsity by training scores only (Chen et al. "
+                    "2021, sparsetrain.lottery.find_jackpot) on the run's training batches. Prints the test "
+                    "accuracy of the magnitude mask (before) and of the jackpot (after) and their IoU, and writes "
+                    "RUN_DIR/jackpot-<sparsity>/masks.pt and jackpot.json. No file of the run changes.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained run directory (runs/<name>/seed_<n>)")
+    parser.add_argument("--sparsity", type=float, default=0.9, help="target sparsity in [0, 1) (default: 0.9)")
+    parser.add_argument("--steps", type=int, default=100, help="score-update steps (default: 100)")
+    parser.add_argument("--lr", type=float, default=0.1, help="learning rate of the scores (default: 0.1)")
+    parser.add_argument("--max-changes", type=int, default=None, metavar="N",
+                        help="short restriction: mask entries that may flip per step (default: no limit)")
+    parser.add_argument("--batches", type=int, default=None, metavar="N",
+                        help="use only the first N training batches, cycled (default: the whole split)")
+    parser.add_argument("--distribution", choices=("uniform", "er", "erk", "global"), default="uniform",
+                        help="per-layer sparsity: uniform, er, erk, or one global ranking (default: uniform)")
+    parser.add_argument("--device", default=None, help="overrides the run's train.device (default: the run's)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
+    parser.set_defaults(func=_cmd_jackpot)
+
+
+def _cmd_jackpot(args: argparse.Namespace) -> int:
+    from sparsetrain.lottery.jackpot_run import run_jackpot
+
+    try:
+        record = run_jackpot(args.run_dir, sparsity=args.sparsity, steps=args.steps, lr=args.lr,
+                             max_changes=args.max_changes, batches=args.batches, distribution=args.distribution,
+                             device=args.device)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"jackpot at sparsity {record['sparsity']:g} in {record['run']} ({record['steps']} steps, "
+          f"{record['batches']} batches; test accuracy):")
+    print(f"  magnitude mask (before)  {record['accuracy_before']:.4f}")
+    gain = record["accuracy_after"] - record["accuracy_before"]
+    print(f"  jackpot (after)          {record['accuracy_after']:.4f} ({gain:+.4f})")
+    print(f"  IoU with magnitude mask  {record['iou_with_magnitude']:.4f}")
+    print(record["out"])
     return 0
 
 
@@ -873,12 +950,13 @@ def build_parser() -> argparse.ArgumentParser:
                                             "lottery-ticket science on PyTorch.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command",
-                                metavar="{train,report,plot,lottery,plasticity,compare,reproduce}",
+                                metavar="{train,report,plot,lottery,jackpot,plasticity,compare,reproduce}",
                                 parser_class=_Parser)
     _add_train(sub)
     _add_report(sub)
     _add_plot(sub)
     _add_lottery(sub)
+    _add_jackpot(sub)
     _add_plasticity(sub)
     _add_compare(sub)
     _add_reproduce(sub)

@@ -1,0 +1,110 @@
+"""The lottery runs under a runs directory as rows for ``sparsetrain report`` and curves for ``sparsetrain plot``.
+
+A lottery run is ``<runs_dir>/lottery-<hash>/seed_<n>/`` holding ``level_<k>`` directories (as written by
+``sparsetrain lottery``); each finished level is one row: accuracy of the ticket and of its controls against the
+fraction of weights remaining (:func:`~sparsetrain.lottery.lottery_curve`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .results import lottery_curve, plot_curve
+
+__all__ = ["LOTTERY_COLUMNS", "find_lottery_runs", "format_lottery_rows", "lottery_rows", "plot_lottery_runs"]
+
+#: (column, description) in display order.
+LOTTERY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run", "lottery run directory (lottery-<hash>/seed_<n>)"),
+    ("level", "pruning level (0 = dense)"),
+    ("remaining", "fraction of the pruned tensors' weights remaining"),
+    ("ticket", "test accuracy of the ticket"),
+    ("reinit", "test accuracy of the ticket's mask re-initialised"),
+    ("random", "test accuracy of a random mask of the same per-layer sizes"),
+)
+
+_FORMATS = ("table", "markdown", "csv")
+
+
+def find_lottery_runs(runs_dir: str | Path) -> list[Path]:
+    """Every ``lottery-*/seed_*`` directory under ``runs_dir`` with at least one ``level_*`` directory, sorted."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    return [p for p in sorted(root.glob("lottery-*/seed_*"))
+            if p.is_dir() and any(q.is_dir() for q in p.glob("level_*"))]
+
+
+def lottery_rows(runs_dir: str | Path, metric: str = "accuracy") -> list[dict[str, Any]]:
+    """One row per finished level of every lottery run under ``runs_dir``.
+
+    Args:
+        runs_dir: the runs directory.
+        metric: the metrics key reported (default "accuracy", the test split).
+
+    Returns:
+        Rows keyed by :data:`LOTTERY_COLUMNS` (a control not run is None), by run then level.
+    """
+    rows = []
+    for path in find_lottery_runs(runs_dir):
+        for row in lottery_curve(path, metric):
+            rows.append({"run": f"{path.parent.name}/{path.name}", "level": row["level"],
+                         "remaining": row["remaining"], "ticket": row["ticket"], "reinit": row["reinit"],
+                         "random": row["random"]})
+    return rows
+
+
+def format_lottery_rows(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
+    """Render :func:`lottery_rows` as an aligned text table, a markdown table or CSV (raw numbers).
+
+    Args:
+        rows: from :func:`lottery_rows`.
+        fmt: "table", "markdown" or "csv".
+
+    Returns:
+        The text (no trailing newline for table/markdown).
+    """
+    if fmt not in _FORMATS:
+        raise ValueError(f"format={fmt!r} is not allowed; choose one of {', '.join(_FORMATS)}")
+    keys = [key for key, _ in LOTTERY_COLUMNS]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+        return buffer.getvalue()
+
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return "-"
+        if key == "remaining":
+            return f"{100 * value:.2f}%"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(k, row.get(k)) for k in keys] for row in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(keys) + " |", "|---|" + "---:|" * (len(keys) - 1)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+    widths = [max(len(k), *(len(r[i]) for r in cells)) for i, k in enumerate(keys)]
+
+    def align(text: str, i: int) -> str:
+        return text.ljust(widths[i]) if i == 0 else text.rjust(widths[i])
+
+    lines = ["  ".join(align(k, i) for i, k in enumerate(keys)), "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + ["  ".join(align(c, i) for i, c in enumerate(r)) for r in cells])
+
+
+def plot_lottery_runs(runs_dir: str | Path, metric: str = "accuracy") -> list[Path]:
+    """Write ``curve.png`` (ticket and controls against weights remaining) into every lottery run with a finished
+    level; returns the written paths."""
+    written = []
+    for path in find_lottery_runs(runs_dir):
+        rows = lottery_curve(path, metric)
+        if rows:
+            written.append(plot_curve(rows, path / "curve.png", metric))
+    return written
