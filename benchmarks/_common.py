@@ -16,9 +16,9 @@ import torch
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
 
-def machine() -> str:
-    """One line: CPU model, cores, torch version and threads, date."""
-    cpu = platform.processor() or platform.machine()
+def machine_info() -> dict[str, str]:
+    """Cores, CPU model, torch version, threads, date and load average of this machine."""
+    cpu = platform.processor() or platform.machine() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -26,8 +26,21 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}, {datetime.date.today().isoformat()}")
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "threads": str(torch.get_num_threads()),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def machine() -> str:
+    """One line: CPU model, cores, torch version and threads, Python, date, load average."""
+    info = machine_info()
+    return (f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['threads']} threads), "
+            f"Python {platform.python_version()}, {info['date']}, load average {info['load']}")
 
 
 def timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

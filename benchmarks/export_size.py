@@ -14,9 +14,6 @@ Writes docs/benchmarks/export_size.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +21,8 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+
+from _common import machine_info
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,25 +32,6 @@ from sparsetrain.sparse import export_sparse, load_sparse
 from sparsetrain.sparse.encoding import choose_encoding, index_bytes
 
 SPARSITIES = (0.9, 0.95, 0.98, 0.99)
-
-
-def machine() -> dict[str, str]:
-    """Cores, CPU model, torch version and date of this machine."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": str(os.cpu_count()),
-        "torch": torch.__version__,
-        "threads": str(torch.get_num_threads()),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 class Block(nn.Module):
@@ -189,7 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "export_size.md")
     args = parser.parse_args()
-    info = machine()
+    info = machine_info()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         body = section_encodings() + section_models(Path(tmp))

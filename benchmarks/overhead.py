@@ -37,7 +37,9 @@ CASES = {
 def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
     if name == "SGD":
         return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    return torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4)
+    # fused=True: torch's foreach AdamW is about 2x slower on CPU when most state entries are exactly zero (its
+    # vectorised sqrt is ~4x slower on zeros), which would charge a PyTorch kernel effect to the masking.
+    return torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4, fused=True)
 
 
 def time_run(case: str, method: str, optimizer_name: str, steps: int) -> float:
@@ -83,7 +85,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = list(CASES)[:1] if args.quick else list(CASES)
-    optimizers = ["SGD"] if args.quick else ["SGD", "AdamW"]
+    optimizers = ["SGD"] if args.quick else ["SGD", "AdamW (fused)"]
     repeats = 2 if args.quick else args.repeats
     rows = []
     for case in cases:

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from _common import machine_info
 import torch.nn.functional as F
 from torch import nn
 
@@ -58,26 +58,6 @@ BATCH = 128
 SIZES = (1024, 2048, 4096)
 SPARSITIES = (0.5, 0.7, 0.9, 0.95, 0.98, 0.99)
 BREAK_EVEN_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
-
-
-def machine() -> dict[str, str]:
-    """Cores, CPU model, torch version, threads, date and load average of this machine."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": str(os.cpu_count()),
-        "torch": torch.__version__,
-        "threads": str(torch.get_num_threads()),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
 
 
 class Timing(dict[str, float]):
@@ -431,7 +411,7 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads[0])
     torch.manual_seed(0)
-    info = machine()
+    info = machine_info()
     start = time.perf_counter()
     with torch.inference_mode():
         kernels = section_kernels(args.repeats)
