@@ -1,0 +1,59 @@
+"""The build-and-load machinery of sparsetrain.native: real compiler, real shared object, cache and fallback."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+
+from sparsetrain import native
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSETRAIN_CACHE", str(tmp_path))
+    native.load_library.cache_clear()
+    yield tmp_path
+    native.load_library.cache_clear()
+
+
+@pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
+def test_builds_caches_and_runs_a_kernel(fresh_cache):
+    library = native.load_library("selftest")
+    built = list((fresh_cache / "native").glob("selftest-*.so"))
+    assert len(built) == 1
+    x = torch.arange(5, dtype=torch.float32)
+    y = torch.ones(5)
+    library.selftest_axpy(ctypes.c_int64(5), ctypes.c_float(2.0), ctypes.c_void_p(x.data_ptr()),
+                          ctypes.c_void_p(y.data_ptr()))
+    assert y.tolist() == [1.0, 3.0, 5.0, 7.0, 9.0]
+    # A second load in a fresh process-level cache reuses the built file instead of compiling again.
+    mtime = built[0].stat().st_mtime_ns
+    native.load_library.cache_clear()
+    native.load_library("selftest")
+    assert built[0].stat().st_mtime_ns == mtime
+
+
+def test_disabled_by_environment(fresh_cache, monkeypatch):
+    monkeypatch.setenv("SPARSETRAIN_NATIVE", "0")
+    with pytest.raises(native.NativeUnavailable, match="SPARSETRAIN_NATIVE"):
+        native.load_library("selftest")
+    assert native.try_load("selftest") is None
+
+
+def test_missing_compiler_is_reported(fresh_cache, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler-xyz")
+    with pytest.raises(native.NativeUnavailable, match="no C compiler"):
+        native.load_library("selftest")
+
+
+@pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
+def test_compile_error_is_reported_not_raised_as_oserror(fresh_cache, tmp_path, monkeypatch):
+    broken = tmp_path / "src"
+    broken.mkdir()
+    (broken / "broken.c").write_text("this is not C\n")
+    monkeypatch.setattr(native, "_SOURCES", broken)
+    with pytest.raises(native.NativeUnavailable, match="failed on broken.c"):
+        native.load_library("broken")
+    assert not list((fresh_cache / "native").glob("*.so"))
