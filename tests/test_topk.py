@@ -6,12 +6,28 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sparsetrain import native, topk
 from sparsetrain.topk import NEG_INF, drop_and_grow, exact_counts, global_topk_masks, topk_mask
 
-QUICK = settings(max_examples=60, deadline=None)
+# The path fixture below is set once per test, not per example, which is what hypothesis warns about.
+QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+HAS_NATIVE = native.compiler() is not None and native.native_enabled()
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def selection_path(request, monkeypatch):
+    """Every test runs on both selection paths: the C kernels (native/select.c) and pure PyTorch."""
+    if request.param == "native":
+        if not HAS_NATIVE:
+            pytest.skip("no C compiler: the native selection kernels cannot be built here")
+        assert topk._native_library([torch.zeros(1)], None) is not None
+    else:
+        monkeypatch.setattr(topk, "_native_library", lambda tensors, eligible: None)
+    return request.param
 
 
 def reference_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -162,3 +178,29 @@ def test_exact_counts_largest_remainder_known_answer():
     assert exact_counts([1.5, 2.2, 0.7], 5) == [2, 2, 1]
     # equal remainders: the lower index first
     assert exact_counts([0.5, 0.5, 0.5], 1) == [1, 0, 0]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_selection_is_exact_with_several_threads_and_eligibility(threads):
+    """The kernels split the work over OpenMP threads; the answer must not depend on how many."""
+    g = torch.Generator().manual_seed(threads)
+    n = 300_001
+    scores = torch.randint(0, 2000, (n,), generator=g).float() / 7  # many ties
+    eligible = torch.rand(n, generator=g) < 0.3
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for k in (1, 5000, int(eligible.sum()) - 3):
+            mask = topk_mask(scores, k, eligible)
+            order = torch.sort(torch.where(eligible, scores, -1.0), descending=True, stable=True).indices[:k]
+            expected = torch.zeros(n, dtype=torch.bool)
+            expected[order] = True
+            assert torch.equal(mask, expected), k
+        parts = {"a": scores[:100_000], "b": scores[100_000:]}
+        masks = global_topk_masks(parts, 77_777)
+        order = torch.sort(scores, descending=True, stable=True).indices[:77_777]
+        expected = torch.zeros(n, dtype=torch.bool)
+        expected[order] = True
+        assert torch.equal(torch.cat([masks["a"], masks["b"]]), expected)
+    finally:
+        torch.set_num_threads(before)

@@ -5,17 +5,24 @@ everywhere: among entries whose score equals the k-th largest, the ones with the
 A full sort is never needed: one selection (``torch.kthvalue``) finds the threshold, and the rare ties at the
 threshold are resolved with a cumulative count over the tied entries only.
 
-Entries that must never be chosen are given as an ``eligible`` mask: their (non-negative) scores are zeroed with
-one multiply and ties at zero resolved towards eligible entries, which ranks them below every candidate as
-jaxpruner does with existing zeros, without a slow ``masked_fill``.
+Entries that must never be chosen are given as an ``eligible`` mask: their (non-negative) scores count as zero
+and ties at zero are resolved towards eligible entries, which ranks them below every candidate as jaxpruner does
+with existing zeros, without a slow ``masked_fill``.
+
+On CPU float32 tensors the threshold and the mask come from a small C kernel when one can be built
+(``native/select.c``: a two-pass radix select and a one-pass mask-and-count, see :mod:`sparsetrain.native`);
+otherwise from ``torch.kthvalue`` on a narrowed candidate set. Both give the same value, so the masks are the same.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from .native import try_load
 
 __all__ = ["topk_mask", "global_topk_masks", "drop_and_grow", "exact_counts", "NEG_INF"]
 
@@ -73,6 +80,46 @@ def _kth_largest(parts: Tensor | Sequence[Tensor], k: int) -> Tensor:
     return _select_kth_largest(torch.cat(parts) if len(parts) > 1 else parts[0], k)
 
 
+def _native_library(tensors: Sequence[Tensor], eligible: Sequence[Tensor] | None) -> ctypes.CDLL | None:
+    """The selection kernels, if built and if every tensor is a contiguous CPU float32 (bool) tensor."""
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+        return None
+    if eligible is not None and not all(e.dtype == torch.bool and e.is_contiguous() for e in eligible):
+        return None
+    return try_load("select")
+
+
+def _pointers(tensors: Sequence[Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _native_kth_largest(library: ctypes.CDLL, parts: Sequence[Tensor], k: int,
+                        eligible: Sequence[Tensor] | None) -> Tensor:
+    """The k-th largest value over ``parts`` (ineligible entries count as 0), from ``select.c``."""
+    lengths = (ctypes.c_int64 * len(parts))(*[p.numel() for p in parts])
+    out = ctypes.c_float()
+    status = library.kth_largest(
+        ctypes.c_int64(len(parts)), _pointers(parts), _pointers(eligible) if eligible is not None else None,
+        lengths, ctypes.c_int64(k), ctypes.c_int(torch.get_num_threads()), ctypes.byref(out),
+    )
+    if status != 0:
+        raise ValueError(f"k={k} is out of range for {sum(p.numel() for p in parts)} entries")
+    return torch.tensor(out.value, dtype=torch.float32)
+
+
+def _native_mask_at_least(library: ctypes.CDLL, flat: Tensor, threshold: Tensor,
+                          eligible: Tensor | None) -> tuple[Tensor, int]:
+    """``flat >= threshold`` (and ``eligible``) and its count, in one pass."""
+    mask = torch.empty(flat.shape, dtype=torch.bool)
+    library.mask_at_least.restype = ctypes.c_int64
+    count = library.mask_at_least(
+        ctypes.c_int64(flat.numel()), ctypes.c_void_p(flat.data_ptr()),
+        ctypes.c_void_p(eligible.data_ptr()) if eligible is not None else None, ctypes.c_float(float(threshold)),
+        ctypes.c_int(torch.get_num_threads()), ctypes.c_void_p(mask.data_ptr()),
+    )
+    return mask, int(count)
+
+
 def topk_mask(scores: Tensor, k: int, eligible: Tensor | None = None, n_eligible: int | None = None) -> Tensor:
     """Bool mask of the ``k`` largest entries of ``scores`` (same shape), exactly ``k`` of them.
 
@@ -93,25 +140,35 @@ def topk_mask(scores: Tensor, k: int, eligible: Tensor | None = None, n_eligible
     flat = scores.reshape(-1)
     n = flat.numel()
     k = max(0, min(int(k), n))
+    eligible_flat = None
     if eligible is not None:
         eligible_flat = eligible.reshape(-1)
         if n_eligible is None:
             n_eligible = int(torch.count_nonzero(eligible_flat))
         k = min(k, n_eligible)
-        flat = flat * eligible_flat.view(torch.uint8)
     if k == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k == n:
         return torch.ones_like(scores, dtype=torch.bool)
-    threshold = _kth_largest(flat, k)
-    mask = flat >= threshold
-    if eligible is not None and threshold <= 0:
-        mask &= eligible_flat
-    if int(torch.count_nonzero(mask)) != k:
+    library = _native_library([flat], None if eligible_flat is None else [eligible_flat])
+    if library is not None:
+        threshold = _native_kth_largest(library, [flat], k, None if eligible_flat is None else [eligible_flat])
+        mask, count = _native_mask_at_least(library, flat, threshold, eligible_flat)
+        if eligible_flat is not None and count != k:
+            flat = flat * eligible_flat.view(torch.uint8)
+    else:
+        if eligible_flat is not None:
+            flat = flat * eligible_flat.view(torch.uint8)
+        threshold = _kth_largest(flat, k)
+        mask = flat >= threshold
+        if eligible_flat is not None and threshold <= 0:
+            mask &= eligible_flat
+        count = int(torch.count_nonzero(mask))
+    if count != k:
         # More entries tie at the threshold than fit: keep the lowest-index ones.
         mask = flat > threshold
         ties = flat == threshold
-        if eligible is not None:
+        if eligible_flat is not None:
             ties &= eligible_flat
         missing = k - int(torch.count_nonzero(mask))
         mask[ties.nonzero().squeeze(1)[:missing]] = True
@@ -141,16 +198,30 @@ def global_topk_masks(
     k = max(0, min(int(k), n))
     if eligible is not None:
         allowed = {name: eligible[name].reshape(-1) for name in names}
-        flats = {name: flats[name] * allowed[name].view(torch.uint8) for name in names}
         k = min(k, sum(int(torch.count_nonzero(allowed[name])) for name in names))
     if k == 0 or k == n:
         return {name: torch.full_like(scores[name], k == n, dtype=torch.bool) for name in names}
-    threshold = _kth_largest(list(flats.values()), k)
-    masks = {name: flats[name] >= threshold for name in names}
-    if allowed is not None and threshold <= 0:
+    library = _native_library(list(flats.values()), None if allowed is None else list(allowed.values()))
+    if library is not None:
+        threshold = _native_kth_largest(library, list(flats.values()), k,
+                                        None if allowed is None else list(allowed.values()))
+        masks, count = {}, 0
         for name in names:
-            masks[name] &= allowed[name]
-    if sum(int(torch.count_nonzero(m)) for m in masks.values()) != k:
+            masks[name], part = _native_mask_at_least(library, flats[name], threshold,
+                                                      None if allowed is None else allowed[name])
+            count += part
+    else:
+        if allowed is not None:
+            flats = {name: flats[name] * allowed[name].view(torch.uint8) for name in names}
+        threshold = _kth_largest(list(flats.values()), k)
+        masks = {name: flats[name] >= threshold for name in names}
+        if allowed is not None and threshold <= 0:
+            for name in names:
+                masks[name] &= allowed[name]
+        count = sum(int(torch.count_nonzero(m)) for m in masks.values())
+    if count != k:
+        if allowed is not None:
+            flats = {name: flats[name] * allowed[name].view(torch.uint8) for name in names}
         # More entries tie at the threshold than fit: keep the lowest-index ones, tensor by tensor.
         masks = {name: flats[name] > threshold for name in names}
         missing = k - sum(int(torch.count_nonzero(m)) for m in masks.values())
