@@ -57,3 +57,17 @@ def test_compile_error_is_reported_not_raised_as_oserror(fresh_cache, tmp_path, 
     with pytest.raises(native.NativeUnavailable, match="failed on broken.c"):
         native.load_library("broken")
     assert not list((fresh_cache / "native").glob("*.so"))
+
+
+def test_unwritable_cache_is_reported(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("SPARSETRAIN_CACHE", str(blocker))
+    native.load_library.cache_clear()
+    try:
+        if native.compiler() is None:
+            pytest.skip("no C compiler on this machine")
+        with pytest.raises(native.NativeUnavailable, match="SPARSETRAIN_CACHE"):
+            native.load_library("selftest")
+    finally:
+        native.load_library.cache_clear()

@@ -97,9 +97,12 @@ def load_library(name: str) -> ctypes.CDLL:
 
 def _build(cc: str, source: Path, target: Path) -> None:
     """Compile into a temporary file and rename it into place, so concurrent builders never see half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(handle)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(handle)
+    except OSError as error:
+        raise NativeUnavailable(f"cannot write to {target.parent} (set SPARSETRAIN_CACHE): {error}") from error
     command = [cc, *_FLAGS, str(source), "-o", partial, "-lm"]
     logger.info("building native kernels: %s", " ".join(command))
     try:
