@@ -13,6 +13,7 @@ from sparsetrain import native
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSETRAIN_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_failed", {})
     native.load_library.cache_clear()
     yield tmp_path
     native.load_library.cache_clear()
@@ -71,3 +72,17 @@ def test_unwritable_cache_is_reported(tmp_path, monkeypatch):
             native.load_library("selftest")
     finally:
         native.load_library.cache_clear()
+
+
+@pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
+def test_a_failed_build_is_not_retried(fresh_cache, tmp_path, monkeypatch):
+    broken = tmp_path / "src"
+    broken.mkdir()
+    (broken / "broken.c").write_text("this is not C\n")
+    monkeypatch.setattr(native, "_SOURCES", broken)
+    calls = []
+    real_run = native.subprocess.run
+    monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k))
+    assert native.try_load("broken") is None
+    assert native.try_load("broken") is None
+    assert len(calls) == 1

@@ -117,15 +117,22 @@ def _build(cc: str, source: Path, target: Path) -> None:
             os.unlink(partial)
 
 
-_reported: set[str] = set()
+_failed: dict[str, str] = {}
 
 
 def try_load(name: str) -> ctypes.CDLL | None:
-    """:func:`load_library`, or None (the reason logged once per library) when unavailable."""
+    """:func:`load_library`, or None when unavailable; a failure is remembered (and logged once), never retried.
+
+    The hot paths call this on every use, so a missing compiler must not be looked for, nor a broken build
+    rerun, each time. ``SPARSETRAIN_NATIVE`` is read on every call, so it can be switched at run time.
+    """
+    if not native_enabled():
+        return None
+    if name in _failed:
+        return None
     try:
         return load_library(name)
     except NativeUnavailable as error:
-        if name not in _reported:
-            _reported.add(name)
-            logger.info("native kernels %r unavailable, using the PyTorch path: %s", name, error)
+        _failed[name] = str(error)
+        logger.info("native kernels %r unavailable, using the PyTorch path: %s", name, error)
         return None
