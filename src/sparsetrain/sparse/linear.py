@@ -163,9 +163,8 @@ class SparseLinear(nn.Module):
             raise ValueError(f"x must have last dim in_features={self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        bias = self.bias.detach() if self.bias is not None else None
         out = native_linear(
-            x2, self.weight_crow_indices, self.weight_col_indices, self.weight_values, bias, self.out_features
+            x2, self.weight_crow_indices, self.weight_col_indices, self.weight_values, self.bias, self.out_features
         )
         if out is not None:
             return out.view(*lead, self.out_features)

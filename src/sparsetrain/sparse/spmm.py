@@ -55,6 +55,8 @@ def native_available() -> bool:
 def native_supports(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Tensor | None) -> bool:
     """Whether :func:`native_linear` can compute this call (without checking that the kernel is built).
 
+    Written as plain attribute tests: this runs on every forward call, where microseconds count.
+
     Args:
         x: the input.
         crow: CSR row pointers of the weight.
@@ -65,14 +67,18 @@ def native_supports(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: 
     Returns:
         True for float32 CPU tensors with int32 indices, when no autograd graph is needed.
     """
-    tensors = [x, crow, col, values] + ([bias] if bias is not None else [])
-    if any(t.device.type != "cpu" for t in tensors):
+    f32, i32 = torch.float32, torch.int32
+    if x.dtype != f32 or values.dtype != f32 or crow.dtype != i32 or col.dtype != i32:
         return False
-    if x.dtype != torch.float32 or values.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32):
+    if not (x.is_cpu and values.is_cpu and crow.is_cpu and col.is_cpu):
         return False
-    if crow.dtype != torch.int32 or col.dtype != torch.int32:
+    if bias is not None and (bias.dtype != f32 or not bias.is_cpu):
         return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    if torch.is_grad_enabled() and (
+        x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return False
+    return True
 
 
 def native_linear(
@@ -101,8 +107,10 @@ def native_linear(
         return None
     if x.stride(1) != 1 or x.stride(0) < x.shape[1]:
         x = x.contiguous()
-    crow, col, values = crow.contiguous(), col.contiguous(), values.contiguous()
-    bias = bias.contiguous() if bias is not None else None
+    if not (crow.is_contiguous() and col.is_contiguous() and values.is_contiguous()):
+        crow, col, values = crow.contiguous(), col.contiguous(), values.contiguous()
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()
     batch, in_features = x.shape
     y = torch.empty(batch, out_features, dtype=torch.float32)
     status = library.spmm_linear_f32(
