@@ -398,6 +398,10 @@ NOTES = """## Notes
   whatever the sparsity; the product itself runs at about 2 cycles per 16-wide FMA, bound by reading a
   random 64-256 byte row of the packed tile from L2 for every nonzero. Column-blocking W so the packed
   tile slice fits L1 would cut that traffic at 90-95 % sparsity (not done).
+- Disappointing: 1024 x 1024 at 99 % misses the 10x goal with 1 thread (about 7x here). Its product
+  is tiny (10.5K nonzeros x 128 rows); called alone in a loop the kernel takes about 0.19-0.25 ms
+  (13-17x), but timed right after a dense call, as in section 2, a call takes about twice that: cold
+  caches after the dense GEMM plus allocating and first-touching the fresh 512 KiB output.
 - The torch path (`SparseLinear.torch_forward`, used for float64, autograd, `SPARSETRAIN_NATIVE=0` or
   no C compiler) computes `y.T = W_csr @ x.T` with MKL's CSR `addmm` (int32 indices), batch cut into
   slabs of about 512 KiB of `x.T`; its input transpose alone costs about as much as the product at 99 %.
