@@ -3,9 +3,10 @@
 Sections (all timings: median over interleaved repeats; every variant of a row is timed in the same
 loop, one after another, so a slow spell of the machine hits all of them alike):
 
-1. kernel variants at 95 % sparsity: which sparse layout / orientation / index width is fastest;
-2. square Linear 1024/2048/4096 at batch 128, sparsity 50..99 %: speed-up beside the ideal 1/density,
-   with the `sparselab` package's forward kernel side by side when it is installed;
+1. kernel variants at 95 / 99 % sparsity: SparseLinear's native kernel (``native/spmm.c``, its main
+   path) beside the torch CSR layouts / orientations / index widths (its fallback path and alternatives);
+2. square Linear 1024/2048/4096 at batch 128, sparsity 50..99 %: SparseLinear (native kernel) beside its
+   torch CSR path, the `sparselab` package's forward kernel when it is installed, and the ideal 1/density;
 3. the break-even sparsity per size (sets ``DEFAULT_MIN_SPARSITY``);
 4. small layers (sets ``DEFAULT_MIN_NUMEL``);
 5. an end-to-end MLP 784-4096-4096-10 converted with ``convert()``;
@@ -147,9 +148,10 @@ def section_kernels(repeats: int) -> list[str]:
         "(what a SparseLinear receives from a preceding SparseLinear, possibly through an element-wise",
         "activation).",
         "",
-        "| size | sparsity | dense ms | CSR `addmm(b, W, x.T)` int32 | same, int64 idx | **SparseLinear** (int32, slabs) "
-        "| SparseLinear, chained | `x @ W_csr.T` | COO `torch.sparse.mm(W, x.T)` |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| size | sparsity | dense ms | **SparseLinear, native kernel** | SparseLinear torch path (int32, slabs) "
+        "| torch path, chained | CSR `addmm(b, W, x.T)` int32 | same, int64 idx | `x @ W_csr.T` "
+        "| COO `torch.sparse.mm(W, x.T)` |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in SIZES:
         for s in (0.95, 0.99):
@@ -164,8 +166,9 @@ def section_kernels(repeats: int) -> list[str]:
                 "dense": lambda: F.linear(x, w, b),
                 "csr32": lambda: torch.addmm(bcol, w32, x.t().contiguous()).t(),
                 "csr64": lambda: torch.addmm(bcol, w64, x.t().contiguous()).t(),
-                "ours": lambda: sparse(x),
-                "chained": lambda: sparse(x_chained),
+                "native": lambda: sparse(x),
+                "ours": lambda: sparse.torch_forward(x),
+                "chained": lambda: sparse.torch_forward(x_chained),
                 "dense@csr": lambda: torch.mm(x, w32.t()) + b,
                 "coo": lambda: (torch.sparse.mm(w_coo, x.t().contiguous()) + bcol).t(),
             }
@@ -175,8 +178,8 @@ def section_kernels(repeats: int) -> list[str]:
             t = time_interleaved(fns, repeats)
             sp = {k: f"{t.speedup(k):.2f}x" for k in t}
             lines.append(
-                f"| {n} | {s:.0%} | {fmt_ms(t['dense'])} | {sp['csr32']} | {sp['csr64']} | **{sp['ours']}** "
-                f"| {sp['chained']} | {sp['dense@csr']} | {sp['coo']} |"
+                f"| {n} | {s:.0%} | {fmt_ms(t['dense'])} | **{sp['native']}** | {sp['ours']} | {sp['chained']} "
+                f"| {sp['csr32']} | {sp['csr64']} | {sp['dense@csr']} | {sp['coo']} |"
             )
             print(lines[-1], flush=True)
     return lines + [""]
@@ -187,9 +190,12 @@ def section_linear(repeats: int, with_sparselab: bool = True) -> tuple[list[str]
         f"## 2. Square Linear at batch 128, {torch.get_num_threads()} thread(s): dense vs SparseLinear"
         + (" (and sparselab)" if with_sparselab else ""),
         "",
+        "SparseLinear = its native kernel (the main path); *torch CSR* = its PyTorch fallback path "
+        "(`SparseLinear.torch_forward`, MKL CSR `addmm`).",
+        "",
         "| size | sparsity | dense ms | SparseLinear ms | speed-up | best-run speed-up | ideal 1/density "
-        "| sparselab ms | sparselab speed-up |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| torch CSR ms | torch CSR speed-up | sparselab ms | sparselab speed-up |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     speedups: dict[int, dict[float, float]] = {}
     for n in SIZES:
@@ -198,7 +204,11 @@ def section_linear(repeats: int, with_sparselab: bool = True) -> tuple[list[str]
         for s in SPARSITIES:
             layer = sparse_linear(n, n, s)
             sparse = SparseLinear.from_dense(layer)
-            fns: dict[str, Callable[[], object]] = {"dense": lambda: layer(x), "ours": lambda: sparse(x)}
+            fns: dict[str, Callable[[], object]] = {
+                "dense": lambda: layer(x),
+                "ours": lambda: sparse(x),
+                "torch": lambda: sparse.torch_forward(x),
+            }
             lab = sparselab_forward(layer) if with_sparselab else None
             if lab is not None:
                 fns["lab"] = lambda: lab(x)
@@ -210,7 +220,8 @@ def section_linear(repeats: int, with_sparselab: bool = True) -> tuple[list[str]
             lab_sp = f"{t.speedup('lab'):.2f}x" if "lab" in t else "n/a"
             lines.append(
                 f"| {n} | {s:.0%} | {fmt_ms(t['dense'])} | {fmt_ms(t['ours'])} | **{speedups[n][s]:.2f}x** "
-                f"| {t.best_speedup('ours'):.2f}x | {1 / (1 - s):.0f}x | {lab_ms} | {lab_sp} |"
+                f"| {t.best_speedup('ours'):.2f}x | {1 / (1 - s):.0f}x | {fmt_ms(t['torch'])} "
+                f"| {t.speedup('torch'):.2f}x | {lab_ms} | {lab_sp} |"
             )
             print(lines[-1], flush=True)
     return lines + [""], speedups
@@ -270,8 +281,8 @@ def section_small(repeats: int) -> list[str]:
     lines = [
         "## 4. Layer size x batch at 95 % sparsity (fixed per-call cost; backs `DEFAULT_MIN_NUMEL`)",
         "",
-        "| out x in | weights | batch | dense us | SparseLinear us | speed-up |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| out x in | weights | batch | dense us | SparseLinear us | speed-up | torch CSR path us |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     shapes = ((64, 64), (128, 128), (256, 256), (10, 4096), (256, 512), (300, 784), (512, 512), (4096, 4096))
     for n_out, n_in in shapes:
@@ -280,10 +291,12 @@ def section_small(repeats: int) -> list[str]:
         for batch in (1, 128):
             x = torch.randn(batch, n_in)
             reps = repeats * 5 if n_out * n_in < 1 << 20 else repeats
-            t = time_interleaved({"dense": lambda: layer(x), "ours": lambda: sparse(x)}, reps)
+            t = time_interleaved(
+                {"dense": lambda: layer(x), "ours": lambda: sparse(x), "torch": lambda: sparse.torch_forward(x)}, reps
+            )
             lines.append(
                 f"| {n_out} x {n_in} | {n_out * n_in} | {batch} | {t['dense'] * 1e6:.0f} | {t['ours'] * 1e6:.0f} "
-                f"| {t.speedup('ours'):.2f}x |"
+                f"| {t.speedup('ours'):.2f}x | {t['torch'] * 1e6:.0f} |"
             )
             print(lines[-1], flush=True)
     return lines + ["", f"`DEFAULT_MIN_NUMEL` = {DEFAULT_MIN_NUMEL} weights.", ""]
@@ -373,24 +386,36 @@ def section_conv(repeats: int) -> list[str]:
 
 NOTES = """## Notes
 
-- Orientation and layout: `y.T = W_csr @ x.T` (CSR on the left, dense row-major right operand,
-  int32 indices) is what SparseLinear uses; section 1 shows the alternatives. `x @ W_csr.T` and COO
-  are slower than dense at 95 %. int32 indices (MKL's native width in torch's CPU build) are stored;
-  int64 was no faster.
-- The input transpose `x.T.contiguous()` is part of every SparseLinear call that gets a row-major
-  input; at 99 % it costs about as much as the sparse product itself (compare the *chained*
-  column). Inside a stack of SparseLinear layers (as in the MLP) only the first layer pays it,
-  because SparseLinear returns the transposed view of its `(out, batch)` result.
-- Slabs: the batch is cut so that one `x.T` slab is about 512 KiB (at least 64 rows); at 95 % this
-  is what makes the 2048/4096 layers faster than one CSR call over the whole batch (section 1).
+- SparseLinear's main path is the native kernel `src/sparsetrain/native/spmm.c` (float32, CPU, no
+  autograd graph needed). It reads the row-major `(batch, in)` input directly: the batch is cut into
+  tiles of 16/32/64 rows, each tile is packed transposed (16x16 in-register AVX-512 transposes) into a
+  per-thread buffer that stays in L2 (`in x tile` floats, at most 256 KiB), and every output row
+  accumulates `tile` outputs in registers, one vector FMA per nonzero and 16 batch rows. Results of 16
+  output rows are transposed back and stored as contiguous row segments of the `(batch, out)` output,
+  bias added there. OpenMP over (tile, row range) work items with `torch.get_num_threads()` threads.
+  No transpose of `x` or `y` is materialised and the output is an ordinary contiguous tensor.
+- Where the time goes (1 thread, 1024x1024, batch 128): packing and write-back cost about 80 us per call
+  whatever the sparsity; the product itself runs at about 2 cycles per 16-wide FMA, bound by reading a
+  random 64-256 byte row of the packed tile from L2 for every nonzero. Column-blocking W so the packed
+  tile slice fits L1 would cut that traffic at 90-95 % sparsity (not done).
+- Disappointing: 1024 x 1024 at 99 % misses the 10x goal with 1 thread (about 7x here). Its product
+  is tiny (10.5K nonzeros x 128 rows); called alone in a loop the kernel takes about 0.19-0.25 ms
+  (13-17x), but timed right after a dense call, as in section 2, a call takes about twice that: cold
+  caches after the dense GEMM plus allocating and first-touching the fresh 512 KiB output.
+- The torch path (`SparseLinear.torch_forward`, used for float64, autograd, `SPARSETRAIN_NATIVE=0` or
+  no C compiler) computes `y.T = W_csr @ x.T` with MKL's CSR `addmm` (int32 indices), batch cut into
+  slabs of about 512 KiB of `x.T`; its input transpose alone costs about as much as the product at 99 %.
 - Break-even and `DEFAULT_MIN_SPARSITY`: measured at batch 128. At batch 1 dense `F.linear` is
-  memory-bound and per-call overheads dominate small layers (section 4), so the numbers differ.
+  memory-bound and per-call overheads (tens of microseconds of Python and ctypes) dominate small
+  layers (section 4), so small layers should stay dense when serving one sample at a time.
 - Convolutions stay dense: `F.unfold` alone costs about as much as or more than the whole dense
   (oneDNN) convolution, so im2col + CSR cannot win (section 6).
-- The machine: a 2-core VM shared with other jobs (see the load average). With 2 OpenMP threads,
-  every parallel region waits for a thread that another process may have preempted, which hits
-  the many short sparse calls much harder than one long dense GEMM; the 1-thread tables are the
-  more reliable comparison on a busy machine.
+- The machine: a 2-core VM, **shared during this run with another helper's benchmarks** (see the load
+  average). 1-thread timings use the calling thread's CPU time, so preemption is not counted, but
+  cache and memory-bandwidth contention is. With 2 OpenMP threads every parallel region waits for a
+  thread that another process may have preempted, which hits the short sparse calls (0.1-1 ms) much
+  harder than one long dense GEMM; the 1-thread tables are the reliable comparison on a busy machine,
+  and the 2-thread tables should be rerun on a quiet one.
 """
 
 

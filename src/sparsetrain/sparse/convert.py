@@ -1,9 +1,9 @@
 """convert(): swap the sparse-enough ``nn.Linear`` layers of a model for :class:`SparseLinear`.
 
 Which layers are converted is decided by measurement (``benchmarks/sparse_inference.py``,
-``docs/benchmarks/sparse_inference.md``): a CSR layer is only faster than dense above a break-even
-sparsity, and for small layers the fixed per-call cost of the sparse kernel (tens of microseconds)
-eats the gain. Layers below either threshold stay ``nn.Linear``, so converting never trades a fast
+``docs/benchmarks/sparse_inference.md``, with SparseLinear's native kernel): a CSR layer is only
+faster than dense above a break-even sparsity, and for small layers the fixed per-call cost of the
+sparse path (a few tens of microseconds, mostly Python and ctypes) eats the gain. Layers below either threshold stay ``nn.Linear``, so converting never trades a fast
 dense layer for a slower sparse one at the measured batch size.
 
 Convolutions are left dense: im2col (``F.unfold``) alone took longer than the whole dense
@@ -21,14 +21,17 @@ from sparsetrain.sparse.linear import SUPPORTED_DTYPES, SparseLinear
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MIN_SPARSITY = 0.85
-"""Break-even sparsity measured at batch 128 on square 1024/2048/4096 layers (Xeon, 1 thread): the
-highest per-size break-even (about 72-82 %), rounded up to a multiple of 0.05.
+DEFAULT_MIN_SPARSITY = 0.75
+"""Break-even sparsity measured at batch 128 on square 1024/2048/4096 layers (Xeon, 1 thread, native
+kernel): the highest per-size break-even (about 55-70 %), rounded up to a multiple of 0.05 plus one
+step of margin, because the 4096 layer was only 1.05x faster than dense at 70 % on a shared machine.
 See docs/benchmarks/sparse_inference.md, section 3."""
 
-DEFAULT_MIN_NUMEL = 1 << 17
-"""Smallest weight (in elements) worth converting: below it the sparse call's fixed cost (tens of
-microseconds) dominates; a 256 x 512 layer is where batch 128 breaks even (section 4 of the doc)."""
+DEFAULT_MIN_NUMEL = 1 << 16
+"""Smallest weight (in elements) worth converting at batch 128: below it the sparse call's fixed
+cost (a few tens of microseconds) dominates. With the native kernel, 128 x 128 already breaks even
+at batch 128 and 256 x 256 (65536 weights) is clearly faster (section 4 of the doc); at batch 1
+dense layers of this size are faster (per-call overhead), as they were with the torch CSR path."""
 
 
 def _weight_sparsity(linear: nn.Linear) -> float:

@@ -1,6 +1,12 @@
 """SparseLinear: an inference-time replacement for ``nn.Linear`` whose weight is a CSR matrix.
 
-The product is computed as ``y.T = W_csr @ x.T`` with ``torch.addmm`` (CSR left operand, dense
+Main path: the native kernel of :mod:`sparsetrain.sparse.spmm` (``native/spmm.c``), for float32 CPU
+inputs when no autograd graph is needed (under ``torch.no_grad()`` / ``torch.inference_mode()``, or an
+input that does not require grad). It reads the row-major ``(batch, in)`` input directly and returns an
+ordinary contiguous ``(batch, out)`` tensor, bias included; it is several times faster than the PyTorch
+path below (``docs/benchmarks/sparse_inference.md``).
+
+PyTorch path (float64, autograd, ``SPARSETRAIN_NATIVE=0``, no C compiler): the product is computed as ``y.T = W_csr @ x.T`` with ``torch.addmm`` (CSR left operand, dense
 row-major right operand), which on CPU runs MKL's sparse-times-dense kernel. Of the variants measured
 in ``benchmarks/sparse_inference.py`` this orientation was by far the fastest: ``x @ W_csr.T``
 (dense times sparse), COO weights and ``torch.sparse.mm`` were all slower, often slower than dense.
@@ -8,7 +14,7 @@ Indices are int32 (MKL's native width in torch's CPU build), and the batch is cu
 one slab of ``x.T`` (``in_features x slab`` values) stays around 512 KiB, cache-sized: on the
 2048- and 4096-wide layers this was up to 1.5x faster than one call over the whole batch.
 
-The output is returned as the transpose view of the ``(out_features, batch)`` result, so it is
+On this path the output is returned as the transpose view of the ``(out_features, batch)`` result, so it is
 *not contiguous* (values are exact; call ``.contiguous()`` if a later op needs it). That saves a
 transpose copy, and when the next layer is another SparseLinear (with element-wise activations in
 between) its ``x.T`` is then already contiguous.
@@ -23,6 +29,8 @@ import warnings
 
 import torch
 from torch import Tensor, nn
+
+from sparsetrain.sparse.spmm import native_linear
 
 SUPPORTED_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.float64})
 """Weight dtypes torch's CPU CSR matmul supports (float16 / bfloat16 raise 'not implemented')."""
@@ -74,6 +82,7 @@ class SparseLinear(nn.Module):
             )
         if bias is not None and bias.shape != (out_features,):
             raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+        _check_csr(crow_indices, col_indices, in_features)
         self.in_features = in_features
         self.out_features = out_features
         index_dtype = torch.int32 if values.numel() <= torch.iinfo(torch.int32).max else torch.int64
@@ -81,6 +90,8 @@ class SparseLinear(nn.Module):
         self.register_buffer("weight_col_indices", col_indices.to(index_dtype).contiguous())
         self.register_buffer("weight_values", values.detach().contiguous())
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        # The native kernel trusts the indices; a loaded state_dict is checked like the constructor's arguments.
+        self.register_load_state_dict_post_hook(_check_loaded)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> SparseLinear:
@@ -145,6 +156,27 @@ class SparseLinear(nn.Module):
                 flattened into one batch dim.
 
         Returns:
+            Output of shape ``(..., out_features)``: contiguous from the native kernel, else a
+            non-contiguous view (see the module docs).
+        """
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(f"x must have last dim in_features={self.in_features}, got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        out = native_linear(
+            x2, self.weight_crow_indices, self.weight_col_indices, self.weight_values, self.bias, self.out_features
+        )
+        if out is not None:
+            return out.view(*lead, self.out_features)
+        return self.torch_forward(x)
+
+    def torch_forward(self, x: Tensor) -> Tensor:
+        """The PyTorch (MKL CSR ``addmm``) path of :meth:`forward`, whatever the native kernel's availability.
+
+        Args:
+            x: input of shape ``(..., in_features)`` and the weight's dtype.
+
+        Returns:
             Output of shape ``(..., out_features)`` (a non-contiguous view; see the module docs).
         """
         if x.shape[-1:] != (self.in_features,):
@@ -175,6 +207,23 @@ class SparseLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, sparsity={self.sparsity:.4f}"
         )
+
+
+def _check_csr(crow: Tensor, col: Tensor, in_features: int) -> None:
+    """Raise ValueError unless ``crow``/``col`` form a valid CSR structure with columns in ``[0, in_features)``."""
+    if crow.numel() == 0 or int(crow[0]) != 0 or int(crow[-1]) != col.numel() or bool((crow.diff() < 0).any()):
+        raise ValueError(
+            f"crow_indices must start at 0, end at nnz={col.numel()} and never decrease, got {crow.tolist()[:8]}..."
+        )
+    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= in_features):
+        raise ValueError(
+            f"col_indices must lie in [0, in_features={in_features}), got range [{int(col.min())}, {int(col.max())}]"
+        )
+
+
+def _check_loaded(module: nn.Module, incompatible_keys: object) -> None:
+    assert isinstance(module, SparseLinear)
+    _check_csr(module.weight_crow_indices, module.weight_col_indices, module.in_features)
 
 
 def _csr_from_dense(weight: Tensor) -> Tensor:

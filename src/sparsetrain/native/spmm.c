@@ -1,0 +1,280 @@
+/* Sparse (CSR) weight times dense input, the forward of a pruned nn.Linear: y = x @ W.T + b.
+ *
+ * x is (batch, in) and y is (batch, out), both row-major with leading dimensions ldx / ldy, exactly what
+ * nn.Linear gets and returns, so no transpose is ever materialised. W is CSR over output rows (int32 row
+ * pointers and column indices, float32 values).
+ *
+ * The batch is cut into tiles of T = 16, 32 or 64 rows (1, 2 or 4 vectors of 16 floats). Each tile of x is
+ * first packed, transposed, into a per-thread buffer xt (in x T, T contiguous floats per input feature),
+ * which stays in L2. Then for each output row the kernel walks its nonzeros and accumulates, in registers,
+ * the T outputs of that row: one vector multiply-add per nonzero and vector, reading xt[col] contiguously.
+ * Outputs of 16 consecutive rows are gathered in a small L1 buffer and written back as 16 contiguous floats
+ * per batch row, with the bias added there. So a nonzero costs one index, one value and T/16 vector FMAs,
+ * the per-element cost of packing is paid once per tile, and W is streamed once per tile.
+ *
+ * Work items are (tile, row range) pairs, spread over `threads` OpenMP threads; with fewer tiles than
+ * threads (small batches) the rows are split so every thread has work (each packs its own copy of the tile,
+ * which is cheap when the batch is small). A batch of fewer than 4 rows left over after the tiles skips the
+ * packing and reads x directly, one scalar dot product per (batch row, output row).
+ *
+ * Summation order: for every output, bias + the products in CSR order, summed in two interleaved partial
+ * sums (even and odd nonzeros) that are added at the end. Not bitwise equal to a dense GEMM, which sums in
+ * another order; the differences are float rounding.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+
+#define ROWS 16 /* output rows whose results are buffered before the write-back */
+
+/* acc + s * p as one fused multiply-add where the CPU has one for 16-float vectors (the library is built
+ * with -ffp-contract=off, so a * b + c in C is never fused implicitly). */
+#ifdef __AVX512F__
+#include <immintrin.h>
+#define MADD(acc, s, p) ((acc) = _mm512_fmadd_ps(_mm512_set1_ps(s), (p), (acc)))
+#else
+#define MADD(acc, s, p) ((acc) += (s) * (p))
+#endif
+
+#ifdef __AVX512F__
+/* In-register transpose of the 16 x 16 block r[0..15] (r[i] = row i): afterwards r[j] = column j. */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    /* Now r[4q + m] holds, in 128-bit lane l, elements (4 * l + ...) of rows 4q..4q+3, column group m. */
+    for (int q = 0; q < 2; ++q)
+        for (int m = 0; m < 4; ++m) {
+            t[8 * q + m] = _mm512_shuffle_f32x4(r[8 * q + m], r[8 * q + 4 + m], 0x88);
+            t[8 * q + 4 + m] = _mm512_shuffle_f32x4(r[8 * q + m], r[8 * q + 4 + m], 0xdd);
+        }
+    for (int m = 0; m < 8; ++m) {
+        r[m] = _mm512_shuffle_f32x4(t[m], t[8 + m], 0x88);
+        r[8 + m] = _mm512_shuffle_f32x4(t[m], t[8 + m], 0xdd);
+    }
+}
+#endif
+
+/* Pack x[b0 : b0 + nb, :] transposed into xt (in x T), zero-filling lanes nb..T-1. */
+static void pack_tile(const float *x, int64_t ldx, int64_t in, int64_t b0, int nb, int T, float *xt) {
+#ifdef __AVX512F__
+    for (int g = 0; g < T; g += 16) {
+        const int rows = nb - g < 0 ? 0 : (nb - g > 16 ? 16 : nb - g);
+        for (int64_t i = 0; i < in; i += 16) {
+            const int cols = in - i >= 16 ? 16 : (int)(in - i);
+            const __mmask16 mask = (__mmask16)((1u << cols) - 1u);
+            __m512 r[16];
+            for (int j = 0; j < 16; ++j)
+                r[j] = j < rows ? _mm512_maskz_loadu_ps(mask, x + (b0 + g + j) * ldx + i) : _mm512_setzero_ps();
+            transpose16(r);
+            for (int c = 0; c < cols; ++c) _mm512_store_ps(xt + (i + c) * T + g, r[c]);
+        }
+    }
+#else
+    const int64_t block = 64;
+    for (int64_t i0 = 0; i0 < in; i0 += block) {
+        const int64_t i1 = i0 + block < in ? i0 + block : in;
+        for (int j = 0; j < nb; ++j) {
+            const float *src = x + (b0 + j) * ldx;
+            for (int64_t i = i0; i < i1; ++i) xt[i * T + j] = src[i];
+        }
+        for (int j = nb; j < T; ++j)
+            for (int64_t i = i0; i < i1; ++i) xt[i * T + j] = 0.0f;
+    }
+#endif
+}
+
+/* Write ybuf (ROWS x T, rows r0..r0+nr) to y[b0 + j, r0 + i] for j < nb, adding the bias. */
+static void write_back(const float *ybuf, int T, int64_t r0, int nr, int64_t b0, int nb, const float *bias,
+                       float *y, int64_t ldy) {
+#ifdef __AVX512F__
+    const __mmask16 mask = (__mmask16)((1u << nr) - 1u);
+    const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + r0) : _mm512_setzero_ps();
+    for (int g = 0; g < nb; g += 16) {
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(ybuf + i * T + g);
+        transpose16(r);
+        const int rows = nb - g > 16 ? 16 : nb - g;
+        for (int j = 0; j < rows; ++j)
+            _mm512_mask_storeu_ps(y + (b0 + g + j) * ldy + r0, mask, _mm512_add_ps(add, r[j]));
+    }
+#else
+    float add[ROWS];
+    for (int i = 0; i < nr; ++i) add[i] = bias ? bias[r0 + i] : 0.0f;
+    for (int j = 0; j < nb; ++j) {
+        float *dst = y + (b0 + j) * ldy + r0;
+        for (int i = 0; i < nr; ++i) dst[i] = add[i] + ybuf[i * T + j];
+    }
+#endif
+}
+
+/* One output row over one packed tile of NV vectors: acc = sum_k vals[k] * xt[cols[k]]. */
+#define ROW_KERNEL(NV)                                                                                     \
+    static inline void row_##NV(const int32_t *cols, const float *vals, int32_t k0, int32_t k1,            \
+                                const float *xt, float *out) {                                            \
+        v16 a[NV], b[NV];                                                                                  \
+        for (int v = 0; v < NV; ++v) a[v] = b[v] = (v16){0};                                               \
+        int32_t k = k0;                                                                                    \
+        for (; k + 1 < k1; k += 2) {                                                                       \
+            const v16 *p = (const v16 *)(xt + (int64_t)cols[k] * (16 * NV));                              \
+            const v16 *q = (const v16 *)(xt + (int64_t)cols[k + 1] * (16 * NV));                          \
+            const float s = vals[k], t = vals[k + 1];                                                      \
+            for (int v = 0; v < NV; ++v) {                                                                 \
+                MADD(a[v], s, p[v]);                                                                        \
+                MADD(b[v], t, q[v]);                                                                        \
+            }                                                                                              \
+        }                                                                                                  \
+        if (k < k1) {                                                                                      \
+            const v16 *p = (const v16 *)(xt + (int64_t)cols[k] * (16 * NV));                              \
+            const float s = vals[k];                                                                       \
+            for (int v = 0; v < NV; ++v) MADD(a[v], s, p[v]);                                               \
+        }                                                                                                  \
+        for (int v = 0; v < NV; ++v) *(v16u *)(out + 16 * v) = a[v] + b[v];                                \
+    }
+ROW_KERNEL(1)
+ROW_KERNEL(2)
+ROW_KERNEL(4)
+
+/* Rows r0..r1 of the product for one packed tile of width T = 16 * nv. */
+static void tile_rows(const int32_t *rowptr, const int32_t *cols, const float *vals, const float *bias,
+                      const float *xt, int nv, int64_t r0, int64_t r1, int64_t b0, int nb, float *y, int64_t ldy) {
+    const int T = 16 * nv;
+    float ybuf[ROWS * 64] __attribute__((aligned(64)));
+    for (int64_t rb = r0; rb < r1; rb += ROWS) {
+        const int nr = rb + ROWS <= r1 ? ROWS : (int)(r1 - rb);
+        for (int i = 0; i < nr; ++i) {
+            const int32_t k0 = rowptr[rb + i], k1 = rowptr[rb + i + 1];
+            float *out = ybuf + i * T;
+            if (nv == 4)
+                row_4(cols, vals, k0, k1, xt, out);
+            else if (nv == 2)
+                row_2(cols, vals, k0, k1, xt, out);
+            else
+                row_1(cols, vals, k0, k1, xt, out);
+        }
+        write_back(ybuf, T, rb, nr, b0, nb, bias, y, ldy);
+    }
+}
+
+/* Batch rows b0..b0+nb read straight from x (no packing): for the last few rows of a batch. */
+static void direct_rows(const int32_t *rowptr, const int32_t *cols, const float *vals, const float *bias,
+                        const float *x, int64_t ldx, int64_t r0, int64_t r1, int64_t b0, int nb, float *y,
+                        int64_t ldy) {
+    for (int j = 0; j < nb; ++j) {
+        const float *src = x + (b0 + j) * ldx;
+        float *dst = y + (b0 + j) * ldy;
+        for (int64_t r = r0; r < r1; ++r) {
+            float s0 = 0.0f, s1 = 0.0f;
+            int32_t k = rowptr[r];
+            const int32_t k1 = rowptr[r + 1];
+            for (; k + 1 < k1; k += 2) {
+                s0 = __builtin_fmaf(vals[k], src[cols[k]], s0);
+                s1 = __builtin_fmaf(vals[k + 1], src[cols[k + 1]], s1);
+            }
+            if (k < k1) s0 = __builtin_fmaf(vals[k], src[cols[k]], s0);
+            dst[r] = (bias ? bias[r] : 0.0f) + (s0 + s1);
+        }
+    }
+}
+
+/* A per-thread buffer of at least `bytes` bytes, 64-byte aligned, kept between calls: a fresh allocation of
+ * this size is an mmap whose page faults cost as much as a whole product at high sparsity. OpenMP threads
+ * live in a pool, so each holds one buffer (as large as the widest layer seen) for the life of the process. */
+static float *scratch(size_t bytes) {
+    static _Thread_local float *buffer = NULL;
+    static _Thread_local size_t size = 0;
+    if (bytes > size) {
+        free(buffer);
+        size = (bytes + 4095) / 4096 * 4096;
+        buffer = aligned_alloc(64, size);
+        if (!buffer) size = 0;
+    }
+    return buffer;
+}
+
+typedef struct {
+    int64_t b0;
+    int nb; /* valid batch rows in the tile */
+    int nv; /* vectors per tile (width 16 * nv); 0 = direct rows, no packing */
+} tile_t;
+
+/* Tiles covering the batch: widest first (up to max_nv vectors), a padded 16-wide tile for a remainder of
+ * 4..15 rows, direct rows for a remainder below 4. Returns the count (at most batch / 16 + 3). */
+static int64_t plan_tiles(int64_t batch, int max_nv, tile_t *tiles) {
+    int64_t n = 0, b = 0;
+    for (int nv = max_nv; nv >= 1; nv /= 2) {
+        while (batch - b >= 16 * nv) {
+            tiles[n++] = (tile_t){b, 16 * nv, nv};
+            b += 16 * nv;
+        }
+    }
+    if (batch - b >= 4) {
+        tiles[n++] = (tile_t){b, (int)(batch - b), 1};
+        b = batch;
+    }
+    if (batch > b) tiles[n++] = (tile_t){b, (int)(batch - b), 0};
+    return n;
+}
+
+/* Widest tile whose packed buffer (in x 16 * nv floats) stays within 256 KiB, a quarter to an eighth of a
+ * typical L2, so that W's stream and the write-back do not evict it: measured on 1024/2048/4096 inputs. */
+static int auto_nv(int64_t in) {
+    for (int nv = 4; nv > 1; nv /= 2)
+        if (in * 64 * nv <= 256 * 1024) return nv;
+    return 1;
+}
+
+/* y = x @ W.T + bias for CSR W (out x in). bias may be NULL. max_nv: 1, 2 or 4 (widest tile 16/32/64 rows),
+ * or 0 to choose from `in` (auto_nv).
+ * Returns 0, or -1 when a buffer could not be allocated or an argument is out of range (y then undefined). */
+int spmm_linear_f32(int64_t batch, int64_t in, int64_t out, const int32_t *rowptr, const int32_t *cols,
+                    const float *vals, const float *bias, const float *x, int64_t ldx, float *y, int64_t ldy,
+                    int max_nv, int threads) {
+    if (batch < 0 || in < 0 || out < 0 || (max_nv != 0 && max_nv != 1 && max_nv != 2 && max_nv != 4)) return -1;
+    if (max_nv == 0) max_nv = auto_nv(in);
+    if (batch == 0 || out == 0) return 0;
+    if (threads < 1) threads = 1;
+    tile_t *tiles = malloc(sizeof(tile_t) * (size_t)(batch / 16 + 3));
+    if (!tiles) return -1;
+    const int64_t ntiles = plan_tiles(batch, max_nv, tiles);
+    /* Split the rows into parts so that there are at least `threads` work items. */
+    int64_t parts = ntiles >= threads ? 1 : (threads + ntiles - 1) / ntiles;
+    const int64_t max_parts = (out + ROWS - 1) / ROWS;
+    if (parts > max_parts) parts = max_parts;
+    const int64_t chunk = ((out + parts - 1) / parts + ROWS - 1) / ROWS * ROWS;
+    const int64_t items = ntiles * parts;
+    int failed = 0;
+    const size_t buf_bytes = (size_t)(in > 0 ? in : 1) * 64 * sizeof(float);
+#pragma omp parallel num_threads(threads) if (items > 1) reduction(| : failed)
+    {
+        float *xt = scratch(buf_bytes);
+        if (!xt) failed = 1;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; ++it) {
+            if (!xt) continue;
+            const tile_t tile = tiles[it / parts];
+            const int64_t r0 = (it % parts) * chunk;
+            const int64_t r1 = r0 + chunk < out ? r0 + chunk : out;
+            if (r0 >= r1) continue;
+            if (tile.nv == 0) {
+                direct_rows(rowptr, cols, vals, bias, x, ldx, r0, r1, tile.b0, tile.nb, y, ldy);
+            } else {
+                pack_tile(x, ldx, in, tile.b0, tile.nb, 16 * tile.nv, xt);
+                tile_rows(rowptr, cols, vals, bias, xt, tile.nv, r0, r1, tile.b0, tile.nb, y, ldy);
+            }
+        }
+    }
+    free(tiles);
+    return failed ? -1 : 0;
+}
