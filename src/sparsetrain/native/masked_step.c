@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #define BLOCK 512
+#define ADAM_BLOCK 4096
 
 typedef void (*vsqrt_fn)(int n, const float *a, float *r, long long mode);
 
@@ -67,6 +68,61 @@ void masked_sgd(int64_t n, float *restrict p, const float *restrict g, float *re
  * weight_decay: coupled weight decay (Adam), or 0. lerp_weight: 1 - beta1. step_size_neg: -lr / (1 - beta1^t).
  * vmax may be NULL (no amsgrad).
  */
+/* One block of masked_adam (the arguments as there). */
+static void adam_block(int64_t start, int64_t n, float *restrict p, const float *restrict g, float *restrict m,
+                       float *restrict v, float *restrict vmax, const uint8_t *restrict mask, float decay,
+                       int use_decay, int use_wd, float weight_decay, int small, float coeff, float beta2,
+                       float one_minus_beta2, float bias_correction2_sqrt, float eps, float step_size_neg,
+                       int maximize) {
+    const int64_t end = start + ADAM_BLOCK < n ? start + ADAM_BLOCK : n;
+    const int len = (int)(end - start);
+    float root[ADAM_BLOCK];
+    float *restrict pp = p + start, *restrict mp = m + start, *restrict vp = v + start;
+    const float *restrict gp = g + start;
+    const uint8_t *restrict kp = mask + start;
+    for (int i = 0; i < len; ++i) {
+        float d = gp[i] * (float)kp[i];
+        d = maximize ? -d : d;
+        d = use_wd ? fmaf(pp[i], weight_decay, d) : d;
+        const float a = mp[i];
+        mp[i] = fmaf(coeff, d - a, small ? a : d);
+        const float s = fmaf(one_minus_beta2 * d, d, vp[i] * beta2);
+        vp[i] = s;
+        root[i] = s;
+    }
+    if (vmax) {
+        float *restrict xp = vmax + start;
+        for (int i = 0; i < len; ++i) {
+            const float old = xp[i], s = root[i];
+            /* torch.maximum: NaN wins */
+            const float top = (old != old || s != s) ? old + s : (s > old ? s : old);
+            xp[i] = top;
+            root[i] = top;
+        }
+    }
+    if (g_vsqrt) {
+        /* MKL is very slow on zeros, and most entries of a sparse tensor's state are zero: take the roots of
+           the nonzero entries only (sqrt(+-0) = +-0 exactly). */
+        float packed[ADAM_BLOCK];
+        int where[ADAM_BLOCK];
+        int count = 0;
+        for (int i = 0; i < len; ++i) {  /* branch-free: the pattern of zeros is random */
+            where[count] = i;
+            packed[count] = root[i];
+            count += root[i] != 0.0f;
+        }
+        if (count > 0) g_vsqrt(count, packed, packed, g_vsqrt_mode);
+        for (int k = 0; k < count; ++k) root[where[k]] = packed[k];
+    } else {
+        for (int i = 0; i < len; ++i) root[i] = sqrtf(root[i]);
+    }
+    for (int i = 0; i < len; ++i) {
+        const float denom = root[i] / bias_correction2_sqrt + eps;
+        const float q = use_decay ? pp[i] * decay : pp[i];
+        pp[i] = q + (step_size_neg * mp[i]) / denom;
+    }
+}
+
 void masked_adam(int64_t n, float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
                  float *restrict vmax, const uint8_t *restrict mask, float decay, float weight_decay,
                  float lerp_weight, float beta2, float one_minus_beta2, float bias_correction2_sqrt, float eps,
@@ -75,37 +131,17 @@ void masked_adam(int64_t n, float *restrict p, const float *restrict g, float *r
     const int use_wd = weight_decay != 0.0f;
     const int small = fabsf(lerp_weight) < 0.5f;
     const float coeff = small ? lerp_weight : lerp_weight - 1.0f;
-    #pragma omp parallel for num_threads(nthreads) schedule(static) if(n >= 32768 && nthreads > 1)
-    for (int64_t start = 0; start < n; start += BLOCK) {
-        const int64_t end = start + BLOCK < n ? start + BLOCK : n;
-        const int len = (int)(end - start);
-        float root[BLOCK];
-        for (int64_t i = start; i < end; ++i) {
-            float d = g[i] * (float)mask[i];
-            if (maximize) d = -d;
-            if (use_wd) d = fmaf(p[i], weight_decay, d);
-            const float a = m[i];
-            m[i] = fmaf(coeff, d - a, small ? a : d);
-            float s = v[i] * beta2;
-            s = fmaf(one_minus_beta2 * d, d, s);
-            v[i] = s;
-            if (vmax) {
-                const float old = vmax[i];
-                /* torch.maximum: NaN wins */
-                s = (old != old || s != s) ? old + s : (s > old ? s : old);
-                vmax[i] = s;
-            }
-            root[i - start] = s;
+    /* Outside an OpenMP region unless threads are used: MKL's sqrt costs more when called inside one. */
+    if (nthreads > 1 && n >= 32768) {
+        #pragma omp parallel for num_threads(nthreads) schedule(static)
+        for (int64_t start = 0; start < n; start += ADAM_BLOCK) {
+            adam_block(start, n, p, g, m, v, vmax, mask, decay, use_decay, use_wd, weight_decay, small, coeff, beta2,
+                       one_minus_beta2, bias_correction2_sqrt, eps, step_size_neg, maximize);
         }
-        if (g_vsqrt) {
-            g_vsqrt(len, root, root, g_vsqrt_mode);
-        } else {
-            for (int i = 0; i < len; ++i) root[i] = sqrtf(root[i]);
-        }
-        for (int64_t i = start; i < end; ++i) {
-            const float denom = root[i - start] / bias_correction2_sqrt + eps;
-            const float q = use_decay ? p[i] * decay : p[i];
-            p[i] = q + (step_size_neg * m[i]) / denom;
+    } else {
+        for (int64_t start = 0; start < n; start += ADAM_BLOCK) {
+            adam_block(start, n, p, g, m, v, vmax, mask, decay, use_decay, use_wd, weight_decay, small, coeff, beta2,
+                       one_minus_beta2, bias_correction2_sqrt, eps, step_size_neg, maximize);
         }
     }
 }
