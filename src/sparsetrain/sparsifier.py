@@ -15,6 +15,15 @@ gradients are left dense (RigL and GraNet grow by the dense gradient), and after
 optimizer state are masked in full. ``mask_gradients=False`` selects the plain path instead: weights and state
 are masked after every step, as the official GraNet code does; both give identical weights.
 
+The fused step (``fused_step=True``, the default, used when possible): masking the gradients is itself a pass over
+memory, so for ``torch.optim.SGD``, ``Adam`` and ``AdamW`` (foreach or for-loop, float32 CPU) the pre-hook runs the
+optimizer's update of the sparsified tensors in one native pass that reads the mask and uses ``grad * mask``
+without writing it back (:mod:`sparsetrain.fused_step`), with bit-identical results; those parameters' ``.grad``
+is set to None for the duration of ``optimizer.step()`` so that PyTorch updates only the rest (biases,
+normalisation layers) and restored afterwards. On that path ``.grad`` after ``optimizer.step()`` holds the
+*unmasked* gradient of the sparsified tensors (only its active entries were used). Other optimizers and options,
+a closure, GradScaler's ``grad_scale``/``found_inf`` arguments, or no C compiler fall back to masking the gradients.
+
 Steps are counted in optimizer steps: the sparsifier counts ``optimizer.step()`` calls with a post-hook, so a
 step that ``GradScaler`` skips (non-finite gradients) is not counted and changes nothing. A topology update
 whose gradients are not finite is skipped too.
@@ -30,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .distributions import allocate, check_distribution
+from .fused_step import MaskedStep
 from .masks import SparsityReport, apply_masks, random_masks, resolve_overrides, select_prunable, sparsity_report
 from .optim_state import mask_optimizer_state
 
@@ -95,6 +105,9 @@ class Sparsifier:
         dense_first / dense_last: keep the first / last sparsified tensor dense.
         seed: seeds the sparsifier's own CPU generator (random masks, random growth).
         mask_gradients: the fast path (see module docstring); False masks weights and state every step.
+        fused_step: with ``mask_gradients``, run the optimizer's update of the sparsified tensors in one native
+            masked pass when the optimizer and its options allow it (see module docstring); False always masks
+            the gradients and lets the optimizer do the whole step.
     """
 
     method: ClassVar[str] = "base"
@@ -115,6 +128,7 @@ class Sparsifier:
         dense_last: bool = False,
         seed: int = 0,
         mask_gradients: bool = True,
+        fused_step: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -129,19 +143,21 @@ class Sparsifier:
         self.model = model
         self.optimizer = optimizer
         for switch, value in (("dense_first", dense_first), ("dense_last", dense_last),
-                              ("mask_gradients", mask_gradients)):
+                              ("mask_gradients", mask_gradients), ("fused_step", fused_step)):
             check_bool(switch, value)
         self.params: dict[str, nn.Parameter] = select_prunable(model, include=include, exclude=exclude)
         self.fixed = resolve_overrides(
             list(self.params), sparsity_overrides, dense_first=dense_first, dense_last=dense_last
         )
         self.mask_gradients = bool(mask_gradients)
+        self.fused_step = bool(fused_step)
         self.generator = torch.Generator().manual_seed(seed)
         self.config: dict[str, Any] = {
             "sparsity": self.sparsity, "total_steps": self.total_steps, "distribution": self.distribution,
             "update_every": self.update_every, "include": include, "exclude": exclude,
             "sparsity_overrides": dict(sparsity_overrides or {}), "dense_first": dense_first,
             "dense_last": dense_last, "seed": seed, "mask_gradients": self.mask_gradients,
+            "fused_step": self.fused_step,
         }
         self.step_count = 0
         self._optimizer_steps = 0
@@ -152,6 +168,11 @@ class Sparsifier:
         # one, and this runs on every step. Rebuilt whenever the masks change.
         self._multipliers: dict[str, Tensor] = {}
         self._multiplier_sources: dict[str, Tensor] = {}
+        # The fused step: its stepper (built on first use), the gradients hidden from the optimizer during one
+        # step, and the last path logged.
+        self._masked_step: MaskedStep | None = None
+        self._held_grads: list[tuple[Tensor, Tensor]] = []
+        self._logged_path: str | None = None
 
     # -- set-up, called by subclasses at the end of their __init__ -------------------------------------------------
     def _start(self) -> None:
@@ -195,30 +216,68 @@ class Sparsifier:
         # torch passes ``args`` with the optimizer itself first; a positional closure comes next.
         first = 1 if args and args[0] is optimizer else 0
         closure = kwargs.get("closure", args[first] if len(args) > first else None)
+        self._held_grads = []
         if closure is None:
-            self._prepare_gradients()
+            # GradScaler hands fused optimizers the scale: the gradients are still scaled, leave them to torch.
+            self._prepare_gradients(fusable="grad_scale" not in kwargs and "found_inf" not in kwargs)
             return None
 
         # With a closure (Lightning, LBFGS) the gradients only exist once the closure has run inside step().
         def closure_then_prepare() -> Any:
             loss = closure()
-            self._prepare_gradients()
+            self._prepare_gradients(fusable=False)
             return loss
 
         if "closure" in kwargs:
             return args, {**kwargs, "closure": closure_then_prepare}
         return (*args[:first], closure_then_prepare, *args[first + 1:]), kwargs
 
-    def _prepare_gradients(self) -> None:
-        """Runs once this step's gradients exist, before the optimizer reads them: mask inactive gradients."""
+    def _prepare_gradients(self, fusable: bool = True) -> None:
+        """Runs once this step's gradients exist, before the optimizer reads them: mask inactive gradients.
+
+        On the fused path the sparsified tensors are updated here instead, and hidden from the optimizer's step.
+        """
         if not self.mask_gradients or self.is_update_step(self._optimizer_steps + 1):
             return
         names = [n for n in self.masks if self.params[n].grad is not None]
+        if not names:
+            return
+        stepper = self._fused_stepper() if fusable else None
+        self._log_path("fused" if stepper is not None else "masked gradients")
+        if stepper is not None:
+            done = {id(p) for p in stepper.run(self.params, {n: self.masks[n] for n in names})}
+            for name in names:
+                param = self.params[name]
+                if id(param) in done:
+                    self._held_grads.append((param, param.grad))
+                    param.grad = None
+            names = [n for n in names if id(self.params[n]) not in done]
         if names:
             multipliers = self._current_multipliers()
             torch._foreach_mul_([self.params[n].grad for n in names], [multipliers[n] for n in names])
 
+    def _fused_stepper(self) -> MaskedStep | None:
+        """The fused step's runner when it can serve the optimizer as configured now, else None."""
+        if not self.fused_step or self.optimizer is None:
+            return None
+        reason = MaskedStep.unsupported(self.optimizer)
+        if reason is not None:
+            if self._logged_path is None:
+                logger.info("%s: fused optimizer step not used: %s", type(self).__name__, reason)
+            return None
+        if self._masked_step is None or self._masked_step.optimizer is not self.optimizer:
+            self._masked_step = MaskedStep(self.optimizer)
+        return self._masked_step
+
+    def _log_path(self, path: str) -> None:
+        if path != self._logged_path:
+            logger.info("%s: ordinary steps use the %s path", type(self).__name__, path)
+            self._logged_path = path
+
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for param, grad in self._held_grads:
+            param.grad = grad
+        self._held_grads = []
         self._optimizer_steps += 1
 
     def step(self) -> bool:
@@ -394,6 +453,7 @@ class Sparsifier:
         state = dict(self.__dict__)
         state["_hooks"] = bool(self._hooks)  # hook handles do not copy; the copy re-hooks its own optimizer
         state["generator"] = self.generator.get_state()
+        state["_held_grads"] = []
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -402,6 +462,9 @@ class Sparsifier:
         state["generator"] = generator
         hooked = state["_hooks"]
         state["_hooks"] = []
+        for key, default in (("fused_step", True), ("_masked_step", None), ("_held_grads", []),
+                             ("_logged_path", None)):
+            state.setdefault(key, default)  # pickles from before the fused step
         self.__dict__.update(state)
         if hooked and self.optimizer is not None:
             self._hooks = [

@@ -144,13 +144,13 @@ class SNFS(DynamicSparse):
         self.config.update(beta=self.beta)
         self.momentum = {name: torch.zeros_like(p) for name, p in self.params.items()}
 
-    def _prepare_gradients(self) -> None:
+    def _prepare_gradients(self, fusable: bool = True) -> None:
         names = [n for n, p in self.params.items() if p.grad is not None]
         if names:
             buffers = [self.momentum[n] for n in names]
             torch._foreach_mul_(buffers, self.beta)
             torch._foreach_add_(buffers, [self.params[n].grad for n in names])
-        super()._prepare_gradients()
+        super()._prepare_gradients(fusable)
 
     def grow_scores(self, name: str) -> Tensor:
         return self.momentum[name].abs()
