@@ -289,3 +289,12 @@ def test_kernel_matches_torch_on_one_tensor(size, kind, momentum, nesterov, maxi
     assert torch.equal(reference, fused)
     for key, value in opt_reference.state[reference].items():
         assert torch.equal(value, opt_fused.state[fused][key]), key
+
+
+def test_float_mask_copies_are_freed_while_the_kernel_serves_every_tensor() -> None:
+    """The plain path keeps float copies of the masks (4 bytes per weight); the fused path reads the bool masks."""
+    fused = train("granet", OPTIMIZERS["sgd-momentum-wd"], fused=True, steps=STEPS)  # ends on an update step
+    assert fused[2].is_update_step(STEPS)
+    assert fused[2]._multipliers == {}
+    plain = train("granet", OPTIMIZERS["sgd-momentum-wd"], fused=False, steps=STEPS)
+    assert set(plain[2]._multipliers) == set(plain[2].masks)

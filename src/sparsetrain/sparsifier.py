@@ -173,6 +173,7 @@ class Sparsifier:
         self._masked_step: MaskedStep | None = None
         self._held_grads: list[tuple[Tensor, Tensor]] = []
         self._logged_path: str | None = None
+        self._all_fused = False  # the last ordinary step ran every sparsified tensor through the kernel
 
     # -- set-up, called by subclasses at the end of their __init__ -------------------------------------------------
     def _start(self) -> None:
@@ -243,6 +244,7 @@ class Sparsifier:
         if not names:
             return
         stepper = self._fused_stepper() if fusable else None
+        self._all_fused = False
         self._log_path("fused" if stepper is not None else "masked gradients")
         if stepper is not None:
             done = {id(p) for p in stepper.run(self.params, {n: self.masks[n] for n in names})}
@@ -252,9 +254,17 @@ class Sparsifier:
                     self._held_grads.append((param, param.grad))
                     param.grad = None
             names = [n for n in names if id(self.params[n]) not in done]
+            self._all_fused = not names
+            if self._all_fused:
+                self._drop_multipliers()
         if names:
             multipliers = self._current_multipliers()
             torch._foreach_mul_([self.params[n].grad for n in names], [multipliers[n] for n in names])
+
+    def _drop_multipliers(self) -> None:
+        """Free the float copies of the masks (4 bytes per weight) while the fused kernel, which reads the bool
+        masks, serves every sparsified tensor; they are rebuilt when an update step or a fallback needs them."""
+        self._multipliers, self._multiplier_sources = {}, {}
 
     def _fused_stepper(self) -> MaskedStep | None:
         """The fused step's runner when it can serve the optimizer as configured now, else None."""
@@ -308,6 +318,8 @@ class Sparsifier:
                     self.ever_active[name] |= mask
                 # One pass zeroes both the inactive positions and the newly grown ones (weights and state).
                 self.apply_masks(also_zero=reset)
+                if self._all_fused:
+                    self._drop_multipliers()
                 return True
             logger.warning("step %d: non-finite gradients, topology update skipped", self.step_count)
         if update_step or missed or not self.mask_gradients or self.optimizer is None:
@@ -463,7 +475,7 @@ class Sparsifier:
         hooked = state["_hooks"]
         state["_hooks"] = []
         for key, default in (("fused_step", True), ("_masked_step", None), ("_held_grads", []),
-                             ("_logged_path", None)):
+                             ("_logged_path", None), ("_all_fused", False)):
             state.setdefault(key, default)  # pickles from before the fused step
         self.__dict__.update(state)
         if hooked and self.optimizer is not None:
