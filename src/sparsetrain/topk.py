@@ -94,7 +94,7 @@ def _pointers(tensors: Sequence[Tensor]) -> ctypes.Array:
 
 
 def _native_kth_largest(library: ctypes.CDLL, parts: Sequence[Tensor], k: int,
-                        eligible: Sequence[Tensor] | None) -> Tensor:
+                        eligible: Sequence[Tensor] | None) -> float:
     """The k-th largest value over ``parts`` (ineligible entries count as 0), from ``select.c``."""
     lengths = (ctypes.c_int64 * len(parts))(*[p.numel() for p in parts])
     out = ctypes.c_float()
@@ -104,17 +104,17 @@ def _native_kth_largest(library: ctypes.CDLL, parts: Sequence[Tensor], k: int,
     )
     if status != 0:
         raise ValueError(f"k={k} is out of range for {sum(p.numel() for p in parts)} entries")
-    return torch.tensor(out.value, dtype=torch.float32)
+    return out.value  # a float32 value: comparing float32 tensors with it is exact
 
 
-def _native_mask_at_least(library: ctypes.CDLL, flat: Tensor, threshold: Tensor,
+def _native_mask_at_least(library: ctypes.CDLL, flat: Tensor, threshold: float,
                           eligible: Tensor | None) -> tuple[Tensor, int]:
     """``flat >= threshold`` (and ``eligible``) and its count, in one pass."""
     mask = torch.empty(flat.shape, dtype=torch.bool)
     library.mask_at_least.restype = ctypes.c_int64
     count = library.mask_at_least(
         ctypes.c_int64(flat.numel()), ctypes.c_void_p(flat.data_ptr()),
-        ctypes.c_void_p(eligible.data_ptr()) if eligible is not None else None, ctypes.c_float(float(threshold)),
+        ctypes.c_void_p(eligible.data_ptr()) if eligible is not None else None, ctypes.c_float(threshold),
         ctypes.c_int(torch.get_num_threads()), ctypes.c_void_p(mask.data_ptr()),
     )
     return mask, int(count)
