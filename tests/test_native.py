@@ -49,12 +49,19 @@ def test_missing_compiler_is_reported(fresh_cache, monkeypatch):
         native.load_library("selftest")
 
 
-@pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
-def test_compile_error_is_reported_not_raised_as_oserror(fresh_cache, tmp_path, monkeypatch):
+@pytest.fixture
+def broken_source(tmp_path, monkeypatch):
+    """A kernel directory holding ``broken.c``, which no compiler accepts."""
+    if native.compiler() is None:
+        pytest.skip("no C compiler on this machine")
     broken = tmp_path / "src"
     broken.mkdir()
     (broken / "broken.c").write_text("this is not C\n")
     monkeypatch.setattr(native, "_SOURCES", broken)
+    return broken
+
+
+def test_compile_error_is_reported_not_raised_as_oserror(fresh_cache, broken_source):
     with pytest.raises(native.NativeUnavailable, match="failed on broken.c"):
         native.load_library("broken")
     assert not list((fresh_cache / "native").glob("*.so"))
@@ -74,12 +81,7 @@ def test_unwritable_cache_is_reported(tmp_path, monkeypatch):
         native.load_library.cache_clear()
 
 
-@pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
-def test_a_failed_build_is_not_retried(fresh_cache, tmp_path, monkeypatch):
-    broken = tmp_path / "src"
-    broken.mkdir()
-    (broken / "broken.c").write_text("this is not C\n")
-    monkeypatch.setattr(native, "_SOURCES", broken)
+def test_a_failed_build_is_not_retried(fresh_cache, broken_source, monkeypatch):
     calls = []
     real_run = native.subprocess.run
     monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k))
