@@ -74,10 +74,11 @@ def main() -> None:
         "includes the Python interpreter and torch itself (about the same in every row).\n\n"
         + table(["method", "peak RSS (MiB)", "ratio to dense", "sparsifier state (MiB)",
                  "state / weight bytes"], rows)
-        + "\n\nThe sparsifier holds each mask as bool (1 byte per weight), the ITOP record (`ever_active`, bool) "
-        "and a copy of the masks in the weights' dtype that makes the per-step gradient masking about twice as "
-        "fast as multiplying by bool masks (see `Sparsifier._current_multipliers`); SNFS adds its dense-gradient "
-        "momentum."
+        + "\n\nThe sparsifier holds each mask as bool (1 byte per weight) and the ITOP record (`ever_active`, "
+        "bool); SNFS adds its dense-gradient momentum. The masked-gradient path (`fused_step=False`, or an "
+        "optimizer the fused kernel does not serve) also keeps a copy of the masks in the weights' dtype "
+        "(multiplying by it is about twice as fast as by bool masks, see `Sparsifier._current_multipliers`); "
+        "with the fused masked step (the default, used here with foreach SGD) that copy is freed."
     )
     write_doc("memory", "Peak memory of a training run, by method", body)
 

@@ -100,19 +100,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
                         help="wall time, or CPU time of the calling thread (1 thread on a shared machine)")
+    parser.add_argument("--case", choices=("all", "mlp", "resnet20"), default="all", help="which model(s) to time")
+    parser.add_argument("--doc", default="overhead", help="write docs/benchmarks/<DOC>.md (default: overhead)")
+    parser.add_argument("--all-rows", action="store_true",
+                        help="also time the fused_step=False rows of ResNet-20 (doubles the run time)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.thread_time if args.clock == "thread" else time.perf_counter
-    cases = list(CASES)[:1] if args.quick else list(CASES)
+    cases = list(CASES)[:1] if args.quick or args.case == "mlp" else list(CASES)
+    if args.case == "resnet20":
+        cases = list(CASES)[1:]
     optimizers = list(OPTIMIZERS)[:2] if args.quick else list(OPTIMIZERS)
     repeats = 2 if args.quick else args.repeats
     rows = []
     for case in cases:
         for optimizer_name in optimizers:
-            # fused AdamW has no fused masked step: its sparse rows are the masked-gradient path already.
-            names = [r for r in METHOD_ROWS if not ("fused_step=False" in r and "fused" in optimizer_name.lower()
-                                                    and "foreach" not in optimizer_name)]
+            # fused AdamW has no fused masked step: its sparse rows are the masked-gradient path already. The
+            # fused_step=False rows of the (slow) CNN are left to --all-rows.
+            names = [r for r in METHOD_ROWS if not ("fused_step=False" in r and (
+                ("fused" in optimizer_name.lower() and "foreach" not in optimizer_name)
+                or (case.startswith("ResNet") and not args.all_rows)))]
             times: dict[str, list[float]] = {name: [] for name in names}
             for _ in range(repeats):
                 for method in times:
@@ -134,7 +142,7 @@ def main() -> None:
         f"({update['weights']:,} weights): **{update['fast'] * 1000:.0f} ms** (median of {repeats}); "
         "`benchmarks/topology_update.py` compares it with a sort-based reference."
     )
-    write_doc("overhead", "Masking overhead per training step", body)
+    write_doc(args.doc, "Masking overhead per training step", body)
 
 
 if __name__ == "__main__":

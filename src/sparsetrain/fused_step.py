@@ -10,8 +10,11 @@ against this very PyTorch build, and the PyTorch path is used if they differ.
 
 Supported: ``torch.optim.SGD`` (momentum, dampening, Nesterov, weight decay, maximize) and ``torch.optim.Adam`` /
 ``AdamW`` (coupled or decoupled weight decay, amsgrad, maximize), float32 CPU tensors, the foreach and the
-for-loop implementations (they compute the same values), with a float learning rate. Everything else (fused=True,
-capturable, differentiable, tensor hyperparameters, other dtypes or devices, sparse gradients) is reported by
+for-loop implementations (they compute the same values), with a float learning rate; and ``Adam`` / ``AdamW``
+with ``fused=True`` for the tensors whose size lets torch's fused CPU kernel run them in whole vectors (no scalar
+tail: e.g. every size that is a multiple of 16 times the thread count), whose arithmetic is reproduced; other tensors
+of such an optimizer keep the masked-gradient path. Everything else (``SGD(fused=True)``, capturable,
+differentiable, tensor hyperparameters, other dtypes or devices, sparse gradients) is reported by
 :meth:`MaskedStep.unsupported` and left to PyTorch.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -62,6 +66,9 @@ def masked_step_library() -> ctypes.CDLL | None:
     lib.masked_sgd.restype = None
     lib.masked_adam.argtypes = [ctypes.c_int64, _P, _P, _P, _P, _P, _P, _F, _F, _F, _F, _F, _F, _F, _F, _I, _I]
     lib.masked_adam.restype = None
+    lib.masked_adam_torch_fused.argtypes = [ctypes.c_int64, _P, _P, _P, _P, _P, _P, _F, _F, _F, _F, _F, _F, _F, _F,
+                                            _I, _I]
+    lib.masked_adam_torch_fused.restype = None
     lib.masked_step_set_sqrt.argtypes = [_P, ctypes.c_longlong]
     lib.masked_step_set_sqrt.restype = None
     lib.masked_step_set_sqrt(_mkl_sqrt(), _VML_MODE)
@@ -102,12 +109,13 @@ class MaskedStep:
         if lib is None:
             return "native kernels unavailable"
         kind = "sgd" if type(optimizer) is torch.optim.SGD else "adam"
-        if not kernel_agrees(kind):
-            return f"the {kind} kernel does not reproduce this torch build's arithmetic"
         for index, group in enumerate(optimizer.param_groups):
             reason = _group_unsupported(kind, group)
             if reason:
                 return f"param group {index}: {reason}"
+            variant = kind + ("_fused" if group.get("fused") else "")
+            if not kernel_agrees(variant):
+                return f"the {variant} kernel does not reproduce this torch build's arithmetic"
         return None
 
     @torch.no_grad()
@@ -163,6 +171,8 @@ class MaskedStep:
                 or not _plain_tensor(exp_avg) or not _plain_tensor(exp_avg_sq)
                 or (amsgrad and (vmax is None or not _plain_tensor(vmax)))):
             return False
+        if group.get("fused") and _torch_fused_tails(param.numel(), threads):
+            return False  # torch's tail loops round differently: leave this tensor to torch
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         decoupled = group.get("decoupled_weight_decay", False)
         step_t += 1  # what torch does (as a tensor op) before the update
@@ -172,10 +182,41 @@ class MaskedStep:
         step_size_neg = (lr / bias_correction1) * -1
         decay = 1 - lr * wd if (wd != 0 and decoupled) else 1.0
         coupled = wd if (wd != 0 and not decoupled) else 0.0
+        if group.get("fused"):
+            lib.masked_adam_torch_fused(
+                param.numel(), _ptr(param), _ptr(grad), _ptr(exp_avg), _ptr(exp_avg_sq), _ptr(vmax), _ptr(mask),
+                decay, coupled, 1 - beta1, beta2, 1 - beta2, math.sqrt(bias_correction2), eps, step_size_neg,
+                int(group["maximize"]), threads)
+            return True
         lib.masked_adam(param.numel(), _ptr(param), _ptr(grad), _ptr(exp_avg), _ptr(exp_avg_sq), _ptr(vmax),
                         _ptr(mask), decay, coupled, 1 - beta1, beta2, 1 - beta2, bias_correction2**0.5, eps,
                         step_size_neg, int(group["maximize"]), threads)
         return True
+
+
+def _vector_width() -> int:
+    """Floats per vector in torch's CPU kernels: 16 with AVX-512, 8 otherwise (AVX2 and the generic build)."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+
+
+def _torch_fused_tails(n: int, threads: int) -> list[tuple[int, int]]:
+    """The elements torch's fused CPU Adam kernel updates in its scalar tail loops, as [begin, end) ranges.
+
+    It runs on ``threads`` chunks of a cache-line-aligned length (all vector loops), then splits what is left
+    evenly over the threads; each of those chunks ends with a tail shorter than a vector.
+    """
+    width = _vector_width()
+    aligned = (-(-n // threads) // 16 * 16) * threads  # chunks of ceil(n / threads), floored to 16 floats
+    tails = []
+    rest = n - aligned
+    if rest > 0:
+        chunk = -(-rest // threads) if threads > 1 else rest
+        for begin in range(aligned, n, chunk):
+            end = min(n, begin + chunk)
+            vector_end = begin + (end - begin) // width * width
+            if vector_end < end:
+                tails.append((vector_end, end))
+    return tails
 
 
 def _plain_tensor(t: Tensor) -> bool:
@@ -186,8 +227,8 @@ def _plain_tensor(t: Tensor) -> bool:
 
 def _group_unsupported(kind: str, group: Mapping[str, Any]) -> str | None:
     """Why a param group's options cannot use the kernel, or None."""
-    if group.get("fused"):
-        return "fused=True (its arithmetic differs; the PyTorch path is used)"
+    if group.get("fused") and kind == "sgd":
+        return "SGD(fused=True) (its arithmetic is not reproduced; the PyTorch path is used)"
     if group.get("differentiable"):
         return "differentiable=True"
     if group.get("capturable"):
@@ -207,7 +248,7 @@ def _group_unsupported(kind: str, group: Mapping[str, Any]) -> str | None:
 
 @lru_cache(maxsize=None)
 def kernel_agrees(kind: str) -> bool:
-    """Whether the kernel for ``kind`` ("sgd" or "adam") gives PyTorch's exact results on this build.
+    """Whether the kernel for ``kind`` ("sgd", "adam" or "adam_fused") gives PyTorch's exact results on this build.
 
     A few steps of several option sets on random data (odd sizes, zeros, tiny values) with both paths.
     """
@@ -222,8 +263,11 @@ def kernel_agrees(kind: str) -> bool:
     else:
         options = [dict(lr=1e-2, weight_decay=5e-4, amsgrad=True), dict(lr=3e-3, betas=(0.4, 0.99), maximize=True),
                    dict(lr=1e-3, weight_decay=1e-2, decoupled_weight_decay=True)]
+        if kind == "adam_fused":
+            options = [dict(option, fused=True) for option in options]
     for option in options:
-        n = 4099
+        # Sizes with vector tails; the fused=True kernel only serves tensors without (see _torch_fused_tails).
+        n = 4099 if kind != "adam_fused" else 4096 * torch.get_num_threads()
         start = torch.randn(n, generator=generator)
         mask = torch.rand(n, generator=generator) < 0.6
         start = start * mask

@@ -16,7 +16,8 @@ optimizer state are masked in full. ``mask_gradients=False`` selects the plain p
 are masked after every step, as the official GraNet code does; both give identical weights.
 
 The fused step (``fused_step=True``, the default, used when possible): masking the gradients is itself a pass over
-memory, so for ``torch.optim.SGD``, ``Adam`` and ``AdamW`` (foreach or for-loop, float32 CPU) the pre-hook runs the
+memory, so for ``torch.optim.SGD``, ``Adam`` and ``AdamW`` (foreach or for-loop, and Adam/AdamW ``fused=True``;
+float32 CPU; details in :mod:`sparsetrain.fused_step`) the pre-hook runs the
 optimizer's update of the sparsified tensors in one native pass that reads the mask and uses ``grad * mask``
 without writing it back (:mod:`sparsetrain.fused_step`), with bit-identical results; those parameters' ``.grad``
 is set to None for the duration of ``optimizer.step()`` so that PyTorch updates only the rest (biases,

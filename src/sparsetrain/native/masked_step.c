@@ -145,3 +145,40 @@ void masked_adam(int64_t n, float *restrict p, const float *restrict g, float *r
         }
     }
 }
+
+/* torch.optim.Adam / AdamW with fused=True (torch's fused CPU kernel) on n elements.
+ *
+ * Matched empirically against torch 2.13: in its vector loops that kernel computes what the foreach kernel above
+ * does, except that square roots are correctly rounded (sqrtf, not MKL). Its scalar tail loops (the last few
+ * elements of each per-thread chunk) round differently in a way not reproduced here, so the caller only uses
+ * this for tensors that have no tail elements (see sparsetrain.fused_step._torch_fused_tails).
+ */
+void masked_adam_torch_fused(int64_t n, float *restrict p, const float *restrict g, float *restrict m,
+                             float *restrict v, float *restrict vmax, const uint8_t *restrict mask, float decay,
+                             float weight_decay, float lerp_weight, float beta2, float one_minus_beta2,
+                             float bias_correction2_sqrt, float eps, float step_size_neg, int maximize, int nthreads) {
+    const int use_decay = decay != 1.0f;
+    const int use_wd = weight_decay != 0.0f;
+    const int small = fabsf(lerp_weight) < 0.5f;
+    const float coeff = small ? lerp_weight : lerp_weight - 1.0f;
+    #pragma omp parallel for num_threads(nthreads > 1 && n >= 32768 ? nthreads : 1) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+        float d = g[i] * (float)mask[i];
+        d = maximize ? -d : d;
+        d = use_wd ? fmaf(p[i], weight_decay, d) : d;
+        const float a = m[i];
+        const float mean = fmaf(coeff, d - a, small ? a : d);
+        m[i] = mean;
+        const float s = fmaf(one_minus_beta2 * d, d, v[i] * beta2);
+        v[i] = s;
+        float r = s;
+        if (vmax) {
+            const float old = vmax[i];
+            r = (old != old || s != s) ? old + s : (s > old ? s : old); /* maximum(): NaN wins */
+            vmax[i] = r;
+        }
+        const float denom = sqrtf(r) / bias_correction2_sqrt + eps;
+        const float q = use_decay ? p[i] * decay : p[i];
+        p[i] = q + (step_size_neg * mean) / denom;
+    }
+}
