@@ -153,32 +153,54 @@ void masked_adam(int64_t n, float *restrict p, const float *restrict g, float *r
  * elements of each per-thread chunk) round differently in a way not reproduced here, so the caller only uses
  * this for tensors that have no tail elements (see sparsetrain.fused_step._torch_fused_tails).
  */
+/* One element of masked_adam_torch_fused; `vmax` NULL for no amsgrad (inlined into two branch-free loops). */
+static inline void adam_torch_fused_element(int64_t i, float *restrict p, const float *restrict g,
+                                            float *restrict m, float *restrict v, float *restrict vmax,
+                                            const uint8_t *restrict mask, float decay, float weight_decay,
+                                            float base_is_mean, float coeff, float beta2, float one_minus_beta2,
+                                            float bias_correction2_sqrt, float eps, float step_size_neg, float sign,
+                                            int use_wd) {
+    const float masked = (g[i] * (float)mask[i]) * sign;
+    const float d = use_wd ? fmaf(p[i], weight_decay, masked) : masked;
+    const float a = m[i];
+    const float mean = fmaf(coeff, d - a, base_is_mean != 0.0f ? a : d);
+    m[i] = mean;
+    const float s = fmaf(one_minus_beta2 * d, d, v[i] * beta2);
+    v[i] = s;
+    float r = s;
+    if (vmax) {
+        const float old = vmax[i];
+        r = (old != old || s != s) ? old + s : (s > old ? s : old); /* maximum(): NaN wins */
+        vmax[i] = r;
+    }
+    const float denom = sqrtf(r) / bias_correction2_sqrt + eps;
+    p[i] = p[i] * decay + (step_size_neg * mean) / denom;
+}
+
 void masked_adam_torch_fused(int64_t n, float *restrict p, const float *restrict g, float *restrict m,
                              float *restrict v, float *restrict vmax, const uint8_t *restrict mask, float decay,
                              float weight_decay, float lerp_weight, float beta2, float one_minus_beta2,
                              float bias_correction2_sqrt, float eps, float step_size_neg, int maximize, int nthreads) {
-    const int use_decay = decay != 1.0f;
+    /* Options as exact arithmetic where that is safe (x * 1 == x and x * -1 == -x, NaN and -0 included), so the
+       loops stay branch-free and vectorise; coupled weight decay stays a select (fmaf(p, 0, d) is not d when p
+       is infinite or d is -0). */
     const int use_wd = weight_decay != 0.0f;
     const int small = fabsf(lerp_weight) < 0.5f;
     const float coeff = small ? lerp_weight : lerp_weight - 1.0f;
-    #pragma omp parallel for num_threads(nthreads > 1 && n >= 32768 ? nthreads : 1) schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-        float d = g[i] * (float)mask[i];
-        d = maximize ? -d : d;
-        d = use_wd ? fmaf(p[i], weight_decay, d) : d;
-        const float a = m[i];
-        const float mean = fmaf(coeff, d - a, small ? a : d);
-        m[i] = mean;
-        const float s = fmaf(one_minus_beta2 * d, d, v[i] * beta2);
-        v[i] = s;
-        float r = s;
-        if (vmax) {
-            const float old = vmax[i];
-            r = (old != old || s != s) ? old + s : (s > old ? s : old); /* maximum(): NaN wins */
-            vmax[i] = r;
+    const float base_is_mean = small ? 1.0f : 0.0f;
+    const float sign = maximize ? -1.0f : 1.0f;
+    const int threads = nthreads > 1 && n >= 32768 ? nthreads : 1;
+    if (vmax) {
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            adam_torch_fused_element(i, p, g, m, v, vmax, mask, decay, weight_decay, base_is_mean, coeff, beta2,
+                                     one_minus_beta2, bias_correction2_sqrt, eps, step_size_neg, sign, use_wd);
         }
-        const float denom = sqrtf(r) / bias_correction2_sqrt + eps;
-        const float q = use_decay ? p[i] * decay : p[i];
-        p[i] = q + (step_size_neg * mean) / denom;
+    } else {
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            adam_torch_fused_element(i, p, g, m, v, 0, mask, decay, weight_decay, base_is_mean, coeff, beta2,
+                                     one_minus_beta2, bias_correction2_sqrt, eps, step_size_neg, sign, use_wd);
+        }
     }
 }
