@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
                         help="wall time, or CPU time of the calling thread (1 thread on a shared machine)")
     parser.add_argument("--case", choices=("all", "mlp", "resnet20"), default="all", help="which model(s) to time")
+    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None, help="time only this optimizer")
     parser.add_argument("--doc", default="overhead", help="write docs/benchmarks/<DOC>.md (default: overhead)")
     parser.add_argument("--all-rows", action="store_true",
                         help="also time the fused_step=False rows of ResNet-20 (doubles the run time)")
@@ -112,6 +113,8 @@ def main() -> None:
     if args.case == "resnet20":
         cases = list(CASES)[1:]
     optimizers = list(OPTIMIZERS)[:2] if args.quick else list(OPTIMIZERS)
+    if args.optimizer:
+        optimizers = [args.optimizer]
     repeats = 2 if args.quick else args.repeats
     rows = []
     for case in cases:
