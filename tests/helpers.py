@@ -158,6 +158,11 @@ def method_kwargs(method: str, total_steps: int, sparsity: float = 0.8) -> dict:
     return {k: v for k, v in common.items() if k != "update_every"}
 
 
+def ranking(choice: str) -> dict:
+    """Options for a ranking named as the tests parametrize it: "global" is the scope, the rest distributions."""
+    return {"scope": "global"} if choice == "global" else {"distribution": choice}
+
+
 def make_sparsifier(method: str, model: nn.Module, optimizer: torch.optim.Optimizer | None, total_steps: int,
                     **overrides) -> Sparsifier:
     """``sparsetrain.METHODS[method]`` with :func:`method_kwargs` updated by ``overrides``."""

@@ -131,7 +131,7 @@ def test_bad_yaml_config_exits_2_without_traceback(tmp_path):
     result = _cli("train", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "sparsetrain: error: sparse.distribution='diagonal' is not allowed; choose one of uniform, er, erk, global"]
+        "sparsetrain: error: sparse.distribution='diagonal' is not allowed; choose one of uniform, er, erk"]
     assert "Traceback" not in result.stderr
 
 

@@ -119,7 +119,13 @@ def test_uniform_counts_are_within_one_of_each_share(shapes, sparsity):
        distribution=st.sampled_from(["uniform", "er", "erk", "global"]), seed=st.integers(0, 10))
 def test_random_masks_are_bool_with_the_allocated_counts(shapes, sparsity, distribution, seed):
     params = {n: torch.empty(s) for n, s in shapes.items()}
-    masks = random_masks(params, sparsity, distribution, torch.Generator().manual_seed(seed))
+
+    def draw():
+        if distribution == "global":  # "global" is a scope: one draw over all tensors
+            return random_masks(params, sparsity, "uniform", torch.Generator().manual_seed(seed), scope="global")
+        return random_masks(params, sparsity, distribution, torch.Generator().manual_seed(seed))
+
+    masks = draw()
     assert all(m.dtype == torch.bool and m.shape == params[n].shape for n, m in masks.items())
     counts = {n: int(m.sum()) for n, m in masks.items()}
     total = sum(p.numel() for p in params.values())
@@ -129,13 +135,17 @@ def test_random_masks_are_bool_with_the_allocated_counts(shapes, sparsity, distr
     else:
         assert counts == allocate(shapes, sparsity, distribution)
     # Same generator seed -> same masks (every rank and device draws alike).
-    again = random_masks(params, sparsity, distribution, torch.Generator().manual_seed(seed))
+    again = draw()
     assert all(torch.equal(masks[n], again[n]) for n in masks)
 
 
 def test_check_distribution_names_the_value_and_the_choices():
     assert check_distribution("ERK") == "erk"
-    with pytest.raises(ValueError, match=r"distribution='gaussian'.*uniform, er, erk, global"):
+    with pytest.raises(ValueError, match=r"distribution='gaussian'.*uniform, er, erk$"):
         check_distribution("gaussian")
+    # "global" is a scope, not a distribution: the message says where it went.
+    with pytest.raises(ValueError, match=r"distribution='global' is not allowed: 'global' is a scope, not a "
+                                         r"distribution: use scope='global'"):
+        check_distribution("global")
     with pytest.raises(ValueError, match=r"distribution='nope'"):
         allocate({"a": (2, 2)}, 0.5, "nope")

@@ -125,6 +125,34 @@ def _load_wrong_masks(cwd):
     sparsifier.load_state_dict(state)
 
 
+def _gmp_global_distribution(cwd):
+    sparsetrain.GMP(*_model_and_optimizer(), sparsity=0.9, total_steps=100, distribution="global")
+
+
+def _gmp_global_scope_with_distribution(cwd):
+    sparsetrain.GMP(*_model_and_optimizer(), sparsity=0.9, total_steps=100, scope="global", distribution="erk")
+
+
+def _lottery_layerwise(cwd):
+    sparsetrain.lottery.LotteryConfig(scope="layerwise")
+
+
+def _rigl_unknown_option(cwd):
+    sparsetrain.RigL(*_model_and_optimizer(), sparsity=0.9, total_steps=100, drop_frac=0.3)
+
+
+def _granet_without_sparsity(cwd):
+    sparsetrain.GraNet(*_model_and_optimizer(), total_steps=100)
+
+
+def _static_float_masks(cwd):
+    sparsetrain.Static(*_model_and_optimizer(), total_steps=10, masks={"0.weight": torch.ones(8, 4)})
+
+
+def _static_unknown_mask_name(cwd):
+    sparsetrain.Static(*_model_and_optimizer(), total_steps=10, masks={"9.weight": torch.ones(8, 4, dtype=torch.bool)})
+
+
 #: row number -> (argv or API callable, set-up or None); the rows' inputs and messages live in docs/errors.md.
 CASES = {
     1: (_train("--sparsity", "1.2"), None),
@@ -176,6 +204,16 @@ CASES = {
     47: (_unknown_override, None),
     48: (_load_truncated, _cut_file),
     49: (_load_wrong_masks, None),
+    50: (_train("--distribution", "global"), None),
+    51: (_train("--sparse-scope", "layerwise"), None),
+    52: (_train("--method-option", "scope=global"), None),
+    53: (_gmp_global_distribution, None),
+    54: (_gmp_global_scope_with_distribution, None),
+    55: (_lottery_layerwise, None),
+    56: (_rigl_unknown_option, None),
+    57: (_granet_without_sparsity, None),
+    58: (_static_float_masks, None),
+    59: (_static_unknown_mask_name, None),
 }
 _RUNS: dict[str, str] = {}
 

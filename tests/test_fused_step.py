@@ -94,7 +94,7 @@ def assert_identical(a, b) -> None:
 
 
 def kernel_updates(sparsifier) -> int:
-    return sparsifier._masked_step.tensors_updated if sparsifier._masked_step is not None else 0
+    return sparsifier.enforcer._masked_step.tensors_updated if sparsifier.enforcer._masked_step is not None else 0
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
@@ -203,7 +203,7 @@ def test_grad_scaler_arguments_fall_back() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     sparsifier = sparsetrain.Static(model, optimizer, sparsity=0.8, total_steps=10)
     model(torch.randn(4, 3, 7, 7)).sum().backward()
-    sparsifier._before_optimizer_step(optimizer, (optimizer,), {"grad_scale": torch.ones(()), "found_inf": None})
+    sparsifier.enforcer._before_optimizer_step(optimizer, (optimizer,), {"grad_scale": torch.ones(()), "found_inf": None})
     assert kernel_updates(sparsifier) == 0
     for name, mask in sparsifier.masks.items():
         assert sparsifier.params[name].grad is not None and not sparsifier.params[name].grad[~mask].any()
@@ -225,7 +225,7 @@ def test_sparsetrain_native_0_still_trains(tmp_path: Path) -> None:
         "s = sparsetrain.RigL(m, o, sparsity=0.7, total_steps=6, update_every=2)\n"
         "for _ in range(6):\n"
         "    m(torch.randn(3, 20)).sum().backward(); o.step(); s.step(); o.zero_grad()\n"
-        "assert s._masked_step is None and MaskedStep.unsupported(o) == 'native kernels unavailable'\n"
+        "assert s.enforcer._masked_step is None and MaskedStep.unsupported(o) == 'native kernels unavailable'\n"
         "assert not m.weight[~s.masks['weight']].any()\n"
         "print('ok')\n"
     )
@@ -294,9 +294,9 @@ def test_float_mask_copies_are_freed_while_the_kernel_serves_every_tensor() -> N
     """The plain path keeps float copies of the masks (4 bytes per weight); the fused path reads the bool masks."""
     fused = train("granet", OPTIMIZERS["sgd-momentum-wd"], fused=True, steps=STEPS)  # ends on an update step
     assert fused[2].is_update_step(STEPS)
-    assert fused[2]._multipliers == {}
+    assert fused[2].enforcer._multipliers == {}
     plain = train("granet", OPTIMIZERS["sgd-momentum-wd"], fused=False, steps=STEPS)
-    assert set(plain[2]._multipliers) == set(plain[2].masks)
+    assert set(plain[2].enforcer._multipliers) == set(plain[2].masks)
 
 
 class RoundNet(nn.Module):

@@ -15,17 +15,10 @@ from sparsetrain.sparsifier import Sparsifier
 
 
 class Scripted(Sparsifier):
-    """A sparsifier whose masks follow a script: step -> masks."""
+    """A sparsifier whose masks follow a script (step -> masks), started from given masks."""
 
     method = "scripted"
-
-    def __init__(self, model, optimizer, script, first):
-        self.script, self.first = script, first
-        super().__init__(model, optimizer, sparsity=0.5, total_steps=10)
-        self._start()
-
-    def initial_masks(self):
-        return {n: m.clone() for n, m in self.first.items()}
+    script: dict = {}
 
     def is_update_step(self, step):
         return step in self.script
@@ -44,7 +37,8 @@ def test_itop_of_a_scripted_topology_change():
         1: {"0.weight": t([[False, True], [False, False]]), "1.weight": t([[True, True], [False, False]])},
         2: {"0.weight": t([[False, False], [True, False]]), "1.weight": t([[False, False], [True, True]])},
     }
-    sparsifier = Scripted(model, optimizer, script, first)
+    sparsifier = Scripted(model, optimizer, masks=first, sparsity=0.5, total_steps=10)
+    sparsifier.script = script
     assert itop_by_layer(sparsifier) == {"0.weight": 0.25, "1.weight": 0.5}
     for _ in range(3):
         model(torch.ones(1, 2)).sum().backward()

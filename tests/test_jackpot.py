@@ -8,8 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsetrain.init_pruning import keep_top
 from sparsetrain.lottery import find_jackpot, mask_iou, restrict_changes
+from sparsetrain.selection import budget, keep_top
+
+
+def _top(scores, sparsity):
+    """Every tensor at ``sparsity``, ranked on its own (the uniform distribution)."""
+    return keep_top(scores, budget(scores, sparsity, distribution="uniform"))
 
 
 def data(seed: int = 0, n: int = 96) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -53,7 +58,7 @@ def test_short_restriction_caps_flips_per_step_and_keeps_counts() -> None:
     masks, info = find_jackpot(net, 0.7, data(), steps=10, lr=0.5, max_changes_per_step=6)
     assert max(info["changes_per_step"]) <= 6 and sum(info["changes_per_step"]) > 0
     assert all(c % 2 == 0 for c in info["changes_per_step"])
-    magnitude = keep_top({n: net.get_parameter(n).detach().abs() for n in masks}, 0.7, "uniform")
+    magnitude = _top({n: net.get_parameter(n).detach().abs() for n in masks}, 0.7)
     assert {n: int(m.sum()) for n, m in masks.items()} == {n: int(m.sum()) for n, m in magnitude.items()}
     flipped = sum(int((masks[n] ^ magnitude[n]).sum()) for n in masks)
     assert flipped <= sum(info["changes_per_step"])
@@ -62,7 +67,7 @@ def test_short_restriction_caps_flips_per_step_and_keeps_counts() -> None:
 def test_no_steps_gives_the_magnitude_mask() -> None:
     net = trained_net()
     masks, info = find_jackpot(net, 0.9, data(), steps=0)
-    magnitude = keep_top({n: net.get_parameter(n).detach().abs() for n in masks}, 0.9, "uniform")
+    magnitude = _top({n: net.get_parameter(n).detach().abs() for n in masks}, 0.9)
     assert all(torch.equal(masks[n], magnitude[n]) for n in masks)
     assert info["iou_with_magnitude"] == 1.0 and info["accuracy_after"] == info["accuracy_before"]
 
@@ -71,7 +76,7 @@ def test_scores_get_the_straight_through_gradient() -> None:
     net = trained_net()
     x, y = data()[0]
     names = ["0.weight", "4.weight"]
-    masks0 = keep_top({n: net.get_parameter(n).detach().abs() for n in names}, 0.5, "uniform")
+    masks0 = _top({n: net.get_parameter(n).detach().abs() for n in names}, 0.5)
     # One plain SGD step: s <- |w| - lr * dL/d(w*m) * w.
     effective = {n: (net.get_parameter(n).detach() * masks0[n]).requires_grad_(True) for n in names}
     out = torch.func.functional_call(net, effective, (x,))

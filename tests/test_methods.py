@@ -22,6 +22,7 @@ from helpers import (
     make_optimizer,
     make_sparsifier,
     nonzero_counts,
+    ranking,
     pruned_entries_zero,
     pruned_state_zero,
     train_step,
@@ -42,7 +43,7 @@ def expected_counts(sp, method: str, step: int) -> dict[str, int] | None:
     """Per-tensor nonzeros the allocation gives after ``step`` (None where only the total is fixed)."""
     if method in ("rigl", "set", "snfs", "static"):
         return allocate(shapes_of(sp), sp.sparsity, "erk")
-    if sp.distribution == "global":
+    if sp.scope == "global":
         return None
     # Layer-wise GMP / GraNet: after the last pruning step at or before `step`, each tensor holds the
     # allocation at the schedule's sparsity there (GraNet's regrowth keeps each tensor's count).
@@ -179,7 +180,7 @@ def test_regrow_modes(method, mode):
 
 @pytest.mark.parametrize("distribution", ["uniform", "global"])
 def test_gmp_prunes_the_smallest_magnitudes_layerwise_or_globally(distribution):
-    sp, records = _run_collecting("gmp", "cnn", 16, distribution=distribution)
+    sp, records = _run_collecting("gmp", "cnn", 16, **ranking(distribution))
     assert [r["step"] for r in records] == [3, 6, 8]
     for rec in records:
         s_t = sp.target_sparsity(rec["step"])
@@ -202,7 +203,7 @@ def test_granet_dense_and_sparse_start(initial_sparsity, distribution):
     model = make_model("cnn")
     optimizer = make_optimizer("sgd", model)
     sp = make_sparsifier("granet", model, optimizer, T, initial_sparsity=initial_sparsity,
-                         distribution=distribution)
+                         **ranking(distribution))
     if initial_sparsity == 0.0:
         assert all(bool(m.all()) for m in sp.masks.values())
     else:  # GraNet-ST starts from an ERK random mask at s_i
@@ -291,7 +292,7 @@ def test_static_never_changes_and_accepts_given_masks():
 @pytest.mark.parametrize("distribution", ["uniform", "global"])
 def test_gmp_prunes_overridden_tensors_by_magnitude_on_the_schedule(distribution):
     """Pinned tensors start dense like the rest and follow their own target on the cubic schedule."""
-    sp, records = _run_collecting("gmp", "mlp", 16, distribution=distribution, dense_first=True,
+    sp, records = _run_collecting("gmp", "mlp", 16, **ranking(distribution), dense_first=True,
                                   sparsity_overrides={"fc2.weight": 0.5})
     assert [r["step"] for r in records] == [3, 6, 8]
     assert all(bool(m.all()) for m in records[0]["old"].values())  # dense at the start, no random pruning
@@ -403,7 +404,7 @@ def test_invariants_over_random_models(data, method, opt, sparsity, distribution
     model, _ = _random_model_with_input(data, in_channels)
     optimizer = make_optimizer(opt, model)
     steps = 10
-    options = {"distribution": distribution, "mask_gradients": mask_gradients}
+    options = {**ranking(distribution), "mask_gradients": mask_gradients}
     if method == "gmp" and distribution in ("er", "erk"):
         options["distribution"] = "uniform"
     sp = make_sparsifier(method, model, optimizer, steps, sparsity=sparsity, **options)

@@ -151,7 +151,8 @@ def test_caller_model_and_global_rng_are_untouched(method: str) -> None:
 @pytest.mark.parametrize("distribution", ["global", "uniform", "erk"])
 def test_exact_counts(method: str, distribution: str) -> None:
     model = two_layer(hidden=9)
-    masks = prune_at_init(model, method, 0.7, tiny_data(), distribution=distribution, input_shape=(5,), rounds=4)
+    ranking = {"scope": "global"} if distribution == "global" else {"distribution": distribution}
+    masks = prune_at_init(model, method, 0.7, tiny_data(), **ranking, input_shape=(5,), rounds=4)
     shapes = {n: tuple(m.shape) for n, m in masks.items()}
     if distribution == "global":
         assert sum(int(m.sum()) for m in masks.values()) == round(0.3 * (45 + 36))

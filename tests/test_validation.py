@@ -120,13 +120,17 @@ def test_types_of_model_optimizer_seed_and_switches():
             sparsetrain.RigL(mlp(), None, **{switch: "no"}, **M)
     with pytest.raises(TypeError, match=r"regrow_after_pruning=0 is not allowed: it must be True or False"):
         sparsetrain.GraNet(mlp(), None, regrow_after_pruning=0, **M)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'prune_end'"):
-        sparsetrain.RigL(mlp(), None, prune_end=3, **M)  # options of another method are not silently ignored
+    # Options of another method are not silently ignored: the declared options are listed instead.
+    with pytest.raises(TypeError, match=r"prune_end=3 is not allowed: RigL has no such option; allowed: dense_first, "):
+        sparsetrain.RigL(mlp(), None, prune_end=3, **M)
 
 
 def test_static_given_masks_must_fit():
-    with pytest.raises(ValueError, match=r"masks: names \['fc2.weight', 'fc3.weight'\] do not match"):
-        sparsetrain.Static(mlp(), None, masks={"fc1.weight": torch.ones(20, 12, dtype=torch.bool)}, **M)
+    # The masks name the tensors to sparsify (here fc1 only); a name that is not a parameter is refused.
+    only_fc1 = sparsetrain.Static(mlp(), None, masks={"fc1.weight": torch.ones(20, 12, dtype=torch.bool)}, **M)
+    assert list(only_fc1.masks) == ["fc1.weight"]
+    with pytest.raises(ValueError, match=r"masks: 'fc9.weight' is not a parameter of the model; parameters are e.g."):
+        sparsetrain.Static(mlp(), None, masks={"fc9.weight": torch.ones(20, 12, dtype=torch.bool)}, **M)
     shapes_wrong = {n: torch.ones(2, 2, dtype=torch.bool) for n in ("fc1.weight", "fc2.weight", "fc3.weight")}
     with pytest.raises(ValueError, match=r"masks\['fc1.weight'\] has shape \(2, 2\), the parameter has \(20, 12\)"):
         sparsetrain.Static(mlp(), None, masks=shapes_wrong, **M)

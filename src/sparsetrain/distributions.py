@@ -1,9 +1,10 @@
-"""Allocation of a sparsity budget across tensors: uniform, ER, ERK (and the name "global").
+"""Allocation of a sparsity budget across tensors: uniform, ER and ERK.
 
 A distribution is a pure function from tensor shapes and a total sparsity to an exact number of nonzeros
 per tensor. ``fixed`` pins some tensors (per-tensor overrides, dense first/last layers) and the rest share what
-is left of the budget. "global" is not an allocation but a ranking: one threshold over all tensors, applied by
-the caller at pruning time (for random masks, see :mod:`sparsetrain.masks`).
+is left of the budget. Ranking all tensors together under one budget is not a distribution but a *scope*
+(``scope="global"``, :mod:`sparsetrain.selection`): a distribution says how much each tensor keeps when each
+tensor is ranked on its own (``scope="layer"``).
 
 ER and ERK follow Mocanu et al. (2018) and Evci et al. (2020, RigL): the density of a tensor is proportional to
 ``sum(shape) / prod(shape)`` (ERK, "kernel" dims included) or ``(n_in + n_out) / (n_in * n_out)`` (ER), scaled
@@ -15,16 +16,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .topk import exact_counts
 
 __all__ = ["DISTRIBUTIONS", "allocate", "erk_densities", "check_distribution"]
 
-DISTRIBUTIONS = ("uniform", "er", "erk", "global")
+DISTRIBUTIONS = ("uniform", "er", "erk")
 
 
-def check_distribution(distribution: str, name: str = "distribution") -> str:
-    """Validate a distribution name (case-insensitive) and return it lower-cased."""
+def check_distribution(distribution: Any, name: str = "distribution", instead: str | None = "scope='global'") -> str:
+    """Validate a distribution name (case-insensitive) and return it lower-cased.
+
+    Args:
+        distribution: the value to check.
+        name: the argument's name, for the message.
+        instead: how to ask for one ranking over all tensors where ``name`` is used (said when the value is
+            "global", the old spelling of that scope), or None where no global ranking is offered.
+
+    Raises:
+        ValueError: not one of :data:`DISTRIBUTIONS`.
+    """
+    if isinstance(distribution, str) and distribution.lower() == "global":
+        advice = f": use {instead}" if instead else f"; allowed: {', '.join(DISTRIBUTIONS)}"
+        raise ValueError(f"{name}={distribution!r} is not allowed: 'global' is a scope, not a distribution{advice}")
     if not isinstance(distribution, str) or distribution.lower() not in DISTRIBUTIONS:
         raise ValueError(f"{name}={distribution!r} is not a known distribution; allowed: {', '.join(DISTRIBUTIONS)}")
     return distribution.lower()
@@ -100,7 +115,7 @@ def allocate(
     Args:
         shapes: name -> shape.
         sparsity: target sparsity over all tensors, in [0, 1).
-        distribution: "uniform", "er" or "erk" ("global" has no static allocation: see module docstring).
+        distribution: "uniform", "er" or "erk".
         fixed: name -> sparsity pinned for that tensor (overrides, dense layers).
 
     Returns:
@@ -109,14 +124,14 @@ def allocate(
     distribution = check_distribution(distribution)
     fixed_density = {n: 1.0 - s for n, s in (fixed or {}).items()}
     numel = {name: math.prod(shape) for name, shape in shapes.items()}
-    if distribution in ("uniform", "global"):
+    if distribution == "uniform":
         # Uniform: every free tensor at the target sparsity (Zhu & Gupta); pinned tensors change the total.
         densities = {n: fixed_density.get(n, 1.0 - sparsity) for n in shapes}
     else:
         densities = erk_densities(shapes, 1.0 - sparsity, kind=distribution, fixed=fixed_density)
     counts = {n: round(fixed_density[n] * numel[n]) for n in fixed_density}
     free = [n for n in shapes if n not in fixed_density]
-    if distribution in ("uniform", "global"):
+    if distribution == "uniform":
         # Each tensor rounded on its own: a count never grows as the sparsity rises, which gradual pruning
         # needs (largest-remainder rounding across tensors can move a weight from one tensor to another).
         counts.update({n: min(numel[n], math.floor(densities[n] * numel[n] + 0.5)) for n in free})

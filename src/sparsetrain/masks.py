@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .distributions import allocate
-from .topk import topk_mask
+from .selection import Budget, budget, keep_top
 
 __all__ = [
     "PRUNABLE_MODULES",
     "select_prunable",
+    "select_named",
     "resolve_overrides",
     "random_masks",
     "apply_masks",
@@ -136,6 +136,34 @@ def select_prunable(
     return chosen
 
 
+def select_named(model: nn.Module, names: Iterable[str], arg: str = "masks") -> dict[str, nn.Parameter]:
+    """The parameters named exactly ``names`` (e.g. the keys of given masks), in model order.
+
+    Args:
+        model: the model (a ``DistributedDataParallel`` / ``DataParallel`` wrapper is looked through).
+        names: fully-qualified parameter names.
+        arg: the argument the names come from, for messages.
+
+    Raises:
+        ValueError: no name, a name that is not a parameter of the model, or a tensor with fewer than 2 dims.
+    """
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    params = dict(model.named_parameters())
+    wanted = list(names)
+    if not wanted:
+        raise ValueError(f"{arg} must hold at least one tensor's mask, got none")
+    for name in wanted:
+        if name not in params:
+            raise ValueError(f"{arg}: {name!r} is not a parameter of the model; parameters are e.g. "
+                             f"{', '.join(list(params)[:6])}")
+        if params[name].dim() < 2:
+            raise ValueError(f"{arg}: {name!r} has shape {tuple(params[name].shape)}; only tensors with >= 2 dims "
+                             "can be sparsified")
+    chosen = set(wanted)
+    return {name: param for name, param in params.items() if name in chosen}
+
+
 def resolve_overrides(
     names: Sequence[str],
     overrides: Mapping[str, float] | None,
@@ -170,31 +198,29 @@ def random_masks(
     distribution: str,
     generator: torch.Generator,
     *,
+    scope: str = "layer",
     fixed: Mapping[str, float] | None = None,
 ) -> dict[str, Tensor]:
-    """Random masks with exact per-tensor counts from ``distribution``.
+    """Random masks with exact counts: per tensor from ``distribution``, or ``scope="global"``.
 
     Scores are drawn on the CPU from ``generator`` (so every device and every rank draws the same mask) and
-    the mask is moved to the parameter's device. "global" draws ``k`` positions uniformly over all tensors
-    together, so each tensor's density is uniform in expectation.
+    the mask is moved to the parameter's device. In the global scope the unpinned tensors' counts come from one
+    draw over all of them together (so each tensor's density is uniform in expectation), then each tensor draws
+    its mask with its count, as in the layer scope.
     """
     shapes = {n: tuple(p.shape) for n, p in params.items()}
-    if distribution == "global":
-        free = [n for n in shapes if n not in (fixed or {})]
-        total_free = sum(math.prod(shapes[n]) for n in free)
-        pinned = {n: round((1 - s) * math.prod(shapes[n])) for n, s in (fixed or {}).items()}
-        budget = round((1 - sparsity) * sum(math.prod(s) for s in shapes.values())) - sum(pinned.values())
-        scores = torch.rand(total_free, generator=generator)
-        keep = topk_mask(scores, min(max(budget, 0), total_free))
-        counts = dict(pinned)
-        for name, part in zip(free, torch.split(keep, [math.prod(shapes[n]) for n in free]), strict=True):
-            counts[name] = int(part.sum())
-    else:
-        counts = allocate(shapes, sparsity, distribution, fixed=fixed)
+    wanted = budget(shapes, sparsity, distribution=distribution, scope=scope, fixed=fixed)
+    counts = dict(wanted.counts)
+    pooled = [n for n in shapes if n not in counts]
+    if pooled:
+        sizes = [math.prod(shapes[n]) for n in pooled]
+        draw = torch.rand(sum(sizes), generator=generator)
+        keep = keep_top(dict(zip(pooled, torch.split(draw, sizes), strict=True)), Budget({}, wanted.global_count))
+        counts.update({name: int(keep[name].sum()) for name in pooled})
     masks = {}
     for name, param in params.items():
         scores = torch.rand(shapes[name], generator=generator)
-        masks[name] = topk_mask(scores, counts[name]).to(param.device)
+        masks[name] = keep_top({name: scores}, Budget({name: counts[name]}))[name].to(param.device)
     return masks
 
 

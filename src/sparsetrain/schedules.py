@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["cubic_sparsity", "cosine_decay", "UpdateCadence", "resolve_step"]
+__all__ = ["cubic_sparsity", "cosine_decay", "UpdateCadence", "check_point", "resolve_step"]
 
 
 def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int) -> float:
@@ -67,15 +68,30 @@ class UpdateCadence:
         return (step - self.start) % self.every == 0
 
 
-def resolve_step(value: int | float, total_steps: int, name: str) -> int:
-    """A point in training given as an int (steps) or a float in [0, 1] (fraction of ``total_steps``)."""
+def check_point(name: str, value: Any) -> int | float:
+    """A point in training: an int (a step, >= 0) or a float in [0, 1] (a fraction of ``total_steps``).
+
+    The type carries the meaning, so it is kept as given (``1`` is step 1, ``1.0`` the end of the run).
+
+    Raises:
+        TypeError: neither an int nor a float.
+        ValueError: a negative step, or a fraction outside [0, 1].
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be an int (steps) or a float in [0, 1] (fraction of total_steps), "
                         f"got {value!r}")
+    if isinstance(value, float) and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value!r}: a float must be a fraction of total_steps in [0, 1]")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{name}={value!r}: an int must be a step >= 0")
+    return value
+
+
+def resolve_step(value: int | float, total_steps: int, name: str) -> int:
+    """A point in training given as an int (steps) or a float in [0, 1] (fraction of ``total_steps``)."""
+    check_point(name, value)
     if isinstance(value, float):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name}={value!r}: a float must be a fraction of total_steps in [0, 1]")
         return int(round(value * total_steps))
-    if not 0 <= value <= total_steps:
+    if value > total_steps:
         raise ValueError(f"{name}={value!r}: an int must be a step in [0, total_steps={total_steps}]")
     return value

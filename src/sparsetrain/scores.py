@@ -37,5 +37,6 @@ def gradient_scores(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def random_scores(params: Mapping[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
-    """Uniform random scores drawn on the CPU from ``generator`` (identical on every device and rank)."""
+    """Uniform random scores drawn on the CPU from ``generator`` (identical on every device and rank), tensor by
+    tensor in the mapping's order (SET draws one tensor at a time, only for the tensors that grow)."""
     return {name: torch.rand(p.shape, generator=generator).to(p.device) for name, p in params.items()}

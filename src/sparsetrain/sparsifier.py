@@ -7,192 +7,210 @@ after ``optimizer.step()``::
     ...
     loss.backward(); optimizer.step(); sparsifier.step(); optimizer.zero_grad()
 
-How pruned weights stay exactly zero cheaply: an optimizer *step pre-hook* zeroes the gradients of inactive
-weights before the optimizer runs. With a zero weight, a zero gradient and zero optimizer state, every
-``torch.optim`` update (momentum, Nesterov, coupled or decoupled weight decay, Adam moments) leaves the weight at
-zero, so on ordinary steps the weights and the state need no masking at all. On a topology-update step the
-gradients are left dense (RigL and GraNet grow by the dense gradient), and after the update the weights and the
-optimizer state are masked in full. ``mask_gradients=False`` selects the plain path instead: weights and state
-are masked after every step, as the official GraNet code does; both give identical weights.
+Like torch.ao.pruning's ``BaseSparsifier``, a sparsifier is its state (``masks``, the step, a random generator),
+``step()``, the method's ``update()`` and ``state_dict()``. Construction happens in two explicit phases:
 
-The fused step (``fused_step=True``, the default, used when possible): masking the gradients is itself a pass over
-memory, so for ``torch.optim.SGD``, ``Adam`` and ``AdamW`` (foreach or for-loop, and Adam/AdamW ``fused=True``;
-float32 CPU; details in :mod:`sparsetrain.fused_step`) the pre-hook runs the
-optimizer's update of the sparsified tensors in one native pass that reads the mask and uses ``grad * mask``
-without writing it back (:mod:`sparsetrain.fused_step`), with bit-identical results; those parameters' ``.grad``
-is set to None for the duration of ``optimizer.step()`` so that PyTorch updates only the rest (biases,
-normalisation layers) and restored afterwards. On that path ``.grad`` after ``optimizer.step()`` holds the
-*unmasked* gradient of the sparsified tensors (only its active entries were used). Other optimizers and options,
-a closure, GradScaler's ``grad_scale``/``found_inf`` arguments, or no C compiler fall back to masking the gradients.
+1. *build*, free of side effects: the options are validated against the method's declaration
+   (:mod:`sparsetrain.options`), the tensors to sparsify are selected, and the method's :meth:`setup` derives its
+   pure state (schedules, cadences);
+2. :meth:`attach`, the one place that touches the model and the optimizer: the initial masks are drawn (or taken
+   from ``masks=``), the pruned weights and their optimizer state are zeroed, and the mask enforcer
+   (:mod:`sparsetrain.enforcement`) hooks the optimizer.
 
-Steps are counted in optimizer steps: the sparsifier counts ``optimizer.step()`` calls with a post-hook, so a
-step that ``GradScaler`` skips (non-finite gradients) is not counted and changes nothing. A topology update
-whose gradients are not finite is skipped too.
+A method subclass declares its options (``options``, ``option_defaults``) and implements :meth:`setup`,
+:meth:`initial_masks`, :meth:`is_update_step` and :meth:`update`; it never overrides ``__init__``. Steps are
+counted in optimizer steps (see :mod:`sparsetrain.enforcement`); a topology update whose gradients are not finite
+is skipped.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from .distributions import allocate, check_distribution
-from .fused_step import MaskedStep
-from .masks import SparsityReport, apply_masks, random_masks, resolve_overrides, select_prunable, sparsity_report
-from .optim_state import mask_optimizer_state
+from .distributions import DISTRIBUTIONS, allocate, check_distribution
+from .enforcement import DenseMaskEnforcer, MaskEnforcer
+from .masks import SparsityReport, random_masks, resolve_overrides, select_named, select_prunable, sparsity_report
+from .options import REQUIRED, Option, OptionSet, declared
+from .selection import SCOPES, check_scope, resolve_scope
+from .validation import check_bool, check_bool_masks, check_int, check_positive_int, check_sparsity
 
-__all__ = ["Sparsifier", "check_bool", "check_choice", "check_fraction", "check_sparsity", "check_positive_int"]
+__all__ = ["Sparsifier"]
 
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
 
 
-def check_sparsity(name: str, value: Any) -> float:
-    """A sparsity must be a real number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value!r} is not allowed: a sparsity must be a number in [0, 1)")
-    return float(value)
+def _check_names(name: str, value: Any) -> Any:
+    """include / exclude: a name or regex, or a list of them (matched against the model at selection)."""
+    if isinstance(value, (str, list, tuple)):
+        return value
+    raise TypeError(f"{name}={value!r} is not allowed: it must be a parameter name or regex, or a list of them")
 
 
-def check_fraction(name: str, value: Any) -> float:
-    """A drop fraction must be a real number in (0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-        raise ValueError(f"{name}={value!r} is not allowed: a fraction must be a number in (0, 1]")
-    return float(value)
+def _check_overrides(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name}={value!r} is not allowed: it must be a mapping of parameter names or regexes to "
+                        "sparsities")
+    return dict(value)
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    """Step counts must be positive integers."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}={value!r} is not allowed: it must be a positive int")
-    if value <= 0:
-        raise ValueError(f"{name}={value!r} is not allowed: it must be a positive int (> 0)")
-    return value
-
-
-def check_bool(name: str, value: Any) -> bool:
-    """Switches must be real bools: ``bool("no")`` is True, so strings and numbers are refused."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}={value!r} is not allowed: it must be True or False")
-    return value
-
-
-def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
-    return value
+def _check_masks(name: str, value: Any) -> dict[str, Tensor]:
+    check_bool_masks(value, name)
+    return dict(value)
 
 
 class Sparsifier:
-    """Base of every method: masks, step counting, masking of weights and optimizer state, state dict.
-
-    Subclasses set ``method`` and override :meth:`initial_masks`, :meth:`is_update_step` and :meth:`update`.
+    """Base of every method: options, masks, step counting, state dict; enforcement through a mask enforcer.
 
     Args:
         model: any ``nn.Module``.
         optimizer: its optimizer (any ``torch.optim.Optimizer``), or None to mask weights only.
-        sparsity: final target sparsity in [0, 1).
+        **options: the method's options (:meth:`declared_options`; every method accepts the base options below).
+
+    Base options:
+        sparsity: final target sparsity in [0, 1) (default with ``masks``: the sparsity of the masks).
         total_steps: number of optimizer steps in the run (> 0); schedules are fractions of it.
-        distribution: layer-wise allocation, one of "uniform", "er", "erk", "global".
+        distribution: per-tensor allocation in the layer scope: "uniform", "er" or "erk".
+        scope: "layer" (each tensor ranked on its own, counts from ``distribution``) or "global" (one ranking over
+            all tensors); a distribution given without a scope means "layer".
         update_every: ΔT, optimizer steps between topology updates.
         include / exclude: parameter names or regexes (full match) to sparsify instead of / remove from the
             default selection (see :func:`sparsetrain.masks.select_prunable`).
         sparsity_overrides: name or regex -> sparsity pinned for those tensors.
         dense_first / dense_last: keep the first / last sparsified tensor dense.
         seed: seeds the sparsifier's own CPU generator (random masks, random growth).
-        mask_gradients: the fast path (see module docstring); False masks weights and state every step.
+        mask_gradients: keep pruned weights at zero through their gradients (see :mod:`sparsetrain.enforcement`);
+            False masks weights and state after every step.
         fused_step: with ``mask_gradients``, run the optimizer's update of the sparsified tensors in one native
-            masked pass when the optimizer and its options allow it (see module docstring); False always masks
-            the gradients and lets the optimizer do the whole step.
+            masked pass when the optimizer and its options allow it; False always masks the gradients.
+        masks: start from these masks (name -> bool tensor): they name the tensors to sparsify (no include /
+            exclude then) and give the default ``sparsity``. Methods at a fixed sparsity keep the masks' counts (a
+            ``sparsity`` given too is the run's nominal target, as a config's ``sparse.sparsity``); gradual
+            methods start from the masks' sparsity and prune towards ``sparsity``.
     """
 
     method: ClassVar[str] = "base"
+    #: The options this class adds to (or replaces in) its bases' declaration.
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("sparsity", REQUIRED, "final target sparsity of the sparsified tensors (default with masks: "
+               "theirs)", "float", check_sparsity, "a number in [0, 1)"),
+        Option("total_steps", REQUIRED, "optimizer steps in the run; schedules are fractions of it", "int",
+               check_positive_int, "an int > 0"),
+        Option("distribution", "erk", "per-tensor allocation of the sparsity in the layer scope", "str",
+               lambda name, value: check_distribution(value, name), ", ".join(DISTRIBUTIONS),
+               reference="Evci et al. 2020 (ERK)"),
+        Option("scope", "layer", "layer: each tensor ranked on its own; global: one ranking over all tensors (a "
+               "distribution given without a scope means layer)", "str", lambda name, value: check_scope(value, name),
+               ", ".join(SCOPES)),
+        Option("update_every", 100, "ΔT: optimizer steps between topology updates", "int", check_positive_int,
+               "an int > 0"),
+        Option("include", None, "parameter names or regexes to sparsify instead of the default selection", "names",
+               _check_names, none=True),
+        Option("exclude", None, "parameter names or regexes removed from the selection", "names", _check_names,
+               none=True),
+        Option("sparsity_overrides", None, "name or regex -> sparsity pinned for those tensors", "mapping",
+               _check_overrides, none=True),
+        Option("dense_first", False, "keep the first sparsified tensor dense", "bool", check_bool),
+        Option("dense_last", False, "keep the last sparsified tensor dense", "bool", check_bool),
+        Option("seed", 0, "seed of the sparsifier's own generator (random masks, random growth)", "int", check_int),
+        Option("mask_gradients", True, "keep pruned weights at zero through their gradients (False: mask weights "
+               "and optimizer state after every step, as the official GraNet code)", "bool", check_bool),
+        Option("fused_step", True, "update the sparsified tensors in one native masked pass where the optimizer "
+               "allows it (bit-identical)", "bool", check_bool),
+        Option("masks", None, "start from these masks (name -> bool tensor); they name the tensors to sparsify "
+               "and give the default sparsity", "mapping", _check_masks, "parameter name -> bool tensor", none=True,
+               stored=False),
+    )
+    #: name -> default: this class's defaults for options declared by a base.
+    option_defaults: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
-        *,
-        sparsity: float,
-        total_steps: int,
-        distribution: str = "erk",
-        update_every: int = 100,
-        include: str | Iterable[str] | None = None,
-        exclude: str | Iterable[str] | None = None,
-        sparsity_overrides: Mapping[str, float] | None = None,
-        dense_first: bool = False,
-        dense_last: bool = False,
-        seed: int = 0,
-        mask_gradients: bool = True,
-        fused_step: bool = True,
-    ) -> None:
+    _declaration: ClassVar[OptionSet]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._declaration = declared(cls)
+        cls.__signature__ = _signature(cls._declaration)
+
+    @classmethod
+    def declared_options(cls) -> OptionSet:
+        """The options of this method: its own and its bases', with this class's defaults."""
+        return cls._declaration
+
+    # -- build: no side effects -----------------------------------------------------------------------------------
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
-        self.sparsity = check_sparsity("sparsity", sparsity)
-        self.total_steps = check_positive_int("total_steps", total_steps)
-        self.distribution = check_distribution(distribution)
-        self.update_every = check_positive_int("update_every", update_every)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed={seed!r} is not allowed: it must be an int")
+        declaration = self.declared_options()
+        values = declaration.validate(options)
         self.model = model
         self.optimizer = optimizer
-        for switch, value in (("dense_first", dense_first), ("dense_last", dense_last),
-                              ("mask_gradients", mask_gradients), ("fused_step", fused_step)):
-            check_bool(switch, value)
-        self.params: dict[str, nn.Parameter] = select_prunable(model, include=include, exclude=exclude)
-        self.fixed = resolve_overrides(
-            list(self.params), sparsity_overrides, dense_first=dense_first, dense_last=dense_last
-        )
-        self.mask_gradients = bool(mask_gradients)
-        self.fused_step = bool(fused_step)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.config: dict[str, Any] = {
-            "sparsity": self.sparsity, "total_steps": self.total_steps, "distribution": self.distribution,
-            "update_every": self.update_every, "include": include, "exclude": exclude,
-            "sparsity_overrides": dict(sparsity_overrides or {}), "dense_first": dense_first,
-            "dense_last": dense_last, "seed": seed, "mask_gradients": self.mask_gradients,
-            "fused_step": self.fused_step,
-        }
+        #: The option names given explicitly (the others are at their declared defaults).
+        self.given = frozenset(options)
+        #: Construction-only inputs (options with ``stored=False``), for :meth:`setup` and :meth:`initial_masks`;
+        #: emptied by :meth:`attach`.
+        self.inputs = {name: values[name] for name, option in declaration.items() if not option.stored}
+        given_masks = self.inputs.get("masks")
+        if given_masks is None:
+            self.params: dict[str, nn.Parameter] = select_prunable(model, include=values["include"],
+                                                                   exclude=values["exclude"])
+        else:
+            values["sparsity"] = self._masks_sparsity(given_masks, values)
+        for name, value in values.items():
+            if value is REQUIRED:
+                raise TypeError(f"{type(self).__name__}: {name} is required" +
+                                (" (or masks=..., whose sparsity is then used)" if name == "sparsity" else ""))
+        values["scope"], values["distribution"] = resolve_scope(
+            values["scope"] if "scope" in options else None,
+            values["distribution"] if "distribution" in options else None,
+            default_scope=self.default_scope(values), default_distribution=values["distribution"])
+        for name, option in declaration.items():
+            if option.stored:
+                setattr(self, name, values[name])
+        self.config: dict[str, Any] = {name: values[name] for name, option in declaration.items() if option.stored}
+        self.fixed = resolve_overrides(list(self.params), values["sparsity_overrides"],
+                                       dense_first=values["dense_first"], dense_last=values["dense_last"])
+        self.generator = torch.Generator().manual_seed(values["seed"])
         self.step_count = 0
-        self._optimizer_steps = 0
-        self._hooks: list[Any] = []
         self.masks: dict[str, Tensor] = {}
         self.ever_active: dict[str, Tensor] = {}
-        # The masks in each parameter's dtype: multiplying by a float tensor is about twice as fast as by a bool
-        # one, and this runs on every step. Rebuilt whenever the masks change.
-        self._multipliers: dict[str, Tensor] = {}
-        self._multiplier_sources: dict[str, Tensor] = {}
-        # The fused step: its stepper (built on first use), the gradients hidden from the optimizer during one
-        # step, and the last path logged.
-        self._masked_step: MaskedStep | None = None
-        self._held_grads: list[tuple[Tensor, Tensor]] = []
-        self._logged_path: str | None = None
-        self._all_fused = False  # the last ordinary step ran every sparsified tensor through the kernel
+        self.enforcer: MaskEnforcer = DenseMaskEnforcer(self.params, optimizer, self,
+                                                         mask_gradients=values["mask_gradients"],
+                                                         fused_step=values["fused_step"])
+        self.setup()
+        self.attach()
 
-    # -- set-up, called by subclasses at the end of their __init__ -------------------------------------------------
-    def _start(self) -> None:
-        """Draw the initial masks, zero the pruned weights and state, and hook the optimizer."""
-        self.masks = self.initial_masks()
-        self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}
-        self.apply_masks()
-        if self.optimizer is not None:
-            self._hooks = [
-                self.optimizer.register_step_pre_hook(self._before_optimizer_step),
-                self.optimizer.register_step_post_hook(self._after_optimizer_step),
-            ]
-        logger.info("%s: %d tensors sparsified, sparsity %.4f at step 0", type(self).__name__, len(self.masks),
-                    self.current_sparsity())
+    def _masks_sparsity(self, masks: Mapping[str, Tensor], values: dict[str, Any]) -> float:
+        """Select the tensors ``masks`` name, check the masks fit, and return the sparsity to use."""
+        if values["include"] is not None or values["exclude"] is not None:
+            raise ValueError("give masks=... or include/exclude, not both: the masks name the tensors to sparsify")
+        self.params = select_named(self.model, masks, "masks")
+        for name, param in self.params.items():
+            if tuple(masks[name].shape) != tuple(param.shape):
+                raise ValueError(f"masks[{name!r}] has shape {tuple(masks[name].shape)}, the parameter has "
+                                 f"{tuple(param.shape)}")
+        total = sum(m.numel() for m in masks.values())
+        kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
+        return 1.0 - kept / total if values["sparsity"] is REQUIRED else values["sparsity"]
+
+    def default_scope(self, values: Mapping[str, Any]) -> str:
+        """The scope used when neither a scope nor a distribution is given. Default: the declared one."""
+        return values["scope"]
 
     # -- what subclasses define -----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Derive the method's pure state from its options (schedules, cadences); no side effects. Default: none."""
+
     def initial_masks(self) -> dict[str, Tensor]:
-        """Masks at step 0. Default: all dense."""
+        """Masks at step 0 when none are given (``masks=``). Default: all dense."""
         return {name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()}
 
     def is_update_step(self, step: int) -> bool:
@@ -200,166 +218,82 @@ class Sparsifier:
         return False
 
     def update(self, step: int) -> dict[str, Tensor]:
-        """Change ``self.masks`` in place for step ``step``; return positions whose weights and state restart at 0."""
+        """Change ``self.masks`` for step ``step``; return positions whose weights and state restart at 0."""
         return {}
 
+    # -- attach: the one place with side effects ------------------------------------------------------------------
+    def attach(self) -> None:
+        """Draw (or take) the initial masks, zero the pruned weights and their optimizer state, hook the optimizer."""
+        given = self.inputs.get("masks")
+        if given is not None:
+            self.masks = {name: given[name].detach().to(param.device).clone() for name, param in self.params.items()}
+        else:
+            self.masks = self.initial_masks()
+        self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}
+        self.inputs = {}
+        self.enforcer.apply(self.masks)
+        self.enforcer.attach()
+        logger.info("%s: %d tensors sparsified, sparsity %.4f at step 0", type(self).__name__, len(self.masks),
+                    self.current_sparsity())
+
     # -- shared helpers for subclasses ----------------------------------------------------------------------------
-    def random_masks(self, sparsity: float, distribution: str) -> dict[str, Tensor]:
-        """Random masks with exact counts (see :func:`sparsetrain.masks.random_masks`)."""
-        return random_masks(self.params, sparsity, distribution, self.generator, fixed=self.fixed)
+    def random_masks(self, sparsity: float, distribution: str | None = None, *, scope: str | None = None,
+                     fixed: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+        """Random masks with exact counts (see :func:`sparsetrain.masks.random_masks`); defaults: this
+        sparsifier's distribution, scope and pinned tensors."""
+        return random_masks(self.params, sparsity, distribution or self.distribution, self.generator,
+                            scope=scope or self.scope, fixed=self.fixed if fixed is None else fixed)
 
     def allocation(self, sparsity: float, distribution: str | None = None) -> dict[str, int]:
-        """Nonzeros per tensor at ``sparsity`` under a static distribution (overrides pinned)."""
+        """Nonzeros per tensor at ``sparsity`` under a distribution in the layer scope (overrides pinned)."""
         shapes = {name: tuple(p.shape) for name, p in self.params.items()}
         return allocate(shapes, sparsity, distribution or self.distribution, fixed=self.fixed)
 
     # -- the loop -----------------------------------------------------------------------------------------------
-    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
-        # torch passes ``args`` with the optimizer itself first; a positional closure comes next.
-        first = 1 if args and args[0] is optimizer else 0
-        closure = kwargs.get("closure", args[first] if len(args) > first else None)
-        self._held_grads = []
-        if closure is None:
-            # GradScaler hands fused optimizers the scale: the gradients are still scaled, leave them to torch.
-            self._prepare_gradients(fusable="grad_scale" not in kwargs and "found_inf" not in kwargs)
-            return None
-
-        # With a closure (Lightning, LBFGS) the gradients only exist once the closure has run inside step().
-        def closure_then_prepare() -> Any:
-            loss = closure()
-            self._prepare_gradients(fusable=False)
-            return loss
-
-        if "closure" in kwargs:
-            return args, {**kwargs, "closure": closure_then_prepare}
-        return (*args[:first], closure_then_prepare, *args[first + 1:]), kwargs
-
-    def _prepare_gradients(self, fusable: bool = True) -> None:
-        """Runs once this step's gradients exist, before the optimizer reads them: mask inactive gradients.
-
-        On the fused path the sparsified tensors are updated here instead, and hidden from the optimizer's step.
-        """
-        if not self.mask_gradients or self.is_update_step(self._optimizer_steps + 1):
-            return
-        names = [n for n in self.masks if self.params[n].grad is not None]
-        if not names:
-            return
-        stepper = self._fused_stepper() if fusable else None
-        self._all_fused = False
-        self._log_path("fused" if stepper is not None else "masked gradients")
-        if stepper is not None:
-            done = {id(p) for p in stepper.run(self.params, {n: self.masks[n] for n in names})}
-            for name in names:
-                param = self.params[name]
-                if id(param) in done:
-                    self._held_grads.append((param, param.grad))
-                    param.grad = None
-            names = [n for n in names if id(self.params[n]) not in done]
-            self._all_fused = not names
-            if self._all_fused:
-                self._drop_multipliers()
-        if names:
-            multipliers = self._current_multipliers()
-            torch._foreach_mul_([self.params[n].grad for n in names], [multipliers[n] for n in names])
-
-    def _drop_multipliers(self) -> None:
-        """Free the float copies of the masks (4 bytes per weight) while the fused kernel, which reads the bool
-        masks, serves every sparsified tensor; they are rebuilt when an update step or a fallback needs them."""
-        self._multipliers, self._multiplier_sources = {}, {}
-
-    def _fused_stepper(self) -> MaskedStep | None:
-        """The fused step's runner when it can serve the optimizer as configured now, else None."""
-        if not self.fused_step or self.optimizer is None:
-            return None
-        reason = MaskedStep.unsupported(self.optimizer)
-        if reason is not None:
-            if self._logged_path is None:
-                logger.info("%s: fused optimizer step not used: %s", type(self).__name__, reason)
-            return None
-        if self._masked_step is None or self._masked_step.optimizer is not self.optimizer:
-            self._masked_step = MaskedStep(self.optimizer)
-        return self._masked_step
-
-    def _log_path(self, path: str) -> None:
-        if path != self._logged_path:
-            logger.info("%s: ordinary steps use the %s path", type(self).__name__, path)
-            self._logged_path = path
-
-    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        for param, grad in self._held_grads:
-            param.grad = grad
-        self._held_grads = []
-        self._optimizer_steps += 1
-
     def step(self) -> bool:
         """Advance one optimizer step; update the topology on update steps. Call after ``optimizer.step()``.
 
         Returns:
             True if the topology changed at this step.
         """
+        enforcer = self.enforcer
         missed = False
         if self.optimizer is not None:
-            if self._optimizer_steps == self.step_count:
+            if enforcer.optimizer_steps == self.step_count:
                 logger.debug("optimizer.step() did not run since the last call (skipped step): nothing to do")
                 return False
-            missed = self._optimizer_steps - self.step_count > 1
+            missed = enforcer.optimizer_steps - self.step_count > 1
             if missed:
                 # An update step's gradients were left dense for growth; without its step() call the pruned
                 # weights moved. Re-mask so they are exactly zero again (the missed update itself is lost).
                 logger.warning("sparsifier.step() was not called after %d optimizer step(s); call it after every "
-                               "optimizer.step()", self._optimizer_steps - self.step_count - 1)
-            self.step_count = self._optimizer_steps
+                               "optimizer.step()", enforcer.optimizer_steps - self.step_count - 1)
+            self.step_count = enforcer.optimizer_steps
         else:
             self.step_count += 1
-        update_step = self.is_update_step(self.step_count)
-        if update_step:
-            if self._gradients_finite():
+        if self.is_update_step(self.step_count):
+            if enforcer.gradients_finite():
                 reset = self.update(self.step_count)
                 for name, mask in self.masks.items():
                     self.ever_active[name] |= mask
                 # One pass zeroes both the inactive positions and the newly grown ones (weights and state).
-                self.apply_masks(also_zero=reset)
-                if self._all_fused:
-                    self._drop_multipliers()
+                enforcer.apply(self.masks, also_zero=reset)
                 return True
             logger.warning("step %d: non-finite (or overflowing) gradients, topology update skipped", self.step_count)
-        if update_step or missed or not self.mask_gradients or self.optimizer is None:
-            self.apply_masks(refresh=False)
+            enforcer.apply(self.masks, refresh=False)
+        elif missed or enforcer.masks_every_step:
+            enforcer.apply(self.masks, refresh=False)
         return False
 
-    def _gradients_finite(self) -> bool:
-        grads = [p.grad for p in self.params.values() if p.grad is not None]
-        if not grads:
-            return True
-        # The 2-norm is NaN or inf when some entry is (or, harmlessly, when a gradient is so large that its squares
-        # overflow float32: the update is then skipped too); one pass, ~8x faster than the max-abs norm on CPU.
-        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
-
-
-    def _current_multipliers(self, refresh: bool = False) -> dict[str, Tensor]:
-        """The masks in their parameters' dtypes, rebuilt when asked or when a mask tensor was replaced."""
-        sources = self._multiplier_sources
-        if refresh or sources.keys() != self.masks.keys() or any(sources[n] is not m for n, m in self.masks.items()):
-            self._multipliers = {n: m.to(self.params[n].dtype) for n, m in self.masks.items()}
-            self._multiplier_sources = dict(self.masks)
-        return self._multipliers
-
     def apply_masks(self, refresh: bool = True, also_zero: Mapping[str, Tensor] | None = None) -> None:
-        """Zero the weights and the optimizer state outside the masks.
+        """Zero the weights and the optimizer state outside the masks (see :meth:`MaskEnforcer.apply`).
 
         Args:
-            refresh: rebuild the cached multipliers from ``self.masks`` first (needed after editing a mask in
-                place; the per-step plain path skips it).
+            refresh: rebuild anything derived from ``self.masks`` first (needed after editing a mask in place).
             also_zero: name -> bool positions zeroed as well (newly grown weights start at zero with zero
                 optimizer state), in the same pass.
         """
-        multipliers = self._current_multipliers(refresh)
-        if also_zero:
-            multipliers = dict(multipliers)
-            for name, where in also_zero.items():
-                multipliers[name] = (self.masks[name] & ~where).to(self.params[name].dtype)
-        apply_masks(self.params, multipliers)
-        mask_optimizer_state(self.optimizer, self.params, multipliers)
+        self.enforcer.apply(self.masks, also_zero=also_zero, refresh=refresh)
 
     # -- inspection -----------------------------------------------------------------------------------------------
     def current_sparsity(self) -> float:
@@ -382,7 +316,7 @@ class Sparsifier:
         return {
             "version": _STATE_VERSION,
             "method": self.method,
-            "config": self._portable_config(),
+            "config": _portable(self.config),
             "step": self.step_count,
             "masks": {n: m.detach().cpu().clone() for n, m in self.masks.items()},
             "ever_active": {n: m.detach().cpu().clone() for n, m in self.ever_active.items()},
@@ -418,21 +352,13 @@ class Sparsifier:
             n: state.get("ever_active", state["masks"])[n].to(device=self.params[n].device, dtype=torch.bool)
             for n in self.params
         }
-        self.step_count = self._optimizer_steps = int(state["step"])
+        self.step_count = self.enforcer.optimizer_steps = int(state["step"])
         self.generator.set_state(state["generator"])
         self._load_extra_state(state.get("extra", {}))
         self.apply_masks()
 
-    def _portable_config(self) -> dict[str, Any]:
-        def portable(value: Any) -> Any:
-            if isinstance(value, (list, tuple)):
-                return [portable(v) for v in value]
-            if isinstance(value, dict):
-                return {str(k): portable(v) for k, v in value.items()}
-            return value
-        return portable(self.config)
-
     def _extra_state(self) -> dict[str, Any]:
+        """Method state beyond the masks, saved under ``state_dict()['extra']``."""
         return {}
 
     def _load_extra_state(self, extra: Mapping[str, Any]) -> None:
@@ -440,10 +366,8 @@ class Sparsifier:
 
     # -- leaving ------------------------------------------------------------------------------------------------
     def remove(self) -> None:
-        """Detach the optimizer hooks; the model and optimizer go on as plain PyTorch objects."""
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
+        """Detach the enforcer's hooks; the model and optimizer go on as plain PyTorch objects."""
+        self.enforcer.detach()
 
     def export(self) -> nn.Module:
         """Bake the masks into the weights, detach from the optimizer, and return the plain model.
@@ -460,28 +384,38 @@ class Sparsifier:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(sparsity={self.sparsity}, total_steps={self.total_steps}, "
-                f"distribution={self.distribution!r}, update_every={self.update_every}, step={self.step_count}, "
-                f"tensors={len(self.params)})")
+                f"distribution={self.distribution!r}, scope={self.scope!r}, update_every={self.update_every}, "
+                f"step={self.step_count}, tensors={len(self.params)})")
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_hooks"] = bool(self._hooks)  # hook handles do not copy; the copy re-hooks its own optimizer
         state["generator"] = self.generator.get_state()
-        state["_held_grads"] = []
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         generator = torch.Generator()
         generator.set_state(state["generator"])
-        state["generator"] = generator
-        hooked = state["_hooks"]
-        state["_hooks"] = []
-        for key, default in (("fused_step", True), ("_masked_step", None), ("_held_grads", []),
-                             ("_logged_path", None), ("_all_fused", False)):
-            state.setdefault(key, default)  # pickles from before the fused step
-        self.__dict__.update(state)
-        if hooked and self.optimizer is not None:
-            self._hooks = [
-                self.optimizer.register_step_pre_hook(self._before_optimizer_step),
-                self.optimizer.register_step_post_hook(self._after_optimizer_step),
-            ]
+        self.__dict__.update({**state, "generator": generator})
+
+
+def _portable(value: Any) -> Any:
+    """Lists for tuples and string keys, so that the config loads with ``torch.load(weights_only=True)``."""
+    if isinstance(value, (list, tuple)):
+        return [_portable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _portable(v) for k, v in value.items()}
+    return value
+
+
+def _signature(declaration: OptionSet) -> inspect.Signature:
+    """``(model, optimizer=None, *, <each option>=<default>)``, for ``help()`` and editors."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    parameters = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                  inspect.Parameter("optimizer", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
+    parameters += [inspect.Parameter(name, keyword) if option.default is REQUIRED else
+                   inspect.Parameter(name, keyword, default=option.default) for name, option in declaration.items()]
+    return inspect.Signature(parameters)
+
+
+Sparsifier._declaration = declared(Sparsifier)
+Sparsifier.__signature__ = _signature(Sparsifier._declaration)  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
-"""Topology updates as pure functions of masks and scores: magnitude pruning and drop-and-regrow.
+"""Drop-and-regrow as a pure function of masks and scores (pruning is :func:`sparsetrain.selection.keep_top`).
 
-They return new masks and never touch weights or optimizer state; the sparsifier applies the result. That
-keeps each step testable on its own and lets methods compose them like their papers' algorithm boxes.
+It returns new masks and never touches weights or optimizer state; the sparsifier applies the result. That
+keeps each step testable on its own and lets methods compose it like their papers' algorithm boxes.
 """
 
 from __future__ import annotations
@@ -12,49 +12,12 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .topk import drop_and_grow, global_topk_masks, topk_mask
+from .topk import drop_and_grow
 
-__all__ = ["REGROW_MODES", "prune_by_magnitude", "regrow", "swap_count"]
+__all__ = ["REGROW_MODES", "regrow", "swap_count"]
 
 #: What happens to a weight dropped and regrown in the same update (see :func:`regrow`).
 REGROW_MODES = ("keep", "zero", "forbid")
-
-
-@torch.no_grad()
-def prune_by_magnitude(
-    magnitudes: Mapping[str, Tensor],
-    masks: Mapping[str, Tensor],
-    counts: Mapping[str, int] | None = None,
-    *,
-    global_count: int | None = None,
-    global_names: list[str] | None = None,
-) -> dict[str, Tensor]:
-    """Keep the largest-magnitude *active* weights: per tensor (``counts``) and/or over a global pool.
-
-    Inactive weights rank below every active one, so pruning only ever removes weights. A tensor's target is
-    capped at its current count.
-
-    Args:
-        magnitudes: name -> ``|w|``.
-        masks: current masks.
-        counts: name -> nonzeros to keep, for tensors pruned on their own.
-        global_count: nonzeros to keep over ``global_names`` together (one threshold).
-        global_names: tensors ranked together.
-
-    Returns:
-        New masks for every tensor in ``masks``.
-    """
-    new = {name: mask for name, mask in masks.items()}
-    for name, count in (counts or {}).items():
-        active = int(torch.count_nonzero(masks[name]))
-        if count < active:
-            new[name] = topk_mask(magnitudes[name], count, masks[name])
-    if global_names:
-        active = sum(int(torch.count_nonzero(masks[n])) for n in global_names)
-        if global_count is not None and global_count < active:
-            new.update(global_topk_masks({n: magnitudes[n] for n in global_names}, global_count,
-                                         {n: masks[n] for n in global_names}))
-    return new
 
 
 def swap_count(fraction: float, active: int, rounding: str = "floor") -> int:

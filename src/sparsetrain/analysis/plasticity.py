@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sparsetrain.experiment.build import Experiment, build_experiment
 from sparsetrain.experiment.checkpoint import atomic_write_text, load_checkpoint
@@ -51,7 +51,8 @@ from sparsetrain.experiment.trainer import Trainer, TrainerCallback
 from sparsetrain.masks import select_prunable
 from sparsetrain.methods.granet import GraNet
 from sparsetrain.methods.static import Static
-from sparsetrain.updates import prune_by_magnitude
+from sparsetrain.selection import SCOPES, budget, check_scope, keep_top
+from sparsetrain.validation import check_number
 
 __all__ = [
     "PlasticityCell",
@@ -69,22 +70,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: How the pruning threshold is chosen: one over all layers, or one per layer.
-SCOPES = ("global", "layer")
-
 _COLUMNS = ("epoch", "step", "lr", "rate", "regeneration", "acc", "dense_acc", "drop", "diff", "sparsity")
 
 
 def _check_rate(rate: Any, name: str = "rate") -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
-        raise ValueError(f"{name}={rate!r} is not allowed: a pruning rate must be a number in (0, 1)")
-    return float(rate)
-
-
-def _check_scope(scope: Any) -> str:
-    if scope not in SCOPES:
-        raise ValueError(f"scope={scope!r} is not allowed; choose one of {', '.join(map(repr, SCOPES))}")
-    return scope
+    return check_number(name, rate, "(0, 1)", "a pruning rate must be a number")
 
 
 @torch.no_grad()
@@ -104,17 +94,11 @@ def magnitude_masks(params: Mapping[str, Tensor], rate: float, scope: str = "glo
         ValueError: ``rate`` or ``scope`` is not allowed, or ``params`` is empty.
     """
     rate = _check_rate(rate)
-    scope = _check_scope(scope)
+    scope = check_scope(scope)
     if not params:
         raise ValueError("params must hold at least one tensor, got none")
     magnitudes = {name: p.detach().abs() for name, p in params.items()}
-    full = {name: torch.ones_like(p, dtype=torch.bool) for name, p in params.items()}
-    if scope == "layer":
-        counts = {name: round((1.0 - rate) * p.numel()) for name, p in params.items()}
-        return prune_by_magnitude(magnitudes, full, counts)
-    total = sum(p.numel() for p in params.values())
-    return prune_by_magnitude(magnitudes, full, global_count=round((1.0 - rate) * total),
-                              global_names=list(params))
+    return keep_top(magnitudes, budget(magnitudes, rate, scope=scope))
 
 
 class Regenerating(GraNet):
@@ -123,40 +107,11 @@ class Regenerating(GraNet):
     Every ``update_every`` optimizer steps each tensor drops ``ceil(r_t * active)`` of its active weights by
     magnitude and regrows as many inactive ones by dense-gradient magnitude (at zero, with zero optimizer state);
     ``r_t`` cosine-decays from ``drop_fraction`` to ``drop_fraction_final`` over ``total_steps``. It is
-    :class:`~sparsetrain.GraNet` with ``initial_sparsity = sparsity`` (no pruning schedule) started from ``masks``.
-
-    Args:
-        model: the network, already pruned or not (the masks are applied at construction).
-        optimizer: its optimizer.
-        masks: ``{name: bool mask}`` of the tensors to keep sparse.
-        total_steps: optimizer steps this sparsifier will see.
-        update_every: ΔT.
-        drop_fraction / drop_fraction_final: ``r_t`` at the start / end.
-        **kwargs: further :class:`~sparsetrain.GraNet` options (``regrow_mode``, ``seed``, ...).
+    :class:`~sparsetrain.GraNet` started from ``masks=`` (so ``initial_sparsity = sparsity``: no pruning
+    schedule), with ``update_every`` 100 by default; every GraNet option applies.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 masks: Mapping[str, Tensor], total_steps: int, update_every: int = 100,
-                 drop_fraction: float = 0.5, drop_fraction_final: float = 0.005, **kwargs: Any) -> None:
-        if not masks:
-            raise ValueError("masks must hold at least one tensor, got none")
-        self._given_masks = {name: mask.detach().to(torch.bool) for name, mask in masks.items()}
-        total = sum(m.numel() for m in self._given_masks.values())
-        sparsity = 1.0 - sum(int(torch.count_nonzero(m)) for m in self._given_masks.values()) / total
-        super().__init__(model, optimizer, sparsity=sparsity, total_steps=total_steps, initial_sparsity=sparsity,
-                         prune_start=0, prune_end=0, update_every=update_every, drop_fraction=drop_fraction,
-                         drop_fraction_final=drop_fraction_final,
-                         include=[re.escape(name) for name in self._given_masks], **kwargs)
-
-    def initial_masks(self) -> dict[str, Tensor]:
-        result = {}
-        for name, param in self.params.items():
-            mask = self._given_masks[name]
-            if tuple(mask.shape) != tuple(param.shape):
-                raise ValueError(f"masks[{name!r}] has shape {tuple(mask.shape)}, the parameter has "
-                                 f"{tuple(param.shape)}")
-            result[name] = mask.to(param.device)
-        return result
+    option_defaults = {"update_every": 100, "prune_end": 0}
 
 
 @dataclass(frozen=True)
@@ -260,10 +215,7 @@ class _CellTrainer(Trainer):
                                               update_every=self._regrow_every, drop_fraction=self._drop_fraction,
                                               seed=seed)
             else:
-                kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
-                sparsity = 1.0 - kept / sum(m.numel() for m in masks.values())
-                exp.sparsifier = Static(exp.model, exp.optimizer, sparsity=sparsity, total_steps=remaining,
-                                        masks=masks, include=[re.escape(n) for n in masks], seed=seed)
+                exp.sparsifier = Static(exp.model, exp.optimizer, masks=masks, total_steps=remaining, seed=seed)
             self.exp = exp
             self.step, self.epoch = int(state["step"]), int(state["epoch"])
             self._lr = float(state["lr"])
@@ -297,7 +249,7 @@ class PlasticityStudy:
                  drop_fraction: float = 0.5) -> None:
         self.config = config.dense_baseline()
         self.out_dir = Path(out_dir)
-        self.scope = _check_scope(scope)
+        self.scope = check_scope(scope)
         if isinstance(regrow_every, bool) or not isinstance(regrow_every, int) or regrow_every < 1:
             raise ValueError(f"regrow_every={regrow_every!r} is not allowed: an int >= 1 (optimizer steps)")
         self.regrow_every = regrow_every

@@ -13,7 +13,6 @@ eval loaders this rank's share, and ``Experiment.train_model`` is the Distribute
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 import random
@@ -32,14 +31,15 @@ from .loader import eval_loader, train_loader
 from .optim import build_optimizer, build_scheduler
 from .parallel import SINGLE, Parallel, setup, wrap_model
 
-__all__ = ["Experiment", "build_experiment", "resolve_device", "seed_everything", "RESERVED_METHOD_OPTIONS"]
+__all__ = ["Experiment", "build_experiment", "build_sparsifier", "resolve_device", "seed_everything",
+           "RESERVED_METHOD_OPTIONS", "method_options_help"]
 
 logger = logging.getLogger(__name__)
 
 #: Sparsifier arguments that have their own config field (sparse.options may not set them).
 RESERVED_METHOD_OPTIONS = {"sparsity": "sparse.sparsity", "total_steps": "train.epochs",
                            "update_every": "sparse.update_every", "distribution": "sparse.distribution",
-                           "seed": "train.seed"}
+                           "scope": "sparse.scope", "seed": "train.seed"}
 
 
 @dataclass
@@ -121,11 +121,11 @@ def build_sparsifier(config: ExperimentConfig, model: nn.Module, optimizer: torc
         if key in sparse.options:
             raise ConfigError(f"sparse.options.{key}={sparse.options[key]!r} is not allowed: set {field_path} instead")
     cls = sparsetrain.METHODS[sparse.method]
-    allowed = method_options(cls)
-    unknown = sorted(set(sparse.options) - allowed)
+    allowed = sorted(set(cls.declared_options()) - set(RESERVED_METHOD_OPTIONS))
+    unknown = sorted(set(sparse.options) - set(allowed))
     if unknown:
         raise ConfigError(f"sparse (method {sparse.method}): sparse.options.{unknown[0]} is not allowed: no such "
-                          f"option; allowed: {', '.join(sorted(allowed))}")
+                          f"option; allowed: {', '.join(allowed)}")
     masks_file = sparse.options.get("masks")
     if masks_file is not None and not isinstance(masks_file, str):
         raise ConfigError(f"sparse.options.masks={masks_file!r} is not allowed: expected the path of a masks file "
@@ -136,6 +136,8 @@ def build_sparsifier(config: ExperimentConfig, model: nn.Module, optimizer: torc
                                   update_every=sparse.update_every, seed=config.train.seed, **sparse.options)
     if sparse.distribution is not None:
         kwargs["distribution"] = sparse.distribution
+    if sparse.scope is not None:
+        kwargs["scope"] = sparse.scope
     if sparse.options.get("init") is not None and "init_data" not in sparse.options:
         kwargs["init_data"] = init_data
     where = f"method {sparse.method}"
@@ -147,18 +149,16 @@ def build_sparsifier(config: ExperimentConfig, model: nn.Module, optimizer: torc
         raise _section_error(f"sparse ({where})", exc) from None
 
 
-def method_options(cls: type) -> set[str]:
-    """The keyword options a sparsifier class accepts (its and its bases' constructor parameters), less the
-    ones the config sets itself (:data:`RESERVED_METHOD_OPTIONS`)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None or klass is object:
-            continue
-        for param in inspect.signature(init).parameters.values():
-            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
-                names.add(param.name)
-    return names - {"self", "model", "optimizer"} - set(RESERVED_METHOD_OPTIONS)
+def method_options_help() -> str:
+    """The options of every method that ``--method-option NAME=VALUE`` (``sparse.options``) may set, as help text.
+
+    The options a config sets through its own fields (:data:`RESERVED_METHOD_OPTIONS`) are left out.
+    """
+    from sparsetrain.options import describe
+
+    own = ", ".join(f"{name} ({path})" for name, path in RESERVED_METHOD_OPTIONS.items())
+    return (f"method options (--method-option NAME=VALUE, or sparse.options in a config; masks=PATH reads a run's "
+            f"masks.pt). Set through their own fields instead: {own}.\n" + describe(exclude=RESERVED_METHOD_OPTIONS))
 
 
 def load_masks_file(path: str) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import types
 import typing
@@ -25,6 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 import yaml
+
+from sparsetrain.distributions import DISTRIBUTIONS
+from sparsetrain.selection import SCOPES
 
 __all__ = [
     "ConfigError",
@@ -43,11 +47,16 @@ __all__ = [
     "load_yaml",
 ]
 
+logger = logging.getLogger(__name__)
+
 DENSE = "dense"
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "multistep", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
-DISTRIBUTIONS = ("uniform", "er", "erk", "global")
+#: Values a field no longer takes, with where they went: (field, value) -> the explanation in the error.
+_MOVED = {("sparse.distribution", "global"): "'global' is a scope, not a distribution: set sparse.scope=global "
+                                             "(--sparse-scope global)",
+          ("sparse.scope", "layerwise"): "it is spelled 'layer' now"}
 
 
 class ConfigError(ValueError):
@@ -164,8 +173,10 @@ class SparseConfig:
     method: str = option("granet", "sparse-training method", flag="--method", choices=_methods)
     sparsity: float = option(0.9, "final sparsity of the sparsified weights",
                              check=(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"))
-    distribution: str | None = option(None, "layer-wise allocation (none: the method's default)",
-                                      choices=DISTRIBUTIONS)
+    distribution: str | None = option(None, "per-layer allocation of the sparsity (none: the method's default; "
+                                      "given without a scope, it means scope layer)", choices=DISTRIBUTIONS)
+    scope: str | None = option(None, "layer: each layer ranked on its own; global: one ranking over all layers "
+                               "(none: the method's default)", flag="--sparse-scope", choices=SCOPES)
     update_every: int = option(100, "ΔT: optimizer steps between topology updates", check=(_positive, "an int > 0"))
     options: dict[str, Any] = option({}, "method-specific keyword arguments (e.g. initial_sparsity, drop_fraction)",
                                      flag="--method-option")
@@ -322,6 +333,8 @@ def validate_value(path: str, value: Any) -> Any:
     if value is None:
         return None
     allowed = info.allowed()
+    if isinstance(value, str) and (path, value) in _MOVED:
+        raise ConfigError(f"{path}={value!r} is not allowed: {_MOVED[path, value]}")
     if allowed is not None and value not in allowed:
         raise ConfigError(f"{path}={value!r} is not allowed; choose one of {', '.join(allowed)}")
     if info.check is not None:
@@ -455,6 +468,10 @@ class ExperimentConfig:
                 raise ConfigError(f"config section {section!r} must be a mapping of fields, got {fields_!r}")
             for name, value in fields_.items():
                 flat[f"{section}.{name}"] = value
+        if flat.get("sparse.distribution") == "global" and flat.get("sparse.scope") is None:
+            # A config saved before the scope was split from the distribution: read it in today's words.
+            logger.warning("sparse.distribution='global' (the old spelling) read as sparse.scope='global'")
+            flat["sparse.distribution"], flat["sparse.scope"] = None, "global"
         return self.with_overrides(flat)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
@@ -491,13 +508,30 @@ class ExperimentConfig:
         return {f"{s}.{k}": v for s, d in self.to_dict().items() for k, v in d.items()}
 
     def non_default(self, *, hashed_only: bool = True) -> dict[str, Any]:
-        """The fields that differ from their defaults (only those that identify a run, by default)."""
+        """The fields that differ from their defaults (only those that identify a run, by default).
+
+        ``sparse.options`` holds only the options that differ from the method's declared defaults, normalised by
+        type (:meth:`sparsetrain.options.OptionSet.identity`). In the identifying view, a global scope without a
+        distribution is spelled as it was before scope and distribution were two fields
+        (``sparse.distribution: global``), so the runs named then keep their names.
+        """
         result = {}
         for info in iter_fields():
             value = getattr(getattr(self, info.section), info.name)
+            if info.path == "sparse.options":
+                value = self._method_options_identity(value)
             if value != info.default and (info.hashed or not hashed_only):
                 result[info.path] = value
+        if hashed_only and result.get("sparse.scope") == "global" and "sparse.distribution" not in result:
+            del result["sparse.scope"]
+            result["sparse.distribution"] = "global"
         return result
+
+    def _method_options_identity(self, options: dict[str, Any]) -> dict[str, Any]:
+        import sparsetrain
+
+        cls = sparsetrain.METHODS.get(self.sparse.method)
+        return options if cls is None else cls.declared_options().identity(options)
 
     def config_hash(self, length: int = 8) -> str:
         """Short SHA-256 of the non-default identifying fields (stable across key order and new default fields)."""

@@ -1,8 +1,8 @@
 """``prune_at_init``: masks chosen before training by SNIP, GraSP, SynFlow, magnitude or random scores.
 
 One loop serves every method: score the weights of a *copy* of the model, keep the top ones at the round's
-density (one global threshold, or per-layer counts from :func:`sparsetrain.distributions.allocate`), zero the
-pruned weights of the copy, repeat. With one round (the default for every method but SynFlow) this is the
+density (:func:`sparsetrain.selection.keep_top`: one global ranking, or per-layer counts from a distribution), zero
+the pruned weights of the copy, repeat. With one round (the default for every method but SynFlow) this is the
 papers' single-shot pruning; SynFlow runs 100 rounds on the exponential schedule ``d_k = d^(k/n)``. Counts are
 exact (:mod:`sparsetrain.topk`), weights pruned in one round never come back, and the caller's model is never
 modified.
@@ -20,15 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distributions import allocate, check_distribution
+from ..distributions import check_distribution
 from ..masks import resolve_overrides, select_prunable
-from ..topk import NEG_INF, global_topk_masks, topk_mask
+from ..scores import random_scores
+from ..selection import budget, check_scope, keep_top, resolve_scope
+from ..topk import NEG_INF
+from ..validation import check_choice, check_int, check_sparsity
 from .data import collect_batches
 from .grasp import GRASP_TEMPERATURE, grasp_scores
 from .snip import LossFn, snip_scores
 from .synflow import linearize, ones_input, synflow_scores
 
-__all__ = ["prune_at_init", "INIT_METHODS", "SCHEDULES", "round_densities", "keep_top", "warn_collapsed"]
+__all__ = ["prune_at_init", "INIT_METHODS", "SCHEDULES", "round_densities", "warn_collapsed"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,39 +52,9 @@ def round_densities(density: float, rounds: int, schedule: str = "exponential") 
     elif schedule == "linear":
         values = [1.0 - (1.0 - density) * k / rounds for k in range(1, rounds + 1)]
     else:
-        raise ValueError(f"schedule={schedule!r} is not allowed; choose one of {', '.join(map(repr, SCHEDULES))}")
+        check_choice("schedule", schedule, SCHEDULES)
     values[-1] = density
     return values
-
-
-def keep_top(
-    scores: Mapping[str, Tensor],
-    sparsity: float,
-    distribution: str,
-    fixed: Mapping[str, float] | None = None,
-) -> dict[str, Tensor]:
-    """Masks keeping the highest ``scores`` at ``sparsity``, with exact counts.
-
-    "global": one ranking over all tensors; pinned tensors (``fixed``: name -> sparsity) are ranked on their
-    own and the others share what is left, so the total matches ``sparsity`` (as
-    :func:`sparsetrain.masks.random_masks`). "uniform"/"er"/"erk": per-tensor counts from
-    :func:`~sparsetrain.distributions.allocate`.
-    """
-    fixed = dict(fixed or {})
-    numel = {name: s.numel() for name, s in scores.items()}
-    if distribution != "global":
-        counts = allocate({n: tuple(s.shape) for n, s in scores.items()}, sparsity, distribution, fixed=fixed)
-        return {name: topk_mask(scores[name], counts[name]) for name in scores}
-    masks = {name: topk_mask(scores[name], round((1.0 - s) * numel[name])) for name, s in fixed.items()}
-    free = [name for name in scores if name not in fixed]
-    if free:
-        pinned = sum(int(torch.count_nonzero(m)) for m in masks.values())
-        budget = round((1.0 - sparsity) * sum(numel.values())) - pinned
-        budget = min(max(budget, 0), sum(numel[n] for n in free))
-        if len({scores[n].device for n in free}) > 1:
-            raise ValueError("distribution='global' needs every scored tensor on one device")
-        masks.update(global_topk_masks({name: scores[name] for name in free}, budget))
-    return {name: masks[name] for name in scores}
 
 
 def warn_collapsed(masks: Mapping[str, Tensor], what: str) -> list[str]:
@@ -98,15 +71,13 @@ def _check_args(method: str, sparsity: Any, rounds: Any, schedule: str) -> tuple
     if not isinstance(method, str) or method.lower() not in INIT_METHODS:
         raise ValueError(f"method={method!r} is not allowed; choose one of {', '.join(map(repr, INIT_METHODS))}")
     method = method.lower()
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity={sparsity!r} is not allowed: a sparsity must be a number in [0, 1)")
+    sparsity = check_sparsity("sparsity", sparsity)
     if rounds is None:
         rounds = 100 if method == "synflow" else 1
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds={rounds!r} is not allowed: it must be a positive int")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is not allowed; choose one of {', '.join(map(repr, SCHEDULES))}")
-    return method, float(sparsity), rounds
+    check_choice("schedule", schedule, SCHEDULES)
+    return method, sparsity, rounds
 
 
 def _synflow_input(data: Any, input_shape: Sequence[int] | None, device: torch.device) -> Tensor:
@@ -130,7 +101,8 @@ def prune_at_init(
     sparsity: float,
     data: Any = None,
     *,
-    distribution: str = "global",
+    scope: str | None = None,
+    distribution: str | None = None,
     batches: int = 1,
     loss_fn: LossFn | None = None,
     rounds: int | None = None,
@@ -165,8 +137,9 @@ def prune_at_init(
         sparsity: target sparsity over the selected tensors, in [0, 1).
         data: a ``DataLoader`` (or any iterable) of ``(inputs, targets)`` batches, or one such pair. Needed by
             SNIP and GraSP; SynFlow reads only the input shape and dtype from it (if ``input_shape`` is None).
-        distribution: "global" (default, as the papers: one ranking over all layers) or "uniform"/"er"/"erk"
-            (per-layer counts from :func:`sparsetrain.distributions.allocate`, top-k within each layer).
+        scope: "global" (default, as the papers: one ranking over all layers) or "layer" (top-k within each layer,
+            counts from ``distribution``); a distribution given without a scope means "layer".
+        distribution: per-layer allocation in the layer scope, "uniform" (default), "er" or "erk".
         batches: how many batches of ``data`` to score on.
         loss_fn: ``loss_fn(outputs, targets)`` with mean reduction; default cross-entropy.
         rounds: pruning rounds; default 100 for SynFlow, 1 (single shot) for the others.
@@ -187,9 +160,11 @@ def prune_at_init(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     method, sparsity, rounds = _check_args(method, sparsity, rounds, schedule)
-    distribution = check_distribution(distribution)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed={seed!r} is not allowed: it must be an int")
+    scope, distribution = resolve_scope(
+        None if scope is None else check_scope(scope),
+        None if distribution is None else check_distribution(distribution),
+        default_scope="global", default_distribution="uniform")
+    check_int("seed", seed)
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     if not callable(loss_fn):
         raise TypeError(f"loss_fn={loss_fn!r} is not callable")
@@ -213,10 +188,10 @@ def prune_at_init(
                     raise ValueError(f"{method}: the score of {name!r} has NaN entries (round {k}); check the "
                                      "model's output and the loss")
             keep = {name: keep[name].masked_fill(~masks[name], NEG_INF) for name in names}
-            masks = keep_top(keep, 1.0 - density, distribution, pinned)
+            masks = keep_top(keep, budget(keep, 1.0 - density, distribution=distribution, scope=scope, fixed=pinned))
             logger.debug("%s round %d/%d: density %.6f", method, k, rounds, density)
     warn_collapsed(masks, f"prune_at_init({method!r}, sparsity={sparsity})")
-    logger.info("prune_at_init: %s, sparsity %.4f, %s, %d round(s)", method, sparsity, distribution, rounds)
+    logger.info("prune_at_init: %s, sparsity %.4f, scope %s, %d round(s)", method, sparsity, scope, rounds)
     return {name: masks[name].to(selected[name].device) for name in names}
 
 
@@ -240,7 +215,7 @@ def _scorer(
         def plain(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
             if method == "magnitude":
                 return {n: params[n].detach().abs().float() * masks[n] for n in names}
-            return {n: torch.rand(params[n].shape, generator=generator).to(params[n].device) for n in names}
+            return random_scores({n: params[n] for n in names}, generator)
 
         return plain
 

@@ -6,29 +6,25 @@ Frankle et al. (ICML 2020, *Linear Mode Connectivity and the Lottery Ticket Hypo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..selection import SCOPES, check_scope
+from ..validation import check_bool, check_int, check_number
+
 __all__ = ["LotteryConfig", "SCOPES", "CONTROLS"]
 
-#: How each round's pruning is ranked: per tensor, or one threshold over all tensors but the output layer.
-SCOPES = ("layerwise", "global")
+logger = logging.getLogger(__name__)
+
 #: The controls of a ticket: the same mask with a fresh random initialisation, and a random mask with the
 #: ticket's per-tensor counts (trained from the same rewind point).
 CONTROLS = ("reinit", "random")
 
 
 def _rate(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value!r} is not allowed: a pruning rate must be a number in [0, 1)")
-    return float(value)
-
-
-def _int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not allowed: it must be an int >= {minimum}")
-    return value
+    return check_number(name, value, "[0, 1)", "a pruning rate must be a number")
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,7 @@ class LotteryConfig:
         prune_rate: fraction of the *remaining* weights pruned per round (0.2 in both papers).
         output_rate: rate for the output layer (0.1 in Frankle & Carbin's conv nets); None: ``prune_rate``.
         output_layer: name of the output tensor; None: the last selected tensor.
-        scope: "layerwise" (each tensor loses its rate of its own remaining weights, as Frankle & Carbin) or
+        scope: "layer" (each tensor loses its rate of its own remaining weights, as Frankle & Carbin) or
             "global" (one magnitude threshold over all tensors but the output layer, as OpenLTH's default;
             the output layer is pruned on its own at ``output_rate``).
         rewind_step: rewind survivors to their values at step 0 (initialisation, Frankle & Carbin) or at
@@ -58,7 +54,7 @@ class LotteryConfig:
     prune_rate: float = 0.2
     output_rate: float | None = 0.1
     output_layer: str | None = None
-    scope: str = "layerwise"
+    scope: str = "layer"
     rewind_step: int = 0
     one_shot: bool = False
     controls: tuple[str, ...] = CONTROLS
@@ -68,15 +64,13 @@ class LotteryConfig:
     notes: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _int("rounds", self.rounds, 0)
+        check_int("rounds", self.rounds, 0)
         _rate("prune_rate", self.prune_rate)
         if self.output_rate is not None:
             _rate("output_rate", self.output_rate)
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope={self.scope!r} is not allowed; choose one of {', '.join(map(repr, SCOPES))}")
-        _int("rewind_step", self.rewind_step, 0)
-        if not isinstance(self.one_shot, bool):
-            raise TypeError(f"one_shot={self.one_shot!r} must be a bool")
+        check_scope(self.scope)
+        check_int("rewind_step", self.rewind_step, 0)
+        check_bool("one_shot", self.one_shot)
         controls = (self.controls,) if isinstance(self.controls, str) else tuple(self.controls)
         unknown = [c for c in controls if c not in CONTROLS]
         if unknown:
@@ -86,7 +80,7 @@ class LotteryConfig:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
-        _int("seed", self.seed, -(2**63))
+        check_int("seed", self.seed, -(2**63))
         object.__setattr__(self, "notes", dict(self.notes))
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,9 +89,17 @@ class LotteryConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LotteryConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming them."""
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming them.
+
+        A ``config.json`` saved before the scope's spelling was unified (``"scope": "layerwise"``) is read as
+        ``"layer"``, with a warning.
+        """
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown lottery config keys {unknown}; known: {sorted(names)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        if values.get("scope") == "layerwise":
+            logger.warning("lottery config: scope='layerwise' (the old spelling) read as scope='layer'")
+            values["scope"] = "layer"
+        return cls(**values)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -86,11 +85,7 @@ def experiment_lottery(config: Any) -> tuple[nn.Module, TrainFn, int]:
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(start_step):
                 scheduler.step()
-        kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
-        total = sum(m.numel() for m in masks.values())
-        sparsifier = Static(model, optimizer, sparsity=min(1.0 - kept / total, 0.999999),
-                            total_steps=exp.total_steps, masks=masks,
-                            include=[re.escape(name) for name in masks])
+        sparsifier = Static(model, optimizer, masks=masks, total_steps=exp.total_steps)
         loader = exp.train_loader
         loader.generator.manual_seed(config.train.seed)  # the same data order at every level
         model.train()

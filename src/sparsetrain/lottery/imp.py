@@ -5,7 +5,8 @@ the rule is applied round per round, as OpenLTH does: a tensor with ``c`` remain
 ``ceil(p * c)`` of them. After k rounds a tensor of ``n`` weights keeps ``c_k`` with ``c_0 = n`` and
 ``c_{i+1} = c_i - ceil(p * c_i)``; this equals ``n * (1 - p)^k`` exactly whenever that product is an integer at
 every round (e.g. ``n = 5^k * m`` and ``p = 0.2``) and is within ``k`` weights of it otherwise. In the "global"
-scope the same rule applies to the total over all tensors but the output layer, ranked by one threshold.
+scope (:mod:`sparsetrain.selection`) the same rule applies to the total over all tensors but the output layer,
+ranked by one threshold.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..updates import prune_by_magnitude, swap_count
+from ..selection import Budget, check_scope, keep_top
+from ..updates import swap_count
 
 __all__ = ["next_count", "level_count", "level_counts", "prune_round", "layer_rates"]
 
@@ -60,7 +62,7 @@ def prune_round(
     masks: Mapping[str, Tensor],
     rates: Mapping[str, float],
     *,
-    scope: str = "layerwise",
+    scope: str = "layer",
     separate: tuple[str, ...] = (),
     levels: int = 1,
 ) -> dict[str, Tensor]:
@@ -72,7 +74,7 @@ def prune_round(
         weights: name -> trained weights to rank by ``|w|``.
         masks: name -> current bool mask.
         rates: name -> per-round rate (see :func:`layer_rates`).
-        scope: "layerwise" (each tensor at its own rate) or "global" (tensors not in ``separate`` share one
+        scope: "layer" (each tensor at its own rate) or "global" (tensors not in ``separate`` share one
             threshold at their common rate; ``separate`` ones, the output layer, are pruned on their own).
         separate: tensors pruned on their own in the global scope.
         levels: how many rounds' worth of weights to remove at once.
@@ -82,15 +84,13 @@ def prune_round(
     """
     counts = {name: level_count(int(torch.count_nonzero(m)), rates[name], levels) for name, m in masks.items()}
     magnitudes = {name: weights[name].detach().abs() for name in masks}
-    if scope == "layerwise":
-        return prune_by_magnitude(magnitudes, masks, counts)
-    if scope != "global":
-        raise ValueError(f"scope={scope!r} is not allowed; choose 'layerwise' or 'global'")
+    if check_scope(scope) == "layer":
+        return keep_top(magnitudes, Budget(counts), eligible=masks)
     pooled = [name for name in masks if name not in separate]
     pooled_rates = {rates[name] for name in pooled}
     if len(pooled_rates) > 1:
         raise ValueError(f"global scope: the pooled tensors have different rates {sorted(pooled_rates)}")
     active = sum(int(torch.count_nonzero(masks[name])) for name in pooled)
     global_count = level_count(active, pooled_rates.pop(), levels) if pooled else None
-    own = {name: counts[name] for name in separate}
-    return prune_by_magnitude(magnitudes, masks, own, global_count=global_count, global_names=pooled)
+    own = {name: counts[name] for name in masks if name not in pooled}
+    return keep_top(magnitudes, Budget(own, global_count), eligible=masks)

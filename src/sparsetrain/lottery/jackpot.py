@@ -29,10 +29,12 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..distributions import check_distribution
-from ..init_pruning.prune import keep_top, warn_collapsed
+from ..init_pruning.prune import warn_collapsed
 from ..init_pruning.snip import model_output
 from ..masks import select_prunable
+from ..selection import budget, check_scope, keep_top, resolve_scope
 from ..topk import topk_mask
+from ..validation import check_sparsity
 from .train import _cycle
 
 __all__ = ["find_jackpot", "restrict_changes", "mask_iou"]
@@ -47,8 +49,8 @@ def mask_iou(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
     return inter / union if union else 1.0
 
 
-def _pools(names: list[str], distribution: str) -> list[list[str]]:
-    return [names] if distribution == "global" else [[name] for name in names]
+def _pools(names: list[str], scope: str) -> list[list[str]]:
+    return [names] if scope == "global" else [[name] for name in names]
 
 
 @torch.no_grad()
@@ -161,7 +163,8 @@ def find_jackpot(
     steps: int = 100,
     lr: float = 0.1,
     max_changes_per_step: int | None = None,
-    distribution: str = "uniform",
+    distribution: str | None = None,
+    scope: str | None = None,
     optimizer: str = "sgd",
     momentum: float = 0.9,
     eval_data: Any = None,
@@ -181,8 +184,10 @@ def find_jackpot(
         lr: learning rate of the scores.
         max_changes_per_step: the short restriction: at most this many mask entries flip per step
             (``// 2`` swaps); None: no restriction (plain edge-popup top-k).
-        distribution: "uniform" (default: every tensor at ``sparsity``, ranked on its own, as edge-popup),
-            "er"/"erk" (per-tensor counts from the allocation) or "global" (one ranking over all tensors).
+        distribution: per-tensor counts in the layer scope: "uniform" (default: every tensor at ``sparsity``, as
+            edge-popup), "er" or "erk".
+        scope: "layer" (default: each tensor ranked on its own) or "global" (one ranking over all tensors, and
+            the short restriction counted over all of them).
         optimizer: "sgd" (with ``momentum``) or "adam", over the scores only.
         momentum: SGD momentum.
         eval_data: batches for the before/after accuracy (default: ``data``).
@@ -195,12 +200,11 @@ def find_jackpot(
         ``(masks, info)``: name -> bool mask (keyed like ``select_prunable``), and ``info`` with
         ``accuracy_before`` / ``loss_before`` (the magnitude mask at ``sparsity``), ``accuracy_after`` /
         ``loss_after`` (the jackpot), ``iou_with_magnitude``, ``changes_per_step`` (entries flipped at each
-        step), ``steps`` and ``scores`` (name -> the learned scores).
+        step), ``steps``, ``scope`` and ``distribution`` (as used) and ``scores`` (name -> the learned scores).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity={sparsity!r} is not allowed: a sparsity must be a number in [0, 1)")
+    check_sparsity("sparsity", sparsity)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps={steps!r} is not allowed: it must be an int >= 0")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
@@ -211,7 +215,10 @@ def find_jackpot(
         raise ValueError(f"max_changes_per_step={max_changes_per_step!r} is not allowed: an int >= 0 or None")
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer={optimizer!r} is not allowed; choose 'sgd' or 'adam'")
-    distribution = check_distribution(distribution)
+    scope, distribution = resolve_scope(
+        None if scope is None else check_scope(scope),
+        None if distribution is None else check_distribution(distribution),
+        default_scope="layer", default_distribution="uniform")
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     if data is None:
         raise ValueError("data=None: the search needs (inputs, targets) batches")
@@ -223,8 +230,9 @@ def find_jackpot(
     params = dict(net.named_parameters())
     weights = {n: params[n].detach() for n in names}
     scores = {n: weights[n].abs().float().clone().requires_grad_(True) for n in names}
-    pools = _pools(names, distribution)
-    magnitude = keep_top({n: s.detach() for n, s in scores.items()}, float(sparsity), distribution)
+    pools = _pools(names, scope)
+    wanted = budget(scores, float(sparsity), distribution=distribution, scope=scope)
+    magnitude = keep_top({n: s.detach() for n, s in scores.items()}, wanted)
     masks = {n: m.clone() for n, m in magnitude.items()}
     eval_batches = _batches(data if eval_data is None else eval_data)
     before = _masked_eval(net, weights, magnitude, eval_batches, loss_fn)
@@ -251,7 +259,7 @@ def find_jackpot(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            target = keep_top({n: s.detach() for n, s in scores.items()}, float(sparsity), distribution)
+            target = keep_top({n: s.detach() for n, s in scores.items()}, wanted)
             masks, flipped = restrict_changes(masks, target, {n: s.detach() for n, s in scores.items()},
                                               max_changes_per_step, pools)
             changes.append(flipped)
@@ -261,6 +269,7 @@ def find_jackpot(
         "accuracy_before": before["accuracy"], "loss_before": before["loss"],
         "accuracy_after": after["accuracy"], "loss_after": after["loss"],
         "iou_with_magnitude": mask_iou(masks, magnitude), "changes_per_step": changes, "steps": steps,
+        "scope": scope, "distribution": distribution,
         "scores": {n: s.detach().clone() for n, s in scores.items()},
     }
     logger.info("find_jackpot: accuracy %.4f -> %.4f, IoU with the magnitude mask %.4f", before["accuracy"],

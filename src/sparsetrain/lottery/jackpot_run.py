@@ -38,7 +38,8 @@ def run_jackpot(
     lr: float = 0.1,
     max_changes: int | None = None,
     batches: int | None = None,
-    distribution: str = "uniform",
+    distribution: str | None = None,
+    scope: str | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
     """Search a jackpot mask in the trained weights of a harness run and write it next to the run.
@@ -50,7 +51,8 @@ def run_jackpot(
         lr: learning rate of the scores.
         max_changes: the short restriction (mask entries that may flip per step); None: no restriction.
         batches: use only the first this many training batches (cycled); None: the whole training split.
-        distribution: "uniform", "er", "erk" or "global" (as :func:`find_jackpot`).
+        distribution: "uniform" (default), "er" or "erk"; scope: "layer" (default) or "global" (as
+            :func:`find_jackpot`).
         device: overrides the run's ``train.device`` (default: the run's own).
 
     Returns:
@@ -89,7 +91,7 @@ def run_jackpot(
     exp.model.load_state_dict(state["model"])
     train_batches = list(itertools.islice(iter(exp.train_loader), batches))
     masks, info = find_jackpot(exp.model, sparsity, train_batches, steps=steps, lr=lr,
-                               max_changes_per_step=max_changes, distribution=distribution,
+                               max_changes_per_step=max_changes, distribution=distribution, scope=scope,
                                eval_data=exp.test_loader, seed=config.train.seed)
     out = jackpot_dir(path, sparsity)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,8 @@ def run_jackpot(
     record: dict[str, Any] = {
         "run": run.name, "checkpoint_step": state.get("step"), "run_finished": run.status() == "finished",
         "sparsity": sparsity, "mask_sparsity": 1.0 - kept / total if total else 0.0, "steps": steps, "lr": lr,
-        "max_changes": max_changes, "batches": len(train_batches), "distribution": distribution,
+        "max_changes": max_changes, "batches": len(train_batches),
+        "distribution": info["distribution"], "scope": info["scope"],
         "accuracy_before": info["accuracy_before"], "loss_before": info["loss_before"],
         "accuracy_after": info["accuracy_after"], "loss_after": info["loss_after"],
         "iou_with_magnitude": info["iou_with_magnitude"], "changes": int(sum(info["changes_per_step"])),

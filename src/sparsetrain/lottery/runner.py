@@ -89,7 +89,7 @@ class _Run:
         path = self.dir / "config.json"
         mine = self.config.to_dict()
         if path.exists():
-            theirs = json.loads(path.read_text())
+            theirs = LotteryConfig.from_dict(json.loads(path.read_text())).to_dict()  # old spellings read as new
             if theirs != json.loads(json.dumps(mine)):
                 changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
                 raise ValueError(f"{self.dir} holds a lottery run with another config (fields {changed} differ); "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from ..init_pruning.data import collect_batches
 from ..init_pruning.snip import model_output
 from ..methods.static import Static
+from ..validation import check_choice
 
 __all__ = ["TrainFn", "make_train_fn", "evaluate", "OPTIMIZERS", "LR_SCHEDULES"]
 
@@ -78,12 +78,6 @@ def _cycle(data: Any) -> Iterator[Any]:
             raise ValueError("train_data yielded no batch")
 
 
-def _check(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
-    return value
-
-
 def make_train_fn(
     train_data: Any,
     eval_data: Any,
@@ -124,8 +118,8 @@ def make_train_fn(
         raise ValueError(f"warmup_steps={warmup_steps!r} is not allowed: an int in [0, steps)")
     if not lr > 0:
         raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")
-    _check("optimizer", optimizer, OPTIMIZERS)
-    _check("lr_schedule", lr_schedule, LR_SCHEDULES)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
 
     def lr_at(step: int) -> float:
@@ -147,10 +141,7 @@ def make_train_fn(
             opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
         else:
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        total = sum(m.numel() for m in masks.values())
-        kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
-        sparsifier = Static(model, opt, sparsity=min(1.0 - kept / total, 0.999999), total_steps=max(steps, 1),
-                            masks=masks, include=[re.escape(name) for name in masks])
+        sparsifier = Static(model, opt, masks=masks, total_steps=max(steps, 1))
         model.train()
         losses: list[float] = []
         batches = _cycle(train_data)

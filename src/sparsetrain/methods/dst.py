@@ -19,64 +19,53 @@ zero at inactive positions; SNFS's momentum-based redistribution of counts acros
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..schedules import UpdateCadence, cosine_decay, resolve_step
-from ..scores import gradient_scores, magnitude_scores
-from ..sparsifier import Sparsifier, check_choice, check_fraction
+from ..options import Option
+from ..schedules import UpdateCadence, check_point, cosine_decay, resolve_step
+from ..scores import gradient_scores, magnitude_scores, random_scores
+from ..sparsifier import Sparsifier
 from ..updates import REGROW_MODES, regrow
+from ..validation import check_fraction, check_number
 
 __all__ = ["DynamicSparse", "RigL", "SET", "SNFS"]
+
+_EVCI = "Evci et al. 2020"
+GrowScores = Mapping[str, Tensor] | Callable[[str], Tensor]
 
 
 class DynamicSparse(Sparsifier):
     """Drop-and-grow at a fixed sparsity; subclasses choose the growth score (:meth:`grow_scores`).
 
-    Args:
-        model, optimizer, sparsity, total_steps: see :class:`~sparsetrain.sparsifier.Sparsifier`.
-        distribution: allocation of the random initial mask (default "erk").
-        update_every: ΔT (default 100).
-        drop_fraction: ``alpha`` (default 0.3); drop_fraction_final: value at ``stop_at`` (default 0).
-        stop_at: ``T_end`` as steps (int) or a fraction of ``total_steps`` (float, default 0.75).
-        regrow_mode: "keep" (default, official RigL code), "zero" or "forbid".
-        **kwargs: common options.
+    Options (besides the base options of :class:`~sparsetrain.sparsifier.Sparsifier`; defaults: ``distribution``
+    "erk" for the random initial mask, ``update_every`` 100):
+        drop_fraction: ``alpha``; drop_fraction_final: the value at ``stop_at``.
+        stop_at: ``T_end`` as steps (int) or a fraction of ``total_steps`` (float).
+        regrow_mode: "keep" (official RigL code), "zero" or "forbid".
     """
 
-    growth = "none"
+    options = (
+        Option("drop_fraction", 0.3, "alpha: the fraction of each layer's active weights dropped and grown at step 0",
+               "float", check_fraction, "a number in (0, 1]", reference=_EVCI),
+        Option("drop_fraction_final", 0.0, "the drop fraction at stop_at (cosine decay)", "float",
+               lambda name, value: check_number(name, value, "[0, 1]", "it must be"), "a number in [0, 1]"),
+        Option("stop_at", 0.75, "T_end: the last topology update", "int or float", check_point,
+               "a step (int >= 0) or a fraction of total_steps (float in [0, 1])", reference=_EVCI),
+        Option("regrow_mode", "keep", "a weight dropped and grown in one update: keeps its value (keep), restarts "
+               "at zero (zero), or may not grow (forbid)", "str", choices=REGROW_MODES,
+               reference="official RigL code"),
+    )
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
-        *,
-        sparsity: float,
-        total_steps: int,
-        distribution: str = "erk",
-        update_every: int = 100,
-        drop_fraction: float = 0.3,
-        drop_fraction_final: float = 0.0,
-        stop_at: int | float = 0.75,
-        regrow_mode: str = "keep",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, optimizer, sparsity=sparsity, total_steps=total_steps, distribution=distribution,
-                         update_every=update_every, **kwargs)
-        self.drop_fraction = check_fraction("drop_fraction", drop_fraction)
-        if not isinstance(drop_fraction_final, (int, float)) or not 0.0 <= drop_fraction_final <= 1.0:
-            raise ValueError(f"drop_fraction_final={drop_fraction_final!r} is not allowed: it must be in [0, 1]")
-        self.drop_fraction_final = float(drop_fraction_final)
-        self.stop_at = resolve_step(stop_at, self.total_steps, "stop_at")
-        self.regrow_mode = check_choice("regrow_mode", regrow_mode, REGROW_MODES)
+    def setup(self) -> None:
+        self.stop_at = resolve_step(self.stop_at, self.total_steps, "stop_at")
         self.cadence = UpdateCadence(self.update_every, 0, self.stop_at - 1)
-        self.config.update(drop_fraction=self.drop_fraction, drop_fraction_final=self.drop_fraction_final,
-                           stop_at=stop_at, regrow_mode=self.regrow_mode)
-        self._start()
 
     def initial_masks(self) -> dict[str, Tensor]:
-        return self.random_masks(self.sparsity, self.distribution)
+        return self.random_masks(self.sparsity)
 
     def current_drop_fraction(self, step: int) -> float:
         """``f(t) = drop_fraction_final + (alpha - final)/2 (1 + cos(pi t / T_end))``."""
@@ -85,13 +74,14 @@ class DynamicSparse(Sparsifier):
     def is_update_step(self, step: int) -> bool:
         return self.cadence(step)
 
-    def grow_scores(self, name: str) -> Tensor:
-        """Score of each position of tensor ``name`` for growth (higher grows first)."""
+    def grow_scores(self) -> GrowScores:
+        """The growth score of each position (higher grows first): name -> tensor, or a function of the name
+        (drawn only for the tensors that grow)."""
         raise NotImplementedError
 
     def update(self, step: int) -> dict[str, Tensor]:
         self.masks, reset = regrow(
-            self.masks, magnitude_scores(self.params), self.grow_scores, self.current_drop_fraction(step),
+            self.masks, magnitude_scores(self.params), self.grow_scores(), self.current_drop_fraction(step),
             mode=self.regrow_mode, rounding="floor",
         )
         return reset
@@ -102,15 +92,8 @@ class RigL(DynamicSparse):
 
     method = "rigl"
 
-    def update(self, step: int) -> dict[str, Tensor]:
-        self._grads = gradient_scores(self.params)
-        try:
-            return super().update(step)
-        finally:
-            self._grads = {}
-
-    def grow_scores(self, name: str) -> Tensor:
-        return self._grads[name]
+    def grow_scores(self) -> GrowScores:
+        return gradient_scores(self.params)
 
 
 class SET(DynamicSparse):
@@ -118,46 +101,45 @@ class SET(DynamicSparse):
 
     method = "set"
 
-    def grow_scores(self, name: str) -> Tensor:
-        param = self.params[name]
-        return torch.rand(param.shape, generator=self.generator).to(param.device)
+    def grow_scores(self) -> GrowScores:
+        return lambda name: random_scores({name: self.params[name]}, self.generator)[name]
 
 
 class SNFS(DynamicSparse):
     """SNFS / sparse momentum (Dettmers & Zettlemoyer 2019): growth by dense-gradient momentum magnitude.
 
-    Args:
-        beta: momentum coefficient of the dense-gradient average (default 0.9).
-        (others as :class:`DynamicSparse`)
+    Options (besides :class:`DynamicSparse`'s):
+        beta: momentum coefficient of the dense-gradient average.
     """
 
     method = "snfs"
+    options = (
+        Option("beta", 0.9, "momentum coefficient of the sparsifier's dense-gradient average", "float",
+               lambda name, value: check_number(name, value, "[0, 1)"), "a number in [0, 1)",
+               reference="Dettmers & Zettlemoyer 2019"),
+    )
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 beta: float = 0.9, **kwargs: Any) -> None:
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta={beta!r} is not allowed: it must be a number in [0, 1)")
-        if optimizer is None:
+    def setup(self) -> None:
+        if self.optimizer is None:
             raise ValueError("optimizer=None is not allowed for SNFS: its momentum is read at every optimizer step")
-        self.beta = float(beta)
-        super().__init__(model, optimizer, **kwargs)
-        self.config.update(beta=self.beta)
+        super().setup()
         self.momentum = {name: torch.zeros_like(p) for name, p in self.params.items()}
+        self.enforcer.on_gradients(self._accumulate)
 
-    def _prepare_gradients(self, fusable: bool = True) -> None:
-        names = [n for n, p in self.params.items() if p.grad is not None]
+    def _accumulate(self, params: Mapping[str, nn.Parameter]) -> None:
+        """``m = beta * m + g`` with this step's dense gradient, before it is masked."""
+        names = [n for n, p in params.items() if p.grad is not None]
         if names:
             buffers = [self.momentum[n] for n in names]
             torch._foreach_mul_(buffers, self.beta)
-            torch._foreach_add_(buffers, [self.params[n].grad for n in names])
-        super()._prepare_gradients(fusable)
+            torch._foreach_add_(buffers, [params[n].grad for n in names])
 
-    def grow_scores(self, name: str) -> Tensor:
-        return self.momentum[name].abs()
+    def grow_scores(self) -> GrowScores:
+        return lambda name: self.momentum[name].abs()
 
     def _extra_state(self) -> dict[str, Any]:
         return {"momentum": {n: m.detach().cpu().clone() for n, m in self.momentum.items()}}
 
-    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+    def _load_extra_state(self, extra: Mapping[str, Any]) -> None:
         for name, value in extra.get("momentum", {}).items():
             self.momentum[name].copy_(value)

@@ -1,9 +1,9 @@
 """GMP: gradual magnitude pruning on the cubic schedule (Zhu & Gupta, *To prune, or not to prune*, 2017).
 
 Every ``update_every`` optimizer steps between ``prune_start`` and ``prune_end`` the weights are pruned by
-magnitude to ``s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t_f - t0))^3``. Per layer (``distribution="uniform"``, the
-original: every layer at ``s_t``; "er"/"erk" allocate ``s_t`` by those rules) or with one global threshold
-(``distribution="global"``, GraNet's baseline). No regrowth.
+magnitude to ``s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t_f - t0))^3``. Per layer (``scope="layer"``, the original,
+with ``distribution="uniform"``: every layer at ``s_t``; "er"/"erk" allocate ``s_t`` by those rules) or with one
+global threshold (``scope="global"``, GraNet's baseline). No regrowth.
 
 Deviation: the step ``prune_end`` is always an update step, even off the ΔT grid, so the final sparsity is
 reached exactly at ``prune_end``.
@@ -11,65 +11,62 @@ reached exactly at ``prune_end``.
 
 from __future__ import annotations
 
-from typing import Any
+from torch import Tensor
 
-import torch
-from torch import Tensor, nn
-
-from ..distributions import allocate, check_distribution
-from ..masks import random_masks
-from ..schedules import UpdateCadence, cubic_sparsity, resolve_step
+from ..distributions import DISTRIBUTIONS, check_distribution
+from ..options import Option
+from ..schedules import UpdateCadence, check_point, cubic_sparsity, resolve_step
 from ..scores import magnitude_scores
-from ..sparsifier import Sparsifier, check_sparsity
-from ..updates import prune_by_magnitude
+from ..selection import budget, keep_top
+from ..sparsifier import Sparsifier
+from ..validation import check_sparsity
 
 __all__ = ["GMP"]
 
+_ZHU_GUPTA = "Zhu & Gupta 2017"
+_POINT = "a step (int >= 0) or a fraction of total_steps (float in [0, 1])"
+
+
+def _check_init_distribution(name: str, value: object) -> str:
+    return check_distribution(value, name, instead=None)  # a random initial mask is drawn per layer
+
 
 class GMP(Sparsifier):
-    """Gradual magnitude pruning (Zhu & Gupta 2017), layer-wise or global.
+    """Gradual magnitude pruning (Zhu & Gupta 2017), per layer or global.
 
-    Args:
-        model, optimizer: see :class:`~sparsetrain.sparsifier.Sparsifier`.
-        sparsity: final sparsity ``s_f``.
-        total_steps: optimizer steps in the run.
-        initial_sparsity: ``s_i``; above 0 the run starts from a random mask (``init_distribution``).
-        prune_start / prune_end: ``t0`` / ``t_f``, as steps (int) or fractions of ``total_steps`` (float);
-            defaults 0 and 0.5 (GraNet's CIFAR recipe: pruning over epochs 0-80 of 160).
-        update_every: ΔT (default 1000, GraNet's CIFAR recipe).
-        distribution: "uniform" (default, Zhu & Gupta), "er", "erk" or "global".
-        init_distribution: allocation of the random initial mask when ``initial_sparsity > 0`` (default "erk").
-        **kwargs: common options of :class:`~sparsetrain.sparsifier.Sparsifier`.
+    Options (besides the base options of :class:`~sparsetrain.sparsifier.Sparsifier`; defaults: ``update_every``
+    1000 and ``prune_end`` 0.5, GraNet's CIFAR recipe: pruning over epochs 0-80 of 160; ``distribution``
+    "uniform" and ``scope`` "layer", Zhu & Gupta):
+        initial_sparsity: ``s_i``; above 0 the run starts from a random mask (``init_distribution``). With
+            ``masks=`` it is the masks' sparsity, and ``sparsity`` is the target pruned towards.
+        prune_start / prune_end: ``t0`` / ``t_f``, as steps (int) or fractions of ``total_steps`` (float).
+        init_distribution: allocation of the random initial mask when ``initial_sparsity > 0``.
     """
 
     method = "gmp"
+    options = (
+        Option("initial_sparsity", 0.0, "s_i, the sparsity at prune_start (above 0: a random initial mask from "
+               "init_distribution; with masks: theirs)", "float", check_sparsity, "a number in [0, 1)",
+               reference=_ZHU_GUPTA),
+        Option("prune_start", 0.0, "t0, the first pruning step", "int or float", check_point, _POINT,
+               reference=_ZHU_GUPTA),
+        Option("prune_end", 0.5, "t_f, the step where the final sparsity is reached", "int or float", check_point,
+               _POINT, reference=_ZHU_GUPTA),
+        Option("init_distribution", "erk", "allocation of the random initial mask when initial_sparsity > 0",
+               "str", _check_init_distribution, ", ".join(DISTRIBUTIONS)),
+    )
+    option_defaults = {"update_every": 1000, "distribution": "uniform"}
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
-        *,
-        sparsity: float,
-        total_steps: int,
-        initial_sparsity: float = 0.0,
-        prune_start: int | float = 0.0,
-        prune_end: int | float = 0.5,
-        update_every: int = 1000,
-        distribution: str = "uniform",
-        init_distribution: str = "erk",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, optimizer, sparsity=sparsity, total_steps=total_steps, distribution=distribution,
-                         update_every=update_every, **kwargs)
-        self._setup_pruning(initial_sparsity, prune_start, prune_end, init_distribution)
-        self._start()
-
-    # -- the pruning schedule, shared with GraNet -----------------------------------------------------------
-    def _setup_pruning(self, initial_sparsity: float, prune_start: int | float, prune_end: int | float,
-                       init_distribution: str) -> None:
-        self.initial_sparsity = check_sparsity("initial_sparsity", initial_sparsity)
+    def setup(self) -> None:
+        if self.inputs.get("masks") is not None:
+            if "initial_sparsity" in self.given:
+                raise ValueError("initial_sparsity is set by masks=... (their sparsity): leave it out")
+            kept = sum(int(m.sum()) for m in self.inputs["masks"].values())
+            self.initial_sparsity = self.config["initial_sparsity"] = 1.0 - kept / sum(
+                m.numel() for m in self.inputs["masks"].values())
         if self.initial_sparsity > self.sparsity:
-            raise ValueError(f"initial_sparsity={initial_sparsity!r} must not exceed sparsity={self.sparsity!r}")
+            raise ValueError(f"initial_sparsity={self.initial_sparsity!r} must not exceed sparsity={self.sparsity!r}")
+        prune_start, prune_end = self.prune_start, self.prune_end
         self.prune_start = resolve_step(prune_start, self.total_steps, "prune_start")
         self.prune_end = resolve_step(prune_end, self.total_steps, "prune_end")
         if self.prune_end < self.prune_start:
@@ -78,17 +75,14 @@ class GMP(Sparsifier):
         if self.prune_end == 0 and self.initial_sparsity < self.sparsity:
             raise ValueError(f"prune_end={prune_end!r} is step 0, before the first optimizer step: pruning must "
                              "end at a step >= 1 (or set initial_sparsity=sparsity)")
-        self.init_distribution = check_distribution(init_distribution, "init_distribution")
         self.prune_cadence = UpdateCadence(self.update_every, self.prune_start, self.prune_end, include_end=True)
-        self.config.update(initial_sparsity=self.initial_sparsity, prune_start=prune_start, prune_end=prune_end,
-                           init_distribution=self.init_distribution)
 
     def initial_masks(self) -> dict[str, Tensor]:
         if self.initial_sparsity == 0.0:
             return super().initial_masks()
         # Pinned tensors start where prune() starts them, min(s_i, their own target), and reach it by magnitude.
         start = {name: min(self.initial_sparsity, final) for name, final in self.fixed.items()}
-        return random_masks(self.params, self.initial_sparsity, self.init_distribution, self.generator, fixed=start)
+        return self.random_masks(self.initial_sparsity, self.init_distribution, scope="layer", fixed=start)
 
     def target_sparsity(self, step: int) -> float:
         """``s_t`` of the cubic schedule at ``step``."""
@@ -110,14 +104,5 @@ class GMP(Sparsifier):
         for name, final in self.fixed.items():
             start = min(self.initial_sparsity, final)
             pinned[name] = start + (final - start) * progress
-        magnitudes = magnitude_scores(self.params)
-        if self.distribution == "global":
-            free = [n for n in self.params if n not in pinned]
-            counts = {n: round((1.0 - s) * self.params[n].numel()) for n, s in pinned.items()}
-            global_count = round((1.0 - s_t) * sum(self.params[n].numel() for n in free))
-            self.masks = prune_by_magnitude(magnitudes, self.masks, counts, global_count=global_count,
-                                            global_names=free)
-        else:
-            shapes = {n: tuple(p.shape) for n, p in self.params.items()}
-            counts = allocate(shapes, s_t, self.distribution, fixed=pinned)
-            self.masks = prune_by_magnitude(magnitudes, self.masks, counts)
+        wanted = budget(self.params, s_t, distribution=self.distribution, scope=self.scope, fixed=pinned)
+        self.masks = keep_top(magnitude_scores(self.params), wanted, eligible=self.masks)

@@ -1,0 +1,161 @@
+"""Selection: keep the top scores under per-tensor counts or one global budget. Every mask is chosen here.
+
+Two words describe the choice, and they are separate:
+
+* the **scope**: ``"layer"`` ranks each tensor on its own, with its own count; ``"global"`` ranks the tensors
+  together under one budget, with one threshold (pinned tensors, see below, keep their own counts);
+* the **distribution** (:mod:`sparsetrain.distributions`: uniform, ER, ERK) says how many entries each tensor
+  keeps in the layer scope. It has no meaning in the global scope, where the ranking decides.
+
+:func:`budget` turns a sparsity into counts (``fixed`` pins some tensors at their own sparsity: per-tensor
+overrides, dense first/last layers), and :func:`keep_top` keeps the top scores under them, with exact counts and
+ties broken towards the lowest index (:mod:`sparsetrain.topk`). Random masks, gradual magnitude pruning, pruning
+at initialisation, lottery-ticket rounds, jackpots and plasticity's one-shot pruning all call these two.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .distributions import allocate
+from .topk import global_topk_masks, topk_mask
+from .validation import check_choice
+
+__all__ = ["SCOPES", "Budget", "budget", "keep_top", "check_scope", "resolve_scope"]
+
+#: How entries are ranked: each tensor on its own, or all tensors together.
+SCOPES = ("layer", "global")
+
+
+def check_scope(scope: Any, name: str = "scope") -> str:
+    """Validate a scope ("layer" or "global"); the old spelling "layerwise" is told its new one.
+
+    Raises:
+        ValueError: not one of :data:`SCOPES`.
+    """
+    if scope == "layerwise":
+        raise ValueError(f"{name}='layerwise' is not allowed: it is spelled 'layer' now; choose one of "
+                         f"{', '.join(map(repr, SCOPES))}")
+    return check_choice(name, scope, SCOPES)
+
+
+def resolve_scope(scope: str | None, distribution: str | None, *, default_scope: str,
+                  default_distribution: str) -> tuple[str, str]:
+    """The scope and distribution to use, from the ones given (None: not given) and the defaults.
+
+    A distribution given without a scope asks for per-tensor counts, so it means the layer scope (this keeps
+    ``GraNet(distribution="uniform")``, the paper's uniform variant, per layer). A distribution given together
+    with ``scope="global"`` would have no effect and is refused.
+
+    Raises:
+        ValueError: ``scope="global"`` with an explicit distribution.
+    """
+    if scope == "global" and distribution is not None:
+        raise ValueError(f"distribution={distribution!r} is not allowed with scope='global': one ranking over all "
+                         "tensors has no per-tensor allocation; leave distribution out, or use scope='layer'")
+    if scope is None:
+        scope = "layer" if distribution is not None else default_scope
+    return scope, default_distribution if distribution is None else distribution
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many entries to keep: ``counts`` per tensor, and ``global_count`` over every other tensor together.
+
+    Attributes:
+        counts: name -> entries kept in that tensor, ranked on its own.
+        global_count: entries kept over the tensors without a count, ranked together (None: every tensor has
+            a count).
+    """
+
+    counts: Mapping[str, int] = field(default_factory=dict)
+    global_count: int | None = None
+
+
+def budget(
+    shapes: Mapping[str, Sequence[int] | Tensor],
+    sparsity: float,
+    *,
+    distribution: str = "uniform",
+    scope: str = "layer",
+    fixed: Mapping[str, float] | None = None,
+) -> Budget:
+    """The counts that put ``shapes`` at ``sparsity``.
+
+    Layer scope: every tensor's count from :func:`~sparsetrain.distributions.allocate` (pinned tensors at their
+    own sparsity; with "er"/"erk" the others are re-solved so the total matches). Global scope: pinned tensors
+    keep ``round((1 - s) * numel)`` each and the others together ``round((1 - sparsity) * their numel)``.
+
+    Args:
+        shapes: name -> shape (or a tensor of that shape).
+        sparsity: the target sparsity in [0, 1).
+        distribution: "uniform", "er" or "erk" (layer scope only).
+        scope: "layer" or "global".
+        fixed: name -> sparsity pinned for that tensor.
+
+    Returns:
+        The :class:`Budget`.
+    """
+    shapes = {n: tuple(s.shape) if isinstance(s, Tensor) else tuple(s) for n, s in shapes.items()}
+    if check_scope(scope) == "layer":
+        return Budget(allocate(shapes, sparsity, distribution, fixed=fixed))
+    fixed = dict(fixed or {})
+    counts = {name: round((1.0 - s) * math.prod(shapes[name])) for name, s in fixed.items()}
+    pooled = sum(math.prod(shape) for name, shape in shapes.items() if name not in fixed)
+    return Budget(counts, round((1.0 - sparsity) * pooled))
+
+
+@torch.no_grad()
+def keep_top(
+    scores: Mapping[str, Tensor],
+    budget: Budget,
+    *,
+    eligible: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Bool masks keeping the highest ``scores`` under ``budget``, with exact counts.
+
+    Each tensor in ``budget.counts`` keeps that many of its own entries; the others keep ``budget.global_count``
+    entries together (one threshold). Ties go to the lowest index: the mapping's order, then each tensor's flat
+    order. Counts are clamped to what exists.
+
+    Args:
+        scores: name -> score tensor (higher = keep); the global pool must sit on one device.
+        budget: what to keep (:func:`budget`, or a :class:`Budget` built from counts).
+        eligible: optional name -> bool tensor: only eligible entries can be kept (scores must then be
+            non-negative). Pruning never adds: a tensor (or the pool) whose count is not below its eligible
+            count keeps its eligible mask as it is.
+
+    Returns:
+        name -> bool mask, in the order of ``scores``.
+
+    Raises:
+        ValueError: tensors without a count and no ``global_count``, or a global pool on several devices.
+    """
+    masks: dict[str, Tensor] = {}
+    for name, count in budget.counts.items():
+        if eligible is None:
+            masks[name] = topk_mask(scores[name], count)
+            continue
+        active = int(torch.count_nonzero(eligible[name]))
+        masks[name] = topk_mask(scores[name], count, eligible[name], active) if count < active else eligible[name]
+    pooled = [name for name in scores if name not in budget.counts]
+    if pooled:
+        if budget.global_count is None:
+            raise ValueError(f"keep_top: no count for {', '.join(pooled[:5])}: give every tensor a count or a "
+                             "global_count for the rest")
+        if len({scores[name].device for name in pooled}) > 1:
+            raise ValueError("scope='global' needs every scored tensor on one device")
+        pool = {name: scores[name] for name in pooled}
+        if eligible is None:
+            masks.update(global_topk_masks(pool, budget.global_count))
+        elif budget.global_count < sum(int(torch.count_nonzero(eligible[name])) for name in pooled):
+            masks.update(global_topk_masks(pool, budget.global_count, {name: eligible[name] for name in pooled}))
+        else:
+            masks.update({name: eligible[name] for name in pooled})
+    return {name: masks[name] for name in scores}
