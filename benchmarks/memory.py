@@ -42,7 +42,7 @@ def child(method: str, steps: int) -> None:
         optimizer.zero_grad()
     held = 0
     if sparsifier is not None:
-        tensors = [*sparsifier.masks.values(), *sparsifier.ever_active.values(), *sparsifier._multipliers.values(),
+        tensors = [*sparsifier.masks.values(), *sparsifier.ever_active.values(), *sparsifier.enforcer._multipliers.values(),
                    *getattr(sparsifier, "momentum", {}).values()]
         held = sum(t.numel() * t.element_size() for t in tensors)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -100,8 +100,7 @@ def make_train_fn(data: tuple[torch.Tensor, ...], args: argparse.Namespace):
     def train(model: nn.Module, masks: dict, level_dir: Path, *, start_step: int = 0, on_step=None) -> dict[str, Any]:
         # Fresh optimizer every round; the Static sparsifier keeps pruned weights at exactly zero.
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
-        kept = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
-        sparsifier = Static(model, opt, sparsity=min(1 - kept, 0.999), total_steps=args.max_steps, masks=masks)
+        sparsifier = Static(model, opt, masks=masks, total_steps=args.max_steps)
         memorised = generalised = None
         dense = level_dir.name == "level_0"
         started = time.perf_counter()

@@ -86,9 +86,9 @@ class Option:
     def allowed_text(self) -> str:
         """What the option allows, in words."""
         text = ", ".join(map(str, self.choices)) if self.choices is not None else self.allowed
-        if self.none:
-            text = f"{text} or none" if text else "or none"
-        return text
+        if not text and self.type == "bool":
+            text = "True or False"
+        return f"{text}, or none" if self.none else text
 
     def with_default(self, default: Any) -> Option:
         """The same option with another default (a subclass's ``option_defaults``)."""
@@ -149,17 +149,19 @@ class OptionSet(Mapping[str, Option]):
                 result[name] = value
         return result
 
-    def describe(self, *, exclude: Iterable[str] = (), fmt: str = "text") -> str:
+    def describe(self, *, exclude: Iterable[str] = (), fmt: str = "text", base: OptionSet | None = None) -> str:
         """The options as text lines (``--help``) or markdown table rows (docs).
 
         Args:
             exclude: option names left out (e.g. those a config sets through its own fields).
             fmt: "text" or "markdown".
+            base: leave out the options that ``base`` declares with the same default.
         """
         skip = set(exclude)
         lines = []
         for option in self._options.values():
-            if option.name in skip:
+            inherited = base is not None and option.name in base and base[option.name].default == option.default
+            if option.name in skip or inherited:
                 continue
             allowed = option.allowed_text()
             reference = f" [{option.reference}]" if option.reference else ""
@@ -195,6 +197,9 @@ def declared(cls: type) -> OptionSet:
 def describe(methods: Mapping[str, type] | None = None, *, exclude: Iterable[str] = (), fmt: str = "text") -> str:
     """Every method's declared options, for ``--help`` (text) or the docs (markdown).
 
+    The options every method shares (the base class's) come first, once; each method then lists its own options
+    and the shared ones whose default it changes.
+
     Args:
         methods: name -> method class; default ``sparsetrain.METHODS``.
         exclude: option names left out (e.g. :data:`sparsetrain.experiment.build.RESERVED_METHOD_OPTIONS`, which
@@ -204,20 +209,23 @@ def describe(methods: Mapping[str, type] | None = None, *, exclude: Iterable[str
     Returns:
         The text.
     """
+    from .sparsifier import Sparsifier
+
     if methods is None:
         from . import METHODS
 
         methods = METHODS
+    if fmt not in ("text", "markdown"):
+        raise ValueError(f"fmt={fmt!r} is not allowed; choose one of 'text', 'markdown'")
     exclude = tuple(exclude)
-    blocks = []
+    base = declared(Sparsifier)
+    sections = [("every method", "every method", "Options every method accepts (a method may change a default, "
+                 "see below).", base.describe(exclude=exclude, fmt=fmt))]
     for name, cls in methods.items():
-        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else cls.__name__
-        table = declared(cls).describe(exclude=exclude, fmt=fmt)
-        if fmt == "markdown":
-            blocks.append(f"## `{name}`: {cls.__name__}\n\n{summary}\n\n| option | type | default | allowed | "
-                          f"meaning |\n|---|---|---|---|---|\n{table}\n")
-        elif fmt == "text":
-            blocks.append(f"  {name}: {summary}\n{table}")
-        else:
-            raise ValueError(f"fmt={fmt!r} is not allowed; choose one of 'text', 'markdown'")
-    return "\n".join(blocks)
+        summary = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+        table = declared(cls).describe(exclude=exclude, fmt=fmt, base=base)
+        sections.append((name, f"`{name}` ({cls.__name__})", summary, table))
+    if fmt == "text":
+        return "\n".join(f"  {name}: {summary}\n{table}".rstrip() for name, _, summary, table in sections)
+    return "\n".join(f"## {title}\n\n{summary}\n\n| option | type | default | allowed | meaning |\n"
+                     f"|---|---|---|---|---|\n{table}\n" for _, title, summary, table in sections)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from sparsetrain.analysis._common import check_bool_masks, format_table
+from sparsetrain.validation import check_int
 
 __all__ = [
     "LayerFlops",
@@ -398,12 +399,6 @@ class TrainingFlopsReport:
         return format_table(header, rows)
 
 
-def _check_positive_int(value: Any, argument: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{argument} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _check_history(
     density_history: Sequence[tuple[int, Mapping[str, float]]], layers: Mapping[str, float]
 ) -> tuple[list[int], list[Mapping[str, float]]]:
@@ -418,7 +413,7 @@ def _check_history(
         if not (isinstance(item, Sequence) and len(item) == 2 and isinstance(item[1], Mapping)):
             raise ValueError(f"density_history[{i}] must be a (start_step, {{layer: density}}) pair, got {item!r}")
         start, dens = item
-        _check_positive_int(start, f"density_history[{i}] start step", 0)
+        check_int(f"density_history[{i}] start step", start, 0)
         if starts and start <= starts[-1]:
             raise ValueError(
                 f"density_history start steps must increase strictly, got {start} after {starts[-1]} at index {i}"
@@ -482,8 +477,8 @@ def training_flops(
     for layer, f in per_layer_dense_flops.items():
         if not isinstance(f, (int, float)) or isinstance(f, bool) or not (math.isfinite(f) and f >= 0):
             raise ValueError(f"per_layer_dense_flops[{layer!r}] must be a finite number >= 0, got {f!r}")
-    total_steps = _check_positive_int(total_steps, "total_steps", 1)
-    batch_size = _check_positive_int(batch_size, "batch_size", 1)
+    total_steps = check_int("total_steps", total_steps, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     starts, entries = _check_history(density_history, per_layer_dense_flops)
     grad_steps = list(dense_grad_steps)
     for g in grad_steps:

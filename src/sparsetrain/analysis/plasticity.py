@@ -52,7 +52,7 @@ from sparsetrain.masks import select_prunable
 from sparsetrain.methods.granet import GraNet
 from sparsetrain.methods.static import Static
 from sparsetrain.selection import SCOPES, budget, check_scope, keep_top
-from sparsetrain.validation import check_number
+from sparsetrain.validation import check_fraction, check_int, check_number
 
 __all__ = [
     "PlasticityCell",
@@ -250,13 +250,8 @@ class PlasticityStudy:
         self.config = config.dense_baseline()
         self.out_dir = Path(out_dir)
         self.scope = check_scope(scope)
-        if isinstance(regrow_every, bool) or not isinstance(regrow_every, int) or regrow_every < 1:
-            raise ValueError(f"regrow_every={regrow_every!r} is not allowed: an int >= 1 (optimizer steps)")
-        self.regrow_every = regrow_every
-        if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, (int, float)) \
-                or not 0.0 < drop_fraction <= 1.0:
-            raise ValueError(f"drop_fraction={drop_fraction!r} is not allowed: a number in (0, 1]")
-        self.drop_fraction = float(drop_fraction)
+        self.regrow_every = check_int("regrow_every", regrow_every, 1)
+        self.drop_fraction = check_fraction("drop_fraction", drop_fraction)
         self.dense_run = RunDir.for_config(self.out_dir / "runs", self.config)
 
     # -- files ----------------------------------------------------------------------------------------------

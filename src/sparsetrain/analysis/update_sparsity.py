@@ -19,6 +19,7 @@ from torch import Tensor
 
 from sparsetrain.analysis._common import check_same_layout, format_table
 from sparsetrain.analysis.overlap import OverlapReport, mask_overlap
+from sparsetrain.validation import check_number
 
 __all__ = [
     "UpdateRow",
@@ -71,11 +72,6 @@ def _changed(before: Tensor, after: Tensor, atol: float) -> Tensor:
     return ~same  # NaN on either side counts as changed
 
 
-def _check_atol(atol: float) -> None:
-    if not isinstance(atol, (int, float)) or isinstance(atol, bool) or not atol >= 0 or atol == float("inf"):
-        raise ValueError(f"atol must be a finite number >= 0, got {atol!r}")
-
-
 def changed_masks(
     before: Mapping[str, Any], after: Mapping[str, Any], atol: float = 0.0, names: Iterable[str] | None = None
 ) -> dict[str, Tensor]:
@@ -97,7 +93,7 @@ def changed_masks(
     Raises:
         ValueError: names or shapes differ (the message names the tensor), or ``atol`` is negative.
     """
-    _check_atol(atol)
+    check_number("atol", atol, "[0, inf)", "it must be a finite number")
     return {k: _changed(before[k], after[k], float(atol)) for k in _select(before, after, names)}
 
 
@@ -226,7 +222,7 @@ def update_sparsity(
     Raises:
         ValueError: names or shapes differ (the message names the tensor) or ``atol`` is negative.
     """
-    _check_atol(atol)
+    check_number("atol", atol, "[0, inf)", "it must be a finite number")
     masks = changed_masks(before, after, atol=atol, names=names)
     rows = []
     for name, mask in masks.items():

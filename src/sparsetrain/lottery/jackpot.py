@@ -34,7 +34,7 @@ from ..init_pruning.snip import model_output
 from ..masks import select_prunable
 from ..selection import budget, check_scope, keep_top, resolve_scope
 from ..topk import topk_mask
-from ..validation import check_sparsity
+from ..validation import check_choice, check_int, check_number, check_sparsity
 from .train import _cycle
 
 __all__ = ["find_jackpot", "restrict_changes", "mask_iou"]
@@ -205,16 +205,11 @@ def find_jackpot(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_sparsity("sparsity", sparsity)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps={steps!r} is not allowed: it must be an int >= 0")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-        raise ValueError(f"lr={lr!r} is not allowed: it must be a number > 0")
-    if max_changes_per_step is not None and (isinstance(max_changes_per_step, bool)
-                                             or not isinstance(max_changes_per_step, int)
-                                             or max_changes_per_step < 0):
-        raise ValueError(f"max_changes_per_step={max_changes_per_step!r} is not allowed: an int >= 0 or None")
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer={optimizer!r} is not allowed; choose 'sgd' or 'adam'")
+    check_int("steps", steps, 0)
+    check_number("lr", lr, "(0, inf)")
+    if max_changes_per_step is not None:
+        check_int("max_changes_per_step", max_changes_per_step, 0)
+    check_choice("optimizer", optimizer, ("sgd", "adam"))
     scope, distribution = resolve_scope(
         None if scope is None else check_scope(scope),
         None if distribution is None else check_distribution(distribution),

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..init_pruning.data import collect_batches
 from ..init_pruning.snip import model_output
 from ..methods.static import Static
-from ..validation import check_choice
+from ..validation import check_choice, check_int, check_number, check_positive_int
 
 __all__ = ["TrainFn", "make_train_fn", "evaluate", "OPTIMIZERS", "LR_SCHEDULES"]
 
@@ -112,12 +112,10 @@ def make_train_fn(
         A :class:`TrainFn` whose metrics are ``accuracy``, ``loss`` (on ``eval_data``), ``train_loss`` (mean of
         the last 10% of steps) and ``steps`` (steps trained in this call).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r} is not allowed: it must be a positive int")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps < steps:
+    check_positive_int("steps", steps)
+    if check_int("warmup_steps", warmup_steps, 0) >= steps:
         raise ValueError(f"warmup_steps={warmup_steps!r} is not allowed: an int in [0, steps)")
-    if not lr > 0:
-        raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")
+    check_number("lr", lr, "(0, inf)")
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn

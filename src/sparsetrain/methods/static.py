@@ -49,10 +49,11 @@ class Static(Sparsifier):
     options = (
         Option("init", None, "choose the mask by pruning at initialisation (none: a random mask)", "str",
                choices=INIT_METHODS, none=True, reference="Lee et al. 2019; Wang et al. 2020; Tanaka et al. 2020"),
-        Option("init_data", None, "batches the data-driven init scores need (SNIP, GraSP)", "data", none=True,
-               stored=False),
+        Option("init_data", None, "batches the data-driven init scores need (SNIP, GraSP)", "data",
+               allowed="a DataLoader or an (inputs, targets) pair", none=True, stored=False),
         Option("init_options", None, "further keyword arguments of prune_at_init (batches, loss_fn, rounds, "
-               "schedule, input_shape, temperature)", "mapping", _check_init_options, none=True, stored=False),
+               "schedule, input_shape, temperature)", "mapping", _check_init_options, "argument name -> value",
+               none=True, stored=False),
     )
 
     def default_scope(self, values: Mapping[str, Any]) -> str:

@@ -1,0 +1,120 @@
+"""The selection primitive: budgets (layer or global scope) and keep_top, against a sort-based reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsetrain.distributions import allocate
+from sparsetrain.selection import Budget, budget, check_scope, keep_top, resolve_scope
+
+QUICK = settings(max_examples=60, deadline=None)
+
+
+def reference_top(scores: dict[str, torch.Tensor], k: int, eligible: dict[str, torch.Tensor] | None = None):
+    """The k best entries over ``scores`` taken together by a full stable sort: ties to the lowest index in the
+    mapping's order, then in each tensor's flat order; only eligible entries can be kept."""
+    entries = []
+    for t, (name, score) in enumerate(scores.items()):
+        flat = score.reshape(-1).tolist()
+        allowed = eligible[name].reshape(-1).tolist() if eligible is not None else [True] * len(flat)
+        entries += [(-value, t, i) for i, (value, ok) in enumerate(zip(flat, allowed)) if ok]
+    chosen = {(t, i) for _, t, i in sorted(entries)[:k]}
+    return {name: torch.tensor([(t, i) in chosen for i in range(score.numel())]).view(score.shape)
+            for t, (name, score) in enumerate(scores.items())}
+
+
+def _scores(shapes: dict[str, tuple[int, ...]], seed: int, levels: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # Few distinct values: many ties, so the tie rule is exercised.
+    return {n: torch.randint(0, levels, s, generator=g).float() for n, s in shapes.items()}
+
+
+_SHAPES = st.dictionaries(st.sampled_from(["a", "b", "c", "d"]),
+                          st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=4)
+
+
+@QUICK
+@given(shapes=_SHAPES, sparsity=st.floats(0.0, 0.99), seed=st.integers(0, 50), levels=st.sampled_from([2, 5, 1000]),
+       distribution=st.sampled_from(["uniform", "er", "erk"]))
+def test_layer_scope_keeps_each_tensors_allocated_top_entries(shapes, sparsity, seed, levels, distribution):
+    scores = _scores(shapes, seed, levels)
+    wanted = budget(shapes, sparsity, distribution=distribution)
+    assert wanted == Budget(allocate(shapes, sparsity, distribution))
+    masks = keep_top(scores, wanted)
+    for name in shapes:
+        expected = reference_top({name: scores[name]}, wanted.counts[name])[name]
+        assert torch.equal(masks[name], expected), name
+
+
+@QUICK
+@given(shapes=_SHAPES, sparsity=st.floats(0.0, 0.99), seed=st.integers(0, 50), levels=st.sampled_from([2, 5, 1000]))
+def test_global_scope_keeps_the_top_entries_over_all_tensors(shapes, sparsity, seed, levels):
+    scores = _scores(shapes, seed, levels)
+    wanted = budget(shapes, sparsity, scope="global")
+    total = sum(math.prod(s) for s in shapes.values())
+    assert wanted == Budget({}, round((1 - sparsity) * total))
+    masks = keep_top(scores, wanted)
+    expected = reference_top(scores, wanted.global_count)
+    assert all(torch.equal(masks[n], expected[n]) for n in shapes)
+    assert list(masks) == list(scores)
+
+
+def test_global_scope_pins_tensors_and_ranks_the_others_at_the_sparsity():
+    shapes = {"a": (4, 5), "b": (10, 10), "c": (2, 5)}
+    wanted = budget(shapes, 0.8, scope="global", fixed={"a": 0.0, "c": 0.5})
+    # Pinned tensors keep round((1 - s) * numel); the others together keep round((1 - 0.8) * 100).
+    assert wanted == Budget({"a": 20, "c": 5}, 20)
+    masks = keep_top(_scores(shapes, 0, 1000), wanted)
+    assert {n: int(m.sum()) for n, m in masks.items()} == {"a": 20, "b": 20, "c": 5}
+
+
+@QUICK
+@given(shapes=_SHAPES, sparsity=st.floats(0.0, 0.99), seed=st.integers(0, 50), scope=st.sampled_from(["layer",
+                                                                                                         "global"]))
+def test_eligible_entries_only_and_pruning_never_adds(shapes, sparsity, seed, scope):
+    g = torch.Generator().manual_seed(seed + 1)
+    eligible = {n: torch.rand(s, generator=g) < 0.6 for n, s in shapes.items()}
+    scores = {n: s.abs() for n, s in _scores(shapes, seed, 7).items()}
+    wanted = budget(shapes, sparsity, scope=scope)
+    masks = keep_top(scores, wanted, eligible=eligible)
+    for name in shapes:
+        assert not bool((masks[name] & ~eligible[name]).any())  # never adds
+    if scope == "layer":
+        for name in shapes:
+            active = int(eligible[name].sum())
+            if wanted.counts[name] >= active:
+                assert masks[name] is eligible[name]  # nothing to prune: the mask is kept as it is
+            else:
+                expected = reference_top({name: scores[name]}, wanted.counts[name], {name: eligible[name]})
+                assert torch.equal(masks[name], expected[name])
+    else:
+        active = sum(int(m.sum()) for m in eligible.values())
+        expected = reference_top(scores, min(wanted.global_count, active), eligible)
+        assert all(torch.equal(masks[n], expected[n]) for n in shapes)
+
+
+def test_a_budget_must_cover_every_tensor():
+    with pytest.raises(ValueError, match="keep_top: no count for b"):
+        keep_top({"a": torch.ones(2), "b": torch.ones(2)}, Budget({"a": 1}))
+
+
+def test_scope_words_and_the_old_spelling():
+    assert check_scope("layer") == "layer" and check_scope("global") == "global"
+    with pytest.raises(ValueError, match=r"scope='layerwise' is not allowed: it is spelled 'layer' now"):
+        check_scope("layerwise")
+    with pytest.raises(ValueError, match=r"scope='uniform' is not allowed; choose one of 'layer', 'global'"):
+        check_scope("uniform")
+
+
+def test_a_distribution_given_without_a_scope_means_the_layer_scope():
+    defaults = {"default_scope": "global", "default_distribution": "uniform"}
+    assert resolve_scope(None, None, **defaults) == ("global", "uniform")
+    assert resolve_scope(None, "erk", **defaults) == ("layer", "erk")
+    assert resolve_scope("layer", None, **defaults) == ("layer", "uniform")
+    with pytest.raises(ValueError, match=r"distribution='erk' is not allowed with scope='global'"):
+        resolve_scope("global", "erk", **defaults)
