@@ -42,8 +42,8 @@ def child(method: str, steps: int) -> None:
         optimizer.zero_grad()
     held = 0
     if sparsifier is not None:
-        tensors = [*sparsifier.masks.values(), *sparsifier.ever_active.values(), *sparsifier.enforcer._multipliers.values(),
-                   *getattr(sparsifier, "momentum", {}).values()]
+        tensors = [*sparsifier.masks.values(), *sparsifier.ever_active.values(),
+                   *sparsifier.enforcer._multipliers.values(), *getattr(sparsifier, "momentum", {}).values()]
         held = sum(t.numel() * t.element_size() for t in tensors)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "held": held,

@@ -27,7 +27,8 @@ def test_a_subclass_inherits_its_bases_options_and_changes_only_defaults():
     gmp, granet = sparsetrain.GMP.declared_options(), sparsetrain.GraNet.declared_options()
     assert base < set(gmp) < set(granet)
     assert set(granet) - set(gmp) == {"drop_fraction", "drop_fraction_final", "regrow_after_pruning", "regrow_mode"}
-    assert (gmp["update_every"].default, gmp["distribution"].default, gmp["scope"].default) == (1000, "uniform", "layer")
+    assert (gmp["update_every"].default, gmp["distribution"].default, gmp["scope"].default) == \
+        (1000, "uniform", "layer")
     assert (granet["update_every"].default, granet["scope"].default) == (1000, "global")
     assert sparsetrain.RigL.declared_options()["distribution"].default == "erk"
     assert Regenerating.declared_options()["update_every"].default == 100
@@ -91,6 +92,7 @@ def test_a_saved_config_with_the_old_global_distribution_loads_as_the_global_sco
 def test_help_text_lists_every_method_and_option_except_the_configs_own_fields():
     text = method_options_help()
     sections: dict[str, str] = {}
+    title = ""
     for line in text.splitlines()[1:]:
         if line.startswith("    "):
             sections[title] += line + "\n"

@@ -164,7 +164,9 @@ class Sparsifier:
             self.params: dict[str, nn.Parameter] = select_prunable(model, include=values["include"],
                                                                    exclude=values["exclude"])
         else:
-            values["sparsity"] = self._masks_sparsity(given_masks, values)
+            self.params = self._select_masked(given_masks, values)
+            if values["sparsity"] is REQUIRED:
+                values["sparsity"] = sparsity_report(given_masks).sparsity
         for name, value in values.items():
             if value is REQUIRED:
                 raise TypeError(f"{type(self).__name__}: {name} is required" +
@@ -189,18 +191,16 @@ class Sparsifier:
         self.setup()
         self.attach()
 
-    def _masks_sparsity(self, masks: Mapping[str, Tensor], values: dict[str, Any]) -> float:
-        """Select the tensors ``masks`` name, check the masks fit, and return the sparsity to use."""
+    def _select_masked(self, masks: Mapping[str, Tensor], values: Mapping[str, Any]) -> dict[str, nn.Parameter]:
+        """The tensors given masks name, once the masks are checked to fit them."""
         if values["include"] is not None or values["exclude"] is not None:
             raise ValueError("give masks=... or include/exclude, not both: the masks name the tensors to sparsify")
-        self.params = select_named(self.model, masks, "masks")
-        for name, param in self.params.items():
+        params = select_named(self.model, masks, "masks")
+        for name, param in params.items():
             if tuple(masks[name].shape) != tuple(param.shape):
                 raise ValueError(f"masks[{name!r}] has shape {tuple(masks[name].shape)}, the parameter has "
                                  f"{tuple(param.shape)}")
-        total = sum(m.numel() for m in masks.values())
-        kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
-        return 1.0 - kept / total if values["sparsity"] is REQUIRED else values["sparsity"]
+        return params
 
     def default_scope(self, values: Mapping[str, Any]) -> str:
         """The scope used when neither a scope nor a distribution is given. Default: the declared one."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..distributions import DISTRIBUTIONS, check_distribution
+from ..masks import sparsity_report
 from ..options import Option
 from ..schedules import UpdateCadence, check_point, cubic_sparsity, resolve_step
 from ..scores import magnitude_scores
@@ -61,9 +62,7 @@ class GMP(Sparsifier):
         if self.inputs.get("masks") is not None:
             if "initial_sparsity" in self.given:
                 raise ValueError("initial_sparsity is set by masks=... (their sparsity): leave it out")
-            kept = sum(int(m.sum()) for m in self.inputs["masks"].values())
-            self.initial_sparsity = self.config["initial_sparsity"] = 1.0 - kept / sum(
-                m.numel() for m in self.inputs["masks"].values())
+            self.initial_sparsity = self.config["initial_sparsity"] = sparsity_report(self.inputs["masks"]).sparsity
         if self.initial_sparsity > self.sparsity:
             raise ValueError(f"initial_sparsity={self.initial_sparsity!r} must not exceed sparsity={self.sparsity!r}")
         prune_start, prune_end = self.prune_start, self.prune_end
