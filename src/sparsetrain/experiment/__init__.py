@@ -8,7 +8,7 @@ The command line (:mod:`sparsetrain.cli`) is a thin layer over this package::
     summary = Trainer(config, "runs").fit()   # trains, resumes an interrupted run, or skips a finished one
 """
 
-from .checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
+from .checkpoint import capture_rng, load_checkpoint, restore_rng
 from .config import (
     SECTIONS,
     ConfigError,
@@ -39,7 +39,6 @@ __all__ = [
     "TrainerCallback",
     "TrainingInterrupted",
     "dense_reference",
-    "atomic_save",
     "capture_rng",
     "load_checkpoint",
     "restore_rng",

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
 import types
 import typing
@@ -25,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 import yaml
+
+from sparsetrain.identity import identity_hash
 
 __all__ = [
     "ConfigError",
@@ -501,8 +501,7 @@ class ExperimentConfig:
 
     def config_hash(self, length: int = 8) -> str:
         """Short SHA-256 of the non-default identifying fields (stable across key order and new default fields)."""
-        payload = json.dumps(self.non_default(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()[:length]
+        return identity_hash(self.non_default(), length=length)
 
     def run_name(self) -> str:
         """``<method>-<hash>``: the directory of this experiment (one ``seed_<n>`` subdirectory per seed)."""

@@ -42,19 +42,13 @@ import torch
 from torch import Tensor
 
 import sparsetrain
-from sparsetrain.checkpoint_io import CheckpointError
+from sparsetrain.atomic import remove_temp_files, write_text
+from sparsetrain.checkpoint_io import CheckpointError, save_checkpoint
 from sparsetrain.distributed import assert_masks_identical, masks_checksum
 from sparsetrain.masks import sparsity_report
 
 from .build import Experiment, build_experiment
-from .checkpoint import (
-    atomic_save,
-    atomic_write_text,
-    capture_rng,
-    load_checkpoint,
-    remove_temp_files,
-    restore_rng,
-)
+from .checkpoint import capture_rng, load_checkpoint, restore_rng
 from .config import DENSE, ConfigError, ExperimentConfig
 from .flops import dense_gradient_steps, run_flops
 from .itop import itop_by_layer
@@ -185,7 +179,7 @@ class Trainer:
             remove_temp_files(self.run.path)  # left by writes a crash cut short
             for bad in self._damaged:
                 os.replace(bad, self.run.path / DAMAGED_CHECKPOINT)
-            atomic_write_text(self.config.to_yaml(), self.run.config_file)
+            write_text(self.config.to_yaml(), self.run.config_file)
             if kind == "resume":
                 kept = truncate_metrics(self.run.metrics_file, self.epoch)
                 logger.info("resuming %s at step %d (epoch %d, %d metric records)", self.run.name, self.step,
@@ -468,7 +462,7 @@ class Trainer:
         assert exp is not None
         state = self._checkpoint()
         if exp.parallel.is_main:
-            atomic_save(state, self.run.checkpoint_file, keep_previous=self.run.previous_checkpoint_file)
+            save_checkpoint(state, self.run.checkpoint_file, keep_previous=self.run.previous_checkpoint_file)
             logger.debug("checkpoint at step %d written to %s", self.step, self.run.checkpoint_file)
 
     def _load(self, state: dict[str, Any], path: Path | None = None) -> None:
@@ -536,7 +530,7 @@ class Trainer:
         checksum = assert_masks_identical(masks, group=par.control) if par.distributed else masks_checksum(masks)
         logger.info("%s: rank %d of %d: final masks checksum %s", self.run.name, par.rank, par.world_size, checksum)
         if par.is_main:
-            atomic_save(masks, self.run.masks_file)
+            save_checkpoint(masks, self.run.masks_file)
         records = self.run.read_metrics()
         last = records[-1] if records else {}
         best = best_epoch(records) or {}
