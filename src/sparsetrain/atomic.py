@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["TEMP_SUFFIX", "WRITE_DELAY_ENV", "append_line", "atomic_write", "remove_temp_files", "replace_durably",
-           "write_bytes", "write_figure", "write_json", "write_text"]
+__all__ = ["TEMP_SUFFIX", "WRITE_DELAY_ENV", "append_line", "atomic_write", "copy_file", "remove_temp_files",
+           "replace_durably", "write_bytes", "write_figure", "write_json", "write_text"]
 
 #: Test-only: seconds each atomic write sleeps between its temporary file and the rename.
 WRITE_DELAY_ENV = "SPARSETRAIN_TEST_WRITE_DELAY"
@@ -125,6 +126,12 @@ def write_json(obj: Any, path: str | os.PathLike[str], *, sort_keys: bool = Fals
         default: converts values ``json`` cannot (see :func:`json.dumps`).
     """
     return write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=default) + "\n", path)
+
+
+def copy_file(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Copy the file ``source`` to ``path`` atomically; returns the path."""
+    with open(source, "rb") as original:
+        return atomic_write(path, lambda handle: shutil.copyfileobj(original, handle))
 
 
 def write_figure(figure: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sparsetrain.atomic import write_figure, write_json, write_text
+from sparsetrain.atomic import copy_file, write_figure, write_json, write_text
 from sparsetrain.experiment.build import Experiment, build_experiment
 from sparsetrain.experiment.checkpoint import load_checkpoint
 from sparsetrain.experiment.config import ExperimentConfig
@@ -369,11 +369,7 @@ class PlasticityStudy:
 
             def on_epoch(self, trainer: Any, record: dict[str, Any]) -> None:
                 if trainer.epoch in missing:
-                    path = study.checkpoint_path(trainer.epoch)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(path.name + ".tmp")
-                    shutil.copyfile(trainer.run.checkpoint_file, tmp)
-                    tmp.replace(path)
+                    copy_file(trainer.run.checkpoint_file, study.checkpoint_path(trainer.epoch))
                 outer.on_epoch(trainer, record)
 
             def on_end(self, trainer: Any, summary: dict[str, Any]) -> None:
