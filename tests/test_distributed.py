@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 240
+STEPS = 120
 UPDATE_EVERY = 4
 
 
