@@ -10,8 +10,8 @@ The CLI owns the terminal: a tqdm progress bar and per-epoch lines on stderr, re
 or config value exits with status 2 and one line, ``sparsetrain: error: <field>=<value> is not allowed ...``;
 Ctrl-C or SIGTERM writes a checkpoint and exits with 130 / 143, and rerunning the same command resumes.
 
-This package parses and dispatches: one module per command (its arguments and a thin ``run``), the command
-bodies in the library (:mod:`sparsetrain.experiment`, :mod:`sparsetrain.lottery`, :mod:`sparsetrain.analysis`),
+This package parses and dispatches: one module per command (``HELP``, ``DESCRIPTION``, ``add_arguments`` and a
+thin ``run``), the command bodies in the library (:mod:`sparsetrain.experiment`, :mod:`sparsetrain.lottery`, :mod:`sparsetrain.analysis`),
 and the terminal (errors, notes, progress) in :mod:`sparsetrain.cli.terminal`.
 """
 
@@ -40,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
                                            "lottery-ticket science on PyTorch.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", parser_class=Parser)
-    for module in COMMANDS.values():
-        module.add_parser(sub)
+    for name, module in COMMANDS.items():
+        command = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter
+                                 if getattr(module, "RAW_DESCRIPTION", False) else argparse.HelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(func=module.run)
     return parser
 
 

@@ -8,20 +8,20 @@ from sparsetrain.atomic import write_text
 
 from .terminal import CliError
 
-__all__ = ["add_parser"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = "mask overlap (IoU, Hamming) of two runs, or update sparsity between two checkpoints"
+DESCRIPTION = ("A and B are run directories (runs/<name>/seed_<n>), lottery level directories (level_<L>, "
+               "level_<L>/reinit), masks.pt files, checkpoint.pt files or saved state dicts. Without --update: "
+               "the overlap of their masks per layer and in total (IoU, Hamming distance, and the IoU two "
+               "random masks of the same sizes would have). With --update: the update sparsity from A "
+               "(before) to B (after): the fraction of each tensor that changed (beyond --atol) and the rank "
+               "of each update. With four paths (A B C D) or --against C D: also the overlap of the changed "
+               "sets of A->B and C->D.")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``compare`` command."""
-    parser = sub.add_parser(
-        "compare", help="mask overlap (IoU, Hamming) of two runs, or update sparsity between two checkpoints",
-        description="A and B are run directories (runs/<name>/seed_<n>), lottery level directories (level_<L>, "
-                    "level_<L>/reinit), masks.pt files, checkpoint.pt files or saved state dicts. Without --update: "
-                    "the overlap of their masks per layer and in total (IoU, Hamming distance, and the IoU two "
-                    "random masks of the same sizes would have). With --update: the update sparsity from A "
-                    "(before) to B (after): the fraction of each tensor that changed (beyond --atol) and the rank "
-                    "of each update. With four paths (A B C D) or --against C D: also the overlap of the changed "
-                    "sets of A->B and C->D.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``compare`` command's arguments."""
     parser.add_argument("paths", nargs="+", metavar="PATH", help="A B, or A B C D")
     parser.add_argument("--update", action="store_true",
                         help="update sparsity between checkpoints instead of mask overlap (default: false)")
@@ -33,7 +33,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="skip the update ranks (one SVD per tensor) (default: computed)")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output (default: table)")
     parser.add_argument("--output", metavar="FILE", default=None, help="also write the output to FILE")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,18 +6,18 @@ import argparse
 
 from .terminal import CliError
 
-__all__ = ["add_parser"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = "lottery jackpot: search a mask in a trained run without changing its weights"
+DESCRIPTION = ("Rebuilds the model of a finished run (runs/<name>/seed_<n>: config.yaml, checkpoint.pt), loads "
+               "its trained weights and searches a mask at --sparsity by training scores only (Chen et al. "
+               "2021, sparsetrain.lottery.find_jackpot) on the run's training batches. Prints the test "
+               "accuracy of the magnitude mask (before) and of the jackpot (after) and their IoU, and writes "
+               "RUN_DIR/jackpot-<sparsity>/masks.pt and jackpot.json. No file of the run changes.")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``jackpot`` command."""
-    parser = sub.add_parser(
-        "jackpot", help="lottery jackpot: search a mask in a trained run without changing its weights",
-        description="Rebuilds the model of a finished run (runs/<name>/seed_<n>: config.yaml, checkpoint.pt), loads "
-                    "its trained weights and searches a mask at --sparsity by training scores only (Chen et al. "
-                    "2021, sparsetrain.lottery.find_jackpot) on the run's training batches. Prints the test "
-                    "accuracy of the magnitude mask (before) and of the jackpot (after) and their IoU, and writes "
-                    "RUN_DIR/jackpot-<sparsity>/masks.pt and jackpot.json. No file of the run changes.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``jackpot`` command's arguments."""
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained run directory (runs/<name>/seed_<n>)")
     parser.add_argument("--sparsity", type=float, default=0.9, help="target sparsity in [0, 1) (default: 0.9)")
     parser.add_argument("--steps", type=int, default=100, help="score-update steps (default: 100)")
@@ -30,7 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="per-layer sparsity: uniform, er, erk, or one global ranking (default: uniform)")
     parser.add_argument("--device", default=None, help="overrides the run's train.device (default: the run's)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,19 +9,18 @@ from typing import Any
 from .config_flags import add_config_flags, parse_seeds, resolve_config
 from .terminal import CliError, note
 
-__all__ = ["add_parser"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = "lottery tickets: iterative magnitude pruning with rewinding, and its controls"
+DESCRIPTION = ("Iterative magnitude pruning (Frankle & Carbin 2019; rewinding to step k: Frankle et al. 2020) "
+               "on the data/model/optim/train recipe of the config, in <runs-dir>/lottery-<hash>/seed_<n>/"
+               "level_<k>/ (masks.pt, sparsity.json, metrics.json; controls in reinit/ and random/). A "
+               "stopped run resumes at the stage it was in. The sparse section plays no part.")
+RAW_DESCRIPTION = True  # --help prints the description unwrapped
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``lottery`` command."""
-    parser = sub.add_parser(
-        "lottery", help="lottery tickets: iterative magnitude pruning with rewinding, and its controls",
-        description="Iterative magnitude pruning (Frankle & Carbin 2019; rewinding to step k: Frankle et al. 2020) "
-                    "on the data/model/optim/train recipe of the config, in <runs-dir>/lottery-<hash>/seed_<n>/"
-                    "level_<k>/ (masks.pt, sparsity.json, metrics.json; controls in reinit/ and random/). A "
-                    "stopped run resumes at the stage it was in. The sparse section plays no part.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lottery`` command's arguments."""
     group = parser.add_argument_group("run")
     group.add_argument("--config", metavar="FILE", default=None,
                        help="YAML config file with sections data/model/optim/train (default: none)")
@@ -53,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lottery.add_argument("--controls", nargs="*", default=["reinit", "random"], metavar="{reinit,random}",
                          help="controls trained at every level >= 1 (default: reinit random)")
     add_config_flags(parser)
-    parser.set_defaults(func=run, resume=None)
+    parser.set_defaults(resume=None)
 
 
 def run(args: argparse.Namespace) -> int:

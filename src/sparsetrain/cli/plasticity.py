@@ -8,21 +8,21 @@ from pathlib import Path
 from .config_flags import add_config_flags, resolve_config
 from .terminal import CliError, Progress, note
 
-__all__ = ["add_parser"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = "pruning plasticity: prune a dense run at epochs t with rates r, train on, compare"
+DESCRIPTION = ("Trains the dense run of the recipe (config flags as for train), saves its checkpoints after "
+               "the epochs t of --prune-epochs, prunes a copy of each by magnitude with each rate r "
+               "(--scope global or layer), and trains it to the end of the schedule with the mask fixed "
+               "and/or with GraNet's neuroregeneration. Writes plasticity.md, plasticity.csv and "
+               "plasticity.png (relative accuracy change against t, one line per r and regeneration, LR "
+               "decays marked). Every stage is skipped when its output exists. Use a multistep learning rate "
+               "(--lr-schedule multistep) to see the effect of its decays.")
+RAW_DESCRIPTION = True  # --help prints the description unwrapped
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``plasticity`` command."""
-    parser = sub.add_parser(
-        "plasticity", help="pruning plasticity: prune a dense run at epochs t with rates r, train on, compare",
-        description="Trains the dense run of the recipe (config flags as for train), saves its checkpoints after "
-                    "the epochs t of --prune-epochs, prunes a copy of each by magnitude with each rate r "
-                    "(--scope global or layer), and trains it to the end of the schedule with the mask fixed "
-                    "and/or with GraNet's neuroregeneration. Writes plasticity.md, plasticity.csv and "
-                    "plasticity.png (relative accuracy change against t, one line per r and regeneration, LR "
-                    "decays marked). Every stage is skipped when its output exists. Use a multistep learning rate "
-                    "(--lr-schedule multistep) to see the effect of its decays.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``plasticity`` command's arguments."""
     study = parser.add_argument_group("plasticity")
     study.add_argument("--prune-epochs", nargs="+", type=int, default=None, metavar="T",
                        help="epochs after which copies are pruned (default: before and after each LR decay, plus "
@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("-v", "--verbose", action="store_true",
                        help="log INFO messages (default: warnings only)")
     add_config_flags(parser)
-    parser.set_defaults(func=run, resume=None)
+    parser.set_defaults(resume=None)
 
 
 def run(args: argparse.Namespace) -> int:

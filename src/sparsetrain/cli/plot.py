@@ -8,22 +8,21 @@ from pathlib import Path
 
 from .terminal import CliError, note
 
-__all__ = ["add_parser"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = "write PNG plots of the runs"
+DESCRIPTION = ("Writes accuracy_vs_sparsity.png (across runs, dense baseline as a dashed line) into --out, "
+               "and curves.png, density.png and layers.png into every finished run's directory, and curve.png "
+               "into every lottery run.")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``plot`` command."""
-    parser = sub.add_parser(
-        "plot", help="write PNG plots of the runs",
-        description="Writes accuracy_vs_sparsity.png (across runs, dense baseline as a dashed line) into --out, "
-                    "and curves.png, density.png and layers.png into every finished run's directory, and curve.png "
-                    "into every lottery run.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``plot`` command's arguments."""
     parser.add_argument("--runs-dir", default="runs", help="the runs directory (default: runs)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="where accuracy_vs_sparsity.png goes (default: the runs directory)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar (default: shown)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,22 +6,21 @@ import argparse
 from pathlib import Path
 
 from sparsetrain.atomic import write_text
+from sparsetrain.experiment.report import COLUMNS, FORMATS
 
 from .terminal import CliError, note
 
-__all__ = ["add_parser"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = "print a table of finished runs"
+DESCRIPTION = ("A table of the finished runs under --runs-dir. Columns: "
+               + "; ".join(f"{k}: {d}" for k, d in COLUMNS) + ". Then one row per finished level of each "
+               "lottery run (lottery-<hash>/seed_<n>): accuracy of the ticket and its controls against the "
+               "weights remaining.")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``report`` command."""
-    from sparsetrain.experiment.report import COLUMNS, FORMATS
-
-    parser = sub.add_parser(
-        "report", help="print a table of finished runs",
-        description="A table of the finished runs under --runs-dir. Columns: "
-                    + "; ".join(f"{k}: {d}" for k, d in COLUMNS) + ". Then one row per finished level of each "
-                    "lottery run (lottery-<hash>/seed_<n>): accuracy of the ticket and its controls against the "
-                    "weights remaining.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``report`` command's arguments."""
     parser.add_argument("--runs-dir", default="runs", help="the runs directory (default: runs)")
     parser.add_argument("--format", default="table", choices=FORMATS,
                         help="table (aligned text), markdown or csv (default: table)")
@@ -32,7 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", action="store_true",
                         help="also print each run's per-layer table: final density, ITOP rate, inference and "
                              "training FLOPs beside dense (default: false)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

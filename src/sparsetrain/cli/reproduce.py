@@ -10,20 +10,20 @@ from typing import Any
 
 from .terminal import PROG, CliError, note
 
-__all__ = ["add_parser"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = ("the reproduction benchmark: every method at several sparsities and seeds, tables, "
+        "plots and the claims checked")
+DESCRIPTION = ("Trains the grid of a setting (full: dense, GMP, GraNet s_i=0 and 0.5, RigL, SET, SNFS, static "
+               "ERK, SNIP, GraSP, SynFlow and IMP at 90/95/98% sparsity, 3 seeds, on MNIST-1D (cnn1d, mlp) "
+               "and the packaged MNIST subset (LeNet-300-100); plus a pruning-plasticity study) as ordinary run "
+               "directories, so a rerun skips finished cells and resumes interrupted ones; then writes "
+               "reproduction.md (mean ± std tables, the claims of MISSION.md section 5 checked), "
+               "reproduction.csv and PNG plots.")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``reproduce`` command."""
-    parser = sub.add_parser(
-        "reproduce", help="the reproduction benchmark: every method at several sparsities and seeds, tables, "
-                          "plots and the claims checked",
-        description="Trains the grid of a setting (full: dense, GMP, GraNet s_i=0 and 0.5, RigL, SET, SNFS, static "
-                    "ERK, SNIP, GraSP, SynFlow and IMP at 90/95/98% sparsity, 3 seeds, on MNIST-1D (cnn1d, mlp) "
-                    "and the packaged MNIST subset (LeNet-300-100); plus a pruning-plasticity study) as ordinary run "
-                    "directories, so a rerun skips finished cells and resumes interrupted ones; then writes "
-                    "reproduction.md (mean ± std tables, the claims of MISSION.md section 5 checked), "
-                    "reproduction.csv and PNG plots.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``reproduce`` command's arguments."""
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--quick", dest="setting", action="store_const", const="quick",
                        help="a subset in a few minutes (one data/model pair, 90 and 98%% sparsity, one seed, "
@@ -44,7 +44,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; write the results of what has finished (default: false)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from sparsetrain.distributed import is_main_process
 from .config_flags import add_config_flags, parse_seeds, resolve_config
 from .terminal import CliError, Progress, note
 
-__all__ = ["add_parser", "method_options_help"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "method_options_help"]
 
 
 def method_options_help() -> str | None:
@@ -33,16 +33,16 @@ def method_options_help() -> str | None:
     return None
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``train`` command."""
-    parser = sub.add_parser(
-        "train", help="train runs (and the dense baseline); resume interrupted ones; skip finished ones",
-        description="Train one run per seed in <runs-dir>/<method>-<hash>/seed_<n>/ (hash of the non-default "
-                    "config fields). With no arguments: GraNet at 90% sparsity on MNIST-1D, plus the dense "
-                    "baseline with the same recipe. A finished run is skipped; an interrupted one resumes.",
-        epilog=method_options_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "train runs (and the dense baseline); resume interrupted ones; skip finished ones"
+DESCRIPTION = ("Train one run per seed in <runs-dir>/<method>-<hash>/seed_<n>/ (hash of the non-default "
+               "config fields). With no arguments: GraNet at 90% sparsity on MNIST-1D, plus the dense "
+               "baseline with the same recipe. A finished run is skipped; an interrupted one resumes.")
+RAW_DESCRIPTION = True  # --help prints the description unwrapped
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train`` command's arguments."""
+    parser.epilog = method_options_help()
     group = parser.add_argument_group("run")
     group.add_argument("--config", metavar="FILE", default=None,
                        help="YAML config file with sections data/model/optim/sparse/train (default: none)")
@@ -75,7 +75,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--init", choices=INIT_METHODS, default=None,
                         help="pruning at initialisation for --method static: shortcut for --method-option "
                              "init=NAME (default: none, a random mask)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
