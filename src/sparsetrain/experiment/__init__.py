@@ -20,9 +20,9 @@ from .config import (
     TrainConfig,
 )
 from .report import aggregate_rows, collect_rows, format_rows
-from .rundir import RunDir, find_runs
+from .rundir import RunDir, dense_reference, find_runs
 from .signals import TrainingInterrupted
-from .trainer import Trainer, TrainerCallback, dense_reference
+from .trainer import Trainer, TrainerCallback
 
 __all__ = [
     "SECTIONS",

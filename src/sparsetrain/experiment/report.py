@@ -17,8 +17,7 @@ from typing import Any
 from sparsetrain.tables import FORMATS, Column, render
 
 from .config import ConfigError
-from .rundir import RunDir, find_runs
-from .trainer import dense_reference
+from .rundir import RunDir, dense_reference, find_runs
 
 __all__ = ["COLUMNS", "collect_rows", "aggregate_rows", "format_rows", "FORMATS", "layer_rows", "format_layers",
            "format_results"]

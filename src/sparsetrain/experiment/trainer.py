@@ -34,7 +34,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ from .config import DENSE, ConfigError, ExperimentConfig
 from .flops import dense_gradient_steps, run_flops
 from .itop import itop_by_layer
 from .metrics import append_metrics, best_epoch, truncate_metrics, write_summary
-from .rundir import RunDir
+from .rundir import RunDir, dense_reference
 from .signals import StopRequest, TrainingInterrupted
 
 __all__ = ["Trainer", "TrainerCallback", "CHECKPOINT_VERSION"]
@@ -592,24 +591,3 @@ class Trainer:
         if self.config.sparse.method == DENSE:
             return None
         return dense_reference(self.runs_dir, self.config)
-
-
-def dense_reference(runs_dir: str | Path, config: ExperimentConfig) -> dict[str, Any] | None:
-    """Accuracy of the finished dense baseline of ``config`` (same seed preferred), or None.
-
-    Args:
-        runs_dir: the runs directory.
-        config: a (sparse) config.
-
-    Returns:
-        ``{"run", "final_acc", "best_acc"}`` or None.
-    """
-    dense = config.dense_baseline()
-    same_seed = RunDir.for_config(runs_dir, dense)
-    candidates: Iterator[RunDir] = iter([same_seed])
-    others = sorted(same_seed.path.parent.glob("seed_*")) if same_seed.path.parent.is_dir() else []
-    for run in [*candidates, *(RunDir(p) for p in others)]:
-        summary = run.read_summary()
-        if summary is not None:
-            return {"run": run.name, "final_acc": summary.get("final_acc"), "best_acc": summary.get("best_acc")}
-    return None
