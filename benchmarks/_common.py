@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmark scripts: machine description, medians, markdown tables, writing docs (with\nsparsetrain's own table formatter and atomic writer)."""
+"""Shared helpers for the benchmark scripts: machine description, medians, markdown tables, writing docs (with
+sparsetrain's own table formatter and atomic writer)."""
 
 from __future__ import annotations
 

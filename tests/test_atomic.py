@@ -128,7 +128,8 @@ def _file_writes(path: Path) -> list[tuple[str, int]]:
 def test_the_scan_finds_file_writes(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("import os, torch\nPath('a').write_text('x')\ntorch.save({}, 'b')\nos.replace('c', 'd')\n"
-                      "open('e', 'w')\nfig.savefig('f.png')\nwrite_text('ok', 'g')\nopen('h')\np.replace(q)\n'a'.replace('b', 'c')\n")
+                      "open('e', 'w')\nfig.savefig('f.png')\nwrite_text('ok', 'g')\nopen('h')\np.replace(q)\n"
+                      "'a'.replace('b', 'c')\n")
     assert [name for name, _ in _file_writes(sample)] == ["write_text", "torch.save", "os.replace", "open", "savefig",
                                                           "replace"]
 

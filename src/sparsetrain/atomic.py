@@ -61,9 +61,8 @@ def replace_durably(source: str | os.PathLike[str], target: str | os.PathLike[st
     _fsync_directory(Path(target).parent)
 
 
-def atomic_write(
-    path: str | os.PathLike[str], write: Callable[[BinaryIO], Any], *, keep_previous: str | os.PathLike[str] | None = None
-) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any], *,
+                 keep_previous: str | os.PathLike[str] | None = None) -> Path:
     """Write a file atomically: ``write(handle)`` into a temp file in the same directory, fsync, ``os.replace``.
 
     Args:

@@ -523,6 +523,7 @@ def format_plasticity(rows: Sequence[Mapping[str, Any]], fmt: str = "markdown") 
         return render(_COLUMNS, rows, "csv")
     if fmt != "markdown":
         raise ValueError(f"fmt={fmt!r} is not allowed; choose 'markdown' or 'csv'")
+
     def percent(value: float) -> str:
         return f"{100 * value:.2f}"
 

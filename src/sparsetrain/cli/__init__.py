@@ -11,8 +11,8 @@ or config value exits with status 2 and one line, ``sparsetrain: error: <field>=
 Ctrl-C or SIGTERM writes a checkpoint and exits with 130 / 143, and rerunning the same command resumes.
 
 This package parses and dispatches: one module per command (``HELP``, ``DESCRIPTION``, ``add_arguments`` and a
-thin ``run``), the command bodies in the library (:mod:`sparsetrain.experiment`, :mod:`sparsetrain.lottery`, :mod:`sparsetrain.analysis`),
-and the terminal (errors, notes, progress) in :mod:`sparsetrain.cli.terminal`.
+thin ``run``), the command bodies in the library (:mod:`sparsetrain.experiment`, :mod:`sparsetrain.lottery`,
+:mod:`sparsetrain.analysis`), and the terminal (errors, notes, progress) in :mod:`sparsetrain.cli.terminal`.
 """
 
 from __future__ import annotations

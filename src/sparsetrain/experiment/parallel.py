@@ -39,6 +39,7 @@ __all__ = ["Parallel", "SINGLE", "setup", "shutdown", "wrap_model"]
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Parallel:
     """Where this process stands in a data-parallel run (rank 0 of 1 outside one).

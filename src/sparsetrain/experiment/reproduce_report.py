@@ -189,8 +189,8 @@ def csv_table(setting: ReproSetting, results: Mapping[str, Mapping[tuple[str, fl
         cells = results.get(bench.key, {})
         for (method, target), cell in sorted(cells.items(), key=lambda kv: (_order(kv[0][0]), kv[0][1])):
             agg = aggregate(cell)
-            rows.append([bench.key, method, target] + [agg[k] for k in ("sparsity", "n", "acc", "acc_std", "train_flops",
-                                                                      "inf_flops", "itop")])
+            rows.append([bench.key, method, target, *(agg[k] for k in ("sparsity", "n", "acc", "acc_std",
+                                                                       "train_flops", "inf_flops", "itop"))])
     return render(columns, rows, "csv")
 
 
