@@ -230,3 +230,18 @@ def test_resume_a_run_directory_by_path(tmp_path, capsys):
     assert "gmp-" in captured.out and "dense" not in captured.out  # a resumed run trains no baseline
     assert main(["train", "--resume", str(run), "--epochs", "9"]) == 2
     assert "change the run's identity" in capsys.readouterr().err
+
+
+def test_train_results_read_as_the_readme_shows():
+    from sparsetrain.experiment.report import format_results
+
+    dense = {"method": "dense", "seed": 0, "sparsity": 0.0, "target_sparsity": 0.0, "final_acc": 0.947,
+             "best_acc": 0.941, "wall_time": 6.07, "run": "dense-90654191/seed_0"}
+    granet = {"method": "granet", "seed": 0, "sparsity": 0.90006, "target_sparsity": 0.9, "final_acc": 0.827,
+              "best_acc": 0.831, "wall_time": 6.1, "run": "granet-44136fa3/seed_0"}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    start = readme.index("results (test accuracy; runs in runs/):")
+    shown = [line.replace("  ...  ", "  6.1s  ") for line in readme[start:start + 4]]
+    assert format_results([dense, granet], "runs").splitlines() == shown
+    alone = format_results([granet | {"dense": {"final_acc": 0.9}}], "runs").splitlines()
+    assert alone[-1] == "granet at 90% sparsity: 0.8270 vs dense 0.9000 (-0.0730), seed 0"
