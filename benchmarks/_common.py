@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmark scripts: machine description, medians, markdown tables, writing docs."""
+"""Shared helpers for the benchmark scripts: machine description, medians, markdown tables, writing docs (with
+sparsetrain's own table formatter and atomic writer)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from pathlib import Path
 
 import torch
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks"
+if str(ROOT / "src") not in sys.path:  # the scripts measure this checkout's package
+    sys.path.insert(0, str(ROOT / "src"))
+
+from sparsetrain.atomic import write_text  # noqa: E402
+from sparsetrain.tables import Column, render  # noqa: E402
 
 
 def machine_info() -> dict[str, str]:
@@ -56,18 +63,14 @@ def timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A markdown table (every column left-aligned)."""
+    return render([Column(h, align="left") for h in header], rows, "markdown")
 
 
 def write_doc(name: str, title: str, body: str) -> Path:
     """Write ``docs/benchmarks/<name>.md`` with the command and machine, and print the body."""
     command = "python " + " ".join([Path(sys.argv[0]).as_posix().split("/work/main/")[-1], *sys.argv[1:]])
     text = f"# {title}\n\nCommand: `{command}`\n\nMachine: {machine()}\n\n{body}\n"
-    DOCS.mkdir(parents=True, exist_ok=True)
-    path = DOCS / f"{name}.md"
-    path.write_text(text)
+    path = write_text(text, DOCS / f"{name}.md")
     print(text)
     return path

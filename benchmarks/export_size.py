@@ -22,7 +22,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from _common import machine_info
+from _common import machine_info, write_text
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,8 +185,7 @@ def main() -> None:
     ]
     text = "\n".join(header + body)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(text, args.out)
 
 
 if __name__ == "__main__":

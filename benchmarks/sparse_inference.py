@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from _common import machine_info
+from _common import machine_info, write_text
 import torch.nn.functional as F
 from torch import nn
 
@@ -496,8 +496,7 @@ def main() -> None:
     ]
     text = "\n".join(header + targets + kernels + linear + be_lines + small + mlp_lines + conv + extra + [NOTES])
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(text, args.out)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""The command line end to end on tiny synthetic data: train, report, plot, bad options, SIGKILL and resume."""
+"""The command line end to end on tiny synthetic data: train, report, plot, bad options, SIGKILL and resume.
+
+Everything runs in-process through ``main([...])`` except what needs a process of its own: the run killed with
+SIGKILL and the one stopped with SIGTERM (``python -m sparsetrain``, as a user starts it).
+"""
 
 import csv
 import io
@@ -22,12 +26,6 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = ["--data", "synthetic", "--data-option", "n_train=256", "--data-option", "n_test=64",
         "--data-option", "input_shape=[1, 12]", "--model", "mlp", "--model-option", "hidden=[16]",
         "--epochs", "2", "--batch-size", "32", "--update-every", "3", "--no-progress"]
-
-
-def _cli(*args, cwd=None, timeout=120):
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "sparsetrain", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def _png(path):
@@ -125,14 +123,15 @@ def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, words):
     assert not runs_dir.exists()  # nothing was trained, not even the dense baseline
 
 
-def test_bad_yaml_config_exits_2_without_traceback(tmp_path):
+def test_bad_yaml_config_exits_2_without_traceback(tmp_path, monkeypatch, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("sparse:\n  sparsity: 0.9\n  distribution: diagonal\n")
-    result = _cli("train", "--config", str(config), cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
         "sparsetrain: error: sparse.distribution='diagonal' is not allowed; choose one of uniform, er, erk"]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
 def test_help_lists_every_option_with_its_default(capsys):
@@ -153,7 +152,8 @@ def test_help_lists_every_option_with_its_default(capsys):
         assert "--runs-dir" in capsys.readouterr().out
 
 
-def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_path):
+def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_path, monkeypatch, capsys):
+    """The killed run is a real process (SIGKILL); its resume and the uninterrupted run go through main()."""
     args = ["train", "--data", "synthetic", "--data-option", "n_train=512", "--data-option", "n_test=64",
             "--data-option", "input_shape=[1, 12]", "--model", "mlp", "--model-option", "hidden=[32]",
             "--method", "granet", "--sparsity", "0.8", "--epochs", "8", "--batch-size", "16",
@@ -174,11 +174,10 @@ def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_pa
     epochs_at_kill = torch.load(run / "checkpoint.pt", weights_only=True)["epoch"]
     assert 1 <= epochs_at_kill < 8
 
-    resumed = _cli(*args, "--runs-dir", "cut", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming an interrupted run" in resumed.stderr
-    straight = _cli(*args, "--runs-dir", "straight", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--runs-dir", "cut"]) == 0
+    assert "resuming an interrupted run" in capsys.readouterr().err
+    assert main([*args, "--runs-dir", "straight"]) == 0
     other = tmp_path / "straight" / run.parent.name / "seed_0"
 
     def metrics(path):
@@ -231,3 +230,18 @@ def test_resume_a_run_directory_by_path(tmp_path, capsys):
     assert "gmp-" in captured.out and "dense" not in captured.out  # a resumed run trains no baseline
     assert main(["train", "--resume", str(run), "--epochs", "9"]) == 2
     assert "change the run's identity" in capsys.readouterr().err
+
+
+def test_train_results_read_as_the_readme_shows():
+    from sparsetrain.experiment.report import format_results
+
+    dense = {"method": "dense", "seed": 0, "sparsity": 0.0, "target_sparsity": 0.0, "final_acc": 0.947,
+             "best_acc": 0.941, "wall_time": 6.07, "run": "dense-90654191/seed_0"}
+    granet = {"method": "granet", "seed": 0, "sparsity": 0.90006, "target_sparsity": 0.9, "final_acc": 0.827,
+              "best_acc": 0.831, "wall_time": 6.1, "run": "granet-44136fa3/seed_0"}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    start = readme.index("results (test accuracy; runs in runs/):")
+    shown = [line.replace("  ...  ", "  6.1s  ") for line in readme[start:start + 4]]
+    assert format_results([dense, granet], "runs").splitlines() == shown
+    alone = format_results([granet | {"dense": {"final_acc": 0.9}}], "runs").splitlines()
+    assert alone[-1] == "granet at 90% sparsity: 0.8270 vs dense 0.9000 (-0.0730), seed 0"

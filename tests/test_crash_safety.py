@@ -23,7 +23,7 @@ import sparsetrain.data
 import sparsetrain.experiment.trainer
 import sparsetrain.models  # noqa: F401
 from sparsetrain.cli import main
-from sparsetrain.experiment.checkpoint import WRITE_DELAY_ENV
+from sparsetrain.atomic import WRITE_DELAY_ENV
 
 ARGS = ["train", "--data", "synthetic", "--data-option", "n_train=192", "--data-option", "n_test=512",
         "--data-option", "input_shape=[1, 12]", "--model", "mlp", "--model-option", "hidden=[16]",

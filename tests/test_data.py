@@ -229,7 +229,7 @@ def test_cache_round_trip_and_corrupt_entry_is_a_miss(tmp_path: Path, monkeypatc
     assert loaded is not None and all(np.array_equal(loaded[k], arrays[k]) for k in arrays)
     (tmp_path / "bad.npz").write_bytes(b"garbage")
     assert load_npz(tmp_path / "bad.npz") is None and load_npz(tmp_path / "absent.npz") is None
-    assert list(tmp_path.rglob("*.tmp.npz")) == []
+    assert list(tmp_path.rglob("*.tmp")) == []  # no temporary file left behind
     monkeypatch.setenv("SPARSETRAIN_CACHE", str(tmp_path / "env"))
     assert resolve_cache_dir() == tmp_path / "env" and resolve_cache_dir(tmp_path) == tmp_path
     monkeypatch.delenv("SPARSETRAIN_CACHE")

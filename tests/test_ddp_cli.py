@@ -5,9 +5,8 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
+import tempfile
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from sparsetrain.cli import main
 from sparsetrain.distributed import masks_checksum
 from sparsetrain.experiment import RunDir, Trainer
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 ARGS = ["train", "--data", "synthetic", "--data-option", "n_train=256", "--data-option", "n_test=64",
         "--data-option", "input_shape=[1, 12]", "--model", "mlp", "--model-option", "hidden=[16]",
         "--method", "rigl", "--sparsity", "0.8", "--epochs", "2", "--batch-size", "32", "--update-every", "3",
@@ -27,14 +25,25 @@ FILES = {"config.yaml", "metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt", 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """The run, launched as a user would: ``python -m sparsetrain train ... --nproc 2``."""
+    """The run, launched as a user would (``sparsetrain train ... --nproc 2``, through ``main``): the CLI starts
+    torchrun, which starts the two ranks; their stderr (file descriptor 2) is collected."""
     root = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, "-m", "sparsetrain", *ARGS, "--nproc", "2"], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    cwd = os.getcwd()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            os.chdir(root)
+            code = main([*ARGS, "--nproc", "2"])
+        finally:
+            os.chdir(cwd)
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        stderr = log.read().decode(errors="replace")
+    assert code == 0, stderr[-3000:]
     (run,) = (root / "runs").glob("*/seed_0")
-    return run, result
+    return run, SimpleNamespace(stderr=stderr)
 
 
 def _checksums(stderr):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 240
+STEPS = 120
 UPDATE_EVERY = 4
 
 
@@ -222,6 +222,38 @@ def test_helpers_outside_a_distributed_run() -> None:
     masks = {"a": torch.rand(7, 5) > 0.5, "b": torch.rand(3, 3, 3) > 0.2}
     assert is_main_process() and rank() == 0 and world_size() == 1
     assert assert_masks_identical(masks) == masks_checksum(masks)
+
+
+def test_rank_is_read_from_torchrun_variables_before_the_group_exists(monkeypatch, capsys) -> None:
+    from sparsetrain.cli.terminal import note
+    from sparsetrain.distributed import is_main_process, launch_environment, process_position, rank, world_size
+    from sparsetrain.experiment.config import ConfigError
+    from sparsetrain.experiment.parallel import SINGLE, setup
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert launch_environment() is None and process_position() == (0, 1, 0)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert launch_environment() is None and setup(torch.device("cpu")) == (SINGLE, torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert process_position() == (1, 2, 0) and rank() == 1 and world_size() == 2 and not is_main_process()
+    note("only rank 0 talks")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    note("rank 0 talks")
+    assert capsys.readouterr().err == "sparsetrain: rank 0 talks\n"
+    monkeypatch.setenv("RANK", "two")
+    with pytest.raises(ValueError, match="environment variable RANK='two' is not allowed: expected an int"):
+        launch_environment()
+    assert rank() == 0 and world_size() == 1  # the lenient readers; the run itself stops with the error:
+    with pytest.raises(ConfigError, match="RANK='two' is not allowed"):
+        setup(torch.device("cpu"))
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ConfigError, match="expected 0 <= RANK < WORLD_SIZE"):
+        setup(torch.device("cpu"))
 
 
 def test_checksum_sees_every_bit_shape_and_name() -> None:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from sparsetrain.experiment.checkpoint import atomic_save, atomic_write_text, capture_rng, load_checkpoint, restore_rng
+from sparsetrain.atomic import write_text
+from sparsetrain.checkpoint_io import save_checkpoint
+from sparsetrain.experiment.checkpoint import capture_rng, load_checkpoint, restore_rng
 from sparsetrain.experiment.metrics import append_metrics, best_epoch, truncate_metrics
 from sparsetrain.experiment.optim import lr_factor
 
@@ -21,31 +23,31 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     np.random.randn(1)  # leave a cached gaussian in numpy's state
     random.gauss(0, 1)  # and in Python's
-    atomic_save({"rng": capture_rng()}, tmp_path / "ck.pt")
+    save_checkpoint({"rng": capture_rng()}, tmp_path / "ck.pt")
     expected = _draws()
     _draws()  # move every generator on
     restore_rng(load_checkpoint(tmp_path / "ck.pt")["rng"])
     assert _draws() == expected
 
 
-def test_atomic_save_replaces_and_leaves_no_temp_file(tmp_path):
+def test_save_checkpoint_replaces_and_leaves_no_temp_file(tmp_path):
     path = tmp_path / "ck.pt"
-    atomic_save({"a": torch.arange(3)}, path)
-    atomic_save({"a": torch.arange(5)}, path)
+    save_checkpoint({"a": torch.arange(3)}, path)
+    save_checkpoint({"a": torch.arange(5)}, path)
     assert torch.equal(load_checkpoint(path)["a"], torch.arange(5))
     assert os.listdir(tmp_path) == ["ck.pt"]
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "ck.pt"
-    atomic_save({"a": 1}, path)
+    save_checkpoint({"a": 1}, path)
 
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        atomic_save({"a": Unpicklable()}, path)
+        save_checkpoint({"a": Unpicklable()}, path)
     assert load_checkpoint(path) == {"a": 1}
     assert os.listdir(tmp_path) == ["ck.pt"]
 
@@ -65,7 +67,7 @@ def test_truncate_metrics_drops_epochs_after_the_checkpoint_and_torn_lines(tmp_p
     assert truncate_metrics(path, 2) == 2
     assert [line for line in path.read_text().splitlines()] == ['{"epoch": 1, "test_acc": 0.1}',
                                                                '{"epoch": 2, "test_acc": 0.2}']
-    atomic_write_text("", path)
+    write_text("", path)
     assert truncate_metrics(path, 5) == 0
 
 

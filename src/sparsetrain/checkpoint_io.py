@@ -1,8 +1,7 @@
 """Checkpoint files on disk: atomic saving and safe loading.
 
-Saving writes to a temporary file in the target's directory, flushes and ``fsync``s it, and renames it over the
-target with ``os.replace`` (atomic on POSIX and Windows), so a crash mid-save leaves the old checkpoint intact
-and never a half-written one under the real name.
+Saving is ``torch.save`` through :func:`sparsetrain.atomic.atomic_write` (temporary file, fsync, ``os.replace``),
+so a crash mid-save leaves the old checkpoint intact and never a half-written one under the real name.
 
 Loading uses ``torch.load(..., weights_only=True)``: only tensors, primitive containers and a short list of
 torch types are rebuilt, so a file crafted to run code when unpickled is refused instead of executed. A
@@ -15,13 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
+
+from .atomic import atomic_write
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "save_checkpoint", "load_checkpoint"]
 
@@ -38,75 +37,10 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds Python objects that a weights-only load refuses to rebuild (it could run code)."""
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable; not possible on every platform (Windows), so best effort."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-#: Test-only: seconds each atomic write sleeps between its temporary file and the rename, so crash tests can
-#: kill a process in the middle of a write.
-WRITE_DELAY_ENV = "SPARSETRAIN_TEST_WRITE_DELAY"
-TEMP_SUFFIX = ".tmp"
-
-
-def atomic_write(
-    path: str | os.PathLike[str], write: Callable[[BinaryIO], Any], *, keep_previous: str | os.PathLike[str] | None = None
-) -> Path:
-    """Write a file atomically: ``write(handle)`` into a temp file in the same directory, fsync, ``os.replace``.
-
-    A reader sees the old file or the new one, never a half-written one, whatever kills the process.
-
-    Args:
-        path: the target file; its directory is created if missing.
-        write: fills the open binary handle.
-        keep_previous: if given, an existing target is renamed to this file just before the new one takes its
-            place (one generation of history; a crash between the two renames leaves only this file).
-
-    Returns:
-        The target path.
-
-    Raises:
-        Whatever ``write`` raises; the target is then untouched and no temporary file is left behind.
-    """
-    target = Path(path)
-    if target.is_dir():
-        raise IsADirectoryError(f"path={str(target)!r} is a directory, expected a file path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        delay = os.environ.get(WRITE_DELAY_ENV)
-        if delay:
-            time.sleep(float(delay))
-        if keep_previous is not None and target.exists():
-            os.replace(target, keep_previous)
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(target.parent)
-    return target
-
-
 def save_checkpoint(
     obj: Any, path: str | os.PathLike[str], *, keep_previous: str | os.PathLike[str] | None = None
 ) -> Path:
-    """Save ``obj`` with ``torch.save`` atomically (see :func:`atomic_write`).
+    """Save ``obj`` with ``torch.save`` atomically (see :func:`sparsetrain.atomic.atomic_write`).
 
     Args:
         obj: what to save (state dicts, tensors, primitive containers; keep it loadable with weights_only).

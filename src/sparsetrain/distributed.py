@@ -1,4 +1,8 @@
-"""Data-parallel helpers: who is the main process, and a cheap cross-rank check that masks are identical.
+"""Data-parallel helpers: which process this is, and a cheap cross-rank check that masks are identical.
+
+:func:`process_position` is the one place that reads where a process stands in a run (its rank, the number of
+processes, its local rank): from the initialised process group, else from torchrun's environment variables, so
+it answers before the group is joined too (the command line prints from rank 0 only).
 
 Under ``torch.distributed`` data parallelism (``DistributedDataParallel``) every rank runs its own sparsifier
 on its own replica. The masks stay identical on every rank without any communication of their own because
@@ -23,6 +27,7 @@ every few updates (or after each update in tests).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +38,8 @@ from torch import distributed as dist
 __all__ = [
     "MaskDivergenceError",
     "is_distributed",
+    "launch_environment",
+    "process_position",
     "rank",
     "world_size",
     "is_main_process",
@@ -41,6 +48,7 @@ __all__ = [
     "assert_masks_identical",
 ]
 
+_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _DIGEST_BYTES = 16
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -54,18 +62,61 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def launch_environment() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` from torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``, or None
+    outside a multi-process launch (``WORLD_SIZE`` unset or 1).
+
+    Raises:
+        ValueError: the variables are present but not valid (the message names them).
+    """
+    text = {name: os.environ.get(name) for name in _LAUNCH_VARIABLES}
+    if text["WORLD_SIZE"] is None:
+        return None
+    values = {}
+    for name, raw in text.items():
+        try:
+            values[name] = int(raw if raw is not None else "")
+        except ValueError:
+            raise ValueError(f"environment variable {name}={raw!r} is not allowed: expected an int (launch "
+                             "data-parallel runs with torchrun or sparsetrain train --nproc N)") from None
+    rank_, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if world < 1 or not 0 <= rank_ < world or local < 0:
+        raise ValueError(f"environment RANK={rank_}, WORLD_SIZE={world}, LOCAL_RANK={local} is not allowed: "
+                         "expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
+    return (rank_, world, local) if world > 1 else None
+
+
+def process_position() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` of this process: the default group's when one is initialised, else
+    torchrun's variables (a launched process that has not joined its group yet), else ``(0, 1, 0)``.
+
+    Raises:
+        ValueError: torchrun's variables are present but not valid.
+    """
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    return launch_environment() or (0, 1, 0)
+
+
 def rank() -> int:
-    """This process's rank in the default group (0 outside a distributed run)."""
-    return dist.get_rank() if is_distributed() else 0
+    """This process's rank (:func:`process_position`); 0 outside a distributed run, and when torchrun's variables
+    are malformed (the run itself then stops with their error)."""
+    try:
+        return process_position()[0]
+    except ValueError:
+        return 0
 
 
 def world_size() -> int:
-    """Number of processes in the default group (1 outside a distributed run)."""
-    return dist.get_world_size() if is_distributed() else 1
+    """Number of processes in the run (:func:`process_position`); 1 outside a distributed run."""
+    try:
+        return process_position()[1]
+    except ValueError:
+        return 1
 
 
 def is_main_process() -> bool:
-    """True on rank 0, and in any process that is not part of a distributed run (log, save and plot here)."""
+    """True on rank 0, and in any process that is not part of a distributed run (log, save, print and plot here)."""
     return rank() == 0
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .selection import Budget, budget, keep_top
+from .tables import Column, render
 
 __all__ = [
     "PRUNABLE_MODULES",
@@ -280,13 +281,10 @@ class SparsityReport:
         }
 
     def __str__(self) -> str:
-        rows = [(l.name, "x".join(map(str, l.shape)), f"{l.numel:,}", f"{l.nonzeros:,}", f"{l.sparsity:.4f}")
-                for l in self.layers]
-        rows.append(("total", "", f"{self.numel:,}", f"{self.nonzeros:,}", f"{self.sparsity:.4f}"))
-        header = ("tensor", "shape", "numel", "nonzeros", "sparsity")
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        line = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+        rows = [(l.name, "x".join(map(str, l.shape)), l.numel, l.nonzeros, l.sparsity) for l in self.layers]
+        rows.append(("total", "", self.numel, self.nonzeros, self.sparsity))
+        return render([Column("tensor", align="left"), Column("shape", align="left"), Column("numel", format=","),
+                       Column("nonzeros", format=","), Column("sparsity", format=".4f")], rows)
 
 
 @torch.no_grad()

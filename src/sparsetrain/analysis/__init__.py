@@ -8,6 +8,7 @@ so its names are imported on first use.
 
 from typing import Any
 
+from sparsetrain.analysis.compare import Comparison, compare_masks, compare_updates
 from sparsetrain.analysis.flops import (
     FlopsReport,
     LayerFlops,
@@ -29,6 +30,7 @@ from sparsetrain.analysis.update_sparsity import (
 )
 
 __all__ = [
+    "Comparison",
     "FlopsReport",
     "ItopTracker",
     "LayerFlops",
@@ -42,6 +44,8 @@ __all__ = [
     "PlasticityStudy",
     "changed_masks",
     "common_names",
+    "compare_masks",
+    "compare_updates",
     "inference_flops",
     "iou",
     "itop_rate",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sparsetrain.tables import Column, render
 from sparsetrain.validation import check_bool_masks, check_same_layout
 
 __all__ = ["check_bool_masks", "check_same_layout", "format_table"]
@@ -20,13 +21,12 @@ def _cell(value: Any) -> str:
         if value != 0.0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
             return f"{value:.4g}"
         return f"{value:.4f}"
-    if value is None:
-        return "-"
     return str(value)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Render rows as a plain-text table: first column left-aligned, the others right-aligned.
+    """Render rows as a plain-text table (:func:`sparsetrain.tables.render`): first column left-aligned, the others
+    right-aligned.
 
     Args:
         header: column titles.
@@ -36,13 +36,5 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     Returns:
         The table, lines joined by newlines, with a rule under the header.
     """
-    cells = [[str(h) for h in header]] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        return "  ".join(parts).rstrip()
-
-    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
-    out.extend(line(r) for r in cells[1:])
-    return "\n".join(out)
+    columns = [Column(str(title), format=_cell, align="left" if i == 0 else "right") for i, title in enumerate(header)]
+    return render(columns, rows)

@@ -27,8 +27,6 @@ the regrowth cadence is ``regrow_every`` optimizer steps of the continued run.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -42,8 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sparsetrain.atomic import copy_file, write_figure, write_json, write_text
 from sparsetrain.experiment.build import Experiment, build_experiment
-from sparsetrain.experiment.checkpoint import atomic_write_text, load_checkpoint
+from sparsetrain.experiment.checkpoint import load_checkpoint
 from sparsetrain.experiment.config import ExperimentConfig
 from sparsetrain.experiment.optim import lr_factor
 from sparsetrain.experiment.rundir import RunDir
@@ -52,6 +51,7 @@ from sparsetrain.masks import select_prunable
 from sparsetrain.methods.granet import GraNet
 from sparsetrain.methods.static import Static
 from sparsetrain.selection import SCOPES, budget, check_scope, keep_top
+from sparsetrain.tables import Column, render
 from sparsetrain.validation import check_fraction, check_int, check_number
 
 __all__ = [
@@ -269,7 +269,7 @@ class PlasticityStudy:
                 raise ValueError(f"{self.out_dir} holds a plasticity study with another recipe or options "
                                  f"({', '.join(changed)} differ); use another output directory")
         else:
-            atomic_write_text(json.dumps(mine, indent=2, sort_keys=True) + "\n", path)
+            write_json(mine, path, sort_keys=True)
 
     def checkpoint_path(self, epoch: int) -> Path:
         """``dense_checkpoints/epoch_<t>.pt``."""
@@ -316,11 +316,7 @@ class PlasticityStudy:
 
             def on_epoch(self, trainer: Any, record: dict[str, Any]) -> None:
                 if trainer.epoch in missing:
-                    path = study.checkpoint_path(trainer.epoch)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(path.name + ".tmp")
-                    shutil.copyfile(trainer.run.checkpoint_file, tmp)
-                    tmp.replace(path)
+                    copy_file(trainer.run.checkpoint_file, study.checkpoint_path(trainer.epoch))
                 outer.on_epoch(trainer, record)
 
             def on_end(self, trainer: Any, summary: dict[str, Any]) -> None:
@@ -451,9 +447,9 @@ def write_outputs(study: PlasticityStudy, rows: Sequence[Mapping[str, Any]]) -> 
     """
     out = study.out_dir
     md = out / "plasticity.md"
-    md.write_text(format_plasticity(rows, "markdown") + "\n")
+    write_text(format_plasticity(rows, "markdown") + "\n", md)
     csv_path = out / "plasticity.csv"
-    csv_path.write_text(format_plasticity(rows, "csv"))
+    write_text(format_plasticity(rows, "csv"), csv_path)
     png = plot_plasticity(rows, out / "plasticity.png", lr_decays=lr_decay_epochs(study.config),
                           title=f"pruning plasticity: {study.config.model.name} on {study.config.data.name}, "
                                 f"{study.scope} magnitude pruning")
@@ -471,25 +467,18 @@ def format_plasticity(rows: Sequence[Mapping[str, Any]], fmt: str = "markdown") 
         The text.
     """
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(_COLUMNS), lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in _COLUMNS})
-        return buffer.getvalue()
+        return render(_COLUMNS, rows, "csv")
     if fmt != "markdown":
         raise ValueError(f"fmt={fmt!r} is not allowed; choose 'markdown' or 'csv'")
 
-    def pct(value: float | None, signed: bool = False) -> str:
-        return "-" if value is None else (f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}")
+    def percent(value: float) -> str:
+        return f"{100 * value:.2f}"
 
-    lines = ["| t (epoch) | lr after t | r | regeneration | accuracy % | dense % | relative change % |",
-             "|---:|---:|---:|---|---:|---:|---:|"]
-    for row in rows:
-        lines.append(f"| {row['epoch']} | {row['lr']:.4g} | {row['rate']:g} | "
-                     f"{'yes' if row['regeneration'] else 'no'} | {pct(row['acc'])} | {pct(row['dense_acc'])} | "
-                     f"{pct(row['drop'], signed=True)} |")
-    return "\n".join(lines)
+    columns = [Column("epoch", "t (epoch)"), Column("lr", "lr after t", ".4g"), Column("rate", "r", "g"),
+               Column("regeneration", format=lambda v: "yes" if v else "no", align="left"),
+               Column("acc", "accuracy %", percent), Column("dense_acc", "dense %", percent),
+               Column("drop", "relative change %", lambda v: f"{100 * v:+.2f}")]
+    return render(columns, rows, "markdown")
 
 
 def plot_plasticity(rows: Sequence[Mapping[str, Any]], path: str | Path, *, lr_decays: Sequence[float] = (),
@@ -530,7 +519,4 @@ def plot_plasticity(rows: Sequence[Mapping[str, Any]], path: str | Path, *, lr_d
     if rows:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return write_figure(fig, path)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +50,11 @@ def load_npz(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays to `path` atomically (a temporary file in the same directory, then a rename).
+    """Write arrays to `path` atomically (:func:`sparsetrain.atomic.atomic_write`).
 
     Args:
         path: destination .npz file; its parent directories are created.
         arrays: arrays to store, by name.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npz")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez_compressed(file, **arrays)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
     logger.info("cached %s", path)

@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import json
 import logging
 import random
 from pathlib import Path
@@ -24,6 +22,7 @@ from sparsetrain.data.cache import load_npz, save_npz
 from sparsetrain.data.registry import RawSplits, register_dataset
 from sparsetrain.data.splits import stratified_split
 from sparsetrain.data.transforms import normalise_pixels
+from sparsetrain.identity import identity_hash
 from sparsetrain.validation import check_number
 
 logger = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def _mnist1d_arrays(cache_dir: Path) -> dict[str, np.ndarray]:
     args = get_dataset_args(as_dict=True)
     args.pop("url", None)  # only used by the package's download path
     identity = {"version": importlib.metadata.version("mnist1d"), "args": args}
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    digest = identity_hash(identity, length=12, compact=False)
     path = cache_dir / f"mnist1d-{digest}.npz"
     cached = load_npz(path)
     if cached is not None:

@@ -8,7 +8,7 @@ The command line (:mod:`sparsetrain.cli`) is a thin layer over this package::
     summary = Trainer(config, "runs").fit()   # trains, resumes an interrupted run, or skips a finished one
 """
 
-from .checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
+from .checkpoint import capture_rng, load_checkpoint, restore_rng
 from .config import (
     SECTIONS,
     ConfigError,
@@ -20,9 +20,9 @@ from .config import (
     TrainConfig,
 )
 from .report import aggregate_rows, collect_rows, format_rows
-from .rundir import RunDir, find_runs
+from .rundir import RunDir, dense_reference, find_runs
 from .signals import TrainingInterrupted
-from .trainer import Trainer, TrainerCallback, dense_reference
+from .trainer import Trainer, TrainerCallback
 
 __all__ = [
     "SECTIONS",
@@ -39,7 +39,6 @@ __all__ = [
     "TrainerCallback",
     "TrainingInterrupted",
     "dense_reference",
-    "atomic_save",
     "capture_rng",
     "load_checkpoint",
     "restore_rng",

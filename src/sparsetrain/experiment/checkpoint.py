@@ -1,19 +1,15 @@
-"""Checkpoints: atomic writes, safe loads, and the random-generator states an exact resume needs.
+"""Checkpoints: safe loads, and the random-generator states an exact resume needs.
 
 A checkpoint is one dict of tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(..., weights_only=True)`` (no pickled code runs). The RNG states of torch (CPU and CUDA), numpy and
-Python's ``random`` are converted to such values here. Files are written atomically: to a temporary file in the
-same directory, flushed and fsync'ed, then ``os.replace``'d over the old one, so a crash (even SIGKILL) leaves
-either the old checkpoint or the new one, never a torn file. With ``keep_previous`` the file being replaced is
-first renamed to ``keep_previous`` (``checkpoint.prev.pt``), so a checkpoint that later turns out to be damaged
-(a bad disk, a copy cut short) has a good predecessor to fall back on.
+Python's ``random`` are converted to such values here. Checkpoints are written with
+:func:`sparsetrain.checkpoint_io.save_checkpoint` (atomic, see :mod:`sparsetrain.atomic`); with ``keep_previous``
+the file being replaced is first renamed to ``checkpoint.prev.pt``, so a checkpoint that later turns out to be
+damaged (a bad disk, a copy cut short) has a good predecessor to fall back on.
 
 Loading checks the zip container's CRC-32 of every record before unpickling (``torch.load`` itself does not:
 a flipped byte inside a tensor loads silently), then loads with ``weights_only=True``; a damaged file raises
 :class:`~sparsetrain.checkpoint_io.CheckpointError` naming it.
-
-Test hook: the environment variable ``SPARSETRAIN_TEST_WRITE_DELAY`` (seconds) makes every atomic write sleep
-between writing its temporary file and renaming it, so crash tests can kill a process inside that window.
 """
 
 from __future__ import annotations
@@ -27,30 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparsetrain.checkpoint_io import WRITE_DELAY_ENV  # noqa: F401  (re-exported for tests)
-from sparsetrain.checkpoint_io import TEMP_SUFFIX, CheckpointError, atomic_write, save_checkpoint
+from sparsetrain.checkpoint_io import CheckpointError
 from sparsetrain.checkpoint_io import load_checkpoint as _safe_load
 
-__all__ = ["atomic_save", "atomic_write_text", "load_checkpoint", "remove_temp_files", "capture_rng", "restore_rng",
-           "CheckpointError"]
+__all__ = ["load_checkpoint", "capture_rng", "restore_rng", "CheckpointError"]
 
 logger = logging.getLogger(__name__)
-
-def atomic_save(obj: Any, path: str | Path, *, keep_previous: str | Path | None = None) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically (:func:`sparsetrain.checkpoint_io.save_checkpoint`).
-
-    Args:
-        obj: what to save (keep it to tensors, numbers, strings, lists and dicts for weights-only loading).
-        path: destination file.
-        keep_previous: if given, an existing ``path`` is renamed to this file just before the new one takes
-            its place (one generation of history).
-    """
-    save_checkpoint(obj, path, keep_previous=keep_previous)
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -83,25 +61,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(source)!r} holds a {type(state).__name__}, not a checkpoint dict")
     return state
-
-
-def remove_temp_files(directory: str | Path) -> list[Path]:
-    """Delete the temporary files that writes cut short by a crash left in ``directory``.
-
-    Args:
-        directory: a directory written with :func:`atomic_save` / :func:`atomic_write_text`.
-
-    Returns:
-        The files removed.
-    """
-    removed = []
-    for stale in Path(directory).glob(f".*{TEMP_SUFFIX}"):
-        try:
-            stale.unlink()
-            removed.append(stale)
-        except FileNotFoundError:  # another process cleaned it
-            pass
-    return removed
 
 
 def capture_rng() -> dict[str, Any]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import types
@@ -28,6 +26,7 @@ from typing import Any, Union
 import yaml
 
 from sparsetrain.distributions import DISTRIBUTIONS
+from sparsetrain.identity import identity_hash
 from sparsetrain.selection import SCOPES
 
 __all__ = [
@@ -535,8 +534,7 @@ class ExperimentConfig:
 
     def config_hash(self, length: int = 8) -> str:
         """Short SHA-256 of the non-default identifying fields (stable across key order and new default fields)."""
-        payload = json.dumps(self.non_default(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()[:length]
+        return identity_hash(self.non_default(), length=length)
 
     def run_name(self) -> str:
         """``<method>-<hash>``: the directory of this experiment (one ``seed_<n>`` subdirectory per seed)."""

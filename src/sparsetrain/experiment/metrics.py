@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
+from sparsetrain.atomic import append_line, write_json, write_text
 
 __all__ = ["append_metrics", "truncate_metrics", "write_summary", "best_epoch", "jsonable"]
 
@@ -39,11 +38,7 @@ def append_metrics(path: str | Path, record: Mapping[str, Any]) -> None:
         path: the metrics.jsonl file.
         record: the epoch's metrics.
     """
-    line = json.dumps(jsonable(record), sort_keys=False) + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_line(json.dumps(jsonable(record), sort_keys=False), path)
 
 
 def truncate_metrics(path: str | Path, epochs_done: int) -> int:
@@ -67,7 +62,7 @@ def truncate_metrics(path: str | Path, epochs_done: int) -> int:
             continue
         if record.get("epoch", 0) <= epochs_done:
             kept.append(line)
-    atomic_write_text("".join(line + "\n" for line in kept), path)
+    write_text("".join(line + "\n" for line in kept), path)
     return len(kept)
 
 
@@ -82,4 +77,4 @@ def best_epoch(records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None
 
 def write_summary(path: str | Path, summary: Mapping[str, Any]) -> None:
     """Write summary.json atomically (its presence marks a finished run)."""
-    atomic_write_text(json.dumps(jsonable(summary), indent=2) + "\n", path)
+    write_json(jsonable(summary), path)

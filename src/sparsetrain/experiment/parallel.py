@@ -1,10 +1,10 @@
 """Data parallelism for the trainer: torchrun's environment, the process group, and cross-rank messages.
 
 ``torchrun --nproc_per_node N -m sparsetrain train ...`` (or ``sparsetrain train --nproc N``) starts N processes
-with ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set. :func:`setup` reads them and initialises the default
-process group (NCCL on CUDA, gloo on CPU) plus a gloo group for small CPU-side messages (the stop flag, mask
-checks, decisions rank 0 takes for everyone), so those never wait on a GPU stream. A process group the caller
-initialised already is used as it is.
+with ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set. :func:`setup` reads them
+(:func:`sparsetrain.distributed.process_position`) and initialises the default process group (NCCL on CUDA, gloo
+on CPU) plus a gloo group for small CPU-side messages (the stop flag, mask checks, decisions rank 0 takes for
+everyone), so those never wait on a GPU stream. A process group the caller initialised already is used as it is.
 
 What a data-parallel run means here (see the trainer for the loop):
 
@@ -31,13 +31,13 @@ import torch
 from torch import Tensor, nn
 from torch import distributed as dist
 
+from sparsetrain.distributed import process_position
+
 from .config import ConfigError
 
-__all__ = ["Parallel", "SINGLE", "torchrun_environment", "setup", "shutdown", "wrap_model"]
+__all__ = ["Parallel", "SINGLE", "setup", "shutdown", "wrap_model"]
 
 logger = logging.getLogger(__name__)
-
-_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 @dataclass(frozen=True)
@@ -113,29 +113,6 @@ _current: Parallel | None = None
 _owned = False
 
 
-def torchrun_environment() -> tuple[int, int, int] | None:
-    """``(rank, world_size, local_rank)`` from torchrun's variables, or None outside a multi-process launch.
-
-    Raises:
-        ConfigError: the variables are present but not valid.
-    """
-    text = {name: os.environ.get(name) for name in _ENV}
-    if text["WORLD_SIZE"] is None:
-        return None
-    values = {}
-    for name, raw in text.items():
-        try:
-            values[name] = int(raw if raw is not None else "")
-        except ValueError:
-            raise ConfigError(f"environment variable {name}={raw!r} is not allowed: expected an int (launch "
-                              "data-parallel runs with torchrun or sparsetrain train --nproc N)") from None
-    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
-    if world < 1 or not 0 <= rank < world or local < 0:
-        raise ConfigError(f"environment RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local} is not allowed: "
-                          "expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
-    return (rank, world, local) if world > 1 else None
-
-
 def setup(device: torch.device) -> tuple[Parallel, torch.device]:
     """Join the data-parallel run this process was launched into (idempotent), and pick its device.
 
@@ -151,13 +128,12 @@ def setup(device: torch.device) -> tuple[Parallel, torch.device]:
             fewer CUDA devices than local processes.
     """
     global _current, _owned
-    if dist.is_available() and dist.is_initialized():
-        env = (dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-    else:
-        env = torchrun_environment()
-    if env is None or env[1] == 1:
+    try:
+        rank, world, local = process_position()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if world == 1:
         return SINGLE, device
-    rank, world, local = env
     if device.type == "mps":
         raise ConfigError("train.device='mps' is not allowed in a data-parallel run: use cpu (gloo) or cuda (NCCL)")
     if device.type == "cuda":

@@ -23,9 +23,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sparsetrain.atomic import write_figure
+
 from .rundir import RunDir
 
-__all__ = ["plot_run", "plot_curves", "plot_density", "plot_layers", "plot_accuracy_vs_sparsity", "FIGSIZE", "DPI"]
+__all__ = ["plot_run", "plot_runs", "plot_curves", "plot_density", "plot_layers", "plot_accuracy_vs_sparsity",
+           "FIGSIZE", "DPI"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +43,7 @@ def _figure(figsize: tuple[float, float] = FIGSIZE) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return write_figure(fig, path, dpi=DPI)
 
 
 def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "",
@@ -211,3 +212,25 @@ def plot_accuracy_vs_sparsity(summaries: Iterable[Mapping[str, Any]], path: str 
             ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+def plot_runs(runs: Iterable[RunDir], out_dir: str | Path) -> list[Path]:
+    """Every finished run's plots (:func:`plot_run`), then ``accuracy_vs_sparsity.png`` across them in ``out_dir``.
+
+    Args:
+        runs: run directories; unfinished ones (no summary) are skipped.
+        out_dir: where the across-runs plot goes.
+
+    Returns:
+        The paths written, the across-runs plot last.
+    """
+    summaries = []
+    written: list[Path] = []
+    for run in runs:
+        summary = run.read_summary()
+        if summary is None:
+            continue
+        summaries.append(summary)
+        written += plot_run(run, summary=summary)
+    written.append(plot_accuracy_vs_sparsity(summaries, Path(out_dir) / "accuracy_vs_sparsity.png"))
+    return written

@@ -8,21 +8,19 @@ time. :func:`layer_rows` gives one run's per-layer view: final density, ITOP rat
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sparsetrain.tables import FORMATS, Column, render
+
 from .config import ConfigError
-from .rundir import RunDir, find_runs
-from .trainer import dense_reference
+from .rundir import RunDir, dense_reference, find_runs
 
-__all__ = ["COLUMNS", "collect_rows", "aggregate_rows", "format_rows", "FORMATS", "layer_rows", "format_layers"]
-
-FORMATS = ("table", "markdown", "csv")
+__all__ = ["COLUMNS", "collect_rows", "aggregate_rows", "format_rows", "FORMATS", "layer_rows", "format_layers",
+           "format_results"]
 
 #: (column, description) in display order.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -137,27 +135,12 @@ def format_rows(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
     Returns:
         The text (no trailing newline for table/markdown).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format={fmt!r} is not allowed; choose one of {', '.join(FORMATS)}")
     keys = [key for key, _ in COLUMNS]
     if fmt == "csv":
         extra = [k for k in ("final_acc_std", "best_acc_std") if any(k in r for r in rows)]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=keys + extra, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys + extra})
-        return buffer.getvalue()
-    cells = [[_cell(k, row) for k in keys] for row in rows]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in range(len(keys))) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in cells]
-        return "\n".join(lines)
-    widths = [max(len(k), *(len(r[i]) for r in cells)) for i, k in enumerate(keys)]
-    align = lambda text, i: text.ljust(widths[i]) if i < 4 else text.rjust(widths[i])  # noqa: E731
-    lines = ["  ".join(align(k, i) for i, k in enumerate(keys)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(align(c, i) for i, c in enumerate(r)) for r in cells]
-    return "\n".join(lines)
+        return render(keys + extra, rows, fmt)
+    columns = [Column(k, align="left" if i < 4 else "right") for i, k in enumerate(keys)]
+    return render(columns, [[_cell(k, row) for k in keys] for row in rows], fmt)
 
 
 #: (column, description) of the per-layer table.
@@ -209,31 +192,39 @@ def format_layers(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
     Returns:
         The text.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format={fmt!r} is not allowed; choose one of {', '.join(FORMATS)}")
-    keys = [key for key, _ in LAYER_COLUMNS]
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
-        return buffer.getvalue()
+    def number(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
-    def cell(key: str, value: Any) -> str:
-        if value is None:
-            return "-"
-        if key in ("density", "itop"):
-            return f"{value:.4f}"
-        if isinstance(value, (int, float)):
-            return f"{value:.4g}"
-        return str(value)
+    columns = [Column(key, align="left" if i == 0 else "right", format=".4f" if key in ("density", "itop") else number)
+               for i, (key, _) in enumerate(LAYER_COLUMNS)]
+    return render(columns, rows, fmt)
 
-    cells = [[cell(k, row.get(k)) for k in keys] for row in rows]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(keys) + " |", "|---|" + "---:|" * (len(keys) - 1)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
-    widths = [max(len(k), *(len(r[i]) for r in cells)) for i, k in enumerate(keys)]
-    align = lambda text, i: text.ljust(widths[i]) if i == 0 else text.rjust(widths[i])  # noqa: E731
-    lines = ["  ".join(align(k, i) for i, k in enumerate(keys)), "  ".join("-" * w for w in widths)]
-    return "\n".join(lines + ["  ".join(align(c, i) for i, c in enumerate(r)) for r in cells])
+
+def format_results(results: Sequence[Mapping[str, Any]], runs_dir: str | Path) -> str:
+    """What ``sparsetrain train`` prints: a line per run, then each sparse run against its seed's dense run.
+
+    Args:
+        results: the summaries of the runs trained or found finished, in order.
+        runs_dir: where they are (for the heading).
+
+    Returns:
+        The lines (no final newline).
+    """
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    lines = [f"results (test accuracy; runs in {runs_dir}/):"]
+    dense = {r.get("seed"): r for r in results if r.get("method") == "dense"}
+    for r in results:
+        lines.append(f"  {r['method']:<8} sparsity {num(r.get('sparsity'))} (target {r.get('target_sparsity', 0):.2f})"
+                     f"  final {num(r.get('final_acc'))}  best {num(r.get('best_acc'))}  {r['wall_time']:.1f}s  "
+                     f"{r['run']}")
+    for r in results:
+        if r.get("method") == "dense":
+            continue
+        ref = dense.get(r.get("seed")) or {}
+        ref_acc = ref.get("final_acc", (r.get("dense") or {}).get("final_acc"))
+        if ref_acc is not None and r.get("final_acc") is not None:
+            lines.append(f"{r['method']} at {r['target_sparsity']:.0%} sparsity: {r['final_acc']:.4f} vs dense "
+                         f"{ref_acc:.4f} ({r['final_acc'] - ref_acc:+.4f}), seed {r.get('seed')}")
+    return "\n".join(lines)

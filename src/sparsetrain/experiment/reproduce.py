@@ -23,8 +23,6 @@ batch size, steps and cosine schedule as the harness runs, but plain (not Nester
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import multiprocessing
@@ -33,6 +31,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sparsetrain.identity import identity_hash
 
 from .config import ExperimentConfig
 
@@ -252,8 +252,7 @@ def _lottery_config(bench: Benchmark, setting: ReproSetting, seed: int) -> Any:
 
 def imp_dir(runs_dir: str | Path, bench: Benchmark, setting: ReproSetting, seed: int) -> Path:
     """``<runs_dir>/imp/<bench key>-<hash of the recipe>/seed_<n>``."""
-    config = _lottery_config(bench, setting, 0).to_dict()
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    digest = identity_hash(_lottery_config(bench, setting, 0).to_dict(), compact=False)
     return Path(runs_dir) / "imp" / f"{bench.key}-{digest}" / f"seed_{seed}"
 
 

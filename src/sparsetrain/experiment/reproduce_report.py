@@ -11,8 +11,6 @@ results directory.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import platform
@@ -23,6 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from sparsetrain.atomic import write_figure, write_json, write_text
+from sparsetrain.tables import Column, render
 
 from .reproduce import METHOD_LABELS, ReproSetting, imp_dir, imp_levels, plasticity_study, run_config
 from .rundir import RunDir
@@ -132,8 +133,8 @@ def accuracy_table(setting: ReproSetting, cells: Mapping[tuple[str, float], Cell
 
     IMP cells carry their measured sparsity, since its levels only approximate the targets.
     """
-    header = "| method | " + " | ".join(f"{100 * s:g}% sparsity" for s in setting.sparsities) + " |"
-    lines = [header, "|---|" + "---:|" * len(setting.sparsities)]
+    columns = [Column("method", align="left"), *(Column(f"{100 * s:g}% sparsity") for s in setting.sparsities)]
+    rows = []
     dense = aggregate(cells[("dense", 0.0)]) if ("dense", 0.0) in cells else None
     for method in _methods_in_order(setting):
         cols = []
@@ -149,16 +150,16 @@ def accuracy_table(setting: ReproSetting, cells: Mapping[tuple[str, float], Cell
             if method.startswith("imp") and agg["sparsity"] is not None:
                 text += f" @{100 * agg['sparsity']:.1f}%"
             cols.append(text)
-        lines.append(f"| {_label(method)} | " + " | ".join(cols) + " |")
-    if dense is None:
-        lines.append("\n(no finished dense run)")
-    return "\n".join(lines)
+        rows.append([_label(method), *cols])
+    table = render(columns, rows, "markdown")
+    return table if dense is not None else table + "\n\n(no finished dense run)"
 
 
 def cost_table(setting: ReproSetting, cells: Mapping[tuple[str, float], Cell]) -> str:
     """Markdown: training FLOPs and inference FLOPs as fractions of dense, and the ITOP rate, per sparsity."""
-    header = "| method | " + " | ".join(f"{100 * s:g}%: train FLOPs / inf. FLOPs / ITOP" for s in setting.sparsities)
-    lines = [header + " |", "|---|" + "---:|" * len(setting.sparsities)]
+    columns = [Column("method", align="left"),
+               *(Column(f"{100 * s:g}%: train FLOPs / inf. FLOPs / ITOP") for s in setting.sparsities)]
+    rows = []
 
     def num(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
@@ -174,25 +175,23 @@ def cost_table(setting: ReproSetting, cells: Mapping[tuple[str, float], Cell]) -
                 continue
             agg = aggregate(cell)
             cols.append(f"{num(agg['train_flops'])} / {num(agg['inf_flops'])} / {num(agg['itop'])}")
-        lines.append(f"| {method} | " + " | ".join(cols) + " |")
-    return "\n".join(lines)
+        rows.append([method, *cols])
+    return render(columns, rows, "markdown")
 
 
 def csv_table(setting: ReproSetting, results: Mapping[str, Mapping[tuple[str, float], Cell]]) -> str:
     """CSV of every aggregated cell: benchmark, method, target and measured sparsity, n, accuracy mean and std,
     training and inference FLOPs / dense, ITOP."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["benchmark", "method", "target_sparsity", "sparsity", "n", "acc_mean", "acc_std",
-                     "train_flops_ratio", "inf_flops_ratio", "itop"])
+    columns = ["benchmark", "method", "target_sparsity", "sparsity", "n", "acc_mean", "acc_std", "train_flops_ratio",
+               "inf_flops_ratio", "itop"]
+    rows = []
     for bench in setting.benchmarks:
         cells = results.get(bench.key, {})
         for (method, target), cell in sorted(cells.items(), key=lambda kv: (_order(kv[0][0]), kv[0][1])):
             agg = aggregate(cell)
-            writer.writerow([bench.key, method, target] + ["" if agg[k] is None else agg[k] for k in
-                                                           ("sparsity", "n", "acc", "acc_std", "train_flops",
-                                                            "inf_flops", "itop")])
-    return buffer.getvalue()
+            rows.append([bench.key, method, target, *(agg[k] for k in ("sparsity", "n", "acc", "acc_std",
+                                                                       "train_flops", "inf_flops", "itop"))])
+    return render(columns, rows, "csv")
 
 
 def _order(method: str) -> int:
@@ -240,10 +239,7 @@ def plot_benchmark(setting: ReproSetting, key: str, cells: Mapping[tuple[str, fl
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return write_figure(fig, path)
 
 
 @dataclass
@@ -377,14 +373,10 @@ def record_invocation(runs_dir: str | Path, command: str, wall_time: float, jobs
     Returns:
         The path written.
     """
-    import json
-
-    from .checkpoint import atomic_write_text
-
     record = {"command": command, "wall_time": wall_time, "jobs": jobs, "failed": failed,
               "date": machine_info()["date"]}
     path = Path(runs_dir) / "last_training.json"
-    atomic_write_text(json.dumps(record, indent=2) + "\n", path)
+    write_json(record, path)
     return path
 
 
@@ -479,7 +471,7 @@ def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Pat
         if rows:
             png = plot_plasticity(rows, out / "plasticity.png", lr_decays=lr_decay_epochs(study.config),
                                   title=f"pruning plasticity: {setting.benchmark(plan.benchmark).title}")
-            (out / "plasticity.csv").write_text(format_plasticity(rows, "csv"))
+            write_text(format_plasticity(rows, "csv"), out / "plasticity.csv")
             written += [png, out / "plasticity.csv"]
             dense = study.dense_run.read_summary() or {}
             lines += ["## Pruning plasticity", "",
@@ -491,7 +483,7 @@ def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Pat
                       f"{100 * dense.get('final_acc', float('nan')):.2f}%. One seed.", "",
                       format_plasticity(rows, "markdown"), "", "![plasticity](plasticity.png)", ""]
     md = out / "reproduction.md"
-    md.write_text("\n".join(lines))
+    write_text("\n".join(lines), md)
     csv_path = out / "reproduction.csv"
-    csv_path.write_text(csv_table(setting, results))
+    write_text(csv_table(setting, results), csv_path)
     return [md, csv_path, *written]

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from .config import ConfigError, ExperimentConfig
 
-__all__ = ["RunDir", "RunStatus", "find_runs"]
+__all__ = ["RunDir", "RunStatus", "dense_reference", "find_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,3 +130,22 @@ def find_runs(runs_dir: str | Path, *, finished_only: bool = True) -> Iterator[R
         if finished_only and not run.summary_file.exists():
             continue
         yield run
+
+
+def dense_reference(runs_dir: str | Path, config: ExperimentConfig) -> dict[str, Any] | None:
+    """Accuracy of the finished dense baseline of ``config`` (same seed preferred), or None.
+
+    Args:
+        runs_dir: the runs directory.
+        config: a (sparse) config.
+
+    Returns:
+        ``{"run", "final_acc", "best_acc"}`` or None.
+    """
+    same_seed = RunDir.for_config(runs_dir, config.dense_baseline())
+    others = sorted(same_seed.path.parent.glob("seed_*")) if same_seed.path.parent.is_dir() else []
+    for run in [same_seed, *(RunDir(p) for p in others)]:
+        summary = run.read_summary()
+        if summary is not None:
+            return {"run": run.name, "final_acc": summary.get("final_acc"), "best_acc": summary.get("best_acc")}
+    return None

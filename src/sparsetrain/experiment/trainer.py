@@ -34,7 +34,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,24 +41,18 @@ import torch
 from torch import Tensor
 
 import sparsetrain
-from sparsetrain.checkpoint_io import CheckpointError
+from sparsetrain.atomic import remove_temp_files, write_text
+from sparsetrain.checkpoint_io import CheckpointError, save_checkpoint
 from sparsetrain.distributed import assert_masks_identical, masks_checksum
 from sparsetrain.masks import sparsity_report
 
 from .build import Experiment, build_experiment
-from .checkpoint import (
-    atomic_save,
-    atomic_write_text,
-    capture_rng,
-    load_checkpoint,
-    remove_temp_files,
-    restore_rng,
-)
+from .checkpoint import capture_rng, load_checkpoint, restore_rng
 from .config import DENSE, ConfigError, ExperimentConfig
 from .flops import dense_gradient_steps, run_flops
 from .itop import itop_by_layer
 from .metrics import append_metrics, best_epoch, truncate_metrics, write_summary
-from .rundir import RunDir
+from .rundir import RunDir, dense_reference
 from .signals import StopRequest, TrainingInterrupted
 
 __all__ = ["Trainer", "TrainerCallback", "CHECKPOINT_VERSION"]
@@ -185,7 +178,7 @@ class Trainer:
             remove_temp_files(self.run.path)  # left by writes a crash cut short
             for bad in self._damaged:
                 os.replace(bad, self.run.path / DAMAGED_CHECKPOINT)
-            atomic_write_text(self.config.to_yaml(), self.run.config_file)
+            write_text(self.config.to_yaml(), self.run.config_file)
             if kind == "resume":
                 kept = truncate_metrics(self.run.metrics_file, self.epoch)
                 logger.info("resuming %s at step %d (epoch %d, %d metric records)", self.run.name, self.step,
@@ -468,7 +461,7 @@ class Trainer:
         assert exp is not None
         state = self._checkpoint()
         if exp.parallel.is_main:
-            atomic_save(state, self.run.checkpoint_file, keep_previous=self.run.previous_checkpoint_file)
+            save_checkpoint(state, self.run.checkpoint_file, keep_previous=self.run.previous_checkpoint_file)
             logger.debug("checkpoint at step %d written to %s", self.step, self.run.checkpoint_file)
 
     def _load(self, state: dict[str, Any], path: Path | None = None) -> None:
@@ -536,7 +529,7 @@ class Trainer:
         checksum = assert_masks_identical(masks, group=par.control) if par.distributed else masks_checksum(masks)
         logger.info("%s: rank %d of %d: final masks checksum %s", self.run.name, par.rank, par.world_size, checksum)
         if par.is_main:
-            atomic_save(masks, self.run.masks_file)
+            save_checkpoint(masks, self.run.masks_file)
         records = self.run.read_metrics()
         last = records[-1] if records else {}
         best = best_epoch(records) or {}
@@ -598,24 +591,3 @@ class Trainer:
         if self.config.sparse.method == DENSE:
             return None
         return dense_reference(self.runs_dir, self.config)
-
-
-def dense_reference(runs_dir: str | Path, config: ExperimentConfig) -> dict[str, Any] | None:
-    """Accuracy of the finished dense baseline of ``config`` (same seed preferred), or None.
-
-    Args:
-        runs_dir: the runs directory.
-        config: a (sparse) config.
-
-    Returns:
-        ``{"run", "final_acc", "best_acc"}`` or None.
-    """
-    dense = config.dense_baseline()
-    same_seed = RunDir.for_config(runs_dir, dense)
-    candidates: Iterator[RunDir] = iter([same_seed])
-    others = sorted(same_seed.path.parent.glob("seed_*")) if same_seed.path.parent.is_dir() else []
-    for run in [*candidates, *(RunDir(p) for p in others)]:
-        summary = run.read_summary()
-        if summary is not None:
-            return {"run": run.name, "final_acc": summary.get("final_acc"), "best_acc": summary.get("best_acc")}
-    return None

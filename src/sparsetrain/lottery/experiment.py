@@ -7,6 +7,9 @@ schedule (both restart every round, as in Frankle & Carbin 2019) and re-seeds th
 sees the same batches in the same order. A round that starts at the rewind step k skips the first k batches
 and the first k steps of the LR schedule, and trains the remaining ``total_steps - k`` steps (Frankle et al.
 2020). ``config.sparse`` plays no part: the lottery chooses the masks.
+
+:func:`run_experiment_lottery` is ``sparsetrain lottery``: the run in ``<runs_dir>/lottery-<hash>/seed_<n>``
+(:func:`lottery_dir`), with the recipe saved beside it and its curve written at the end.
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..atomic import write_text
+from ..identity import identity_hash
 from ..methods.static import Static
+from .config import LotteryConfig
+from .results import curve_table, plot_curve
+from .runner import run_lottery
 from .train import TrainFn
 
-__all__ = ["experiment_lottery"]
+__all__ = ["experiment_lottery", "lottery_dir", "run_experiment_lottery"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,3 +131,57 @@ def experiment_lottery(config: Any) -> tuple[nn.Module, TrainFn, int]:
                 "train_loss": loss_sum / count if count else None, "steps": count, "sparsity": measured}
 
     return exp.model, train, exp.total_steps
+
+
+def lottery_dir(runs_dir: str | Path, config: Any, lottery: LotteryConfig) -> Path:
+    """``runs_dir/lottery-<hash of the recipe and the lottery options, seeds left out>/seed_<n>``.
+
+    Args:
+        runs_dir: the runs directory.
+        config: the recipe (an ``ExperimentConfig``; its non-default identifying fields count).
+        lottery: the lottery options (all fields but the seed count).
+    """
+    identity = {"experiment": config.non_default(),
+                "lottery": {k: v for k, v in lottery.to_dict().items() if k != "seed"}}
+    return Path(runs_dir) / f"lottery-{identity_hash(identity, compact=False)}" / f"seed_{config.train.seed}"
+
+
+def run_experiment_lottery(config: Any, lottery: LotteryConfig, runs_dir: str | Path, *,
+                           on_start: Callable[[Path], None] | None = None,
+                           on_level: Callable[[Path, float, int], None] | None = None) -> tuple[Path, list[dict]]:
+    """Run (or resume, or find finished) the lottery run of a harness config in :func:`lottery_dir`.
+
+    Writes ``experiment.yaml`` (the recipe) first, and ``curve.md`` and ``curve.png`` (accuracy vs weights
+    remaining) at the end; a plot that fails is logged, never fatal.
+
+    Args:
+        config: the recipe (an ``ExperimentConfig`` with ``train.seed`` set; its sparse section is not used).
+        lottery: the lottery options.
+        runs_dir: the runs directory.
+        on_start: called with the run directory once the model is built, before any training.
+        on_level: called before each stage trains, with its directory, the fraction of weights it keeps and
+            the steps it trains.
+
+    Returns:
+        ``(run directory, rows of the curve)`` (:func:`~sparsetrain.lottery.lottery_curve`).
+    """
+    out = lottery_dir(runs_dir, config, lottery)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(config.canonical().to_yaml(), out / "experiment.yaml")
+    model, train_fn, total_steps = experiment_lottery(config)
+
+    def train(model_: nn.Module, masks: Mapping[str, Tensor], level_dir: Path, **kwargs: Any) -> dict[str, Any]:
+        if on_level is not None:
+            kept = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+            on_level(level_dir, kept, total_steps - kwargs.get("start_step", 0))
+        return train_fn(model_, masks, level_dir, **kwargs)
+
+    if on_start is not None:
+        on_start(out)
+    rows = run_lottery(model, lottery, train, out)
+    write_text(curve_table(rows) + "\n", out / "curve.md")
+    try:
+        plot_curve(rows, out / "curve.png")
+    except Exception as exc:  # a plotting failure must not lose the run
+        logger.warning("curve.png not written: %s: %s", type(exc).__name__, exc)
+    return out, rows

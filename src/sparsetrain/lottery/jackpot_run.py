@@ -11,13 +11,14 @@ of the run itself is written and no weight changes (``find_jackpot`` works on a 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import write_json
+from ..checkpoint_io import save_checkpoint
 from .jackpot import find_jackpot
 
 __all__ = ["jackpot_dir", "run_jackpot"]
@@ -65,7 +66,7 @@ def run_jackpot(
         ValueError: a bad option (``ConfigError`` for a config the data or model rejects).
     """
     from ..experiment.build import build_experiment
-    from ..experiment.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+    from ..experiment.checkpoint import load_checkpoint
     from ..experiment.config import DENSE
     from ..experiment.rundir import RunDir
 
@@ -95,7 +96,7 @@ def run_jackpot(
                                eval_data=exp.test_loader, seed=config.train.seed)
     out = jackpot_dir(path, sparsity)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_save({n: m.cpu() for n, m in masks.items()}, out / "masks.pt")
+    save_checkpoint({n: m.cpu() for n, m in masks.items()}, out / "masks.pt")
     kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     record: dict[str, Any] = {
@@ -108,7 +109,7 @@ def run_jackpot(
         "iou_with_magnitude": info["iou_with_magnitude"], "changes": int(sum(info["changes_per_step"])),
         "eval_split": "test",
     }
-    atomic_write_text(json.dumps(record, indent=2) + "\n", out / "jackpot.json")
+    write_json(record, out / "jackpot.json")
     record["out"] = str(out)
     logger.info("%s: jackpot at sparsity %g: accuracy %.4f -> %.4f (IoU %.4f)", run.name, sparsity,
                 record["accuracy_before"], record["accuracy_after"], record["iou_with_magnitude"])

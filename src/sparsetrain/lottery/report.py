@@ -7,12 +7,11 @@ fraction of weights remaining (:func:`~sparsetrain.lottery.lottery_curve`).
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..tables import Column, render
 from .results import lottery_curve, plot_curve
 
 __all__ = ["LOTTERY_COLUMNS", "find_lottery_runs", "format_lottery_rows", "lottery_rows", "plot_lottery_runs"]
@@ -26,9 +25,6 @@ LOTTERY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reinit", "test accuracy of the ticket's mask re-initialised"),
     ("random", "test accuracy of a random mask of the same per-layer sizes"),
 )
-
-_FORMATS = ("table", "markdown", "csv")
-
 
 def find_lottery_runs(runs_dir: str | Path) -> list[Path]:
     """Every ``lottery-*/seed_*`` directory under ``runs_dir`` with at least one ``level_*`` directory, sorted."""
@@ -68,35 +64,14 @@ def format_lottery_rows(rows: Sequence[dict[str, Any]], fmt: str = "table") -> s
     Returns:
         The text (no trailing newline for table/markdown).
     """
-    if fmt not in _FORMATS:
-        raise ValueError(f"format={fmt!r} is not allowed; choose one of {', '.join(_FORMATS)}")
-    keys = [key for key, _ in LOTTERY_COLUMNS]
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
-        return buffer.getvalue()
+    columns = [Column(key, align="left" if key == "run" else "right",
+                      format=(lambda v: f"{100 * v:.2f}%") if key == "remaining" else _accuracy)
+               for key, _ in LOTTERY_COLUMNS]
+    return render(columns, rows, fmt)
 
-    def cell(key: str, value: Any) -> str:
-        if value is None:
-            return "-"
-        if key == "remaining":
-            return f"{100 * value:.2f}%"
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
 
-    cells = [[cell(k, row.get(k)) for k in keys] for row in rows]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(keys) + " |", "|---|" + "---:|" * (len(keys) - 1)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
-    widths = [max(len(k), *(len(r[i]) for r in cells)) for i, k in enumerate(keys)]
-
-    def align(text: str, i: int) -> str:
-        return text.ljust(widths[i]) if i == 0 else text.rjust(widths[i])
-
-    lines = ["  ".join(align(k, i) for i, k in enumerate(keys)), "  ".join("-" * w for w in widths)]
-    return "\n".join(lines + ["  ".join(align(c, i) for i, c in enumerate(r)) for r in cells])
+def _accuracy(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def plot_lottery_runs(runs_dir: str | Path, metric: str = "accuracy") -> list[Path]:

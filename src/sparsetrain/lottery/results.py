@@ -9,6 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_figure
+from ..tables import Column, render
+
 __all__ = ["lottery_curve", "curve_table", "plot_curve"]
 
 _LEVEL = re.compile(r"level_(\d+)$")
@@ -54,14 +57,12 @@ def lottery_curve(run_dir: str | os.PathLike[str], metric: str = "accuracy") -> 
 def curve_table(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
     """A markdown table of :func:`lottery_curve` rows."""
     def cell(value: Any) -> str:
-        return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
 
-    lines = [f"| level | weights remaining | ticket {metric} | reinit {metric} | random-mask {metric} |",
-             "|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        lines.append(f"| {row['level']} | {100 * row['remaining']:.2f}% | {cell(row['ticket'])} | "
-                     f"{cell(row['reinit'])} | {cell(row['random'])} |")
-    return "\n".join(lines)
+    columns = [Column("level"), Column("remaining", "weights remaining", lambda v: f"{100 * v:.2f}%"),
+               *(Column(key, f"{title} {metric}", cell, missing="—")
+                 for key, title in (("ticket", "ticket"), ("reinit", "reinit"), ("random", "random-mask")))]
+    return render(columns, rows, "markdown")
 
 
 def plot_curve(rows: list[dict[str, Any]], path: str | os.PathLike[str], metric: str = "accuracy") -> Path:
@@ -86,7 +87,7 @@ def plot_curve(rows: list[dict[str, Any]], path: str | os.PathLike[str], metric:
     ax.set_ylabel(metric)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return write_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)

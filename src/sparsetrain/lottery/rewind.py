@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint_io import save_checkpoint
 from ..masks import apply_masks
 
-__all__ = ["snapshot", "rewind", "reinitialize", "save_atomic", "load"]
+__all__ = ["snapshot", "rewind", "reinitialize", "load"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +26,6 @@ logger = logging.getLogger(__name__)
 def snapshot(model: nn.Module) -> dict[str, Tensor]:
     """A CPU copy of the model's ``state_dict`` (the rewind point)."""
     return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
-
-
-def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` atomically: a killed run never leaves a half-written file."""
-    save_checkpoint(obj, path)
 
 
 def load(path: str | os.PathLike[str]) -> Any:

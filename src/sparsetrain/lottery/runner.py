@@ -30,14 +30,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..atomic import write_json, write_text
+from ..checkpoint_io import save_checkpoint
 from ..masks import select_prunable, sparsity_report
 from .config import LotteryConfig
 from .controls import random_mask_like
 from .imp import layer_rates, prune_round
-from .rewind import load, reinitialize, rewind, save_atomic, snapshot
+from .rewind import load, reinitialize, rewind, snapshot
 from .train import TrainFn
 
-__all__ = ["run_lottery", "level_dir", "write_json"]
+__all__ = ["run_lottery", "level_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +49,8 @@ def level_dir(run_dir: str | os.PathLike[str], level: int) -> Path:
     return Path(run_dir) / f"level_{level}"
 
 
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+def _write_json(obj: Any, path: Path) -> None:
+    write_json(obj, path, sort_keys=True, default=_jsonable)
 
 
 def _jsonable(value: Any) -> Any:
@@ -65,9 +63,9 @@ def _jsonable(value: Any) -> Any:
 
 def _save_masks(masks: Mapping[str, Tensor], where: Path) -> None:
     report = sparsity_report(masks)
-    save_atomic({name: mask.detach().to("cpu", torch.bool) for name, mask in masks.items()}, where / "masks.pt")
-    (where / "sparsity.txt").write_text(str(report) + "\n")
-    write_json(report.to_dict(), where / "sparsity.json")
+    save_checkpoint({name: mask.detach().to("cpu", torch.bool) for name, mask in masks.items()}, where / "masks.pt")
+    write_text(str(report) + "\n", where / "sparsity.txt")
+    _write_json(report.to_dict(), where / "sparsity.json")
 
 
 class _Run:
@@ -95,12 +93,12 @@ class _Run:
                 raise ValueError(f"{self.dir} holds a lottery run with another config (fields {changed} differ); "
                                  "use another out_dir")
         else:
-            write_json(mine, path)
+            _write_json(mine, path)
 
     def initial_state(self) -> dict[str, Tensor]:
         path = self.dir / "init.pt"
         if not path.exists():
-            save_atomic(snapshot(self.model), path)
+            save_checkpoint(snapshot(self.model), path)
         return load(path)
 
     # -- stages ---------------------------------------------------------------------------------------------
@@ -134,8 +132,8 @@ class _Run:
             torch.manual_seed(seed)
             metrics = dict(self.train_fn(model, masks, where, start_step=start_step, on_step=on_step))
         if save_model:
-            save_atomic(snapshot(model), where / "model.pt")
-        write_json(metrics, where / "metrics.json")
+            save_checkpoint(snapshot(model), where / "model.pt")
+        _write_json(metrics, where / "metrics.json")
         return metrics
 
     def rewind_point(self, init: Mapping[str, Tensor]) -> None:
@@ -144,13 +142,13 @@ class _Run:
         k = self.config.rewind_step
         where = level_dir(self.dir, 0)
         if k == 0 and not path.exists():
-            save_atomic(dict(init), path)
+            save_checkpoint(dict(init), path)
         if (where / "metrics.json").exists() and not path.exists():
             raise RuntimeError(f"{where} is done but {path} is missing; delete {where}/metrics.json to retrain")
 
         def save_at_k(step: int, model: nn.Module) -> None:
             if step == k:
-                save_atomic(snapshot(model), path)
+                save_checkpoint(snapshot(model), path)
 
         self.train(where, init, self.masks_for(0), seed=self.config.seed, start_step=0,
                    on_step=save_at_k if k > 0 else None)

@@ -27,6 +27,8 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
+from ..atomic import replace_durably
+
 __all__ = ["NativeUnavailable", "cache_dir", "compiler", "load_library", "native_enabled", "try_load"]
 
 logger = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ def _build(cc: str, source: Path, target: Path) -> None:
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             raise NativeUnavailable(f"{cc} failed on {source.name}: {result.stderr.strip()[-2000:]}")
-        os.replace(partial, target)
+        replace_durably(partial, target)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise NativeUnavailable(f"cannot run {cc}: {error}") from error
     finally:

@@ -28,6 +28,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from sparsetrain.atomic import write_bytes
 from sparsetrain.sparse.encoding import ENCODINGS, EncodingError, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -146,8 +147,7 @@ def export_sparse(
             "parts": part_keys,
         }
     metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "tensors": json.dumps(entries)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(stored, str(path), metadata=metadata)
+    write_bytes(safetensors.torch.save(stored, metadata=metadata), path)
     info = ExportInfo(
         path=path,
         bytes_written=path.stat().st_size,

@@ -1,0 +1,108 @@
+"""``sparsetrain lottery``: iterative magnitude pruning with rewinding, and its controls, on a config's recipe."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .config_flags import add_config_flags, parse_seeds, resolve_config
+from .terminal import CliError, note
+
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = "lottery tickets: iterative magnitude pruning with rewinding, and its controls"
+DESCRIPTION = ("Iterative magnitude pruning (Frankle & Carbin 2019; rewinding to step k: Frankle et al. 2020) "
+               "on the data/model/optim/train recipe of the config, in <runs-dir>/lottery-<hash>/seed_<n>/"
+               "level_<k>/ (masks.pt, sparsity.json, metrics.json; controls in reinit/ and random/). A "
+               "stopped run resumes at the stage it was in. The sparse section plays no part.")
+RAW_DESCRIPTION = True  # --help prints the description unwrapped
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lottery`` command's arguments."""
+    group = parser.add_argument_group("run")
+    group.add_argument("--config", metavar="FILE", default=None,
+                       help="YAML config file with sections data/model/optim/train (default: none)")
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="dotted override applied after the flags, repeatable (default: none)")
+    group.add_argument("--runs-dir", default="runs", help="where runs are written (default: runs)")
+    group.add_argument("--seeds", nargs="+", type=str, default=None, metavar="N",
+                       help="one lottery run per seed (default: train.seed)")
+    group.add_argument("--print-config", action="store_true",
+                       help="print the resolved config as YAML and exit (default: false)")
+    group.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no per-level lines on stderr (default: shown)")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="log INFO messages (default: warnings only)")
+    lottery = parser.add_argument_group("lottery (sparsetrain.lottery.LotteryConfig)")
+    lottery.add_argument("--rounds", type=int, default=3, help="pruning rounds after the dense level 0 (default: 3)")
+    lottery.add_argument("--prune-rate", type=float, default=0.2,
+                         help="fraction of the remaining weights pruned per round (default: 0.2)")
+    lottery.add_argument("--output-rate", default="0.1",
+                         help="rate of the output layer, or none for --prune-rate (default: 0.1)")
+    lottery.add_argument("--output-layer", default=None,
+                         help="name of the output tensor (default: the last pruned tensor)")
+    lottery.add_argument("--scope", default="layer", choices=("layer", "global"),
+                         help="rank per tensor, or one threshold over all but the output layer (default: layer)")
+    lottery.add_argument("--rewind-step", type=int, default=0,
+                         help="rewind survivors to their values at this optimizer step; 0 = init (default: 0)")
+    lottery.add_argument("--one-shot", action="store_true",
+                         help="level k prunes the dense weights straight to its sparsity (default: iterative)")
+    lottery.add_argument("--controls", nargs="*", default=["reinit", "random"], metavar="{reinit,random}",
+                         help="controls trained at every level >= 1 (default: reinit random)")
+    add_config_flags(parser)
+    parser.set_defaults(resume=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    """One lottery run per seed; prints each run's curve."""
+    from sparsetrain.lottery import curve_table
+    from sparsetrain.lottery.experiment import lottery_dir, run_experiment_lottery
+
+    base = resolve_config(args)
+    given_sparse = {k: v for k, v in base.non_default(hashed_only=False).items() if k.startswith("sparse.")}
+    if given_sparse:
+        raise CliError(f"{', '.join(sorted(given_sparse))}: the sparse section is not used by lottery runs (IMP "
+                       "chooses the masks); use --prune-rate, --rounds, --scope instead")
+    if args.print_config:
+        print(base.canonical().to_yaml(), end="")
+        return 0
+    for seed in parse_seeds(args, base.train.seed):
+        config = base.with_overrides({"train.seed": seed})
+        lottery = _lottery_config(args, seed)
+        out = lottery_dir(args.runs_dir, config, lottery)
+
+        def started(out: Path) -> None:
+            if args.progress:
+                note(f"lottery run in {out} ({lottery.rounds} rounds); finished stages are skipped")
+
+        def training(level_dir: Path, kept: float, steps: int, out: Path = out) -> None:
+            if args.progress:
+                note(f"{out.parent.name}/{out.name}: training {level_dir.relative_to(out)} "
+                     f"({kept:.2%} of weights, {steps} steps)")
+
+        out, rows = run_experiment_lottery(config, lottery, args.runs_dir, on_start=started, on_level=training)
+        print(f"lottery run {out} (test accuracy vs weights remaining):")
+        print(curve_table(rows))
+    return 0
+
+
+def _lottery_config(args: argparse.Namespace, seed: int) -> Any:
+    from sparsetrain.lottery import LotteryConfig
+
+    output_rate: float | None
+    if str(args.output_rate).lower() == "none":
+        output_rate = None
+    else:
+        try:
+            output_rate = float(args.output_rate)
+        except ValueError:
+            raise CliError(f"argument --output-rate: {args.output_rate!r} is not allowed: a number in [0, 1) or "
+                           "none") from None
+    try:
+        return LotteryConfig(rounds=args.rounds, prune_rate=args.prune_rate, output_rate=output_rate,
+                             output_layer=args.output_layer, scope=args.scope, rewind_step=args.rewind_step,
+                             one_shot=args.one_shot, controls=tuple(args.controls), seed=seed)
+    except (ValueError, TypeError) as exc:
+        raise CliError(f"lottery: {exc}") from None
