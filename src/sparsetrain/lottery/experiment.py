@@ -141,8 +141,10 @@ def lottery_dir(runs_dir: str | Path, config: Any, lottery: LotteryConfig) -> Pa
         config: the recipe (an ``ExperimentConfig``; its non-default identifying fields count).
         lottery: the lottery options (all fields but the seed count).
     """
-    identity = {"experiment": config.non_default(),
-                "lottery": {k: v for k, v in lottery.to_dict().items() if k != "seed"}}
+    options = {k: v for k, v in lottery.to_dict().items() if k != "seed"}
+    if options.get("scope") == "layer":
+        options["scope"] = "layerwise"  # hashed under the spelling it had when the first runs were named
+    identity = {"experiment": config.non_default(), "lottery": options}
     return Path(runs_dir) / f"lottery-{identity_hash(identity, compact=False)}" / f"seed_{config.train.seed}"
 
 
