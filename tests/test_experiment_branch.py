@@ -94,7 +94,8 @@ def test_kept_checkpoints_exist_and_load_as_branch_sources(straight):
         assert state["step"] == step and state["epoch"] == step // STEPS_PER_EPOCH
         assert state["batch_in_epoch"] == step % STEPS_PER_EPOCH
         assert state["sparsifier"]["step"] == step
-    # the one after epoch 1 is the end-of-epoch state: the same as the rolling checkpoint written then
+        # after epoch 1: the state after its evaluation (the epoch's sums logged and reset); mid-epoch: 3 batches
+        assert state["running"]["count"] == (0 if step == 8 else 3 * 32)
     assert not (straight.path / "replay").exists()
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,8 @@ from .config import ConfigError, ExperimentConfig
 from .rundir import RunDir
 
 __all__ = ["CHECKPOINT_VERSION", "DAMAGED_CHECKPOINT", "PARTS", "EVERYTHING", "read_run_checkpoint", "plan_start",
-           "check_resumable", "check_position", "object_state", "restore_objects", "loop_state",
-           "set_schedule_position"]
+           "check_resumable", "check_position", "check_counts", "kept_steps", "nearest_checkpoint", "step_at", "object_state", "restore_objects",
+           "loop_state", "set_schedule_position"]
 
 logger = logging.getLogger(__name__)
 
@@ -217,3 +217,68 @@ def check_position(state: Mapping[str, Any], exp: Experiment, path: str | Path) 
     if world != exp.parallel.world_size:
         raise ConfigError(f"{path} was written by a {world}-process run; its position and data order do not fit a "
                           f"{exp.parallel.world_size}-process run")
+
+
+def step_at(exp: Experiment, *, step: int | None = None, epoch: int | None = None) -> int:
+    """The optimizer step of ``step``, or of the end of ``epoch`` (``epoch * steps_per_epoch``): exactly one.
+
+    Raises:
+        ValueError: neither or both given, or not an int in ``[0, total_steps]`` / ``[0, epochs]``.
+    """
+    if (step is None) == (epoch is None):
+        raise ValueError(f"step={step!r}, epoch={epoch!r} is not allowed: give exactly one of them")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= exp.total_steps:
+            raise ValueError(f"step={step!r} is not allowed: an int in [0, {exp.total_steps}]")
+        return step
+    epochs = exp.config.train.epochs
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        raise ValueError(f"epoch={epoch!r} is not allowed: an int in [0, {epochs}]")
+    return epoch * exp.steps_per_epoch
+
+
+def nearest_checkpoint(run: RunDir, step: int) -> tuple[int, Path] | None:
+    """The run's checkpoint closest before ``step``: a kept one, or its rolling ``checkpoint(.prev).pt``.
+
+    Returns:
+        ``(its step, its file)``, or None when the run has none before ``step``.
+    """
+    found = {m: path for m, path in run.kept_checkpoints().items() if m < step}
+    for rolling in (run.previous_checkpoint_file, run.checkpoint_file):
+        if rolling.exists():
+            at = int(read_run_checkpoint(rolling)["step"])
+            if at < step:
+                found.setdefault(at, rolling)
+    if not found:
+        return None
+    nearest = max(found)
+    return nearest, found[nearest]
+
+
+def check_counts(name: str, values: Iterable[int]) -> tuple[int, ...]:
+    """``values`` (steps or epochs) as a tuple of ints >= 0.
+
+    Raises:
+        TypeError: not an iterable of values; ValueError: a value that is not an int >= 0.
+    """
+    if isinstance(values, (str, int)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name}={values!r} is not allowed: expected a list of ints")
+    result = tuple(values)
+    for value in result:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}: {value!r} is not allowed: an int >= 0")
+    return result
+
+
+def kept_steps(exp: Experiment, steps: Iterable[int], epochs: Iterable[int]) -> set[int]:
+    """The steps whose checkpoints a run keeps: ``steps`` and the ends of ``epochs``.
+
+    Raises:
+        ValueError: one past the run's last step.
+    """
+    keep = set(steps) | {e * exp.steps_per_epoch for e in epochs}
+    late = sorted(k for k in keep if k > exp.total_steps)
+    if late:
+        raise ValueError(f"keep_steps/keep_epochs ask for step {late[0]}, past the run's last step {exp.total_steps} "
+                         f"({exp.config.train.epochs} epochs of {exp.steps_per_epoch})")
+    return keep

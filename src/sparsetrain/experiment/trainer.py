@@ -1,38 +1,31 @@
 """The training loop of one run: train, evaluate every epoch, checkpoint, resume exactly, summarise.
 
 The loop is the library's two-line contract in a plain PyTorch loop: ``optimizer.step()`` then
-``sparsifier.step()`` on every minibatch, with ``total_steps = epochs * steps_per_epoch``. Around it:
+``sparsifier.step()`` on every minibatch, with ``total_steps = epochs * steps_per_epoch``. Around it: evaluation
+on the validation and test splits after every epoch; a checkpoint after every epoch and, on SIGINT/SIGTERM (see
+:mod:`.signals`), after the current step, holding every part of the run's state (:mod:`.run_state`), so a resume
+continues the very same computation (on CPU the final masks and metrics are bit-identical); at the end
+``masks.pt``, the plots and ``summary.json`` (written last: it marks the run finished, and a finished run is never
+retrained).
 
-* evaluation on the held-out validation split and on the test split after every epoch;
-* a checkpoint after every epoch, and after the current step on SIGINT/SIGTERM (see :mod:`.signals`), holding
-  the model, optimizer, sparsifier, LR scheduler and GradScaler states, every random generator (torch, CUDA,
-  numpy, Python, the DataLoader's), the position (epoch, step, batch within the epoch) and the epoch's running
-  sums. Resuming from it continues the very same computation: on CPU the final masks and metrics are
-  bit-identical to an uninterrupted run;
-* at the end: ``masks.pt``, the plots and ``summary.json`` (written last; it marks the run finished).
-
-A finished run is never retrained (:meth:`Trainer.fit` returns its summary); an interrupted one resumes.
-
-Every study is such a run. A run may start from another run's checkpoint or from given weights instead of step 0
-(a :class:`~sparsetrain.experiment.branch.Branch`: lottery levels and their controls, plasticity cells, replays);
-it keeps full checkpoints at requested steps or epochs (``checkpoints/step_<n>.pt``, never rotated, readable as
-branch sources); :meth:`Trainer.fit_until` stops it early without finishing it; and
-:meth:`Trainer.checkpoint_at` gives the checkpoint at any step with the least training (a finished run is replayed
-from its nearest earlier kept checkpoint, never retrained from scratch when one exists).
+Every study is such a run. A run may start from parts of another run's checkpoint and/or given weights (a
+:class:`~.branch.Branch`: lottery levels and their controls, plasticity cells, replays), keep full checkpoints at
+requested steps or epochs (``checkpoints/step_<n>.pt``, never rotated, readable as branch sources), stop early
+without finishing (:meth:`Trainer.fit_until`), and give its checkpoint at any step with the least training
+(:meth:`Trainer.checkpoint_at`: a run past that step is replayed from its nearest earlier checkpoint).
 
 Crash safety: every file is written atomically (temporary file, fsync, rename), the checkpoint keeps its
 predecessor as ``checkpoint.prev.pt``, and a resume truncates ``metrics.jsonl`` to the checkpointed epochs, so a
 run killed at any moment (SIGKILL included) resumes to the same masks and metrics as an uninterrupted one. A
-checkpoint that cannot be read (truncated, corrupt) is reported in one warning naming the file, set aside as
-``checkpoint.bad.pt``, and the run resumes from ``checkpoint.prev.pt``. Anything wrong with the inputs of a
-resume (an unreadable or foreign checkpoint, a different config) raises before a file is touched.
+checkpoint that cannot be read is reported in one warning naming the file, set aside as ``checkpoint.bad.pt``,
+and the run resumes from ``checkpoint.prev.pt``. Anything wrong with the inputs of a resume (an unreadable or
+foreign checkpoint, a different config or branch) raises before a file is touched.
 
-Data parallel (under torchrun, see :mod:`.parallel`): every rank runs this loop on its shard; the gradients are
-averaged by DistributedDataParallel; evaluation is split across ranks and summed, so every rank gets the same
-record; after every topology update the ranks compare mask checksums
-(:func:`sparsetrain.distributed.assert_masks_identical`); only rank 0 writes files, and the other ranks wait for
-it where they would read them. SIGINT/SIGTERM on any rank stops every rank at the same step. There is no
-gradient accumulation: one minibatch, one optimizer step.
+Data parallel (under torchrun, see :mod:`.parallel`): every rank runs this loop on its shard; DDP averages the
+gradients; evaluation is split across ranks and summed; after every topology update the ranks compare mask
+checksums (:func:`sparsetrain.distributed.assert_masks_identical`); only rank 0 writes files, and the other
+ranks wait for it where they would read them. SIGINT/SIGTERM on any rank stops every rank at the same step.
+There is no gradient accumulation: one minibatch, one optimizer step.
 """
 
 from __future__ import annotations
@@ -63,12 +56,16 @@ from .run_state import (
     CHECKPOINT_VERSION,
     DAMAGED_CHECKPOINT,
     EVERYTHING,
+    check_counts,
     check_resumable,
+    kept_steps,
     loop_state,
+    nearest_checkpoint,
     object_state,
     plan_start,
     read_run_checkpoint,
     restore_objects,
+    step_at,
 )
 from .signals import StopRequest, TrainingInterrupted
 from .summary import dense_reference, run_summary, write_run_outputs
@@ -141,7 +138,7 @@ class Trainer:
         if branch is not None and not isinstance(branch, Branch):
             raise TypeError(f"branch={branch!r} is not allowed: expected a Branch or None")
         self.branch = branch
-        self._keep_asked = (_check_counts("keep_steps", keep_steps), _check_counts("keep_epochs", keep_epochs))
+        self._keep_asked = (check_counts("keep_steps", keep_steps), check_counts("keep_epochs", keep_epochs))
         self._keep: set[int] = set()
         self.callback = callback or TrainerCallback()
         self.plots = plots
@@ -159,9 +156,10 @@ class Trainer:
         self._clock = time.perf_counter()
         self._lr = 0.0
         self._sparsity = 0.0
-        self._trace: dict[str, Any] = {"steps": [], "sparsity": [], "layers": {}}
+        self._trace = DensityTrace()
         self._damaged: list[Path] = []
         self._saved_step: int | None = None
+        self._trained = False  # this object's experiment has trained (a fresh start must build it again)
 
     # -- set-up --------------------------------------------------------------------------------------------------
     @property
@@ -181,57 +179,39 @@ class Trainer:
             CheckpointError: the branch's source cannot be read.
         """
         if self.exp is None:
-            if self.run.config_file.exists():
-                saved = self.run.read_config()
-                if saved.non_default() != self.config.non_default():
-                    raise ConfigError(f"{self.run.path} holds a different config (hash collision?); move it away "
-                                      "or use another --runs-dir")
-            record = check_branch_record(self.run, self.branch)
-            if self.branch is None:
-                self.exp = build_experiment(self.config)
-            else:
-                has_checkpoint = self.run.checkpoint_file.exists() or self.run.previous_checkpoint_file.exists()
-                self._build_branch(record if has_checkpoint else None)
-            # A fresh run starts from the generator states right after the build, whatever ran in between.
-            self._rng_after_build = capture_rng()
+            self._check_run_dir()
+            self._build(source=not (self.run.checkpoint_file.exists() or self.run.previous_checkpoint_file.exists()))
         return self.exp
 
-    def _build_branch(self, record: dict[str, Any] | None) -> None:
-        """Build a branch run; with the ``record`` of a run about to resume, without reading the branch's source."""
-        assert self.branch is not None
-        exp = build_experiment(self.config, sparsifier=False)
-        if record is not None:  # the run's own checkpoint replaces every part: the source is not needed
-            attach_sparsifier(exp, record.get("sparsifier_total_steps"))
-        else:
-            self._origin, self._branch_start = start_branch(exp, self.branch)
-        self.exp = exp
+    def _check_run_dir(self) -> None:
+        """The run directory, if it exists, must hold this config and this branch (or none)."""
+        if self.run.config_file.exists():
+            saved = self.run.read_config()
+            if saved.non_default() != self.config.non_default():
+                raise ConfigError(f"{self.run.path} holds a different config (hash collision?); move it away "
+                                  "or use another --runs-dir")
+        check_branch_record(self.run, self.branch)
 
-    def _resolve_keep(self, exp: Experiment) -> set[int]:
-        steps, epochs = self._keep_asked
-        keep = set(steps) | {e * exp.steps_per_epoch for e in epochs}
-        late = sorted(k for k in keep if k > exp.total_steps)
-        if late:
-            raise ValueError(f"keep_steps/keep_epochs ask for step {late[0]}, past the run's last step "
-                             f"{exp.total_steps} ({exp.config.train.epochs} epochs of {exp.steps_per_epoch})")
-        return keep | self._keep
+    def _build(self, source: bool) -> None:
+        """Build the run at step 0; a branch's source is built in unless a resume will replace every part."""
+        self._origin = self._branch_start = None
+        self.step = self.epoch = self._batch_in_epoch = 0
+        if self.branch is None:
+            self.exp = build_experiment(self.config)
+        else:
+            exp = build_experiment(self.config, sparsifier=False)
+            if source:
+                self._origin, self._branch_start = start_branch(exp, self.branch)
+            else:  # as the branch started: the sparsifier's schedules span what they spanned then
+                attach_sparsifier(exp, (read_branch_record(self.run) or {}).get("sparsifier_total_steps"))
+            self.exp = exp
+        # A fresh run starts from the generator states right after the build, whatever ran in between.
+        self._rng_after_build = capture_rng()
+        self._trained = False
 
     def step_of(self, *, step: int | None = None, epoch: int | None = None) -> int:
-        """The optimizer step of ``step`` or of the end of ``epoch`` (exactly one given), checked against the run.
-
-        Raises:
-            ValueError: neither or both given, or not an int in ``[0, total_steps]`` / ``[0, epochs]``.
-        """
-        exp = self.prepare()
-        if (step is None) == (epoch is None):
-            raise ValueError(f"step={step!r}, epoch={epoch!r} is not allowed: give exactly one of them")
-        if step is not None:
-            if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= exp.total_steps:
-                raise ValueError(f"step={step!r} is not allowed: an int in [0, {exp.total_steps}]")
-            return step
-        epochs = exp.config.train.epochs
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
-            raise ValueError(f"epoch={epoch!r} is not allowed: an int in [0, {epochs}]")
-        return epoch * exp.steps_per_epoch
+        """The optimizer step of ``step`` or of the end of ``epoch`` (see :func:`~.run_state.step_at`)."""
+        return step_at(self.prepare(), step=step, epoch=epoch)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def fit(self, *, restart: bool = False) -> dict[str, Any]:
@@ -250,6 +230,7 @@ class Trainer:
         """
         finished = self.run.read_summary()
         if finished is not None:
+            self._check_run_dir()
             return finished
         self._open(restart)
         self._loop(until=None)
@@ -331,18 +312,12 @@ class Trainer:
 
     def _replay(self, target: int) -> Path:
         """Replay this run up to ``target`` from its nearest earlier checkpoint (see :meth:`checkpoint_at`)."""
-        sources = {m: path for m, path in self.run.kept_checkpoints().items() if m < target}
-        for rolling in (self.run.previous_checkpoint_file, self.run.checkpoint_file):
-            if rolling.exists():
-                at = int(read_run_checkpoint(rolling)["step"])
-                if at < target and at not in sources:
-                    sources[at] = rolling
-        start = max(sources, default=None)
-        branch = Branch(checkpoint=sources[start]) if start is not None else self.branch
+        nearest = nearest_checkpoint(self.run, target)
+        branch = Branch(checkpoint=nearest[1]) if nearest is not None else self.branch
         where = self.run.path / REPLAY_DIR
         shutil.rmtree(where, ignore_errors=True)  # a replay cut short is started again (it is short)
-        logger.info("%s: replaying steps %d..%d for the checkpoint at step %d", self.run.name, start or 0, target,
-                    target)
+        logger.info("%s: replaying from step %d to keep the checkpoint at step %d", self.run.name,
+                    nearest[0] if nearest is not None else 0, target)
         replay = Trainer(self.config, run_dir=where, branch=branch, keep_steps=(target,), callback=self.callback,
                          plots=False)
         replay.fit_until(step=target)
@@ -363,12 +338,11 @@ class Trainer:
         kind, detail = par.broadcast((kind, detail))
         if kind == "error":
             raise CheckpointError(detail)
-        if kind != "resume" and self.branch is not None and self._branch_start is None:
-            # prepare() expected a resume and left the branch's source unread: build the run from it now
-            self._build_branch(None)
-            self._rng_after_build = capture_rng()
+        if kind != "resume" and (self._trained or (self.branch is not None and self._branch_start is None)):
+            # this object trained already, or prepare() expected a resume and left the branch's source unread
+            self._build(source=True)
             exp = self.exp
-        self._keep = self._resolve_keep(exp)
+        self._keep |= kept_steps(exp, *self._keep_asked)
         if kind == "resume":
             self._load(state if state is not None else read_run_checkpoint(Path(detail)), Path(detail))
         if par.is_main:
@@ -399,15 +373,17 @@ class Trainer:
         """A fresh start: step 0 with the generators as the build left them, or the branch's starting point."""
         assert self.exp is not None
         self._running = RunningSums(self.exp.device)
+        self.resumed_from = self._saved_step = None
         parts = self.branch.parts if self.branch is not None and self._origin is not None else frozenset()
         if parts:
             assert self._origin is not None
             self._adopt(self._origin, parts)
         restore_rng(self._rng_after_build)
-        if "position" not in parts:
-            self._begin_trace()
-        elif "sparsifier" not in parts:
-            self._continue_trace()
+        if "position" not in parts:  # the trace starts here
+            self._trace = DensityTrace()
+            self._sparsity = self._trace.record(self.step, run_masks(self.exp))
+        elif "sparsifier" not in parts:  # the source's trace goes on with this run's own masks
+            self._sparsity = self._trace.branch(self.step, run_masks(self.exp))
 
     def elapsed(self) -> float:
         """Training wall time in seconds, summed over every session of this run."""
@@ -418,6 +394,7 @@ class Trainer:
         exp = self.exp
         assert exp is not None
         self._clock = time.perf_counter()
+        self._trained = True
         with StopRequest() as stop:
             self.callback.on_start(self)
             if self.step in self._keep and not self.run.kept_checkpoint(self.step).exists():
@@ -448,6 +425,8 @@ class Trainer:
             self._train_step(inputs, targets)
             self.callback.on_step(self)
             part_way = self._batch_in_epoch < exp.steps_per_epoch
+            if part_way and until is not None and self.step >= until:
+                return False  # the caller checkpoints here (and keeps it, if asked)
             if part_way and self.step in self._keep:
                 self._save_checkpoint(rolling=False)
             # every rank must stop at the same step (a signal may reach them a step apart)
@@ -455,8 +434,6 @@ class Trainer:
                 self._save_checkpoint()
                 raise TrainingInterrupted(stop.signal_name or "SIGINT", self.step, self.epoch,
                                           self.run.checkpoint_file)
-            if part_way and until is not None and self.step >= until:
-                return False
         return True
 
     def _train_step(self, inputs: Tensor, targets: Tensor) -> None:
@@ -524,17 +501,6 @@ class Trainer:
         assert self.exp is not None
         return run_report(self.exp).sparsity
 
-    # -- density trace (for the schedule plot and training FLOPs) ----------------------------------------------
-    def _begin_trace(self) -> None:
-        assert self.exp is not None
-        self._trace = DensityTrace()
-        self._sparsity = self._trace.record(self.step, run_masks(self.exp))
-
-    def _continue_trace(self) -> None:
-        """A branch that took the position continues its source's trace, with its own masks from the branch step."""
-        assert self.exp is not None
-        self._sparsity = self._trace.branch(self.step, run_masks(self.exp))
-
     def _density_history(self) -> list[tuple[int, dict[str, float]]]:
         return self._trace.history()
 
@@ -566,11 +532,12 @@ class Trainer:
         exp = self.exp
         assert exp is not None
         state = self._checkpoint()
+        if rolling:
+            self._saved_step = self.step
         if not exp.parallel.is_main:
             return
         if rolling:
             atomic_save(state, self.run.checkpoint_file, keep_previous=self.run.previous_checkpoint_file)
-            self._saved_step = self.step
             logger.debug("checkpoint at step %d written to %s", self.step, self.run.checkpoint_file)
         if self.step in self._keep:
             atomic_save(state, self.run.kept_checkpoint(self.step))
@@ -634,14 +601,3 @@ class Trainer:
         if par.is_main:
             write_run_outputs(self.run, summary, records, plots=self.plots)
         return summary
-
-
-def _check_counts(name: str, values: Iterable[int]) -> tuple[int, ...]:
-    """``values`` as a tuple of ints >= 0 (steps or epochs)."""
-    if isinstance(values, (str, int)) or not isinstance(values, Iterable):
-        raise TypeError(f"{name}={values!r} is not allowed: expected a list of ints")
-    result = tuple(values)
-    for value in result:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}: {value!r} is not allowed: an int >= 0")
-    return result
