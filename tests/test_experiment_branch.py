@@ -116,6 +116,10 @@ def test_a_finished_run_replays_from_its_nearest_earlier_kept_checkpoint(tmp_pat
     count.steps.clear()
     finished.checkpoint_at(step=3)
     assert count.steps == [1, 2, 3]  # nothing earlier kept: from the start
+    finished.checkpoint_at(step=TOTAL)
+    assert count.steps == [1, 2, 3]  # the final checkpoint.pt is the state at the last step: copied, not trained
+    assert _same_tensors(load_checkpoint(RunDir(where).kept_checkpoint(TOTAL))["model"],
+                         load_checkpoint(RunDir(where).checkpoint_file)["model"])
     # the replayed states are those of an uninterrupted run that kept them
     reference = tmp_path / "reference"
     Trainer(config, run_dir=reference, keep_steps=(3, 15), keep_epochs=(1,), plots=False).fit()

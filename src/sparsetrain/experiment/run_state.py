@@ -238,16 +238,16 @@ def step_at(exp: Experiment, *, step: int | None = None, epoch: int | None = Non
 
 
 def nearest_checkpoint(run: RunDir, step: int) -> tuple[int, Path] | None:
-    """The run's checkpoint closest before ``step``: a kept one, or its rolling ``checkpoint(.prev).pt``.
+    """The run's checkpoint closest to ``step`` at or before it: a kept one, or its ``checkpoint(.prev).pt``.
 
     Returns:
-        ``(its step, its file)``, or None when the run has none before ``step``.
+        ``(its step, its file)``, or None when the run has none at or before ``step``.
     """
-    found = {m: path for m, path in run.kept_checkpoints().items() if m < step}
+    found = {m: path for m, path in run.kept_checkpoints().items() if m <= step}
     for rolling in (run.previous_checkpoint_file, run.checkpoint_file):
         if rolling.exists():
             at = int(read_run_checkpoint(rolling)["step"])
-            if at < step:
+            if at <= step:
                 found.setdefault(at, rolling)
     if not found:
         return None

@@ -279,9 +279,9 @@ class Trainer:
         * the run has not reached step n (new, or interrupted before it): the run itself trains on to n, keeps
           the checkpoint there and stops (:meth:`fit_until`); a later :meth:`fit` continues from n.
         * the run is past n (finished, or interrupted later): it is replayed in ``<run>/replay/`` from its nearest
-          earlier checkpoint (a kept one, or ``checkpoint.prev.pt``; a full restore continues bit-identically on
-          CPU), or from its start (step 0, or its branch) when it has none; the replay's checkpoint at n is moved
-          to ``checkpoints/step_<n>.pt`` and the replay directory removed.
+          checkpoint at or before n (a kept one, or ``checkpoint(.prev).pt``; a full restore continues
+          bit-identically on CPU), or from its start (step 0, or its branch) when it has none; the replay's
+          checkpoint at n is moved to ``checkpoints/step_<n>.pt`` and the replay directory removed.
 
         Args:
             step / epoch: which state (exactly one).
@@ -311,7 +311,7 @@ class Trainer:
         return self._replay(target)
 
     def _replay(self, target: int) -> Path:
-        """Replay this run up to ``target`` from its nearest earlier checkpoint (see :meth:`checkpoint_at`)."""
+        """Replay this run up to ``target`` from its nearest checkpoint (see :meth:`checkpoint_at`)."""
         nearest = nearest_checkpoint(self.run, target)
         branch = Branch(checkpoint=nearest[1]) if nearest is not None else self.branch
         where = self.run.path / REPLAY_DIR
