@@ -33,7 +33,8 @@ from .loader import eval_loader, train_loader
 from .optim import build_optimizer, build_scheduler
 from .parallel import SINGLE, Parallel, setup, wrap_model
 
-__all__ = ["Experiment", "build_experiment", "attach_sparsifier", "resolve_device", "seed_everything", "RESERVED_METHOD_OPTIONS"]
+__all__ = ["Experiment", "build_experiment", "attach_sparsifier", "resolve_device", "seed_everything",
+           "RESERVED_METHOD_OPTIONS"]
 
 logger = logging.getLogger(__name__)
 

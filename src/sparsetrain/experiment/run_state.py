@@ -42,8 +42,8 @@ from .config import ConfigError, ExperimentConfig
 from .rundir import RunDir
 
 __all__ = ["CHECKPOINT_VERSION", "DAMAGED_CHECKPOINT", "PARTS", "EVERYTHING", "read_run_checkpoint", "plan_start",
-           "check_resumable", "check_position", "check_counts", "kept_steps", "nearest_checkpoint", "step_at", "object_state", "restore_objects",
-           "loop_state", "set_schedule_position"]
+           "check_resumable", "check_position", "check_counts", "kept_steps", "nearest_checkpoint", "step_at",
+           "object_state", "restore_objects", "loop_state", "set_schedule_position"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ CHECKPOINT_VERSION = 1
 #: Where a run's unreadable checkpoint is set aside when its predecessor is resumed instead.
 DAMAGED_CHECKPOINT = "checkpoint.bad.pt"
 
-#: The parts of a run checkpoint, in the order they are restored.
+#: The parts of a run checkpoint (see the module docstring).
 PARTS = ("model", "optimizer", "position", "data", "rng", "sparsifier")
 EVERYTHING = frozenset(PARTS)
 
