@@ -1,4 +1,5 @@
-"""Crash safety of ``sparsetrain train``: SIGKILL at 20 seeded random moments, then resume; damaged checkpoints.
+"""Crash safety of ``sparsetrain train``: SIGKILL at 20 seeded random moments, then resume; damaged checkpoints;
+a branch run (a lottery-style rewind of another run) killed and resumed.
 
 The killed runs are real command-line runs (``sparsetrain.cli.main`` in a child process). The children are
 forked from a ``forkserver`` that has torch and sparsetrain imported already, so a child starts in milliseconds
@@ -24,6 +25,7 @@ import sparsetrain.experiment.trainer
 import sparsetrain.models  # noqa: F401
 from sparsetrain.cli import main
 from sparsetrain.atomic import WRITE_DELAY_ENV
+from sparsetrain.experiment import Branch, ExperimentConfig, RunDir, Trainer
 
 ARGS = ["train", "--data", "synthetic", "--data-option", "n_train=192", "--data-option", "n_test=512",
         "--data-option", "input_shape=[1, 12]", "--model", "mlp", "--model-option", "hidden=[16]",
@@ -45,6 +47,19 @@ def _child(argv, cwd, env, log):
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     sys.exit(main(argv))
+
+
+def _branch_child(cwd, source, config, log, env):
+    """Entry point of a forked child: the weights, position and data order of ``source`` trained on the masks of
+    ``config`` (a static method with a masks file) in ``cwd/branch``."""
+    os.chdir(cwd)
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    branch = Branch(checkpoint=source, take={"model", "position", "data"})
+    Trainer(ExperimentConfig.from_dict(config), run_dir="branch", branch=branch, plots=False).fit()
+    sys.exit(0)
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +97,9 @@ def _run_dir(cwd):
     return found[0] if found else None
 
 
-def _temp_files(cwd):
-    run = _run_dir(cwd)
-    return {p.name for p in run.iterdir() if p.name.endswith(".tmp")} if run is not None else set()
+def _temp_files(cwd, run=None):
+    run = run or _run_dir(cwd)
+    return {p.name for p in run.iterdir() if p.name.endswith(".tmp")} if run is not None and run.exists() else set()
 
 
 def _kill_after(process, seconds):
@@ -93,11 +108,11 @@ def _kill_after(process, seconds):
     process.join()
 
 
-def _kill_at_write(process, cwd, nth):
+def _kill_at_write(process, cwd, nth, run=None):
     """SIGKILL while the ``nth`` atomic write (counted by its temporary file) waits before its rename."""
     seen = set()
     while process.is_alive():
-        seen |= _temp_files(cwd)
+        seen |= _temp_files(cwd, run)
         if len(seen) >= nth:
             break
         time.sleep(0.001)
@@ -225,3 +240,43 @@ def test_only_the_previous_checkpoint_left_after_a_crash_between_the_renames(fin
     monkeypatch.chdir(tmp_path)
     assert main(ARGS) == 0
     _same(_result(run), _result(finished_run))
+
+
+def test_a_branch_killed_at_random_moments_resumes_to_the_same_result(finished_run, tmp_path, forkserver):
+    source_run = tmp_path / "source"
+    shutil.copytree(finished_run, source_run)
+    config = RunDir(source_run).read_config()
+    source = Trainer(config, run_dir=source_run).checkpoint_at(epoch=2)  # replayed: the run has finished
+    branch = config.with_overrides({"sparse.method": "static",
+                                    "sparse.options.masks": str(source_run / "masks.pt")}).to_dict()
+
+    def start(cwd, delay):
+        cwd.mkdir(exist_ok=True)
+        env = {WRITE_DELAY_ENV: str(delay) if delay else ""}
+        process = forkserver.Process(target=_branch_child,
+                                     args=(str(cwd), str(source), branch, str(cwd / "log"), env))
+        process.start()
+        return process
+
+    begin = time.monotonic()
+    reference = start(tmp_path / "reference", WRITE_DELAY)
+    reference.join()
+    duration = time.monotonic() - begin
+    assert reference.exitcode == 0, (tmp_path / "reference" / "log").read_text()
+    expected = _result(tmp_path / "reference" / "branch")
+    writes = 4 + 4  # branch.json, config.yaml, a checkpoint for each of the 4 epochs left, masks.pt, summary.json
+    rng = random.Random(99)
+    cut = 0
+    for trial in range(6):
+        cwd = tmp_path / f"trial{trial}"
+        if trial % 2:  # inside an atomic write's window
+            _kill_at_write(start(cwd, AIMED_WRITE_DELAY), cwd, rng.randint(1, writes), cwd / "branch")
+        else:
+            _kill_after(start(cwd, WRITE_DELAY), rng.uniform(0.0, duration))
+        cut += (cwd / "branch" / "config.yaml").exists() and not (cwd / "branch" / "summary.json").exists()
+        resumed = start(cwd, 0)
+        resumed.join()
+        assert resumed.exitcode == 0, (cwd / "log").read_text()
+        _same(_result(cwd / "branch"), expected)
+        assert not [p.name for p in (cwd / "branch").iterdir() if p.name.endswith(".tmp")]
+    assert cut >= 2  # at least two kills hit the branch part-way

@@ -6,8 +6,13 @@ The command line (:mod:`sparsetrain.cli`) is a thin layer over this package::
 
     config = ExperimentConfig().with_overrides({"sparse.method": "rigl", "sparse.sparsity": 0.95})
     summary = Trainer(config, "runs").fit()   # trains, resumes an interrupted run, or skips a finished one
+
+A study's run starts from another run's checkpoint (a :class:`Branch`) in a directory the study names::
+
+    Trainer(config, run_dir="study/cell", branch=Branch(checkpoint=kept, take=...)).fit()
 """
 
+from .branch import Branch
 from .checkpoint import capture_rng, load_checkpoint, restore_rng
 from .config import (
     SECTIONS,
@@ -33,6 +38,7 @@ __all__ = [
     "OptimConfig",
     "SparseConfig",
     "TrainConfig",
+    "Branch",
     "RunDir",
     "find_runs",
     "Trainer",

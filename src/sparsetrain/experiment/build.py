@@ -12,6 +12,7 @@ eval loaders this rank's share, and ``Experiment.train_model`` is the Distribute
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -31,8 +32,8 @@ from .loader import eval_loader, train_loader
 from .optim import build_optimizer, build_scheduler
 from .parallel import SINGLE, Parallel, setup, wrap_model
 
-__all__ = ["Experiment", "build_experiment", "build_sparsifier", "resolve_device", "seed_everything",
-           "RESERVED_METHOD_OPTIONS", "method_options_help"]
+__all__ = ["Experiment", "build_experiment", "build_sparsifier", "attach_sparsifier", "resolve_device",
+           "seed_everything", "RESERVED_METHOD_OPTIONS", "method_options_help"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,13 @@ class Experiment:
     def autocast_dtype(self) -> torch.dtype | None:
         """The autocast dtype, or None for fp32."""
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.config.train.precision]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` at ``train.precision`` on the run's device (a no-op context for fp32)."""
+        dtype = self.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -185,11 +193,13 @@ def load_masks_file(path: str) -> dict[str, torch.Tensor]:
     return masks
 
 
-def build_experiment(config: ExperimentConfig) -> Experiment:
+def build_experiment(config: ExperimentConfig, *, sparsifier: bool = True) -> Experiment:
     """Construct the run's objects, seeded by ``config.train.seed``.
 
     Args:
         config: a validated config.
+        sparsifier: attach ``config.sparse``'s sparsifier (:func:`attach_sparsifier`); False leaves
+            ``Experiment.sparsifier`` None, for a caller that loads weights first.
 
     Returns:
         The :class:`Experiment`.
@@ -241,11 +251,6 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
 
     optimizer = build_optimizer(config.optim, model)
     scheduler = build_scheduler(config.optim, optimizer, total_steps, steps_per_epoch)
-    # Pruning at initialisation scores on shuffled training batches from a loader of its own (same seed), so the
-    # training loader's order is the same with and without it.
-    init_data = (train_loader(bundle.train, train.batch_size, train.seed) if config.sparse.options.get("init")
-                 else None)
-    sparsifier = build_sparsifier(config, model, optimizer, total_steps, init_data)
     scaler = torch.amp.GradScaler("cuda") if train.precision == "fp16" else None
 
     shard = {"num_workers": train.num_workers, "pin_memory": pin, "rank": parallel.rank,
@@ -254,7 +259,33 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     test = eval_loader(bundle.test, train.eval_batch_size, **shard)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
     logger.info("built %s on %s: %d steps/epoch, %d steps", config.run_name(), device, steps_per_epoch, total_steps)
-    return Experiment(config=config, device=device, bundle=bundle, model=model, optimizer=optimizer,
-                      scheduler=scheduler, sparsifier=sparsifier, scaler=scaler, train_loader=loader,
-                      val_loader=val, test_loader=test, loss_fn=loss_fn, steps_per_epoch=steps_per_epoch,
-                      total_steps=total_steps, parallel=parallel, train_model=wrap_model(model, parallel, device))
+    exp = Experiment(config=config, device=device, bundle=bundle, model=model, optimizer=optimizer,
+                     scheduler=scheduler, sparsifier=None, scaler=scaler, train_loader=loader,
+                     val_loader=val, test_loader=test, loss_fn=loss_fn, steps_per_epoch=steps_per_epoch,
+                     total_steps=total_steps, parallel=parallel, train_model=wrap_model(model, parallel, device))
+    if sparsifier:
+        attach_sparsifier(exp)
+    return exp
+
+
+def attach_sparsifier(exp: Experiment, total_steps: int | None = None) -> None:
+    """Build ``config.sparse``'s sparsifier on the experiment's model and optimizer (``exp.sparsifier``).
+
+    Construction applies the method's masks to the weights as they are now, so a run that starts from given
+    weights (a branch, see :mod:`.branch`) loads them first and attaches the sparsifier after.
+
+    Args:
+        exp: an experiment built with ``sparsifier=False`` (its ``sparsifier`` is None).
+        total_steps: the optimizer steps the sparsifier's schedules span; default ``exp.total_steps``.
+
+    Raises:
+        ConfigError: the method rejects its options (see :func:`build_sparsifier`).
+    """
+    config = exp.config
+    train = config.train
+    # Pruning at initialisation scores on shuffled training batches from a loader of its own (same seed), so the
+    # training loader's order is the same with and without it.
+    init_data = (train_loader(exp.bundle.train, train.batch_size, train.seed) if config.sparse.options.get("init")
+                 else None)
+    exp.sparsifier = build_sparsifier(config, exp.model, exp.optimizer,
+                                      exp.total_steps if total_steps is None else total_steps, init_data)

@@ -1,4 +1,4 @@
-"""Per-epoch metrics (``metrics.jsonl``) and the run summary (``summary.json``).
+"""Per-epoch metrics: the epoch's running training sums, evaluation, ``metrics.jsonl`` and ``summary.json``.
 
 ``metrics.jsonl`` gets one JSON object per finished epoch, appended and fsync'ed before that epoch's
 checkpoint is written. A crash between the two leaves a line for an epoch the checkpoint does not have; on
@@ -11,11 +11,90 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
 
 from sparsetrain.atomic import append_line, write_json, write_text
 
-__all__ = ["append_metrics", "truncate_metrics", "write_summary", "best_epoch", "jsonable"]
+if TYPE_CHECKING:
+    from .build import Experiment
+    from .parallel import Parallel
+
+__all__ = ["RunningSums", "evaluate", "append_metrics", "truncate_metrics", "write_summary", "best_epoch",
+           "jsonable"]
+
+
+class RunningSums:
+    """This rank's sums of the current epoch's training loss and correct predictions (exact: float64 / int64).
+
+    Args:
+        device: where the sums live (the training device: no host sync per step).
+        state: a :meth:`state` to continue.
+    """
+
+    def __init__(self, device: torch.device, state: Mapping[str, Any] | None = None) -> None:
+        state = state or {"loss_sum": 0.0, "correct": 0, "count": 0}
+        self.loss_sum = torch.tensor(state["loss_sum"], dtype=torch.float64, device=device)
+        self.correct = torch.tensor(state["correct"], dtype=torch.int64, device=device)
+        self.count = int(state["count"])
+
+    @torch.no_grad()
+    def add(self, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
+        """Add one minibatch: its mean ``loss`` and the ``logits`` predicted for ``targets``."""
+        n = targets.numel()
+        self.loss_sum += loss.detach().double() * n
+        self.correct += (logits.detach().argmax(-1) == targets).sum()
+        self.count += n
+
+    def means(self, parallel: Parallel | None = None) -> tuple[float | None, float | None]:
+        """Mean loss and accuracy; over every rank's sums with a data-parallel ``parallel`` (a collective call)."""
+        loss_sum, correct, count = self.loss_sum, self.correct, self.count
+        if parallel is not None and parallel.distributed:
+            loss_sum, correct = loss_sum.clone(), correct.clone()
+            total = torch.tensor(count, dtype=torch.int64, device=loss_sum.device)
+            parallel.all_sum([loss_sum, correct, total])
+            count = int(total)
+        if not count:
+            return None, None
+        return float(loss_sum) / count, int(correct) / count
+
+    def state(self) -> dict[str, Any]:
+        """Plain numbers, for the checkpoint."""
+        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "count": self.count}
+
+
+@torch.no_grad()
+def evaluate(exp: Experiment, loader: torch.utils.data.DataLoader | None) -> tuple[float | None, float | None]:
+    """Mean loss (cross-entropy without label smoothing) and accuracy of ``exp.model`` over ``loader``.
+
+    In a data-parallel run each rank evaluates its share and the sums are added up (a collective call).
+
+    Returns:
+        ``(loss, accuracy)``, or ``(None, None)`` without a loader or samples.
+    """
+    if loader is None:
+        return None, None
+    model, device = exp.model, exp.device
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    for inputs, targets in loader:
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with exp.autocast():
+            logits = model(inputs)
+        loss_sum += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double()
+        correct += (logits.argmax(-1) == targets).sum()
+        count += targets.numel()
+    model.train(was_training)
+    exp.parallel.all_sum([loss_sum, correct, count])  # each rank evaluated its share: the same totals everywhere
+    if int(count) == 0:
+        return None, None
+    return float(loss_sum) / int(count), int(correct) / int(count)
 
 
 def jsonable(value: Any) -> Any:

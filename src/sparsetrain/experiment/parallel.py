@@ -174,8 +174,9 @@ def shutdown() -> None:
 def wrap_model(model: nn.Module, parallel: Parallel, device: torch.device) -> nn.Module:
     """The module to train: ``DistributedDataParallel(model)`` in a multi-process run, else ``model`` itself.
 
-    Build the optimizer and the sparsifier on ``model`` (the unwrapped module) before wrapping: they see the
-    same parameters, with the same names.
+    Build the optimizer and the sparsifier on ``model`` (the unwrapped module), not on the wrapper: they see the
+    same parameters, with the same names. The wrapper shares them, so a sparsifier attached after wrapping (a
+    branch, which loads its weights first) masks the very tensors DDP synchronises.
     """
     if not parallel.distributed:
         return model

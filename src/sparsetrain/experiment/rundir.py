@@ -10,6 +10,8 @@ Layout (OpenLTH style, one directory per experiment hash and one per seed)::
         masks.pt          the final bool masks
         summary.json      written last: its presence marks the run finished
         *.png             the run's plots
+        checkpoints/step_<n>.pt  full checkpoints kept at requested steps (never rotated; branch sources)
+        branch.json       a branch's source (see :mod:`.branch`); a resumed branch must match it
 
 ``<hash>`` hashes the config's non-default identifying fields (see
 :meth:`~sparsetrain.experiment.config.ExperimentConfig.config_hash`).
@@ -59,6 +61,28 @@ class RunDir:
     @property
     def previous_checkpoint_file(self) -> Path:
         return self.path / "checkpoint.prev.pt"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def kept_checkpoint(self, step: int) -> Path:
+        """``checkpoints/step_<step>.pt``: the full checkpoint kept at optimizer step ``step``."""
+        return self.checkpoints_dir / f"step_{step}.pt"
+
+    def kept_checkpoints(self) -> dict[int, Path]:
+        """The kept checkpoints on disk, by step."""
+        found = {}
+        if self.checkpoints_dir.is_dir():
+            for path in self.checkpoints_dir.glob("step_*.pt"):
+                number = path.stem[len("step_"):]
+                if number.isdigit():
+                    found[int(number)] = path
+        return dict(sorted(found.items()))
+
+    @property
+    def branch_file(self) -> Path:
+        return self.path / "branch.json"
 
     @property
     def masks_file(self) -> Path:

@@ -1,66 +1,82 @@
 """The training loop of one run: train, evaluate every epoch, checkpoint, resume exactly, summarise.
 
 The loop is the library's two-line contract in a plain PyTorch loop: ``optimizer.step()`` then
-``sparsifier.step()`` on every minibatch, with ``total_steps = epochs * steps_per_epoch``. Around it:
+``sparsifier.step()`` on every minibatch, with ``total_steps = epochs * steps_per_epoch``. Around it: evaluation
+on the validation and test splits after every epoch; a checkpoint after every epoch and, on SIGINT/SIGTERM (see
+:mod:`.signals`), after the current step, holding every part of the run's state (:mod:`.run_state`), so a resume
+continues the very same computation (on CPU the final masks and metrics are bit-identical); at the end
+``masks.pt``, the plots and ``summary.json`` (written last: it marks the run finished, and a finished run is never
+retrained).
 
-* evaluation on the held-out validation split and on the test split after every epoch;
-* a checkpoint after every epoch, and after the current step on SIGINT/SIGTERM (see :mod:`.signals`), holding
-  the model, optimizer, sparsifier, LR scheduler and GradScaler states, every random generator (torch, CUDA,
-  numpy, Python, the DataLoader's), the position (epoch, step, batch within the epoch) and the epoch's running
-  sums. Resuming from it continues the very same computation: on CPU the final masks and metrics are
-  bit-identical to an uninterrupted run;
-* at the end: ``masks.pt``, the plots and ``summary.json`` (written last; it marks the run finished).
-
-A finished run is never retrained (:meth:`Trainer.fit` returns its summary); an interrupted one resumes.
+Every study is such a run. A run may start from parts of another run's checkpoint and/or given weights (a
+:class:`~.branch.Branch`: lottery levels and their controls, plasticity cells, replays), keep full checkpoints at
+requested steps or epochs (``checkpoints/step_<n>.pt``, never rotated, readable as branch sources), stop early
+without finishing (:meth:`Trainer.fit_until`), and give its checkpoint at any step with the least training
+(:meth:`Trainer.checkpoint_at`: a run past that step is replayed from its nearest earlier checkpoint).
 
 Crash safety: every file is written atomically (temporary file, fsync, rename), the checkpoint keeps its
 predecessor as ``checkpoint.prev.pt``, and a resume truncates ``metrics.jsonl`` to the checkpointed epochs, so a
 run killed at any moment (SIGKILL included) resumes to the same masks and metrics as an uninterrupted one. A
-checkpoint that cannot be read (truncated, corrupt) is reported in one warning naming the file, set aside as
-``checkpoint.bad.pt``, and the run resumes from ``checkpoint.prev.pt``. Anything wrong with the inputs of a
-resume (an unreadable or foreign checkpoint, a different config) raises before a file is touched.
+checkpoint that cannot be read is reported in one warning naming the file, set aside as ``checkpoint.bad.pt``,
+and the run resumes from ``checkpoint.prev.pt``. Anything wrong with the inputs of a resume (an unreadable or
+foreign checkpoint, a different config or branch) raises before a file is touched.
 
-Data parallel (under torchrun, see :mod:`.parallel`): every rank runs this loop on its shard; the gradients are
-averaged by DistributedDataParallel; evaluation is split across ranks and summed, so every rank gets the same
-record; after every topology update the ranks compare mask checksums
-(:func:`sparsetrain.distributed.assert_masks_identical`); only rank 0 writes files, and the other ranks wait for
-it where they would read them. SIGINT/SIGTERM on any rank stops every rank at the same step. There is no
-gradient accumulation: one minibatch, one optimizer step.
+Data parallel (under torchrun, see :mod:`.parallel`): every rank runs this loop on its shard; DDP averages the
+gradients; evaluation is split across ranks and summed; after every topology update the ranks compare mask
+checksums (:func:`sparsetrain.distributed.assert_masks_identical`); only rank 0 writes files, and the other
+ranks wait for it where they would read them. SIGINT/SIGTERM on any rank stops every rank at the same step.
+There is no gradient accumulation: one minibatch, one optimizer step.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
 import os
+import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-import sparsetrain
-from sparsetrain.atomic import remove_temp_files, write_text
+from sparsetrain.atomic import remove_temp_files, replace_durably, write_text
 from sparsetrain.checkpoint_io import CheckpointError, save_checkpoint
 from sparsetrain.distributed import assert_masks_identical, masks_checksum
-from sparsetrain.masks import sparsity_report
 
-from .build import Experiment, build_experiment
-from .checkpoint import capture_rng, load_checkpoint, restore_rng
+from .branch import Branch, check_branch_record, read_branch_record, start_branch, write_branch_record
+from .build import Experiment, attach_sparsifier, build_experiment
+from .checkpoint import capture_rng, restore_rng
 from .config import DENSE, ConfigError, ExperimentConfig
-from .flops import dense_gradient_steps, run_flops
 from .itop import itop_by_layer
-from .metrics import append_metrics, best_epoch, truncate_metrics, write_summary
+from .metrics import RunningSums, append_metrics, evaluate, truncate_metrics
 from .rundir import RunDir, dense_reference
+from .run_state import (
+    CHECKPOINT_VERSION,
+    DAMAGED_CHECKPOINT,
+    EVERYTHING,
+    check_counts,
+    check_resumable,
+    kept_steps,
+    loop_state,
+    nearest_checkpoint,
+    object_state,
+    plan_start,
+    read_run_checkpoint,
+    restore_objects,
+    step_at,
+)
 from .signals import StopRequest, TrainingInterrupted
+from .summary import run_summary, write_run_outputs
+from .trace import DensityTrace, run_masks, run_report
 
 __all__ = ["Trainer", "TrainerCallback", "CHECKPOINT_VERSION"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
-DAMAGED_CHECKPOINT = "checkpoint.bad.pt"
+REPLAY_DIR = "replay"
 
 
 class TrainerCallback:
@@ -80,44 +96,71 @@ class TrainerCallback:
 
 
 class Trainer:
-    """Train one run (one config, one seed) in its run directory.
+    """Train one run (one config, one seed) in its run directory, from step 0 or from a branch.
 
     Args:
         config: the experiment config.
-        runs_dir: the runs directory; the run lives in ``runs_dir/<method>-<hash>/seed_<n>``.
+        runs_dir: the runs directory; the run lives in ``runs_dir/<method>-<hash>/seed_<n>`` unless ``run_dir``
+            names it. It is also where the dense baseline is looked up for the summary (default "runs" without
+            ``run_dir``; none looked up with ``run_dir`` unless given).
+        run_dir: the run directory itself, for studies that own their layout.
+        branch: start from another run's checkpoint and/or given weights (see :class:`~.branch.Branch`);
+            recorded in ``branch.json``, which a resume must match.
+        keep_steps: optimizer steps after which a full checkpoint is kept as ``checkpoints/step_<n>.pt`` (0: the
+            state before the first step).
+        keep_epochs: epochs after which one is kept (the end-of-epoch state, at step ``epoch * steps_per_epoch``).
         callback: progress hooks.
         plots: write the run's PNG plots at the end.
+
+    Raises:
+        TypeError, ValueError: an argument of the wrong type, or a negative step or epoch.
 
     Usage::
 
         trainer = Trainer(config, "runs")
         trainer.prepare()        # builds everything; raises ConfigError on a bad config
         summary = trainer.fit()  # trains, resumes, or returns the finished run's summary
+
+        level = Trainer(config, run_dir="lottery/level_3", branch=Branch(checkpoint=rewind, take={"model",
+                        "position", "data"}))   # config.sparse: static, options.masks = the level's masks.pt
     """
 
-    def __init__(self, config: ExperimentConfig, runs_dir: str | Path = "runs", *,
-                 callback: TrainerCallback | None = None, plots: bool = True) -> None:
+    def __init__(self, config: ExperimentConfig, runs_dir: str | Path | None = None, *,
+                 run_dir: str | Path | None = None, branch: Branch | None = None, keep_steps: Iterable[int] = (),
+                 keep_epochs: Iterable[int] = (), callback: TrainerCallback | None = None,
+                 plots: bool = True) -> None:
         self.config = config.canonical()
-        self.runs_dir = Path(runs_dir)
-        self.run = RunDir.for_config(self.runs_dir, self.config)
+        if run_dir is None:
+            self.runs_dir: Path | None = Path(runs_dir if runs_dir is not None else "runs")
+            self.run = RunDir.for_config(self.runs_dir, self.config)
+        else:
+            self.runs_dir = Path(runs_dir) if runs_dir is not None else None
+            self.run = RunDir(Path(run_dir))
+        if branch is not None and not isinstance(branch, Branch):
+            raise TypeError(f"branch={branch!r} is not allowed: expected a Branch or None")
+        self.branch = branch
+        self._keep_asked = (check_counts("keep_steps", keep_steps), check_counts("keep_epochs", keep_epochs))
+        self._keep: set[int] = set()
         self.callback = callback or TrainerCallback()
         self.plots = plots
         self.exp: Experiment | None = None
         self._rng_after_build: dict[str, Any] = {}
+        self._origin: dict[str, Any] | None = None  # the branch source's loop entries, for a fresh start
+        self._branch_start: dict[str, Any] | None = None  # set once the branch's source is built in
         self.step = 0
         self.epoch = 0
         self.resumed_from: int | None = None
         self._batch_in_epoch = 0
         self._epoch_loader_state: Tensor | None = None
-        self._loss_sum: Tensor | None = None
-        self._correct: Tensor | None = None
-        self._count = 0
+        self._running = RunningSums(torch.device("cpu"))
         self._elapsed = 0.0
         self._clock = time.perf_counter()
         self._lr = 0.0
         self._sparsity = 0.0
-        self._trace: dict[str, Any] = {"steps": [], "sparsity": [], "layers": {}}
+        self._trace = DensityTrace()
         self._damaged: list[Path] = []
+        self._saved_step: int | None = None
+        self._trained = False  # this object's experiment has trained (a fresh start must build it again)
 
     # -- set-up --------------------------------------------------------------------------------------------------
     @property
@@ -129,22 +172,47 @@ class Trainer:
         return self.run.status()
 
     def prepare(self) -> Experiment:
-        """Build data, model, optimizer and sparsifier (idempotent).
+        """Build data, model, optimizer and sparsifier, and a branch's starting point (idempotent).
 
         Raises:
-            ConfigError: the config is rejected by the data, model or method; or the run directory holds a
-                different config.
+            ConfigError: the config is rejected by the data, model or method; the run directory holds a
+                different config, or a different branch; or the branch's source does not fit.
+            CheckpointError: the branch's source cannot be read.
         """
         if self.exp is None:
-            if self.run.config_file.exists():
-                saved = self.run.read_config()
-                if saved.non_default() != self.config.non_default():
-                    raise ConfigError(f"{self.run.path} holds a different config (hash collision?); move it away "
-                                      "or use another --runs-dir")
-            self.exp = build_experiment(self.config)
-            # A fresh run starts from the generator states right after the build, whatever ran in between.
-            self._rng_after_build = capture_rng()
+            self._check_run_dir()
+            self._build(source=not (self.run.checkpoint_file.exists() or self.run.previous_checkpoint_file.exists()))
         return self.exp
+
+    def _check_run_dir(self) -> None:
+        """The run directory, if it exists, must hold this config and this branch (or none)."""
+        if self.run.config_file.exists():
+            saved = self.run.read_config()
+            if saved.non_default() != self.config.non_default():
+                raise ConfigError(f"{self.run.path} holds a different config (hash collision?); move it away "
+                                  "or use another --runs-dir")
+        check_branch_record(self.run, self.branch)
+
+    def _build(self, source: bool) -> None:
+        """Build the run at step 0; a branch's source is built in unless a resume will replace every part."""
+        self._origin = self._branch_start = None
+        self.step = self.epoch = self._batch_in_epoch = 0
+        if self.branch is None:
+            self.exp = build_experiment(self.config)
+        else:
+            exp = build_experiment(self.config, sparsifier=False)
+            if source:
+                self._origin, self._branch_start = start_branch(exp, self.branch)
+            else:  # as the branch started: the sparsifier's schedules span what they spanned then
+                attach_sparsifier(exp, (read_branch_record(self.run) or {}).get("sparsifier_total_steps"))
+            self.exp = exp
+        # A fresh run starts from the generator states right after the build, whatever ran in between.
+        self._rng_after_build = capture_rng()
+        self._trained = False
+
+    def step_of(self, *, step: int | None = None, epoch: int | None = None) -> int:
+        """The optimizer step of ``step`` or of the end of ``epoch`` (see :func:`~.run_state.step_at`)."""
+        return step_at(self.prepare(), step=step, epoch=epoch)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def fit(self, *, restart: bool = False) -> dict[str, Any]:
@@ -163,21 +231,131 @@ class Trainer:
         """
         finished = self.run.read_summary()
         if finished is not None:
+            self._check_run_dir()
             return finished
+        self._open(restart)
+        self._loop(until=None)
+        par = self.exp.parallel
+        par.barrier()  # rank 0's last metrics line is on disk before any rank reads the records
+        summary = self._finish()
+        par.barrier()  # and its summary.json, before any rank moves on
+        self.callback.on_end(self, summary)
+        return summary
+
+    def fit_until(self, *, step: int | None = None, epoch: int | None = None, restart: bool = False) -> int:
+        """Train (or resume) up to ``step`` or the end of ``epoch`` and stop there, checkpointed, unfinished.
+
+        A later :meth:`fit` resumes from there. Kept checkpoints are written on the way as usual.
+
+        Args:
+            step / epoch: where to stop (exactly one).
+            restart: as in :meth:`fit`.
+
+        Returns:
+            The step reached.
+
+        Raises:
+            ValueError: the run is past that point already (see :meth:`checkpoint_at`).
+            TrainingInterrupted, CheckpointError, ConfigError: as in :meth:`fit`.
+        """
+        target = self.step_of(step=step, epoch=epoch)
+        if self.run.read_summary() is not None:
+            if target == self.total_steps:
+                return target
+            raise ValueError(f"{self.run.path} has finished (step {self.total_steps}), past step {target}: "
+                             f"checkpoint_at(step={target}) replays it")
+        self._open(restart)
+        if self.step > target:
+            raise ValueError(f"{self.run.path} is at step {self.step}, past step {target}: checkpoint_at(step="
+                             f"{target}) replays it")
+        self._loop(until=target)
+        if self._saved_step != self.step:
+            self._save_checkpoint()
+        return self.step
+
+    def checkpoint_at(self, *, step: int | None = None, epoch: int | None = None) -> Path:
+        """The full checkpoint of this run at ``step`` (or the end of ``epoch``), with the least training.
+
+        * ``checkpoints/step_<n>.pt`` exists: it is returned.
+        * the run has not reached step n (new, or interrupted before it): the run itself trains on to n, keeps
+          the checkpoint there and stops (:meth:`fit_until`); a later :meth:`fit` continues from n.
+        * the run is past n (finished, or interrupted later): it is replayed in ``<run>/replay/`` from its nearest
+          checkpoint at or before n (a kept one, or ``checkpoint(.prev).pt``; a full restore continues
+          bit-identically on CPU), or from its start (step 0, or its branch) when it has none; the replay's
+          checkpoint at n is moved to ``checkpoints/step_<n>.pt`` and the replay directory removed.
+
+        Args:
+            step / epoch: which state (exactly one).
+
+        Returns:
+            The kept checkpoint file, readable as a branch source.
+
+        Raises:
+            ValueError: ``step`` / ``epoch`` not allowed; ConfigError: a data-parallel run (replays run in one
+                process); and what :meth:`fit` raises.
+        """
+        target = self.step_of(step=step, epoch=epoch)
+        kept = self.run.kept_checkpoint(target)
+        if kept.exists():
+            return kept
+        assert self.exp is not None
+        if self.exp.parallel.distributed:
+            raise ConfigError("checkpoint_at is not allowed in a data-parallel run: call it from one process")
+        self._keep.add(target)
+        if self.run.read_summary() is None:
+            self._open(restart=False)
+            if self.step <= target:
+                self._loop(until=target)
+                if self._saved_step != self.step:
+                    self._save_checkpoint()
+                return kept
+        return self._replay(target)
+
+    def _replay(self, target: int) -> Path:
+        """Replay this run up to ``target`` from its nearest checkpoint (see :meth:`checkpoint_at`)."""
+        nearest = nearest_checkpoint(self.run, target)
+        branch = Branch(checkpoint=nearest[1]) if nearest is not None else self.branch
+        where = self.run.path / REPLAY_DIR
+        shutil.rmtree(where, ignore_errors=True)  # a replay cut short is started again (it is short)
+        logger.info("%s: replaying from step %d to keep the checkpoint at step %d", self.run.name,
+                    nearest[0] if nearest is not None else 0, target)
+        replay = Trainer(self.config, run_dir=where, branch=branch, keep_steps=(target,), callback=self.callback,
+                         plots=False)
+        replay.fit_until(step=target)
+        kept = self.run.kept_checkpoint(target)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        replace_durably(replay.run.kept_checkpoint(target), kept)
+        shutil.rmtree(where, ignore_errors=True)
+        return kept
+
+    def _open(self, restart: bool) -> None:
+        """Set up training: resume from the run's checkpoint, or start fresh (step 0, or the branch's start)."""
         exp = self.prepare()
         par = exp.parallel
         # Rank 0 decides (it is the rank that writes); the others follow, so every rank loads the same file.
-        kind, detail, state = self._plan(restart) if par.is_main else (None, None, None)
+        kind, detail, state = (None, None, None)
+        if par.is_main:
+            kind, detail, state, self._damaged = plan_start(self.run, restart)
         kind, detail = par.broadcast((kind, detail))
         if kind == "error":
             raise CheckpointError(detail)
+        if kind != "resume" and (self._trained or (self.branch is not None and self._branch_start is None)):
+            # this object trained already, or prepare() expected a resume and left the branch's source unread
+            self._build(source=True)
+            exp = self.exp
+        self._keep |= kept_steps(exp, *self._keep_asked)
         if kind == "resume":
-            self._load(state if state is not None else self._read(Path(detail)), Path(detail))
+            self._load(state if state is not None else read_run_checkpoint(Path(detail)), Path(detail))
         if par.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
             remove_temp_files(self.run.path)  # left by writes a crash cut short
+            if self.run.checkpoints_dir.is_dir():
+                remove_temp_files(self.run.checkpoints_dir)
             for bad in self._damaged:
                 os.replace(bad, self.run.path / DAMAGED_CHECKPOINT)
+            if kind != "resume" and self.branch is not None:
+                assert self._branch_start is not None  # written before config.yaml: a branch never lacks it
+                write_branch_record(self.run, {"source": self.branch.identity(self.run.path), **self._branch_start})
             write_text(self.config.to_yaml(), self.run.config_file)
             if kind == "resume":
                 kept = truncate_metrics(self.run.metrics_file, self.epoch)
@@ -187,71 +365,53 @@ class Trainer:
                 # A restart forgets the old run at once: a crash before the first new checkpoint must not resume it.
                 for old in (self.run.checkpoint_file, self.run.previous_checkpoint_file, self.run.metrics_file):
                     old.unlink(missing_ok=True)
+                shutil.rmtree(self.run.checkpoints_dir, ignore_errors=True)
         if kind != "resume":
-            restore_rng(self._rng_after_build)
-            self._begin_trace()
-        self._init_running(reset=self.resumed_from is None)
+            self._begin()
         par.barrier()
 
-        self._clock = time.perf_counter()
-        with StopRequest() as stop:
-            self.callback.on_start(self)
-            while self.epoch < exp.config.train.epochs:
-                self._train_epoch(stop)
-                record = self._end_epoch()
-                self.callback.on_epoch(self, record)
-                if par.any(stop.requested):
-                    raise TrainingInterrupted(stop.signal_name or "SIGINT", self.step, self.epoch,
-                                              self.run.checkpoint_file)
-        par.barrier()  # rank 0's last metrics line is on disk before any rank reads the records
-        summary = self._finish()
-        par.barrier()  # and its summary.json, before any rank moves on
-        self.callback.on_end(self, summary)
-        return summary
-
-    def _plan(self, restart: bool) -> tuple[str, str | None, dict[str, Any] | None]:
-        """What :meth:`fit` does: ("fresh", None, None), ("resume", path, state) or ("error", message, None).
-
-        A checkpoint that cannot be read is reported (one warning naming it), to be set aside as checkpoint.bad.pt,
-        and the previous one is tried; nothing is written here.
-        """
-        if restart:
-            return ("fresh", None, None)
-        candidates = [f for f in (self.run.checkpoint_file, self.run.previous_checkpoint_file) if f.exists()]
-        failures: list[tuple[Path, CheckpointError]] = []
-        for path in candidates:
-            try:
-                state = self._read(path)
-            except CheckpointError as exc:
-                failures.append((path, exc))
-                continue
-            for bad, exc in failures:
-                logger.warning("%s; resuming from %s (epoch %s) instead; the damaged file is kept as %s", exc,
-                               path, state.get("epoch"), DAMAGED_CHECKPOINT)
-            self._damaged = [bad for bad, _ in failures]  # set aside once the state has been loaded
-            return ("resume", str(path), state)
-        if failures:
-            for path, exc in failures:
-                logger.info("%s", exc)
-            names = " and ".join(path.name for path, _ in failures)
-            message = (f"no readable checkpoint in {self.run.path}: {names} cannot be read (truncated, corrupt or "
-                       "not torch checkpoints); rerun with --restart to train this run from scratch")
-            return ("error", message, None)
-        return ("fresh", None, None)
-
-    def _read(self, path: Path) -> dict[str, Any]:
-        """A checkpoint file's dict (CRC-checked, weights-only); CheckpointError names the file if it is damaged."""
-        state = load_checkpoint(path)
-        if "version" not in state or "model" not in state:
-            raise CheckpointError(f"checkpoint {str(path)!r} is not a sparsetrain run checkpoint (keys: "
-                                  f"{list(state)[:6]})")
-        return state
+    def _begin(self) -> None:
+        """A fresh start: step 0 with the generators as the build left them, or the branch's starting point."""
+        assert self.exp is not None
+        self._running = RunningSums(self.exp.device)
+        self.resumed_from = self._saved_step = None
+        parts = self.branch.parts if self.branch is not None and self._origin is not None else frozenset()
+        if parts:
+            assert self._origin is not None
+            self._adopt(self._origin, parts)
+        restore_rng(self._rng_after_build)
+        if "position" not in parts:  # the trace starts here
+            self._trace = DensityTrace()
+            self._sparsity = self._trace.record(self.step, run_masks(self.exp))
+        elif "sparsifier" not in parts:  # the source's trace goes on with this run's own masks
+            self._sparsity = self._trace.branch(self.step, run_masks(self.exp))
 
     def elapsed(self) -> float:
         """Training wall time in seconds, summed over every session of this run."""
         return self._elapsed + time.perf_counter() - self._clock
 
-    def _train_epoch(self, stop: StopRequest) -> None:
+    def _loop(self, until: int | None) -> None:
+        """Train epoch after epoch to the end, or to step ``until`` (checkpointed there)."""
+        exp = self.exp
+        assert exp is not None
+        self._clock = time.perf_counter()
+        self._trained = True
+        with StopRequest() as stop:
+            self.callback.on_start(self)
+            if self.step in self._keep and not self.run.kept_checkpoint(self.step).exists():
+                self._save_checkpoint(rolling=False)  # e.g. step 0, before the first step
+            while self.epoch < exp.config.train.epochs and (until is None or self.step < until):
+                if not self._train_epoch(stop, until):
+                    self._save_checkpoint()  # stopped at `until` part-way through the epoch
+                    break
+                record = self._end_epoch()
+                self.callback.on_epoch(self, record)
+                if exp.parallel.any(stop.requested):
+                    raise TrainingInterrupted(stop.signal_name or "SIGINT", self.step, self.epoch,
+                                              self.run.checkpoint_file)
+
+    def _train_epoch(self, stop: StopRequest, until: int | None = None) -> bool:
+        """Train the rest of the epoch; False when it stopped part-way at step ``until``."""
         exp = self.exp
         assert exp is not None
         loader = exp.train_loader
@@ -265,19 +425,17 @@ class Trainer:
         for inputs, targets in loader:
             self._train_step(inputs, targets)
             self.callback.on_step(self)
+            part_way = self._batch_in_epoch < exp.steps_per_epoch
+            if part_way and until is not None and self.step >= until:
+                return False  # the caller checkpoints here (and keeps it, if asked)
+            if part_way and self.step in self._keep:
+                self._save_checkpoint(rolling=False)
             # every rank must stop at the same step (a signal may reach them a step apart)
-            if exp.parallel.any(stop.requested) and self._batch_in_epoch < exp.steps_per_epoch:
+            if exp.parallel.any(stop.requested) and part_way:
                 self._save_checkpoint()
                 raise TrainingInterrupted(stop.signal_name or "SIGINT", self.step, self.epoch,
                                           self.run.checkpoint_file)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        exp = self.exp
-        assert exp is not None
-        dtype = exp.autocast_dtype
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=exp.device.type, dtype=dtype)
+        return True
 
     def _train_step(self, inputs: Tensor, targets: Tensor) -> None:
         exp = self.exp
@@ -285,7 +443,7 @@ class Trainer:
         inputs = inputs.to(exp.device, non_blocking=True)
         targets = targets.to(exp.device, non_blocking=True)
         exp.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with exp.autocast():
             logits = exp.train_model(inputs)
             loss = exp.loss_fn(logits, targets)
         clip = exp.config.optim.grad_clip
@@ -305,24 +463,20 @@ class Trainer:
         self.step += 1
         self._batch_in_epoch += 1
         if exp.sparsifier is not None and exp.sparsifier.step():
-            self._record_trace()
+            self._sparsity = self._trace.record(self.step, run_masks(exp))
             if exp.parallel.distributed:  # one small all-gather per update catches diverging ranks at once
                 assert_masks_identical(exp.sparsifier, group=exp.parallel.control)
         exp.scheduler.step()
-        with torch.no_grad():
-            n = targets.numel()
-            self._loss_sum += loss.detach().double() * n
-            self._correct += (logits.detach().argmax(-1) == targets).sum()
-            self._count += n
+        self._running.add(loss, logits, targets)
 
     def _end_epoch(self) -> dict[str, Any]:
         exp = self.exp
         assert exp is not None
         self.epoch += 1
         exp.parallel.sync_buffers(exp.model)  # evaluate rank 0's model everywhere (batch-norm statistics)
-        val_loss, val_acc = self._evaluate(exp.val_loader)
-        test_loss, test_acc = self._evaluate(exp.test_loader)
-        train_loss, train_acc = self._running_means(across_ranks=True)
+        val_loss, val_acc = evaluate(exp, exp.val_loader)
+        test_loss, test_acc = evaluate(exp, exp.test_loader)
+        train_loss, train_acc = self._running.means(exp.parallel)
         record = {
             "epoch": self.epoch, "step": self.step, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
@@ -334,105 +488,29 @@ class Trainer:
         if exp.parallel.is_main:
             append_metrics(self.run.metrics_file, record)
         self._batch_in_epoch = 0
-        self._init_running(reset=True)
-        self._save_checkpoint()
+        self._running = RunningSums(exp.device)
+        self._save_checkpoint()  # and the kept one, if this step is asked for
         return record
-
-    @torch.no_grad()
-    def _evaluate(self, loader: torch.utils.data.DataLoader | None) -> tuple[float | None, float | None]:
-        """Mean loss (without label smoothing) and accuracy over ``loader``."""
-        exp = self.exp
-        assert exp is not None
-        if loader is None:
-            return None, None
-        was_training = exp.model.training
-        exp.model.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=exp.device)
-        correct = torch.zeros((), dtype=torch.int64, device=exp.device)
-        count = torch.zeros((), dtype=torch.int64, device=exp.device)
-        for inputs, targets in loader:
-            inputs = inputs.to(exp.device, non_blocking=True)
-            targets = targets.to(exp.device, non_blocking=True)
-            with self._autocast():
-                logits = exp.model(inputs)
-            loss_sum += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double()
-            correct += (logits.argmax(-1) == targets).sum()
-            count += targets.numel()
-        exp.model.train(was_training)
-        exp.parallel.all_sum([loss_sum, correct, count])  # each rank evaluated its share: the same totals everywhere
-        if int(count) == 0:
-            return None, None
-        return float(loss_sum) / int(count), int(correct) / int(count)
-
-    # -- running values ------------------------------------------------------------------------------------------
-    def _init_running(self, reset: bool) -> None:
-        device = self.exp.device if self.exp is not None else torch.device("cpu")
-        if reset or self._loss_sum is None:
-            self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            self._correct = torch.zeros((), dtype=torch.int64, device=device)
-            self._count = 0
-
-    def _running_means(self, across_ranks: bool = False) -> tuple[float | None, float | None]:
-        loss_sum, correct, count = self._loss_sum, self._correct, self._count
-        if across_ranks and self.exp is not None and self.exp.parallel.distributed:
-            assert loss_sum is not None and correct is not None
-            loss_sum, correct = loss_sum.clone(), correct.clone()
-            total = torch.tensor(count, dtype=torch.int64, device=loss_sum.device)
-            self.exp.parallel.all_sum([loss_sum, correct, total])
-            count = int(total)
-        if not count:
-            return None, None
-        return float(loss_sum) / count, int(correct) / count
 
     def running(self) -> dict[str, float | None]:
         """The current epoch's mean training loss and accuracy, and the masks' sparsity (for a progress bar)."""
-        loss, acc = self._running_means()
+        loss, acc = self._running.means()
         return {"loss": loss, "acc": acc, "sparsity": self._sparsity, "lr": self._lr}
 
     def measured_sparsity(self) -> float:
         """Sparsity measured from the weights of the sparsified tensors (the prunable ones for dense runs)."""
-        return self._report().sparsity
-
-    def _report(self) -> sparsetrain.SparsityReport:
-        exp = self.exp
-        assert exp is not None
-        if exp.sparsifier is not None:
-            return exp.sparsifier.report()
-        return sparsity_report(sparsetrain.select_prunable(exp.model))
-
-    def _masks(self) -> dict[str, Tensor]:
-        exp = self.exp
-        assert exp is not None
-        if exp.sparsifier is not None:
-            return {n: m.detach().cpu().clone() for n, m in exp.sparsifier.masks.items()}
-        return {n: (p.detach() != 0).cpu() for n, p in sparsetrain.select_prunable(exp.model).items()}
-
-    # -- density trace (for the schedule plot and training FLOPs) ----------------------------------------------
-    def _begin_trace(self) -> None:
-        self._trace = {"steps": [], "sparsity": [], "layers": {}}
-        self._record_trace()
-
-    def _record_trace(self) -> None:
-        masks = self._masks()
-        total = sum(m.numel() for m in masks.values())
-        active = {n: int(torch.count_nonzero(m)) for n, m in masks.items()}
-        self._sparsity = 1.0 - sum(active.values()) / total if total else 0.0
-        self._trace["steps"].append(self.step)
-        self._trace["sparsity"].append(self._sparsity)
-        for name, mask in masks.items():
-            self._trace["layers"].setdefault(name, []).append(active[name] / mask.numel())
+        assert self.exp is not None
+        return run_report(self.exp).sparsity
 
     def _density_history(self) -> list[tuple[int, dict[str, float]]]:
-        layers = self._trace["layers"]
-        return [(step, {name: values[i] for name, values in layers.items()})
-                for i, step in enumerate(self._trace["steps"])]
+        return self._trace.history()
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:
         """The checkpoint dict; a collective call in a data-parallel run (every rank's running sums)."""
         exp = self.exp
         assert exp is not None
-        running = {"loss_sum": float(self._loss_sum), "correct": int(self._correct), "count": self._count}
+        running = self._running.state()
         running_ranks = exp.parallel.gather(running) if exp.parallel.distributed else None
         return {
             "version": CHECKPOINT_VERSION,
@@ -440,154 +518,87 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "batch_in_epoch": self._batch_in_epoch,
-            "model": exp.model.state_dict(),
-            "optimizer": exp.optimizer.state_dict(),
-            "scheduler": exp.scheduler.state_dict(),
-            "scaler": exp.scaler.state_dict() if exp.scaler is not None else None,
-            "sparsifier": exp.sparsifier.state_dict() if exp.sparsifier is not None else None,
+            **object_state(exp),
             "rng": capture_rng(),
-            "loader_generator": exp.train_loader.generator.get_state(),
             "epoch_loader_state": self._epoch_loader_state,
             "running": running,
             "running_ranks": running_ranks,
-            "world_size": exp.parallel.world_size,
-            "trace": self._trace,
+            "trace": self._trace.state_dict(),
             "elapsed": self.elapsed(),
             "lr": self._lr,
         }
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self, *, rolling: bool = True) -> None:
+        """Write the rolling checkpoint (unless ``rolling`` is False) and, at a kept step, the kept one."""
         exp = self.exp
         assert exp is not None
         state = self._checkpoint()
-        if exp.parallel.is_main:
+        if rolling:
+            self._saved_step = self.step
+        if not exp.parallel.is_main:
+            return
+        if rolling:
             save_checkpoint(state, self.run.checkpoint_file, keep_previous=self.run.previous_checkpoint_file)
             logger.debug("checkpoint at step %d written to %s", self.step, self.run.checkpoint_file)
+        if self.step in self._keep:
+            save_checkpoint(state, self.run.kept_checkpoint(self.step))
+            logger.info("%s: checkpoint at step %d kept", self.run.name, self.step)
 
-    def _load(self, state: dict[str, Any], path: Path | None = None) -> None:
+    def _load(self, state: dict[str, Any], path: Path) -> None:
+        """Resume: take every part of the run's own checkpoint ``state`` (read from ``path``)."""
         exp = self.exp
         assert exp is not None
-        path = path or self.run.checkpoint_file
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(f"{path}: checkpoint version {state.get('version')!r} is not supported (expected "
-                              f"{CHECKPOINT_VERSION}); retrain with --restart")
+        check_resumable(state, self.config, exp.parallel.world_size, path)
         try:
-            saved = ExperimentConfig.from_dict(state["config"])
-        except (ConfigError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path}: the checkpoint's config cannot be read ({exc}); retrain with --restart")
-        theirs, ours = saved.non_default(), self.config.non_default()
-        if theirs != ours:
-            differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
-            raise ConfigError(f"{path} was written by a different config ({', '.join(differ)} differ); retrain "
-                              "with --restart")
-        world = int(state.get("world_size", 1))
-        if world != exp.parallel.world_size:
-            raise ConfigError(f"{path} was written by a {world}-process run and cannot resume with "
-                              f"{exp.parallel.world_size}: rerun with --nproc {world}, or --restart")
-        try:
-            self._restore(state)
+            restore_objects(exp, state, EVERYTHING, path)
+            self._adopt(loop_state(state), EVERYTHING)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; retrain with --restart") from None
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             detail = " ".join(str(exc).split())[:300]
             raise CheckpointError(f"{path} does not fit this run ({type(exc).__name__}: {detail}); retrain with "
                                   "--restart") from None
+        self._elapsed = float(state["elapsed"])
+        restore_rng(state["rng"])
+        self.resumed_from = self._saved_step = self.step
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _adopt(self, loop: dict[str, Any], parts: frozenset[str]) -> None:
+        """Take the loop's ``parts`` (position, data order, random generators) of a checkpoint's loop entries."""
         exp = self.exp
         assert exp is not None
-        exp.model.load_state_dict(state["model"])
-        exp.optimizer.load_state_dict(state["optimizer"])
-        exp.scheduler.load_state_dict(state["scheduler"])
-        if exp.scaler is not None and state["scaler"] is not None:
-            exp.scaler.load_state_dict(state["scaler"])
-        if exp.sparsifier is not None:
-            exp.sparsifier.load_state_dict(state["sparsifier"])
-        exp.train_loader.generator.set_state(state["loader_generator"])
-        self._epoch_loader_state = state["epoch_loader_state"]
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self._batch_in_epoch = int(state["batch_in_epoch"])
-        ranks = state.get("running_ranks")
-        running = ranks[exp.parallel.rank] if ranks else state["running"]
-        device = exp.device
-        self._loss_sum = torch.tensor(running["loss_sum"], dtype=torch.float64, device=device)
-        self._correct = torch.tensor(running["correct"], dtype=torch.int64, device=device)
-        self._count = int(running["count"])
-        self._trace = state["trace"]
-        self._sparsity = self._trace["sparsity"][-1] if self._trace["sparsity"] else 0.0
-        self._elapsed = float(state["elapsed"])
-        self._lr = float(state["lr"])
-        restore_rng(state["rng"])
-        self.resumed_from = self.step
+        if "position" in parts:
+            self.epoch, self.step = int(loop["epoch"]), int(loop["step"])
+            self._batch_in_epoch = int(loop["batch_in_epoch"])
+            ranks = loop.get("running_ranks")
+            self._running = RunningSums(exp.device, ranks[exp.parallel.rank] if ranks else loop["running"])
+            self._trace = DensityTrace(copy.deepcopy(loop["trace"]))
+            self._sparsity = self._trace.last_sparsity
+            self._lr = float(loop["lr"])
+        if "data" in parts:
+            self._epoch_loader_state = loop["epoch_loader_state"]
+        elif self._batch_in_epoch:  # part-way through an epoch in this run's own data order
+            self._epoch_loader_state = exp.train_loader.generator.get_state()
+        if "rng" in parts:
+            self._rng_after_build = loop["rng"]
 
     # -- the end -------------------------------------------------------------------------------------------------
     def _finish(self) -> dict[str, Any]:
         exp = self.exp
         assert exp is not None
-        config = self.config
         par = exp.parallel
-        masks = self._masks()
+        masks = run_masks(exp)
         # The final cross-rank check; each rank logs its own checksum (equal to that of masks.pt).
         checksum = assert_masks_identical(masks, group=par.control) if par.distributed else masks_checksum(masks)
         logger.info("%s: rank %d of %d: final masks checksum %s", self.run.name, par.rank, par.world_size, checksum)
         if par.is_main:
             save_checkpoint(masks, self.run.masks_file)
         records = self.run.read_metrics()
-        last = records[-1] if records else {}
-        best = best_epoch(records) or {}
-        report = self._report()
-        update_steps = self._trace["steps"][1:]
-        flops = run_flops(exp.model, exp.bundle.input_shape, token_inputs=exp.bundle.vocab_size is not None,
-                          masks=masks, density_history=self._density_history(), total_steps=exp.total_steps,
-                          dense_grad_steps=dense_gradient_steps(config.sparse.method, update_steps, exp.total_steps),
-                          batch_size=config.train.batch_size)
-        summary: dict[str, Any] = {
-            "run": self.run.name,
-            "method": config.sparse.method,
-            "data": config.data.name,
-            "model": config.model.name,
-            "seed": config.train.seed,
-            "config_hash": config.config_hash(),
-            "target_sparsity": 0.0 if config.sparse.method == DENSE else config.sparse.sparsity,
-            "sparsity": report.sparsity,
-            "mask_sparsity": self._trace["sparsity"][-1] if self._trace["sparsity"] else 0.0,
-            "final_acc": last.get("test_acc"),
-            "final_val_acc": last.get("val_acc"),
-            "best_acc": best.get("test_acc"),
-            "best_val_acc": best.get("val_acc"),
-            "best_epoch": best.get("epoch"),
-            "max_test_acc": max((r["test_acc"] for r in records if r.get("test_acc") is not None), default=None),
-            "final_train_loss": last.get("train_loss"),
-            "itop_rate": exp.sparsifier.itop_rate() if exp.sparsifier is not None else None,
-            "itop_layers": itop_by_layer(exp.sparsifier),
-            "epochs": config.train.epochs,
-            "total_steps": exp.total_steps,
-            "wall_time": self.elapsed(),
-            "device": str(exp.device),
-            "resumed": self.resumed_from is not None,
-            "world_size": par.world_size,
-            "masks_checksum": checksum,
-            "flops": flops,
-            "layers": report.to_dict(),
-            "density_trace": {"steps": self._trace["steps"],
-                              "density": [1.0 - s for s in self._trace["sparsity"]],
-                              "layers": {n: v for n, v in self._trace["layers"].items()}},
-            "dense": self._dense_reference(),
-        }
-        if not par.is_main:
-            return summary
-        if self.plots:
-            try:
-                from .plots import plot_run
-
-                plot_run(self.run, summary=summary, records=records)
-            except Exception as exc:  # a plotting failure must not lose the run
-                logger.warning("plots not written: %s: %s", type(exc).__name__, exc)
-        write_summary(self.run.summary_file, summary)
-        logger.info("%s finished: final test acc %s, sparsity %.4f", self.run.name, summary["final_acc"],
-                    summary["sparsity"])
+        dense = (dense_reference(self.runs_dir, self.config)
+                 if self.runs_dir is not None and self.config.sparse.method != DENSE else None)
+        summary = run_summary(exp, self.run, masks=masks, checksum=checksum, records=records, trace=self._trace,
+                              density_history=self._density_history(), wall_time=self.elapsed(),
+                              resumed=self.resumed_from is not None, dense=dense,
+                              branch=read_branch_record(self.run) if self.branch is not None else None)
+        if par.is_main:
+            write_run_outputs(self.run, summary, records, plots=self.plots)
         return summary
-
-    def _dense_reference(self) -> dict[str, Any] | None:
-        """The dense baseline with the same data, model and recipe: same seed if finished, else any seed."""
-        if self.config.sparse.method == DENSE:
-            return None
-        return dense_reference(self.runs_dir, self.config)

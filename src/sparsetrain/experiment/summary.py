@@ -1,0 +1,97 @@
+"""The summary of a finished run (``summary.json``, written last)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from .build import Experiment
+from .config import DENSE
+from .flops import dense_gradient_steps, run_flops
+from .itop import itop_by_layer
+from .metrics import best_epoch, write_summary
+from .rundir import RunDir
+from .trace import DensityTrace, run_report
+
+__all__ = ["run_summary", "write_run_outputs"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_summary(exp: Experiment, run: RunDir, *, masks: Mapping[str, Tensor], checksum: str,
+                records: Sequence[Mapping[str, Any]], trace: DensityTrace,
+                density_history: Sequence[tuple[int, Mapping[str, float]]], wall_time: float, resumed: bool,
+                dense: dict[str, Any] | None, branch: dict[str, Any] | None) -> dict[str, Any]:
+    """The summary dict of a finished run.
+
+    Args:
+        exp: the run's experiment (after training).
+        run: its directory.
+        masks: the final masks; checksum: theirs.
+        records: the per-epoch metrics.
+        trace: the density trace; density_history: its history for training FLOPs (from step 0).
+        wall_time: training seconds over every session; resumed: whether a session resumed a checkpoint.
+        dense: :func:`~sparsetrain.experiment.rundir.dense_reference`; branch: the run's ``branch.json`` record (None for an ordinary run).
+
+    Returns:
+        The summary (see the docs' "Run directory" section for the keys).
+    """
+    config = exp.config
+    last = records[-1] if records else {}
+    best = best_epoch(records) or {}
+    report = run_report(exp)
+    flops = run_flops(exp.model, exp.bundle.input_shape, token_inputs=exp.bundle.vocab_size is not None,
+                      masks=masks, density_history=density_history, total_steps=exp.total_steps,
+                      dense_grad_steps=dense_gradient_steps(config.sparse.method, trace.update_steps(),
+                                                            exp.total_steps),
+                      batch_size=config.train.batch_size)
+    return {
+        "run": run.name,
+        "method": config.sparse.method,
+        "data": config.data.name,
+        "model": config.model.name,
+        "seed": config.train.seed,
+        "config_hash": config.config_hash(),
+        "target_sparsity": 0.0 if config.sparse.method == DENSE else config.sparse.sparsity,
+        "sparsity": report.sparsity,
+        "mask_sparsity": trace.last_sparsity,
+        "final_acc": last.get("test_acc"),
+        "final_val_acc": last.get("val_acc"),
+        "best_acc": best.get("test_acc"),
+        "best_val_acc": best.get("val_acc"),
+        "best_epoch": best.get("epoch"),
+        "max_test_acc": max((r["test_acc"] for r in records if r.get("test_acc") is not None), default=None),
+        "final_train_loss": last.get("train_loss"),
+        "itop_rate": exp.sparsifier.itop_rate() if exp.sparsifier is not None else None,
+        "itop_layers": itop_by_layer(exp.sparsifier),
+        "epochs": config.train.epochs,
+        "total_steps": exp.total_steps,
+        "wall_time": wall_time,
+        "device": str(exp.device),
+        "resumed": resumed,
+        "world_size": exp.parallel.world_size,
+        "masks_checksum": checksum,
+        "flops": flops,
+        "layers": report.to_dict(),
+        "density_trace": trace.summary(),
+        "dense": dense,
+        "branch": branch,
+    }
+
+
+def write_run_outputs(run: RunDir, summary: dict[str, Any], records: Sequence[Mapping[str, Any]], *,
+                      plots: bool) -> None:
+    """Write the run's plots (if asked; a plotting failure is a warning) and then ``summary.json``."""
+    if plots:
+        try:
+            from .plots import plot_run
+
+            plot_run(run, summary=summary, records=list(records))
+        except Exception as exc:  # a plotting failure must not lose the run
+            logger.warning("plots not written: %s: %s", type(exc).__name__, exc)
+    write_summary(run.summary_file, summary)
+    logger.info("%s finished: final test acc %s, sparsity %.4f", run.name, summary["final_acc"], summary["sparsity"])
+
