@@ -59,6 +59,8 @@ __all__ = [
     "NMReport",
     "reduction_dim",
     "nm_layouts",
+    "as_groups",
+    "from_groups",
     "group_counts",
     "nm_mask",
     "nm_masks",
@@ -190,13 +192,34 @@ def _check_groupable(shape: tuple[int, ...], dim: int, pattern: NMPattern) -> No
         raise ValueError(f"a tensor of shape {shape} cannot follow {pattern} along dim {dim}: {layout.dense_reason}")
 
 
-def _grouped(t: Tensor, dim: int, m: int) -> Tensor:
-    """``t`` as ``[groups, m]``: the reduction dim moved last and cut into runs of ``m`` (a view when dim is last)."""
+def as_groups(t: Tensor, dim: int, m: int) -> Tensor:
+    """``t`` as ``[groups, m]``: ``dim`` moved last and cut into runs of ``m`` consecutive entries.
+
+    The one definition of the groups: row ``g`` holds, for one position of the other dims (in row-major
+    order), the entries ``m*j .. m*j + m - 1`` along ``dim``. A view when ``dim`` is the last, contiguous dim.
+
+    Args:
+        t: a tensor whose size along ``dim`` is a multiple of ``m``.
+        dim: the reduction dimension.
+        m: the group size.
+
+    Returns:
+        A ``[numel / m, m]`` tensor.
+    """
     return t.movedim(dim, -1).reshape(-1, m)
 
 
-def _ungrouped(groups: Tensor, shape: tuple[int, ...], dim: int) -> Tensor:
-    """Inverse of :func:`_grouped`, contiguous."""
+def from_groups(groups: Tensor, shape: tuple[int, ...], dim: int) -> Tensor:
+    """Inverse of :func:`as_groups`: ``[groups, m]`` back to ``shape`` (contiguous).
+
+    Args:
+        groups: a ``[numel / m, m]`` tensor.
+        shape: the original shape.
+        dim: the reduction dimension used by :func:`as_groups`.
+
+    Returns:
+        A contiguous tensor of ``shape``.
+    """
     moved = list(shape)
     moved.append(moved.pop(dim))
     return groups.reshape(moved).movedim(-1, dim).contiguous()
@@ -239,7 +262,7 @@ def group_counts(mask: Tensor, pattern: NMPattern | str, dim: int = 1) -> Tensor
     """
     pattern = NMPattern.parse(pattern)
     _check_groupable(tuple(mask.shape), dim, pattern)
-    return _grouped(mask != 0, dim, pattern.m).sum(dim=1)
+    return as_groups(mask != 0, dim, pattern.m).sum(dim=1)
 
 
 def nm_mask(scores: Tensor, pattern: NMPattern | str, *, dim: int = 1, eligible: Tensor | None = None) -> Tensor:
@@ -267,12 +290,12 @@ def nm_mask(scores: Tensor, pattern: NMPattern | str, *, dim: int = 1, eligible:
     shape = tuple(scores.shape)
     _check_groupable(shape, dim, pattern)
     _check_finite_order(scores, "scores")
-    groups = _grouped(scores, dim, pattern.m)
-    allowed = None if eligible is None else _grouped(eligible, dim, pattern.m)
+    groups = as_groups(scores, dim, pattern.m)
+    allowed = None if eligible is None else as_groups(eligible, dim, pattern.m)
     keep = _group_ranks(groups, allowed) < pattern.n
     if allowed is not None:
         keep &= allowed
-    return _ungrouped(keep, shape, dim)
+    return from_groups(keep, shape, dim)
 
 
 def nm_masks(
@@ -350,12 +373,12 @@ def nm_drop_and_grow(
                          f"do not hold exactly {n}")
     _check_finite_order(drop_scores, "drop_scores")
     _check_finite_order(grow_scores, "grow_scores")
-    active = _grouped(mask, dim, m)
-    allowed = ~active if forbid is None else ~(active | _grouped(forbid, dim, m))
+    active = as_groups(mask, dim, m)
+    allowed = ~active if forbid is None else ~(active | as_groups(forbid, dim, m))
     # The most a group may drop: its candidates outside forbid before the update (all of N without forbid).
     cap = torch.clamp(allowed.sum(dim=1), max=n) if forbid is not None else torch.full_like(counts, n)
     n_swap = max(0, int(n_swap))
-    drop_ranks = _group_ranks(_grouped(drop_scores, dim, m), active)  # active entries rank 0..N-1
+    drop_ranks = _group_ranks(as_groups(drop_scores, dim, m), active)  # active entries rank 0..N-1
     if per_group:
         dropped_per_group = torch.clamp(cap, max=n_swap)
         kept = drop_ranks < (n - dropped_per_group).unsqueeze(1)
@@ -367,14 +390,14 @@ def nm_drop_and_grow(
         n_swap = min(n_swap, n_droppable)
         if n_swap == 0:
             return mask.clone(), mask.clone()
-        survivors = topk_mask(drop_scores, n_droppable - n_swap, _ungrouped(droppable, shape, dim), n_droppable)
-        kept = protected | (_grouped(survivors, dim, m) & droppable)
+        survivors = topk_mask(drop_scores, n_droppable - n_swap, from_groups(droppable, shape, dim), n_droppable)
+        kept = protected | (as_groups(survivors, dim, m) & droppable)
         dropped_per_group = n - kept.sum(dim=1)
     if not bool(dropped_per_group.any()):
         return mask.clone(), mask.clone()
-    candidates = ~kept if forbid is None else ~kept & ~_grouped(forbid, dim, m)
-    grown = (_group_ranks(_grouped(grow_scores, dim, m), candidates) < dropped_per_group.unsqueeze(1)) & candidates
-    return _ungrouped(kept | grown, shape, dim), _ungrouped(kept, shape, dim)
+    candidates = ~kept if forbid is None else ~kept & ~as_groups(forbid, dim, m)
+    grown = (_group_ranks(as_groups(grow_scores, dim, m), candidates) < dropped_per_group.unsqueeze(1)) & candidates
+    return from_groups(kept | grown, shape, dim), from_groups(kept, shape, dim)
 
 
 def is_nm(mask: Tensor, pattern: NMPattern | str, dim: int = 1) -> bool:
@@ -393,7 +416,7 @@ def is_nm(mask: Tensor, pattern: NMPattern | str, dim: int = 1) -> bool:
     shape = tuple(mask.shape)
     if len(shape) < 2 or not -len(shape) <= dim < len(shape) or shape[dim] % pattern.m:
         return False
-    return bool((_grouped(mask != 0, dim, pattern.m).sum(dim=1) == pattern.n).all())
+    return bool((as_groups(mask != 0, dim, pattern.m).sum(dim=1) == pattern.n).all())
 
 
 @dataclass(frozen=True)
