@@ -111,6 +111,14 @@ def find_pattern(t: Tensor, dim: int) -> NMSpec | None:
     return None if best is None else best[1]
 
 
+def fits(t: Tensor, spec: NMSpec) -> bool:
+    """Whether ``t`` can be grouped by ``spec`` and no group holds more than N nonzeros."""
+    m = spec.pattern.m
+    if t.dim() < 2 or not 0 <= spec.dim < t.dim() or t.shape[spec.dim] % m:
+        return False
+    return bool((as_groups(t != 0, spec.dim, m).sum(dim=1) <= spec.pattern.n).all())
+
+
 def stored_entries(t: Tensor, spec: NMSpec) -> Tensor:
     """Bool ``[groups, M]``: the N entries stored per group (its nonzeros, then its lowest-index zeros).
 

@@ -1,13 +1,15 @@
-"""The native CSR-times-dense product behind :class:`~sparsetrain.sparse.SparseLinear` (float32, CPU).
+"""The native sparse-times-dense products behind :class:`~sparsetrain.sparse.SparseLinear` and
+:class:`~sparsetrain.sparse.NMLinear` (float32, CPU).
 
 Wraps ``native/spmm.c`` (compiled on first use by :mod:`sparsetrain.native`): ``y = x @ W.T + b`` with ``x``
-``(batch, in)`` and ``y`` ``(batch, out)`` both row-major, W in CSR with int32 indices. The C file's header
-comment describes the kernel (batch tiles packed transposed into a per-thread buffer, one vector multiply-add
-per nonzero and 16 batch rows, OpenMP over (tile, row range) work items).
+``(batch, in)`` and ``y`` ``(batch, out)`` both row-major, W in CSR with int32 indices (:func:`native_linear`)
+or in the N:M layout of NMLinear (:func:`native_nm_linear`). The C file's comments describe the kernels (batch
+tiles packed transposed into a per-thread buffer, one vector multiply-add per nonzero and 16 batch rows, OpenMP
+over (tile, row range) work items; the N:M kernel also blocks over inputs).
 
-:func:`native_linear` returns None whenever the kernel cannot serve a call (kernel unavailable, or
-``SPARSETRAIN_NATIVE=0``, or a dtype / device / index width it does not handle, or autograd needs a graph);
-the caller then uses its PyTorch path.
+Both return None whenever the kernel cannot serve a call (kernel unavailable, or ``SPARSETRAIN_NATIVE=0``, or
+a dtype / device / index width it does not handle, or autograd needs a graph); the caller then uses its
+PyTorch path.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ def _load() -> ctypes.CDLL | None:
                 ctypes.c_void_p,
                 ctypes.c_int64,
                 ctypes.c_int,
+                ctypes.c_int,
+            ]
+            function.restype = ctypes.c_int
+            function = library.nm_linear_f32
+            function.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 4 + [
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_int64,
                 ctypes.c_int,
             ]
             function.restype = ctypes.c_int
@@ -130,5 +140,63 @@ def native_linear(
     )
     if status != 0:
         logger.warning("native spmm failed (out of memory?); using the PyTorch path for this call")
+        return None
+    return y
+
+
+def native_nm_linear(
+    x: Tensor, values: Tensor, positions: Tensor, bias: Tensor | None, n: int, m: int
+) -> Tensor | None:
+    """``x @ W.T + bias`` for an N:M weight with the native kernel, or None when it cannot serve this call.
+
+    Args:
+        x: input ``(batch, in_features)``, any strides (copied to row-major if the rows are not contiguous).
+        values: float32 ``(out_features, in_features / m * n)``, contiguous: the kept weights of every row,
+            group after group.
+        positions: uint8, same shape: each value's position in its group of ``m`` (rising within a group,
+            checked by the caller).
+        bias: float32 ``(out_features,)`` or None.
+        n: weights kept per group.
+        m: group size (<= 256).
+
+    Returns:
+        A new contiguous ``(batch, out_features)`` tensor, or None (use the PyTorch path).
+    """
+    if x.dim() != 2 or x.dtype != torch.float32 or values.dtype != torch.float32 or not (x.is_cpu and values.is_cpu):
+        return None
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_cpu):
+        return None
+    if torch.is_grad_enabled() and (
+        x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return None
+    library = _load()
+    if library is None:
+        return None
+    if x.stride(1) != 1 or x.stride(0) < x.shape[1]:
+        x = x.contiguous()
+    values, positions = values.contiguous(), positions.contiguous()
+    if bias is not None:
+        bias = bias.contiguous()
+    batch, in_features = x.shape
+    out_features = values.shape[0]
+    y = torch.empty(batch, out_features, dtype=torch.float32)
+    status = library.nm_linear_f32(
+        batch,
+        in_features,
+        out_features,
+        n,
+        m,
+        values.data_ptr(),
+        positions.data_ptr(),
+        bias.data_ptr() if bias is not None else None,
+        x.data_ptr(),
+        max(x.stride(0), 1),
+        y.data_ptr(),
+        max(out_features, 1),
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        logger.warning("native N:M kernel failed (out of memory?); using the PyTorch path for this call")
         return None
     return y
