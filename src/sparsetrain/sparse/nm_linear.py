@@ -10,10 +10,11 @@ which blocks the product over inputs, something the pattern makes free (every ro
 of M inputs). PyTorch path (float64, autograd, no compiler, ``SPARSETRAIN_NATIVE=0``): the dense weight is
 rebuilt and ``F.linear`` runs, correct but not faster than dense.
 
-Where it pays (``benchmarks/nm_inference.py``): at batch 128 on 1024-4096 square layers, 1:4 and 2:8 run
-about 1.5-2x faster than dense ``F.linear`` and faster than the CSR kernel of :class:`SparseLinear`; 2:4 does
-not pay on a CPU (about 0.8-1.1x: half the multiply-adds of a GEMM that runs near peak, each needing its own
-load), so :func:`sparsetrain.sparse.convert` builds NMLinear only for :data:`CPU_PATTERNS`.
+Where it pays (``benchmarks/nm_inference.py``, 1 thread, batch 128, square 1024-4096 layers): 1:4 and 2:8
+run 1.4-2.1x faster than dense ``F.linear``, 1:8 3.4-3.9x, each faster than the CSR kernel of
+:class:`SparseLinear` on the same weight; 2:4 does not pay on a CPU (0.75-1.03x: half the multiply-adds of a
+GEMM that runs near peak, each needing its own load), so :func:`sparsetrain.sparse.convert` builds NMLinear
+only for :data:`CPU_PATTERNS`.
 """
 
 from __future__ import annotations
