@@ -235,15 +235,14 @@ static int auto_nv(int64_t in) {
     return 1;
 }
 
-/* y = x @ W.T + bias for CSR W (out x in). bias may be NULL. max_nv: 1, 2 or 4 (widest tile 16/32/64 rows),
- * or 0 to choose from `in` (auto_nv).
- * Returns 0, or -1 when a buffer could not be allocated or an argument is out of range (y then undefined). */
-int spmm_linear_f32(int64_t batch, int64_t in, int64_t out, const int32_t *rowptr, const int32_t *cols,
-                    const float *vals, const float *bias, const float *x, int64_t ldx, float *y, int64_t ldy,
-                    int max_nv, int threads) {
-    if (batch < 0 || in < 0 || out < 0 || (max_nv != 0 && max_nv != 1 && max_nv != 2 && max_nv != 4)) return -1;
-    if (max_nv == 0) max_nv = auto_nv(in);
-    if (batch == 0 || out == 0) return 0;
+/* The rows r0..r1 of one batch tile, packed into xt (for tile->nv > 0): a kernel's share of one work item. */
+typedef void (*rows_fn)(const void *ctx, const tile_t *tile, const float *xt, int64_t r0, int64_t r1);
+
+/* Cut the product into (batch tile, output row range) work items and run `rows` on each, over `threads` OpenMP
+ * threads; every thread packs its tiles of x into its own buffer first. With fewer tiles than threads (small
+ * batches) the rows are split so every thread has work. Returns 0, or -1 when a buffer could not be allocated. */
+static int run_items(int64_t batch, int64_t in, int64_t out, int max_nv, int threads, const float *x, int64_t ldx,
+                     rows_fn rows, const void *ctx) {
     if (threads < 1) threads = 1;
     tile_t *tiles = malloc(sizeof(tile_t) * (size_t)(batch / 16 + 3));
     if (!tiles) return -1;
@@ -267,16 +266,40 @@ int spmm_linear_f32(int64_t batch, int64_t in, int64_t out, const int32_t *rowpt
             const int64_t r0 = (it % parts) * chunk;
             const int64_t r1 = r0 + chunk < out ? r0 + chunk : out;
             if (r0 >= r1) continue;
-            if (tile.nv == 0) {
-                direct_rows(rowptr, cols, vals, bias, x, ldx, r0, r1, tile.b0, tile.nb, y, ldy);
-            } else {
-                pack_tile(x, ldx, in, tile.b0, tile.nb, 16 * tile.nv, xt);
-                tile_rows(rowptr, cols, vals, bias, xt, tile.nv, r0, r1, tile.b0, tile.nb, y, ldy);
-            }
+            if (tile.nv != 0) pack_tile(x, ldx, in, tile.b0, tile.nb, 16 * tile.nv, xt);
+            rows(ctx, &tile, xt, r0, r1);
         }
     }
     free(tiles);
     return failed ? -1 : 0;
+}
+
+typedef struct {
+    const int32_t *rowptr, *cols;
+    const float *vals, *bias, *x;
+    int64_t ldx, ldy;
+    float *y;
+} csr_ctx;
+
+static void csr_rows(const void *ctx, const tile_t *tile, const float *xt, int64_t r0, int64_t r1) {
+    const csr_ctx *c = ctx;
+    if (tile->nv == 0)
+        direct_rows(c->rowptr, c->cols, c->vals, c->bias, c->x, c->ldx, r0, r1, tile->b0, tile->nb, c->y, c->ldy);
+    else
+        tile_rows(c->rowptr, c->cols, c->vals, c->bias, xt, tile->nv, r0, r1, tile->b0, tile->nb, c->y, c->ldy);
+}
+
+/* y = x @ W.T + bias for CSR W (out x in). bias may be NULL. max_nv: 1, 2 or 4 (widest tile 16/32/64 rows),
+ * or 0 to choose from `in` (auto_nv).
+ * Returns 0, or -1 when a buffer could not be allocated or an argument is out of range (y then undefined). */
+int spmm_linear_f32(int64_t batch, int64_t in, int64_t out, const int32_t *rowptr, const int32_t *cols,
+                    const float *vals, const float *bias, const float *x, int64_t ldx, float *y, int64_t ldy,
+                    int max_nv, int threads) {
+    if (batch < 0 || in < 0 || out < 0 || (max_nv != 0 && max_nv != 1 && max_nv != 2 && max_nv != 4)) return -1;
+    if (max_nv == 0) max_nv = auto_nv(in);
+    if (batch == 0 || out == 0) return 0;
+    const csr_ctx ctx = {rowptr, cols, vals, bias, x, ldx, ldy, y};
+    return run_items(batch, in, out, max_nv, threads, x, ldx, csr_rows, &ctx);
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
@@ -404,6 +427,26 @@ static void nm_direct_rows(const float *vals, const uint8_t *pos, int64_t per_ro
     }
 }
 
+typedef struct {
+    const float *vals;
+    const uint8_t *pos;
+    int64_t per_row, groups;
+    int n, m;
+    const float *bias, *x;
+    int64_t ldx, ldy;
+    float *y;
+} nm_ctx;
+
+static void nm_rows(const void *ctx, const tile_t *tile, const float *xt, int64_t r0, int64_t r1) {
+    const nm_ctx *c = ctx;
+    if (tile->nv == 0)
+        nm_direct_rows(c->vals, c->pos, c->per_row, c->n, c->m, c->bias, c->x, c->ldx, r0, r1, tile->b0, tile->nb,
+                       c->y, c->ldy);
+    else
+        nm_tile_rows(c->vals, c->pos, c->per_row, c->n, c->m, c->groups, c->bias, xt, tile->nv, r0, r1, tile->b0,
+                     tile->nb, c->y, c->ldy);
+}
+
 /* y = x @ W.T + bias for N:M W (out x in, n of every m inputs stored; in a multiple of m, 1 <= n < m <= 256).
  * bias may be NULL. The positions are trusted (the caller checks them once). Widest tile: 64 batch rows.
  * Returns 0, or -1 when a buffer could not be allocated or an argument is out of range (y then undefined). */
@@ -411,37 +454,7 @@ int nm_linear_f32(int64_t batch, int64_t in, int64_t out, int n, int m, const fl
                   const float *bias, const float *x, int64_t ldx, float *y, int64_t ldy, int threads) {
     if (batch < 0 || in < 0 || out < 0 || n < 1 || m <= n || m > 256 || in % m) return -1;
     if (batch == 0 || out == 0) return 0;
-    if (threads < 1) threads = 1;
-    tile_t *tiles = malloc(sizeof(tile_t) * (size_t)(batch / 16 + 3));
-    if (!tiles) return -1;
-    const int64_t ntiles = plan_tiles(batch, 4, tiles);
-    int64_t parts = ntiles >= threads ? 1 : (threads + ntiles - 1) / ntiles;
-    const int64_t max_parts = (out + ROWS - 1) / ROWS;
-    if (parts > max_parts) parts = max_parts;
-    const int64_t chunk = ((out + parts - 1) / parts + ROWS - 1) / ROWS * ROWS;
-    const int64_t items = ntiles * parts;
-    const int64_t groups = in / m, per_row = groups * n;
-    int failed = 0;
-    const size_t buf_bytes = (size_t)(in > 0 ? in : 1) * 64 * sizeof(float);
-#pragma omp parallel num_threads(threads) if (items > 1) reduction(| : failed)
-    {
-        float *xt = scratch(buf_bytes);
-        if (!xt) failed = 1;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < items; ++it) {
-            if (!xt) continue;
-            const tile_t tile = tiles[it / parts];
-            const int64_t r0 = (it % parts) * chunk;
-            const int64_t r1 = r0 + chunk < out ? r0 + chunk : out;
-            if (r0 >= r1) continue;
-            if (tile.nv == 0) {
-                nm_direct_rows(vals, pos, per_row, n, m, bias, x, ldx, r0, r1, tile.b0, tile.nb, y, ldy);
-            } else {
-                pack_tile(x, ldx, in, tile.b0, tile.nb, 16 * tile.nv, xt);
-                nm_tile_rows(vals, pos, per_row, n, m, groups, bias, xt, tile.nv, r0, r1, tile.b0, tile.nb, y, ldy);
-            }
-        }
-    }
-    free(tiles);
-    return failed ? -1 : 0;
+    const int64_t groups = in / m;
+    const nm_ctx ctx = {vals, pos, groups * n, groups, n, m, bias, x, ldx, ldy, y};
+    return run_items(batch, in, out, 4, threads, x, ldx, nm_rows, &ctx);
 }

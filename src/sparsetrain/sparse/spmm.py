@@ -77,18 +77,28 @@ def native_supports(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: 
     Returns:
         True for float32 CPU tensors with int32 indices, when no autograd graph is needed.
     """
-    f32, i32 = torch.float32, torch.int32
-    if x.dtype != f32 or values.dtype != f32 or crow.dtype != i32 or col.dtype != i32:
+    if crow.dtype != torch.int32 or col.dtype != torch.int32 or not (crow.is_cpu and col.is_cpu):
         return False
-    if not (x.is_cpu and values.is_cpu and crow.is_cpu and col.is_cpu):
+    return _float32_without_graph(x, values, bias)
+
+
+def _float32_without_graph(x: Tensor, values: Tensor, bias: Tensor | None) -> bool:
+    """Float32 CPU input, weights and bias, and no autograd graph needed: what both kernels require."""
+    f32 = torch.float32
+    if x.dtype != f32 or values.dtype != f32 or not (x.is_cpu and values.is_cpu):
         return False
     if bias is not None and (bias.dtype != f32 or not bias.is_cpu):
         return False
-    if torch.is_grad_enabled() and (
+    return not (torch.is_grad_enabled() and (
         x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return False
-    return True
+    ))
+
+
+def _contiguous(x: Tensor, *others: Tensor | None) -> tuple[Tensor | None, ...]:
+    """``x`` with unit-stride rows (copied only when needed) and ``others`` contiguous (None stays None)."""
+    if x.stride(1) != 1 or x.stride(0) < x.shape[1]:
+        x = x.contiguous()
+    return (x, *(t if t is None or t.is_contiguous() else t.contiguous() for t in others))
 
 
 def native_linear(
@@ -115,12 +125,7 @@ def native_linear(
     library = _load()
     if library is None:
         return None
-    if x.stride(1) != 1 or x.stride(0) < x.shape[1]:
-        x = x.contiguous()
-    if not (crow.is_contiguous() and col.is_contiguous() and values.is_contiguous()):
-        crow, col, values = crow.contiguous(), col.contiguous(), values.contiguous()
-    if bias is not None and not bias.is_contiguous():
-        bias = bias.contiguous()
+    x, crow, col, values, bias = _contiguous(x, crow, col, values, bias)
     batch, in_features = x.shape
     y = torch.empty(batch, out_features, dtype=torch.float32)
     status = library.spmm_linear_f32(
@@ -162,22 +167,12 @@ def native_nm_linear(
     Returns:
         A new contiguous ``(batch, out_features)`` tensor, or None (use the PyTorch path).
     """
-    if x.dim() != 2 or x.dtype != torch.float32 or values.dtype != torch.float32 or not (x.is_cpu and values.is_cpu):
-        return None
-    if bias is not None and (bias.dtype != torch.float32 or not bias.is_cpu):
-        return None
-    if torch.is_grad_enabled() and (
-        x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
-    ):
+    if x.dim() != 2 or positions.dtype != torch.uint8 or not _float32_without_graph(x, values, bias):
         return None
     library = _load()
     if library is None:
         return None
-    if x.stride(1) != 1 or x.stride(0) < x.shape[1]:
-        x = x.contiguous()
-    values, positions = values.contiguous(), positions.contiguous()
-    if bias is not None:
-        bias = bias.contiguous()
+    x, values, positions, bias = _contiguous(x, values, positions, bias)
     batch, in_features = x.shape
     out_features = values.shape[0]
     y = torch.empty(batch, out_features, dtype=torch.float32)
