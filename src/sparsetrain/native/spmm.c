@@ -235,15 +235,14 @@ static int auto_nv(int64_t in) {
     return 1;
 }
 
-/* y = x @ W.T + bias for CSR W (out x in). bias may be NULL. max_nv: 1, 2 or 4 (widest tile 16/32/64 rows),
- * or 0 to choose from `in` (auto_nv).
- * Returns 0, or -1 when a buffer could not be allocated or an argument is out of range (y then undefined). */
-int spmm_linear_f32(int64_t batch, int64_t in, int64_t out, const int32_t *rowptr, const int32_t *cols,
-                    const float *vals, const float *bias, const float *x, int64_t ldx, float *y, int64_t ldy,
-                    int max_nv, int threads) {
-    if (batch < 0 || in < 0 || out < 0 || (max_nv != 0 && max_nv != 1 && max_nv != 2 && max_nv != 4)) return -1;
-    if (max_nv == 0) max_nv = auto_nv(in);
-    if (batch == 0 || out == 0) return 0;
+/* The rows r0..r1 of one batch tile, packed into xt (for tile->nv > 0): a kernel's share of one work item. */
+typedef void (*rows_fn)(const void *ctx, const tile_t *tile, const float *xt, int64_t r0, int64_t r1);
+
+/* Cut the product into (batch tile, output row range) work items and run `rows` on each, over `threads` OpenMP
+ * threads; every thread packs its tiles of x into its own buffer first. With fewer tiles than threads (small
+ * batches) the rows are split so every thread has work. Returns 0, or -1 when a buffer could not be allocated. */
+static int run_items(int64_t batch, int64_t in, int64_t out, int max_nv, int threads, const float *x, int64_t ldx,
+                     rows_fn rows, const void *ctx) {
     if (threads < 1) threads = 1;
     tile_t *tiles = malloc(sizeof(tile_t) * (size_t)(batch / 16 + 3));
     if (!tiles) return -1;
@@ -267,14 +266,195 @@ int spmm_linear_f32(int64_t batch, int64_t in, int64_t out, const int32_t *rowpt
             const int64_t r0 = (it % parts) * chunk;
             const int64_t r1 = r0 + chunk < out ? r0 + chunk : out;
             if (r0 >= r1) continue;
-            if (tile.nv == 0) {
-                direct_rows(rowptr, cols, vals, bias, x, ldx, r0, r1, tile.b0, tile.nb, y, ldy);
-            } else {
-                pack_tile(x, ldx, in, tile.b0, tile.nb, 16 * tile.nv, xt);
-                tile_rows(rowptr, cols, vals, bias, xt, tile.nv, r0, r1, tile.b0, tile.nb, y, ldy);
-            }
+            if (tile.nv != 0) pack_tile(x, ldx, in, tile.b0, tile.nb, 16 * tile.nv, xt);
+            rows(ctx, &tile, xt, r0, r1);
         }
     }
     free(tiles);
     return failed ? -1 : 0;
+}
+
+typedef struct {
+    const int32_t *rowptr, *cols;
+    const float *vals, *bias, *x;
+    int64_t ldx, ldy;
+    float *y;
+} csr_ctx;
+
+static void csr_rows(const void *ctx, const tile_t *tile, const float *xt, int64_t r0, int64_t r1) {
+    const csr_ctx *c = ctx;
+    if (tile->nv == 0)
+        direct_rows(c->rowptr, c->cols, c->vals, c->bias, c->x, c->ldx, r0, r1, tile->b0, tile->nb, c->y, c->ldy);
+    else
+        tile_rows(c->rowptr, c->cols, c->vals, c->bias, xt, tile->nv, r0, r1, tile->b0, tile->nb, c->y, c->ldy);
+}
+
+/* y = x @ W.T + bias for CSR W (out x in). bias may be NULL. max_nv: 1, 2 or 4 (widest tile 16/32/64 rows),
+ * or 0 to choose from `in` (auto_nv).
+ * Returns 0, or -1 when a buffer could not be allocated or an argument is out of range (y then undefined). */
+int spmm_linear_f32(int64_t batch, int64_t in, int64_t out, const int32_t *rowptr, const int32_t *cols,
+                    const float *vals, const float *bias, const float *x, int64_t ldx, float *y, int64_t ldy,
+                    int max_nv, int threads) {
+    if (batch < 0 || in < 0 || out < 0 || (max_nv != 0 && max_nv != 1 && max_nv != 2 && max_nv != 4)) return -1;
+    if (max_nv == 0) max_nv = auto_nv(in);
+    if (batch == 0 || out == 0) return 0;
+    const csr_ctx ctx = {rowptr, cols, vals, bias, x, ldx, ldy, y};
+    return run_items(batch, in, out, max_nv, threads, x, ldx, csr_rows, &ctx);
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * N:M weight times dense input: y = x @ W.T + b where every run of m consecutive inputs of an output row holds
+ * exactly n stored weights (NMLinear). W is vals[out][in / m * n] (float32) and pos[out][in / m * n] (uint8, the
+ * position of each value inside its group, rising within a group).
+ *
+ * Same tiles, packing and write-back as the CSR kernel above. What the pattern adds: every row has the same
+ * number of weights in every run of inputs, so the product can be blocked over inputs for free (no per-block
+ * row pointers). Rows are taken in blocks of NM_RB; for each block of NM_KB inputs (a 64 KiB slice of the packed
+ * tile at the widest tile, which stays near L1 while the NM_RB rows go over it), every row of the block adds its
+ * weights of those inputs to its accumulators, kept in a small buffer between input blocks. The CSR kernel reads
+ * a random row of the whole packed tile (L2) for every nonzero; this one reads it from the slice.
+ *
+ * Summation order: for every output, bias + per input block (in order) the products of the block, summed in two
+ * interleaved partial sums. Float rounding differs from a dense GEMM's.
+ * ------------------------------------------------------------------------------------------------------------- */
+#define NM_RB 64  /* output rows per row block */
+#define NM_KB 256 /* inputs per input block */
+
+/* acc (16 * NV floats) = (first ? 0 : acc) + sum over groups g0..g1 of the row's weights times xt's rows. */
+#define NM_ROW_KERNEL(NV)                                                                                   \
+    static inline void nm_row_##NV(const float *v, const uint8_t *p, int64_t g0, int64_t g1, int n, int m,  \
+                                   const float *xt, float *acc, int first) {                                \
+        v16 a[NV], b[NV];                                                                                   \
+        for (int u = 0; u < NV; ++u) {                                                                      \
+            a[u] = first ? (v16){0} : *(const v16 *)(acc + 16 * u);                                         \
+            b[u] = (v16){0};                                                                                \
+        }                                                                                                   \
+        if (n == 2) {                                                                                       \
+            for (int64_t g = g0; g < g1; ++g) {                                                             \
+                const float *base = xt + g * m * (16 * NV);                                                 \
+                const v16 *q = (const v16 *)(base + p[2 * g] * (16 * NV));                                  \
+                const v16 *r = (const v16 *)(base + p[2 * g + 1] * (16 * NV));                              \
+                const float s = v[2 * g], t = v[2 * g + 1];                                                 \
+                for (int u = 0; u < NV; ++u) {                                                              \
+                    MADD(a[u], s, q[u]);                                                                    \
+                    MADD(b[u], t, r[u]);                                                                    \
+                }                                                                                           \
+            }                                                                                               \
+        } else if (n == 1) {                                                                                \
+            int64_t g = g0;                                                                                 \
+            for (; g + 1 < g1; g += 2) {                                                                    \
+                const v16 *q = (const v16 *)(xt + (g * m + p[g]) * (16 * NV));                              \
+                const v16 *r = (const v16 *)(xt + ((g + 1) * m + p[g + 1]) * (16 * NV));                    \
+                const float s = v[g], t = v[g + 1];                                                         \
+                for (int u = 0; u < NV; ++u) {                                                              \
+                    MADD(a[u], s, q[u]);                                                                    \
+                    MADD(b[u], t, r[u]);                                                                    \
+                }                                                                                           \
+            }                                                                                               \
+            if (g < g1) {                                                                                   \
+                const v16 *q = (const v16 *)(xt + (g * m + p[g]) * (16 * NV));                              \
+                for (int u = 0; u < NV; ++u) MADD(a[u], v[g], q[u]);                                        \
+            }                                                                                               \
+        } else {                                                                                            \
+            for (int64_t g = g0; g < g1; ++g) {                                                             \
+                const float *base = xt + g * m * (16 * NV);                                                 \
+                for (int j = 0; j < n; ++j) {                                                               \
+                    const v16 *q = (const v16 *)(base + p[g * n + j] * (16 * NV));                          \
+                    const float s = v[g * n + j];                                                           \
+                    if (j & 1)                                                                              \
+                        for (int u = 0; u < NV; ++u) MADD(b[u], s, q[u]);                                   \
+                    else                                                                                    \
+                        for (int u = 0; u < NV; ++u) MADD(a[u], s, q[u]);                                   \
+                }                                                                                           \
+            }                                                                                               \
+        }                                                                                                   \
+        for (int u = 0; u < NV; ++u) *(v16 *)(acc + 16 * u) = a[u] + b[u];                                  \
+    }
+NM_ROW_KERNEL(1)
+NM_ROW_KERNEL(2)
+NM_ROW_KERNEL(4)
+
+/* Rows r0..r1 of the product for one packed tile of width T = 16 * nv. */
+static void nm_tile_rows(const float *vals, const uint8_t *pos, int64_t per_row, int n, int m, int64_t groups,
+                         const float *bias, const float *xt, int nv, int64_t r0, int64_t r1, int64_t b0, int nb,
+                         float *y, int64_t ldy) {
+    const int T = 16 * nv;
+    float acc[NM_RB * 64] __attribute__((aligned(64)));
+    const int64_t block = NM_KB / m > 0 ? NM_KB / m : 1; /* groups per input block */
+    for (int64_t rb = r0; rb < r1; rb += NM_RB) {
+        const int64_t re = rb + NM_RB <= r1 ? rb + NM_RB : r1;
+        for (int64_t g0 = 0; g0 < groups; g0 += block) {
+            const int64_t g1 = g0 + block < groups ? g0 + block : groups;
+            for (int64_t r = rb; r < re; ++r) {
+                const float *v = vals + r * per_row;
+                const uint8_t *p = pos + r * per_row;
+                float *out = acc + (r - rb) * T;
+                if (nv == 4)
+                    nm_row_4(v, p, g0, g1, n, m, xt, out, g0 == 0);
+                else if (nv == 2)
+                    nm_row_2(v, p, g0, g1, n, m, xt, out, g0 == 0);
+                else
+                    nm_row_1(v, p, g0, g1, n, m, xt, out, g0 == 0);
+            }
+        }
+        if (groups == 0) memset(acc, 0, sizeof(float) * (size_t)((re - rb) * T));
+        for (int64_t i = rb; i < re; i += ROWS) {
+            const int nr = i + ROWS <= re ? ROWS : (int)(re - i);
+            write_back(acc + (i - rb) * T, T, i, nr, b0, nb, bias, y, ldy);
+        }
+    }
+}
+
+/* Batch rows b0..b0+nb read straight from x (no packing): for the last few rows of a batch. */
+static void nm_direct_rows(const float *vals, const uint8_t *pos, int64_t per_row, int n, int m, const float *bias,
+                           const float *x, int64_t ldx, int64_t r0, int64_t r1, int64_t b0, int nb, float *y,
+                           int64_t ldy) {
+    for (int j = 0; j < nb; ++j) {
+        const float *src = x + (b0 + j) * ldx;
+        float *dst = y + (b0 + j) * ldy;
+        for (int64_t r = r0; r < r1; ++r) {
+            const float *v = vals + r * per_row;
+            const uint8_t *p = pos + r * per_row;
+            float s0 = 0.0f, s1 = 0.0f;
+            int64_t k = 0;
+            for (; k + 1 < per_row; k += 2) {
+                s0 = __builtin_fmaf(v[k], src[(k / n) * m + p[k]], s0);
+                s1 = __builtin_fmaf(v[k + 1], src[((k + 1) / n) * m + p[k + 1]], s1);
+            }
+            if (k < per_row) s0 = __builtin_fmaf(v[k], src[(k / n) * m + p[k]], s0);
+            dst[r] = (bias ? bias[r] : 0.0f) + (s0 + s1);
+        }
+    }
+}
+
+typedef struct {
+    const float *vals;
+    const uint8_t *pos;
+    int64_t per_row, groups;
+    int n, m;
+    const float *bias, *x;
+    int64_t ldx, ldy;
+    float *y;
+} nm_ctx;
+
+static void nm_rows(const void *ctx, const tile_t *tile, const float *xt, int64_t r0, int64_t r1) {
+    const nm_ctx *c = ctx;
+    if (tile->nv == 0)
+        nm_direct_rows(c->vals, c->pos, c->per_row, c->n, c->m, c->bias, c->x, c->ldx, r0, r1, tile->b0, tile->nb,
+                       c->y, c->ldy);
+    else
+        nm_tile_rows(c->vals, c->pos, c->per_row, c->n, c->m, c->groups, c->bias, xt, tile->nv, r0, r1, tile->b0,
+                     tile->nb, c->y, c->ldy);
+}
+
+/* y = x @ W.T + bias for N:M W (out x in, n of every m inputs stored; in a multiple of m, 1 <= n < m <= 256).
+ * bias may be NULL. The positions are trusted (the caller checks them once). Widest tile: 64 batch rows.
+ * Returns 0, or -1 when a buffer could not be allocated or an argument is out of range (y then undefined). */
+int nm_linear_f32(int64_t batch, int64_t in, int64_t out, int n, int m, const float *vals, const uint8_t *pos,
+                  const float *bias, const float *x, int64_t ldx, float *y, int64_t ldy, int threads) {
+    if (batch < 0 || in < 0 || out < 0 || n < 1 || m <= n || m > 256 || in % m) return -1;
+    if (batch == 0 || out == 0) return 0;
+    const int64_t groups = in / m;
+    const nm_ctx ctx = {vals, pos, groups * n, groups, n, m, bias, x, ldx, ldy, y};
+    return run_items(batch, in, out, 4, threads, x, ldx, nm_rows, &ctx);
 }

@@ -3,7 +3,8 @@
 * :func:`export_sparse` / :func:`load_sparse`: lossless state_dict export to one safetensors file,
   sparse tensors stored as a packed bitmask, CSR or COO, whichever is smallest.
 * :func:`convert`: swap sparse-enough ``nn.Linear`` layers for :class:`SparseLinear` (CSR weight,
-  MKL sparse matmul on CPU) for faster inference.
+  native kernel on CPU) or :class:`NMLinear` (N:M weight, native kernel on CPU), and 2:4 weights on
+  CUDA for torch's semi-structured sparse tensors, for faster inference.
 """
 
 from sparsetrain.sparse.convert import DEFAULT_MIN_NUMEL, DEFAULT_MIN_SPARSITY, convert
@@ -15,11 +16,13 @@ from sparsetrain.sparse.export import (
     load_sparse,
 )
 from sparsetrain.sparse.linear import SparseLinear
+from sparsetrain.sparse.nm_linear import NMLinear
 
 __all__ = [
     "DEFAULT_MIN_NUMEL",
     "DEFAULT_MIN_SPARSITY",
     "ExportInfo",
+    "NMLinear",
     "SparseFileError",
     "SparseLinear",
     "choose_encoding",

@@ -1,4 +1,10 @@
-"""convert(): swap the sparse-enough ``nn.Linear`` layers of a model for :class:`SparseLinear`.
+"""convert(): swap the sparse-enough ``nn.Linear`` layers of a model for faster sparse ones.
+
+On CPU, a layer becomes :class:`SparseLinear` (CSR weight, native kernel), or :class:`NMLinear` when its
+weight follows one of the N:M patterns measured to pay on a CPU (:data:`~sparsetrain.sparse.nm_linear.CPU_PATTERNS`:
+1:8, 1:4, 2:8; ``docs/benchmarks/nm_inference.md``). 2:4 does not pay on a CPU and is left to the rules below.
+On CUDA, a 2:4 float16/bfloat16 weight becomes torch's semi-structured sparse tensor
+(:mod:`sparsetrain.sparse.semi_structured`); other CUDA layers stay dense.
 
 Which layers are converted is decided by measurement (``benchmarks/sparse_inference.py``,
 ``docs/benchmarks/sparse_inference.md``, with SparseLinear's native kernel): a CSR layer is only
@@ -17,7 +23,11 @@ import logging
 
 from torch import nn
 
+import torch
+
 from sparsetrain.sparse.linear import SUPPORTED_DTYPES, SparseLinear
+from sparsetrain.sparse.nm_linear import NMLinear, cpu_pattern
+from sparsetrain.sparse.semi_structured import to_semi_structured
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +52,7 @@ def _weight_sparsity(linear: nn.Linear) -> float:
 def _skip_reason(linear: nn.Linear, min_sparsity: float, min_numel: int) -> str | None:
     weight = linear.weight
     if weight.device.type != "cpu":
-        return f"weight on {weight.device} (sparse inference is measured and supported on CPU only)"
+        return f"weight on {weight.device} (sparse inference runs on CPU, and on CUDA for 2:4 float16/bfloat16)"
     if weight.dtype not in SUPPORTED_DTYPES:
         return f"dtype {weight.dtype} (CPU CSR matmul supports float32/float64 only)"
     if weight.numel() < min_numel:
@@ -53,6 +63,20 @@ def _skip_reason(linear: nn.Linear, min_sparsity: float, min_numel: int) -> str 
     return None
 
 
+def _sparse_layer(linear: nn.Linear, min_sparsity: float, min_numel: int) -> nn.Module | str:
+    """The replacement for one ``nn.Linear`` (on CUDA: the layer itself, its weight made semi-structured), or
+    the reason it stays dense."""
+    if linear.weight.device.type == "cuda":
+        reason = to_semi_structured(linear)
+        return linear if reason is None else reason
+    reason = _skip_reason(linear, min_sparsity, min_numel)
+    if reason is not None:
+        return reason
+    # NMLinear's kernel is float32; float64 goes to CSR (MKL).
+    pattern = cpu_pattern(linear.weight.detach()) if linear.weight.dtype == torch.float32 else None
+    return SparseLinear.from_dense(linear) if pattern is None else NMLinear.from_dense(linear, pattern)
+
+
 def convert(
     model: nn.Module,
     *,
@@ -60,14 +84,23 @@ def convert(
     min_numel: int = DEFAULT_MIN_NUMEL,
     inplace: bool = False,
 ) -> nn.Module:
-    """Return a model whose sparse ``nn.Linear`` layers are :class:`SparseLinear` (for inference).
+    """Return a model whose sparse ``nn.Linear`` layers run sparse kernels (for inference).
 
     A layer is converted when its type is exactly ``nn.Linear`` (subclasses such as the
     ``out_proj`` of ``nn.MultiheadAttention``, whose weight is read directly by its parent, are
-    left alone), its weight is a float32/float64 CPU tensor of at least ``min_numel`` elements, and
-    the fraction of exactly-zero weights is at least ``min_sparsity``. A Linear shared between
-    several parents is converted once and stays shared. Outputs equal the original model's up to
-    float rounding (summation order differs).
+    left alone) and:
+
+    * on CPU, its weight is a float32/float64 tensor of at least ``min_numel`` elements whose
+      fraction of exactly-zero weights is at least ``min_sparsity``: it becomes an
+      :class:`NMLinear` if the (float32) weight follows a pattern of
+      :data:`~sparsetrain.sparse.nm_linear.CPU_PATTERNS` along its inputs and fills it
+      (:func:`~sparsetrain.sparse.nm_linear.cpu_pattern`), else a :class:`SparseLinear`;
+    * on CUDA, its weight is 2:4 along its inputs, float16/bfloat16, of a shape torch's
+      semi-structured kernels accept: the weight becomes a semi-structured sparse tensor (the
+      layer stays an ``nn.Linear``; ``min_sparsity`` and ``min_numel`` do not apply).
+
+    A Linear shared between several parents is converted once and stays shared. Outputs equal
+    the original model's up to float rounding (summation order differs).
 
     Args:
         model: the model (pruned weights exactly zero). An ``nn.Linear`` itself is accepted too.
@@ -90,8 +123,8 @@ def convert(
         raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
     target = model if inplace else copy.deepcopy(model)
     if type(target) is nn.Linear:
-        reason = _skip_reason(target, threshold, min_numel)
-        return target if reason else SparseLinear.from_dense(target)
+        layer = _sparse_layer(target, threshold, min_numel)
+        return target if isinstance(layer, str) else layer
     replaced: dict[int, nn.Module] = {}
     for parent_name, parent in list(target.named_modules(remove_duplicate=False)):
         # _modules, not named_children(): the latter lists a module shared under two names once.
@@ -100,13 +133,12 @@ def convert(
                 continue
             full_name = f"{parent_name}.{child_name}" if parent_name else child_name
             if id(child) not in replaced:
-                reason = _skip_reason(child, threshold, min_numel)
-                if reason is not None:
-                    logger.debug("keeping %s dense: %s", full_name, reason)
+                layer = _sparse_layer(child, threshold, min_numel)
+                if isinstance(layer, str):
+                    logger.debug("keeping %s dense: %s", full_name, layer)
                     replaced[id(child)] = child
                     continue
-                sparse = SparseLinear.from_dense(child)
-                replaced[id(child)] = sparse
-                logger.info("converted %s to SparseLinear (sparsity %.4f)", full_name, sparse.sparsity)
+                replaced[id(child)] = layer
+                logger.info("converted %s: %s", full_name, "semi-structured 2:4 weight" if layer is child else layer)
             setattr(parent, child_name, replaced[id(child)])
     return target

@@ -1,4 +1,4 @@
-"""Per-tensor storage encodings for compressed export: dense, packed bitmask, CSR and COO.
+"""Per-tensor storage encodings for compressed export: dense, packed bitmask, CSR, COO and N:M.
 
 This module owns how *one* tensor whose pruned entries are exactly zero is turned into a few small
 tensors ("parts") that a safetensors file can hold, and back, bit for bit.
@@ -13,11 +13,18 @@ order, in the tensor's own dtype. They differ only in how the positions of those
   that holds its largest value (``int16`` for up to 32,768 columns, else ``int32``/``int64``).
 * ``coo``: one flat index per nonzero, in the smallest integer dtype that holds ``numel - 1``.
 
+* ``nm``: for a tensor that follows an N:M pattern along its reduction dim, N values per group of M
+  (a few may be zeros) and their in-group positions in ``ceil(log2 M)`` bits each; see
+  :mod:`sparsetrain.sparse.nm_format`. Only considered when the caller names the reduction dim
+  (``nm_dim``; :func:`~sparsetrain.sparse.export_sparse` does, per layer type).
+
 Choice rule (:func:`choose_encoding`): the encoding whose *index* bytes are fewest wins (values cost
 the same in all three), ties broken in the order bitmask, csr, coo; if the compressed total is not
 smaller than the dense tensor, the tensor is stored dense. For a float32 ``1024 x 1024`` weight this
 gives bitmask below ~93.75 % sparsity (1 bit per element beats 16 bits per nonzero while
-density > 1/16) and CSR with int16 columns above it.
+density > 1/16) and CSR with int16 columns above it. When ``nm_dim`` is given and the tensor follows
+a pattern, the N:M encoding is used if its total (values included, which may hold a few zeros) is at
+most that choice's total: on a tie (2:4 against a bitmask) N:M wins, as it also carries the pattern.
 
 Zero is decided by value (``t == 0``), so a ``-0.0`` (which ``weight * mask`` produces for negative
 weights) counts as pruned. To stay bit-identical, the signs of the zeros are then kept in an extra
@@ -34,8 +41,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-ENCODINGS: tuple[str, ...] = ("dense", "bitmask", "csr", "coo")
-"""All encodings a file may name; the compressed ones are listed in tie-break order after dense."""
+from sparsetrain.nm import as_groups
+from sparsetrain.sparse import nm_format
+from sparsetrain.sparse.nm_format import NMSpec
+
+ENCODINGS: tuple[str, ...] = ("dense", "bitmask", "csr", "coo", "nm")
+"""All encodings a file may name; the unstructured ones are listed in tie-break order after dense."""
 
 COMPRESSIBLE_DTYPES: frozenset[torch.dtype] = frozenset(
     {
@@ -69,13 +80,15 @@ class EncodedTensor:
         shape: shape of the original tensor.
         dtype: dtype of the original tensor.
         parts: part name -> tensor to write (``values`` always; ``mask``, ``crow``/``col``,
-            ``index`` and ``zero_signs`` depending on the encoding).
+            ``index``, ``positions`` and ``zero_signs`` depending on the encoding).
+        nm: the grouping of the ``nm`` encoding (None for the others).
     """
 
     encoding: str
     shape: tuple[int, ...]
     dtype: torch.dtype
     parts: dict[str, Tensor]
+    nm: NMSpec | None = None
 
     @property
     def nbytes(self) -> int:
@@ -144,6 +157,16 @@ def index_bytes(encoding: str, shape: tuple[int, ...], nnz: int) -> int:
     raise ValueError(f"encoding must be one of 'bitmask', 'csr', 'coo', got {encoding!r}")
 
 
+def _unstructured_nbytes(encoding: str, shape: tuple[int, ...], nnz: int, dtype: torch.dtype,
+                         n_negative_zeros: int) -> int:
+    """Total bytes of ``encoding`` (dense, bitmask, csr or coo), signs of zeros included."""
+    numel = math.prod(shape)
+    if encoding == "dense":
+        return numel * _itemsize(dtype)
+    signs = (numel - nnz + 7) // 8 if n_negative_zeros else 0
+    return index_bytes(encoding, shape, nnz) + nnz * _itemsize(dtype) + signs
+
+
 def choose_encoding(shape: tuple[int, ...], nnz: int, dtype: torch.dtype, n_negative_zeros: int = 0) -> str:
     """Pick the smallest encoding for a tensor (see the module docstring for the rule).
 
@@ -159,11 +182,8 @@ def choose_encoding(shape: tuple[int, ...], nnz: int, dtype: torch.dtype, n_nega
     numel = math.prod(shape)
     if dtype not in COMPRESSIBLE_DTYPES or numel == 0 or len(shape) == 0:
         return "dense"
-    item = _itemsize(dtype)
-    dense = numel * item
-    signs = (numel - nnz + 7) // 8 if n_negative_zeros else 0
     best = min(("bitmask", "csr", "coo"), key=lambda e: index_bytes(e, shape, nnz))  # min keeps first on ties
-    if index_bytes(best, shape, nnz) + nnz * item + signs >= dense:
+    if _unstructured_nbytes(best, shape, nnz, dtype, n_negative_zeros) >= numel * _itemsize(dtype):
         return "dense"
     return best
 
@@ -185,22 +205,42 @@ def _unpack_bits(packed: Tensor, count: int, what: str) -> Tensor:
     return torch.from_numpy(bits[:count].astype(bool))
 
 
+def _encode_nm(t: Tensor, spec: NMSpec, keep_zero_signs: bool) -> EncodedTensor:
+    """The ``nm`` encoding of ``t`` (contiguous, CPU) under ``spec``."""
+    shape = tuple(t.shape)
+    stored = nm_format.stored_entries(t, spec)
+    parts: dict[str, Tensor] = {
+        "values": as_groups(t, spec.dim, spec.pattern.m)[stored].clone(),
+        "positions": _pack_bits(nm_format.encode_positions(stored, spec)),
+    }
+    if keep_zero_signs and t.dtype in _SIGNED_ZERO_DTYPES:
+        flat = t.reshape(-1)
+        unstored = ~nm_format.stored_flat(stored, shape, spec)
+        negative = (flat == 0) & torch.signbit(flat) & unstored
+        if bool(negative.any()):
+            parts["zero_signs"] = _pack_bits(negative[unstored])
+    return EncodedTensor("nm", shape, t.dtype, parts, spec)
+
+
 def encode(
     tensor: Tensor,
     encoding: str | None = None,
     *,
     min_sparsity: float = 0.0,
     keep_zero_signs: bool = True,
+    nm_dim: int | None = None,
 ) -> EncodedTensor:
     """Encode a tensor; pruned entries are the ones equal to zero.
 
     Args:
         tensor: any tensor (it is detached, moved to CPU and made contiguous).
-        encoding: force an encoding from :data:`ENCODINGS`; ``None`` picks with
-            :func:`choose_encoding`.
+        encoding: force an encoding from :data:`ENCODINGS` (``"nm"`` needs ``nm_dim`` and a tensor
+            that follows a pattern); ``None`` picks the smallest (module docstring).
         min_sparsity: when picking, store dense if the fraction of zeros is below this.
         keep_zero_signs: store which zeros are ``-0.0`` (needed for a bit-identical round trip
             when there are any); if False they come back as ``+0.0`` (equal in value).
+        nm_dim: the tensor's reduction dim, along which an N:M pattern is looked for; None never
+            uses the ``nm`` encoding.
 
     Returns:
         The :class:`EncodedTensor`; ``decode`` of its parts gives back ``tensor`` bit for bit
@@ -214,6 +254,12 @@ def encode(
         if encoding not in (None, "dense"):
             raise ValueError(f"tensor of dtype {t.dtype} and shape {shape} can only be stored dense")
         return EncodedTensor("dense", shape, t.dtype, {"values": t})
+    spec = nm_format.find_pattern(t, nm_dim) if nm_dim is not None and encoding in (None, "nm") else None
+    if encoding == "nm":
+        if spec is None:
+            raise ValueError(f"tensor of shape {shape} follows no N:M pattern (M in {nm_format.GROUP_SIZES}) "
+                             f"along nm_dim={nm_dim}")
+        return _encode_nm(t, spec, keep_zero_signs)
     flat = t.reshape(-1)
     zero = flat == 0
     nonzero = ~zero
@@ -227,6 +273,12 @@ def encode(
         chosen = "dense"
     else:
         chosen = choose_encoding(shape, nnz, t.dtype, n_negative)
+        if spec is not None:
+            candidate = _encode_nm(t, spec, keep_zero_signs)
+            if candidate.nbytes <= _unstructured_nbytes(chosen, shape, nnz, t.dtype, n_negative) and (
+                candidate.nbytes < t.numel() * t.element_size()
+            ):
+                return candidate
     if chosen == "dense":
         return EncodedTensor("dense", shape, t.dtype, {"values": t})
     parts: dict[str, Tensor] = {"values": flat[nonzero].clone()}
@@ -285,8 +337,31 @@ def _positions(encoding: str, parts: Mapping[str, Tensor], shape: tuple[int, ...
     return flat
 
 
+def _nm_positions(
+    parts: Mapping[str, Tensor], shape: tuple[int, ...], nnz: int, nm: NMSpec | None, what: str
+) -> Tensor:
+    """Flat indices of the ``nm`` encoding's values, checked against the grouping."""
+    if nm is None:
+        raise EncodingError(f"{what}: the nm encoding needs its pattern and dim")
+    numel = math.prod(shape)
+    groups = numel // nm.pattern.m
+    if groups * nm.pattern.n != nnz:
+        raise EncodingError(f"{what}: {nm.pattern} over {numel} elements stores {groups * nm.pattern.n} values, "
+                            f"got {nnz}")
+    bits = _unpack_bits(parts["positions"], nnz * nm_format.position_bits(nm.pattern.m), f"{what} positions")
+    try:
+        return nm_format.decode_positions(bits, shape, nm)
+    except ValueError as err:
+        raise EncodingError(f"{what}: {err}") from None
+
+
 def decode(
-    encoding: str, parts: Mapping[str, Tensor], shape: tuple[int, ...], dtype: torch.dtype, what: str = "tensor"
+    encoding: str,
+    parts: Mapping[str, Tensor],
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    what: str = "tensor",
+    nm: NMSpec | None = None,
 ) -> Tensor:
     """Rebuild a tensor from its stored parts, checking that they are consistent.
 
@@ -296,6 +371,7 @@ def decode(
         shape: shape of the original tensor.
         dtype: dtype of the original tensor.
         what: name used in error messages.
+        nm: the grouping, for the ``nm`` encoding (required there, ignored otherwise).
 
     Returns:
         The original tensor (contiguous, CPU).
@@ -305,9 +381,8 @@ def decode(
     """
     if encoding not in ENCODINGS:
         raise EncodingError(f"{what}: unknown encoding {encoding!r}; known: {ENCODINGS}")
-    needed = {"dense": {"values"}, "bitmask": {"values", "mask"}, "csr": {"values", "crow", "col"}}.get(
-        encoding, {"values", "index"}
-    )
+    needed = {"dense": {"values"}, "bitmask": {"values", "mask"}, "csr": {"values", "crow", "col"},
+              "nm": {"values", "positions"}}.get(encoding, {"values", "index"})
     allowed = needed if encoding == "dense" else needed | {"zero_signs"}
     if not needed <= set(parts) or not set(parts) <= allowed:
         raise EncodingError(f"{what}: {encoding} encoding needs parts {sorted(needed)}, got {sorted(parts)}")
@@ -324,7 +399,9 @@ def decode(
     nnz = values.numel()
     if nnz > numel:
         raise EncodingError(f"{what}: {nnz} values do not fit a tensor of {numel} elements")
-    positions = _positions(encoding, parts, shape, nnz, what)
+    positions = _nm_positions(parts, shape, nnz, nm, what) if encoding == "nm" else _positions(
+        encoding, parts, shape, nnz, what
+    )
     flat = torch.zeros(numel, dtype=dtype)
     flat[positions] = values
     if "zero_signs" in parts:

@@ -6,7 +6,8 @@ File layout (format version 1). A plain safetensors file whose string metadata h
 * ``"format_version"``: ``"1"``;
 * ``"tensors"``: JSON object, state_dict name -> ``{"encoding", "shape", "dtype", "parts"}`` where
   ``parts`` maps part names (see :mod:`sparsetrain.sparse.encoding`) to the keys under which they
-  are stored. Dense tensors are stored under their own name, so a file with nothing compressed
+  are stored; ``nm``-encoded tensors add ``"nm": {"pattern": "2:4", "dim": 1}`` (a reader that
+  predates this encoding refuses such a file with "unknown encoding 'nm'"). Dense tensors are stored under their own name, so a file with nothing compressed
   reads like an ordinary safetensors state_dict. A tensor that is the very same tensor as an
   earlier one (tied weights) gets ``{"encoding": "alias", "target": <name>}`` and is stored once.
 
@@ -29,7 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from sparsetrain.atomic import write_bytes
+from sparsetrain.nm import reduction_dim
 from sparsetrain.sparse.encoding import ENCODINGS, EncodingError, decode, encode
+from sparsetrain.sparse.nm_format import NMSpec
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +55,15 @@ class ExportInfo:
         dense_bytes: bytes the same tensors take dense (``numel * itemsize`` summed over distinct
             tensors; tied tensors counted once), i.e. the payload of a dense safetensors file.
         encodings: state_dict name -> encoding used (``"dense"``, ``"bitmask"``, ``"csr"``,
-            ``"coo"`` or ``"alias"``).
+            ``"coo"``, ``"nm"`` or ``"alias"``).
+        patterns: state_dict name -> N:M pattern (e.g. ``"2:4"``) of each ``nm``-encoded tensor.
     """
 
     path: Path
     bytes_written: int
     dense_bytes: int
     encodings: dict[str, str] = field(default_factory=dict)
+    patterns: dict[str, str] = field(default_factory=dict)
 
     @property
     def compression_ratio(self) -> float:
@@ -81,6 +86,16 @@ def _alias_key(t: Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...], t
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, str(t.device))
 
 
+def _reduction_dims(model: nn.Module) -> dict[str, int]:
+    """state_dict name -> reduction dim of every parameter with >= 2 dims (where N:M groups run)."""
+    dims = {}
+    for module_name, module in model.named_modules():
+        for local, param in module.named_parameters(recurse=False):
+            if param.dim() >= 2:
+                dims[f"{module_name}.{local}" if module_name else local] = reduction_dim(module, local)
+    return dims
+
+
 def export_sparse(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -92,7 +107,9 @@ def export_sparse(
 
     A tensor whose fraction of zeros is at least ``min_sparsity`` is stored with the smallest of
     the bitmask / CSR / COO encodings (rule in :mod:`sparsetrain.sparse.encoding`), or dense if
-    that is not smaller; every other tensor and buffer is stored dense. The export is lossless:
+    that is not smaller; every other tensor and buffer is stored dense. A weight that follows an
+    N:M pattern along its reduction dim (:func:`sparsetrain.nm.reduction_dim`; M in 2..32) is
+    stored as N:M (kept values plus in-group positions) when that is no larger. The export is lossless:
     :func:`load_sparse` returns a state_dict bit-identical to the original (``-0.0`` and NaN
     included).
 
@@ -122,6 +139,7 @@ def export_sparse(
     entries: dict[str, dict[str, object]] = {}
     first_of: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype, str], str] = {}
     dense_bytes = 0
+    dims = _reduction_dims(model)
     for name, tensor in state.items():
         if not isinstance(tensor, Tensor):
             raise TypeError(f"state_dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
@@ -131,7 +149,7 @@ def export_sparse(
             continue
         first_of[key] = name
         dense_bytes += tensor.numel() * tensor.element_size()
-        encoded = encode(tensor, min_sparsity=min_sparsity, keep_zero_signs=keep_zero_signs)
+        encoded = encode(tensor, min_sparsity=min_sparsity, keep_zero_signs=keep_zero_signs, nm_dim=dims.get(name))
         part_keys: dict[str, str] = {}
         for part, value in encoded.parts.items():
             stored_key = name if encoded.encoding == "dense" else f"{name}{_PART_SEPARATOR}{part}"
@@ -146,6 +164,8 @@ def export_sparse(
             "dtype": _dtype_name(encoded.dtype),
             "parts": part_keys,
         }
+        if encoded.nm is not None:
+            entries[name]["nm"] = encoded.nm.to_json()
     metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "tensors": json.dumps(entries)}
     write_bytes(safetensors.torch.save(stored, metadata=metadata), path)
     info = ExportInfo(
@@ -153,6 +173,7 @@ def export_sparse(
         bytes_written=path.stat().st_size,
         dense_bytes=dense_bytes,
         encodings={n: str(e["encoding"]) for n, e in entries.items()},
+        patterns={n: str(e["nm"]["pattern"]) for n, e in entries.items() if "nm" in e},
     )
     logger.info(
         "exported %d tensors to %s: %d bytes (dense %d, ratio %.2f)",
@@ -211,7 +232,11 @@ def _decode_entry(name: str, entry: Mapping[str, object], tensors: Mapping[str, 
         raise SparseFileError(f"{what}: stored parts {missing} are missing from the file")
     dtype = _dtype_from_name(entry.get("dtype"), what)
     try:
-        return decode(str(encoding), {p: tensors[k] for p, k in parts.items()}, tuple(shape), dtype, what)
+        nm = NMSpec.from_json(entry.get("nm"), len(shape)) if encoding == "nm" else None
+    except ValueError as err:
+        raise SparseFileError(f"{what}: {err}") from err
+    try:
+        return decode(str(encoding), {p: tensors[k] for p, k in parts.items()}, tuple(shape), dtype, what, nm)
     except EncodingError as err:
         raise SparseFileError(str(err)) from err
 

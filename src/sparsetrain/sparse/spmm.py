@@ -1,13 +1,15 @@
-"""The native CSR-times-dense product behind :class:`~sparsetrain.sparse.SparseLinear` (float32, CPU).
+"""The native sparse-times-dense products behind :class:`~sparsetrain.sparse.SparseLinear` and
+:class:`~sparsetrain.sparse.NMLinear` (float32, CPU).
 
 Wraps ``native/spmm.c`` (compiled on first use by :mod:`sparsetrain.native`): ``y = x @ W.T + b`` with ``x``
-``(batch, in)`` and ``y`` ``(batch, out)`` both row-major, W in CSR with int32 indices. The C file's header
-comment describes the kernel (batch tiles packed transposed into a per-thread buffer, one vector multiply-add
-per nonzero and 16 batch rows, OpenMP over (tile, row range) work items).
+``(batch, in)`` and ``y`` ``(batch, out)`` both row-major, W in CSR with int32 indices (:func:`native_linear`)
+or in the N:M layout of NMLinear (:func:`native_nm_linear`). The C file's comments describe the kernels (batch
+tiles packed transposed into a per-thread buffer, one vector multiply-add per nonzero and 16 batch rows, OpenMP
+over (tile, row range) work items; the N:M kernel also blocks over inputs).
 
-:func:`native_linear` returns None whenever the kernel cannot serve a call (kernel unavailable, or
-``SPARSETRAIN_NATIVE=0``, or a dtype / device / index width it does not handle, or autograd needs a graph);
-the caller then uses its PyTorch path.
+Both return None whenever the kernel cannot serve a call (kernel unavailable, or ``SPARSETRAIN_NATIVE=0``, or
+a dtype / device / index width it does not handle, or autograd needs a graph); the caller then uses its
+PyTorch path.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ def _load() -> ctypes.CDLL | None:
                 ctypes.c_int,
             ]
             function.restype = ctypes.c_int
+            function = library.nm_linear_f32
+            function.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 4 + [
+                ctypes.c_int64,
+                ctypes.c_void_p,
+                ctypes.c_int64,
+                ctypes.c_int,
+            ]
+            function.restype = ctypes.c_int
         _library = library
     return _library  # type: ignore[return-value]
 
@@ -67,18 +77,28 @@ def native_supports(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: 
     Returns:
         True for float32 CPU tensors with int32 indices, when no autograd graph is needed.
     """
-    f32, i32 = torch.float32, torch.int32
-    if x.dtype != f32 or values.dtype != f32 or crow.dtype != i32 or col.dtype != i32:
+    if crow.dtype != torch.int32 or col.dtype != torch.int32 or not (crow.is_cpu and col.is_cpu):
         return False
-    if not (x.is_cpu and values.is_cpu and crow.is_cpu and col.is_cpu):
+    return _float32_without_graph(x, values, bias)
+
+
+def _float32_without_graph(x: Tensor, values: Tensor, bias: Tensor | None) -> bool:
+    """Float32 CPU input, weights and bias, and no autograd graph needed: what both kernels require."""
+    f32 = torch.float32
+    if x.dtype != f32 or values.dtype != f32 or not (x.is_cpu and values.is_cpu):
         return False
     if bias is not None and (bias.dtype != f32 or not bias.is_cpu):
         return False
-    if torch.is_grad_enabled() and (
+    return not (torch.is_grad_enabled() and (
         x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return False
-    return True
+    ))
+
+
+def _contiguous(x: Tensor, *others: Tensor | None) -> tuple[Tensor | None, ...]:
+    """``x`` with unit-stride rows (copied only when needed) and ``others`` contiguous (None stays None)."""
+    if x.stride(1) != 1 or x.stride(0) < x.shape[1]:
+        x = x.contiguous()
+    return (x, *(t if t is None or t.is_contiguous() else t.contiguous() for t in others))
 
 
 def native_linear(
@@ -105,12 +125,7 @@ def native_linear(
     library = _load()
     if library is None:
         return None
-    if x.stride(1) != 1 or x.stride(0) < x.shape[1]:
-        x = x.contiguous()
-    if not (crow.is_contiguous() and col.is_contiguous() and values.is_contiguous()):
-        crow, col, values = crow.contiguous(), col.contiguous(), values.contiguous()
-    if bias is not None and not bias.is_contiguous():
-        bias = bias.contiguous()
+    x, crow, col, values, bias = _contiguous(x, crow, col, values, bias)
     batch, in_features = x.shape
     y = torch.empty(batch, out_features, dtype=torch.float32)
     status = library.spmm_linear_f32(
@@ -130,5 +145,53 @@ def native_linear(
     )
     if status != 0:
         logger.warning("native spmm failed (out of memory?); using the PyTorch path for this call")
+        return None
+    return y
+
+
+def native_nm_linear(
+    x: Tensor, values: Tensor, positions: Tensor, bias: Tensor | None, n: int, m: int
+) -> Tensor | None:
+    """``x @ W.T + bias`` for an N:M weight with the native kernel, or None when it cannot serve this call.
+
+    Args:
+        x: input ``(batch, in_features)``, any strides (copied to row-major if the rows are not contiguous).
+        values: float32 ``(out_features, in_features / m * n)``, contiguous: the kept weights of every row,
+            group after group.
+        positions: uint8, same shape: each value's position in its group of ``m`` (rising within a group,
+            checked by the caller).
+        bias: float32 ``(out_features,)`` or None.
+        n: weights kept per group.
+        m: group size (<= 256).
+
+    Returns:
+        A new contiguous ``(batch, out_features)`` tensor, or None (use the PyTorch path).
+    """
+    if x.dim() != 2 or positions.dtype != torch.uint8 or not _float32_without_graph(x, values, bias):
+        return None
+    library = _load()
+    if library is None:
+        return None
+    x, values, positions, bias = _contiguous(x, values, positions, bias)
+    batch, in_features = x.shape
+    out_features = values.shape[0]
+    y = torch.empty(batch, out_features, dtype=torch.float32)
+    status = library.nm_linear_f32(
+        batch,
+        in_features,
+        out_features,
+        n,
+        m,
+        values.data_ptr(),
+        positions.data_ptr(),
+        bias.data_ptr() if bias is not None else None,
+        x.data_ptr(),
+        max(x.stride(0), 1),
+        y.data_ptr(),
+        max(out_features, 1),
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        logger.warning("native N:M kernel failed (out of memory?); using the PyTorch path for this call")
         return None
     return y
