@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparsetrain import SET, RigL
-from sparsetrain.topology import LayerTopology, TopologyEvent, TopologySubscribers, capture_masks, topology_event
+from helpers import watch_topology
+from sparsetrain.topology import LayerTopology, TopologyEvent, TopologySubscribers, topology_event
 
 
 def test_hand_counted_example():
@@ -54,6 +55,9 @@ def test_counts_match_set_arithmetic(tensors):
         assert layer.itop == pytest.approx(int(ever[name].sum()) / ever[name].numel())
         assert layer.grad_share is None
     assert event.active == sum(len([v for v in a if v]) for _, a, _ in tensors)
+    kept = sum(int((before[n] & after[n]).sum()) for n in before)
+    union = sum(int((before[n] | after[n]).sum()) for n in before)
+    assert event.churn == pytest.approx(1 - kept / union if union else 0.0)
 
 
 def test_round_trip_through_dict():
@@ -80,25 +84,11 @@ def test_rejects_mismatched_masks():
         topology_event(1, {"w": torch.ones(4)}, mask, mask)
 
 
-def _train_and_watch(method, steps=60, update_every=10):
+def _train_and_watch(method):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 10))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sparsifier = method(model, optimizer, sparsity=0.8, total_steps=steps, update_every=update_every,
-                        distribution="uniform")
-    data = torch.randn(32, 20), torch.randint(0, 10, (32,))
-    events = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(data[0]), data[1]).backward()
-        optimizer.step()
-        before = capture_masks(sparsifier.masks)
-        grads = {n: p.grad.clone() for n, p in sparsifier.params.items()}
-        if sparsifier.step():
-            events.append(topology_event(sparsifier.step_count, before, sparsifier.masks, sparsifier.ever_active,
-                                         grads=grads, drop_fraction=sparsifier.current_drop_fraction(
-                                             sparsifier.step_count), target_sparsity=sparsifier.sparsity))
-    return sparsifier, events
+    return watch_topology(method, model, steps=60, update_every=10, sparsity=0.8, distribution="uniform",
+                          batch=(torch.randn(32, 20), torch.randint(0, 10, (32,))))
 
 
 def test_rigl_events_describe_a_zero_cost_swap():

@@ -110,6 +110,13 @@ class TopologyEvent:
         return self.active / numel if numel else 0.0
 
     @property
+    def churn(self) -> float:
+        """Jaccard distance of the pooled masks before and after (as :attr:`LayerTopology.churn`)."""
+        kept = self.active - self.grown
+        union = self.active + self.dropped
+        return 1.0 - kept / union if union else 0.0
+
+    @property
     def itop(self) -> float:
         """ITOP rate of all sparsified weights pooled (weighted by tensor size)."""
         numel = self.numel
@@ -118,7 +125,8 @@ class TopologyEvent:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the step, the pooled totals (for readers; ignored by :meth:`from_dict`) and the
         per-tensor records."""
-        return {"step": self.step, "density": self.density, "itop": self.itop, "dropped": self.dropped,
+        return {"step": self.step, "density": self.density, "churn": self.churn, "itop": self.itop,
+                "dropped": self.dropped,
                 "grown": self.grown, "layers": {name: asdict(layer) for name, layer in self.layers.items()}}
 
     @classmethod
