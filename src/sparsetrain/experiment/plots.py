@@ -229,7 +229,7 @@ def plot_itop(events: Sequence[TopologyEvent], path: str | Path, *, title: str =
 
 
 def plot_run(run: RunDir, *, summary: Mapping[str, Any] | None = None,
-             records: Sequence[Mapping[str, Any]] | None = None) -> list[Path]:
+             records: Sequence[Mapping[str, Any]] | None = None, out_dir: str | Path | None = None) -> list[Path]:
     """Write curves.png, density.png and layers.png into the run directory, and topology.png and itop.png when it
     has a topology.jsonl.
 
@@ -237,6 +237,7 @@ def plot_run(run: RunDir, *, summary: Mapping[str, Any] | None = None,
         run: the run.
         summary: its summary (read from summary.json if None).
         records: its metrics (read from metrics.jsonl if None).
+        out_dir: write the PNGs here instead of the run directory.
 
     Returns:
         The paths written.
@@ -248,17 +249,18 @@ def plot_run(run: RunDir, *, summary: Mapping[str, Any] | None = None,
     title = (f"{summary['method']} @ {summary['target_sparsity']:.2f} sparsity, {summary['model']} on "
              f"{summary['data']} (seed {summary['seed']})")
     dense = summary.get("dense") or {}
+    out = Path(out_dir) if out_dir is not None else run.path
     written = [
-        plot_curves(records, run.path / "curves.png", title=title, dense_acc=dense.get("final_acc")),
-        plot_density(summary.get("density_trace", {}), summary.get("total_steps", 0), run.path / "density.png",
+        plot_curves(records, out / "curves.png", title=title, dense_acc=dense.get("final_acc")),
+        plot_density(summary.get("density_trace", {}), summary.get("total_steps", 0), out / "density.png",
                      title=f"density schedule: {title}"),
-        plot_layers(summary.get("layers", {}), run.path / "layers.png", title=f"final per-layer density: {title}"),
+        plot_layers(summary.get("layers", {}), out / "layers.png", title=f"final per-layer density: {title}"),
     ]
     events = read_events(run.topology_file)
     if events:
-        written += [plot_topology(events, run.path / "topology.png", total_steps=summary.get("total_steps"),
+        written += [plot_topology(events, out / "topology.png", total_steps=summary.get("total_steps"),
                                   title=f"topology updates: {title}"),
-                    plot_itop(events, run.path / "itop.png", title=f"ITOP rate: {title}")]
+                    plot_itop(events, out / "itop.png", title=f"ITOP rate: {title}")]
     return written
 
 
