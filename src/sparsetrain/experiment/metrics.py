@@ -2,12 +2,15 @@
 
 ``metrics.jsonl`` gets one JSON object per finished epoch, appended and fsync'ed before that epoch's
 checkpoint is written. A crash between the two leaves a line for an epoch the checkpoint does not have; on
-resume :func:`truncate_metrics` drops it, and the epoch is trained again and logged once.
+resume :func:`truncate_metrics` drops it, and the epoch is trained again and logged once. The JSON-lines helpers
+(:func:`append_metrics`, :func:`read_jsonl`, :func:`truncate_jsonl`) serve every such log of a run
+(``topology.jsonl`` too).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +26,9 @@ if TYPE_CHECKING:
     from .parallel import Parallel
 
 __all__ = ["RunningSums", "evaluate", "append_metrics", "truncate_metrics", "write_summary", "best_epoch",
-           "jsonable"]
+           "jsonable", "read_jsonl", "truncate_jsonl"]
+
+logger = logging.getLogger(__name__)
 
 
 class RunningSums:
@@ -120,12 +125,37 @@ def append_metrics(path: str | Path, record: Mapping[str, Any]) -> None:
     append_line(json.dumps(jsonable(record), sort_keys=False), path)
 
 
-def truncate_metrics(path: str | Path, epochs_done: int) -> int:
-    """Keep only the records of epochs ``<= epochs_done`` (and drop a torn last line); atomic.
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file, in order; a torn or malformed line (a crash mid-write) is skipped with a
+    warning, and a missing file has none.
 
     Args:
-        path: the metrics.jsonl file.
-        epochs_done: the number of epochs the checkpoint holds (records count epochs from 1).
+        path: the file.
+
+    Returns:
+        One dict per line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("%s: ignoring a malformed line", path)
+    return records
+
+
+def truncate_jsonl(path: str | Path, key: str, last: int) -> int:
+    """Keep only the records whose ``key`` is ``<= last`` (and drop a torn last line); atomic.
+
+    Args:
+        path: the JSON-lines file.
+        key: the record's position field ("epoch" in metrics.jsonl, "step" in topology.jsonl).
+        last: the last position the checkpoint holds.
 
     Returns:
         The number of records kept.
@@ -139,10 +169,23 @@ def truncate_metrics(path: str | Path, epochs_done: int) -> int:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if record.get("epoch", 0) <= epochs_done:
+        if record.get(key, 0) <= last:
             kept.append(line)
     write_text("".join(line + "\n" for line in kept), path)
     return len(kept)
+
+
+def truncate_metrics(path: str | Path, epochs_done: int) -> int:
+    """Keep only the records of epochs ``<= epochs_done`` (and drop a torn last line); atomic.
+
+    Args:
+        path: the metrics.jsonl file.
+        epochs_done: the number of epochs the checkpoint holds (records count epochs from 1).
+
+    Returns:
+        The number of records kept.
+    """
+    return truncate_jsonl(path, "epoch", epochs_done)
 
 
 def best_epoch(records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

@@ -5,7 +5,8 @@ backend is changed, nothing opens a window, and it works on a machine without a 
 
 Per run (in the run directory): ``curves.png`` (loss and accuracy per epoch), ``density.png`` (the density of
 the sparsified weights over optimizer steps, overall and per layer) and ``layers.png`` (final density per
-layer, measured from the weights). Across runs: ``accuracy_vs_sparsity.png`` (final test accuracy against
+layer, measured from the weights); with a ``topology.jsonl``, ``topology.png`` (per-layer density and churn at
+every topology update, as heatmaps over optimizer steps) and ``itop.png`` (the ITOP rate over steps). Across runs: ``accuracy_vs_sparsity.png`` (final test accuracy against
 target sparsity, one line per method, mean ± std over seeds, the dense baseline as a dashed line; one panel
 per data/model pair).
 """
@@ -24,11 +25,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sparsetrain.atomic import write_figure
+from sparsetrain.topology import TopologyEvent
 
 from .rundir import RunDir
+from .topology_log import read_events
 
-__all__ = ["plot_run", "plot_runs", "plot_curves", "plot_density", "plot_layers", "plot_accuracy_vs_sparsity",
-           "FIGSIZE", "DPI"]
+__all__ = ["plot_run", "plot_runs", "plot_curves", "plot_density", "plot_layers", "plot_topology", "plot_itop",
+           "plot_accuracy_vs_sparsity", "FIGSIZE", "DPI"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,14 +147,96 @@ def plot_layers(layers: Mapping[str, Any], path: str | Path, *, title: str = "")
     return _save(fig, Path(path))
 
 
+def _step_edges(events: Sequence[TopologyEvent], total_steps: int | None) -> list[float]:
+    """Cell edges on the step axis: each update's values hold from its step to the next update (the last one to
+    ``total_steps``, or one more interval)."""
+    steps = [float(e.step) for e in events]
+    gap = steps[-1] - steps[-2] if len(steps) > 1 else 1.0
+    end = float(total_steps) if total_steps is not None and total_steps > steps[-1] else steps[-1] + gap
+    return [*steps, end]
+
+
+def plot_topology(events: Sequence[TopologyEvent], path: str | Path, *, total_steps: int | None = None,
+                  title: str = "") -> Path:
+    """Per-layer density (top) and churn (bottom) at every topology update, as heatmaps over optimizer steps.
+
+    Args:
+        events: the run's topology events in step order (topology.jsonl).
+        path: the PNG to write.
+        total_steps: the run's last step (the last update's cells extend to it).
+        title: figure title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no events.
+    """
+    if not events:
+        raise ValueError("events must hold at least one topology event, got none")
+    names = list(events[0].layers)
+    edges = _step_edges(events, total_steps)
+    rows = range(len(names) + 1)
+    fig = _figure((FIGSIZE[0], max(FIGSIZE[1], 2.0 + 0.5 * len(names))))
+    density_ax, churn_ax = fig.subplots(2, 1, sharex=True)
+    for ax, key, label, cmap in ((density_ax, "density", "density", "viridis"),
+                                 (churn_ax, "churn", "churn (1 - IoU)", "magma")):
+        grid = [[getattr(e.layers[n], key) if n in e.layers else float("nan") for e in events] for n in names]
+        mesh = ax.pcolormesh(edges, list(rows), grid, cmap=cmap, shading="flat", vmin=0.0)
+        ax.set_yticks([i + 0.5 for i in range(len(names))], names, fontsize=7)
+        ax.invert_yaxis()  # the first layer on top
+        ax.set(ylabel="sparsified tensor", title=f"{label} per layer after each topology update")
+        fig.colorbar(mesh, ax=ax, label=label, pad=0.01)
+    churn_ax.set_xlabel("optimizer step")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_itop(events: Sequence[TopologyEvent], path: str | Path, *, title: str = "") -> Path:
+    """The in-time over-parameterization rate over optimizer steps: all sparsified weights (thick), each layer
+    (thin), and the overall density for reference (dashed: the rate can only grow away from it by exploring).
+
+    Args:
+        events: the run's topology events in step order.
+        path: the PNG to write.
+        title: figure title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no events.
+    """
+    if not events:
+        raise ValueError("events must hold at least one topology event, got none")
+    fig = _figure()
+    ax = fig.subplots()
+    steps = [e.step for e in events]
+    for name in events[0].layers:
+        ax.plot(steps, [e.layers[name].itop if name in e.layers else float("nan") for e in events], linewidth=0.8,
+                alpha=0.6, label=name)
+    ax.plot(steps, [e.itop for e in events], color="black", linewidth=2.2, marker=".", label="ITOP rate (all)")
+    ax.plot(steps, [e.density for e in events], color="black", linestyle="--", linewidth=1.2, label="density (all)")
+    ax.set(xlabel="optimizer step", ylabel="fraction of the sparsified weights", ylim=(0, 1.05),
+           title=title or "in-time over-parameterization: weights ever active")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
 def plot_run(run: RunDir, *, summary: Mapping[str, Any] | None = None,
-             records: Sequence[Mapping[str, Any]] | None = None) -> list[Path]:
-    """Write curves.png, density.png and layers.png into the run directory.
+             records: Sequence[Mapping[str, Any]] | None = None, out_dir: str | Path | None = None) -> list[Path]:
+    """Write curves.png, density.png and layers.png into the run directory, and topology.png and itop.png when it
+    has a topology.jsonl.
 
     Args:
         run: the run.
         summary: its summary (read from summary.json if None).
         records: its metrics (read from metrics.jsonl if None).
+        out_dir: write the PNGs here instead of the run directory.
 
     Returns:
         The paths written.
@@ -163,12 +248,19 @@ def plot_run(run: RunDir, *, summary: Mapping[str, Any] | None = None,
     title = (f"{summary['method']} @ {summary['target_sparsity']:.2f} sparsity, {summary['model']} on "
              f"{summary['data']} (seed {summary['seed']})")
     dense = summary.get("dense") or {}
-    return [
-        plot_curves(records, run.path / "curves.png", title=title, dense_acc=dense.get("final_acc")),
-        plot_density(summary.get("density_trace", {}), summary.get("total_steps", 0), run.path / "density.png",
+    out = Path(out_dir) if out_dir is not None else run.path
+    written = [
+        plot_curves(records, out / "curves.png", title=title, dense_acc=dense.get("final_acc")),
+        plot_density(summary.get("density_trace", {}), summary.get("total_steps", 0), out / "density.png",
                      title=f"density schedule: {title}"),
-        plot_layers(summary.get("layers", {}), run.path / "layers.png", title=f"final per-layer density: {title}"),
+        plot_layers(summary.get("layers", {}), out / "layers.png", title=f"final per-layer density: {title}"),
     ]
+    events = read_events(run.topology_file)
+    if events:
+        written += [plot_topology(events, out / "topology.png", total_steps=summary.get("total_steps"),
+                                  title=f"topology updates: {title}"),
+                    plot_itop(events, out / "itop.png", title=f"ITOP rate: {title}")]
+    return written
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -5,6 +5,7 @@ Layout (OpenLTH style, one directory per experiment hash and one per seed)::
     <runs_dir>/<method>-<hash>/seed_<n>/
         config.yaml       the full config
         metrics.jsonl     one JSON line per epoch
+        topology.jsonl    one JSON line per topology update (see sparsetrain.topology)
         checkpoint.pt     the latest checkpoint (every epoch and on interruption)
         checkpoint.prev.pt  the one before it (the fallback when checkpoint.pt is damaged)
         masks.pt          the final bool masks
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import ConfigError, ExperimentConfig
+from .metrics import read_jsonl
 
 __all__ = ["RunDir", "RunStatus", "dense_reference", "find_runs"]
 
@@ -53,6 +55,10 @@ class RunDir:
     @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def topology_file(self) -> Path:
+        return self.path / "topology.jsonl"
 
     @property
     def checkpoint_file(self) -> Path:
@@ -123,17 +129,7 @@ class RunDir:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The per-epoch records of metrics.jsonl (a torn last line, from a crash mid-write, is ignored)."""
-        if not self.metrics_file.exists():
-            return []
-        records = []
-        for line in self.metrics_file.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("%s: ignoring a malformed line", self.metrics_file)
-        return records
+        return read_jsonl(self.metrics_file)
 
 
 def find_runs(runs_dir: str | Path, *, finished_only: bool = True) -> Iterator[RunDir]:

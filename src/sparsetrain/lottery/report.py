@@ -14,7 +14,8 @@ from typing import Any
 from ..tables import Column, render
 from .results import lottery_curve, plot_curve
 
-__all__ = ["LOTTERY_COLUMNS", "find_lottery_runs", "format_lottery_rows", "lottery_rows", "plot_lottery_runs"]
+__all__ = ["LOTTERY_COLUMNS", "find_lottery_runs", "format_lottery_rows", "lottery_rows", "lottery_run_rows",
+           "plot_lottery_runs"]
 
 #: (column, description) in display order.
 LOTTERY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -35,6 +36,15 @@ def find_lottery_runs(runs_dir: str | Path) -> list[Path]:
             if p.is_dir() and any(q.is_dir() for q in p.glob("level_*"))]
 
 
+def lottery_run_rows(path: str | Path, metric: str = "accuracy") -> list[dict[str, Any]]:
+    """One row per finished level of the lottery run in ``path`` (``<name>/seed_<n>``), keyed by
+    :data:`LOTTERY_COLUMNS` (a control not run is None)."""
+    path = Path(path)
+    return [{"run": f"{path.parent.name}/{path.name}", "level": row["level"], "remaining": row["remaining"],
+             "ticket": row["ticket"], "reinit": row["reinit"], "random": row["random"]}
+            for row in lottery_curve(path, metric)]
+
+
 def lottery_rows(runs_dir: str | Path, metric: str = "accuracy") -> list[dict[str, Any]]:
     """One row per finished level of every lottery run under ``runs_dir``.
 
@@ -45,13 +55,7 @@ def lottery_rows(runs_dir: str | Path, metric: str = "accuracy") -> list[dict[st
     Returns:
         Rows keyed by :data:`LOTTERY_COLUMNS` (a control not run is None), by run then level.
     """
-    rows = []
-    for path in find_lottery_runs(runs_dir):
-        for row in lottery_curve(path, metric):
-            rows.append({"run": f"{path.parent.name}/{path.name}", "level": row["level"],
-                         "remaining": row["remaining"], "ticket": row["ticket"], "reinit": row["reinit"],
-                         "random": row["random"]})
-    return rows
+    return [row for path in find_lottery_runs(runs_dir) for row in lottery_run_rows(path, metric)]
 
 
 def format_lottery_rows(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:

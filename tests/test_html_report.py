@@ -1,0 +1,139 @@
+"""The HTML report: one self-contained page for runs, lottery runs and a reproduction study, rendered in a real
+headless Chromium (Debian's ``chromium`` package; skipped where it is not installed)."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import TinyMLP, watch_topology
+from sparsetrain import RigL
+from sparsetrain.cli import main
+from sparsetrain.experiment.html_report import markdown_html, render_html_report, write_html_report
+from sparsetrain.experiment.rundir import find_runs
+from sparsetrain.experiment.topology_log import append_event
+
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(name)), None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium here (Debian: apt-get install "
+                                                              "chromium; .ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """``reproduce --tiny`` (harness runs, an IMP lottery run, a plasticity study, reproduction.md) and one run with
+    a topology.jsonl; the page written beside them."""
+    root = tmp_path_factory.mktemp("html")
+    assert main(["reproduce", "--tiny", "--runs-dir", str(root / "runs"), "--out", str(root / "runs" / "results"),
+                 "--workers", "1", "--no-plasticity"]) == 0
+    rigl = next(r for r in find_runs(root / "runs" / "tiny") if r.path.parent.name.startswith("rigl"))
+    torch.manual_seed(0)
+    _, events = watch_topology(RigL, TinyMLP(), steps=40, update_every=5, sparsity=0.8)
+    for event in events:
+        append_event(rigl.topology_file, event)
+    page = write_html_report(root / "runs", root / "report" / "index.html")
+    return root, page, rigl
+
+
+def _images(text):
+    return re.findall(r'<img src="([^"]*)"', text)
+
+
+def test_page_is_self_contained_and_complete(study):
+    root, page, rigl = study
+    text = page.read_text()
+    runs = list(find_runs(root / "runs" / "tiny"))
+    assert len(runs) == 6
+    for run in runs:
+        assert f'id="run-{run.path.parent.name}-seed_0"' in text
+    assert text.count("<h2>Recipe: synthetic / mlp") == 1  # every harness run shares one recipe
+    assert "<h2>Lottery run: synthetic-mlp-" in text and "<h2>Study: " in text
+    assert "<h3>Reproduction benchmark (tiny)</h3>" in text
+    images = _images(text)
+    # per run: curves, density, layers (+ topology and itop for the run with events); the recipe's accuracy vs
+    # sparsity; the lottery curve; the study's embedded plot
+    assert len(images) == 6 * 3 + 2 + 1 + 1 + 1
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    assert f"{rigl.name}: topology.png" in text and f"{rigl.name}: itop.png" in text
+    for run in runs:  # the report drew the missing plots for itself: nothing was written into the runs
+        assert not list(run.path.glob("*.png"))
+    hrefs = [unquote(h) for h in re.findall(r'<a href="([^"#][^"]*)"', text)]
+    assert hrefs and all((page.parent / h).exists() for h in hrefs)
+    assert "../runs/tiny/" + rigl.name + "/topology.jsonl" in hrefs
+
+
+def test_markdown_subset():
+    text = ("# Title\n\nA `code` and **bold** line\ncontinued.\n\n- one\n  - nested\n- two\n\n"
+            "| a | b |\n|---|---:|\n| x<y | 1.5 |\n")
+    rendered = markdown_html(text)
+    assert "<h3>Title</h3>" in rendered
+    assert "<p>A <code>code</code> and <strong>bold</strong> line continued.</p>" in rendered
+    assert rendered.count("<ul>") == 2 and "<li>nested</li>" in rendered
+    assert '<td class="txt">x&lt;y</td><td class="num">1.5</td>' in rendered
+    assert "[image not found: missing.png]" in markdown_html("![plot](missing.png)", Path("/nonexistent"))
+
+
+def test_empty_and_missing_sources(tmp_path):
+    assert "Nothing found" in render_html_report(tmp_path, page_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        render_html_report(tmp_path / "nope", page_dir=tmp_path)
+
+
+_CHECK = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
+  const result = {images: images.length, broken: broken, tables: document.querySelectorAll("table").length,
+                  rows: document.querySelectorAll("tbody tr").length};
+  document.body.setAttribute("data-check", JSON.stringify(result));
+});
+</script>"""
+
+
+def _chromium(*args, profile):
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+
+def _browser_check(page, tmp_path):
+    """Load a copy of ``page`` with a load-time probe in Chromium; the probe's findings from the DOM it dumps."""
+    probe = tmp_path / page.name
+    probe.write_text(page.read_text().replace("</body>", _CHECK + "</body>"))
+    dom = _chromium("--virtual-time-budget=5000", "--dump-dom", probe.as_uri(), profile=tmp_path / "profile").stdout
+    match = re.search(r'data-check="([^"]*)"', dom)
+    assert match, "the probe did not run: " + dom[:300]
+    return json.loads(match.group(1).replace("&quot;", '"'))
+
+
+@needs_chromium
+def test_every_image_loads_in_chromium(study, tmp_path):
+    _, page, _ = study
+    expected = len(_images(page.read_text()))
+    result = _browser_check(page, tmp_path)
+    assert result["images"] == expected and result["broken"] == []
+    # per run: per-layer and per-epoch tables; the recipe's runs; the lottery levels; the study's accuracy and cost
+    assert result["tables"] == 6 * 2 + 1 + 1 + 2 and result["rows"] > 20
+
+    shot = tmp_path / "page.png"
+    _chromium("--window-size=1280,2400", f"--screenshot={shot}", page.as_uri(), profile=tmp_path / "profile")
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape[:2] == (2400, 1280) and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100
+
+
+@needs_chromium
+def test_browser_check_catches_a_broken_image(tmp_path):
+    """The probe is not vacuous: an image that cannot be decoded is reported."""
+    good = write_html_report(tmp_path, tmp_path / "empty.html").read_text()
+    broken = good.replace("</body>", '<img src="data:image/png;base64,iVBORw0KGgoAAAAA" alt="broken"></body>')
+    (tmp_path / "broken.html").write_text(broken)
+    result = _browser_check(tmp_path / "broken.html", tmp_path)
+    assert result["images"] == 1 and result["broken"] == ["broken"]
