@@ -42,7 +42,6 @@ sort), so the masks are the same on every device and every rank.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
