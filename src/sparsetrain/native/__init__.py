@@ -3,9 +3,10 @@
 Two hot paths cannot be made fast from Python with stock PyTorch ops, because each torch op is another pass over
 memory: the masked optimizer step (masking gradients costs a full extra pass next to the optimizer's own) and the
 sparse-times-dense product of a pruned Linear layer (torch's CSR matmul is several times short of what the sparsity
-allows). Their C sources ship in this package (``*.c``); :func:`load_library` compiles one with the system C
-compiler the first time it is needed (about a second), caches the shared object per source, compiler and CPU,
-and loads it. No torch headers are involved, so there is nothing to build at install time.
+allows). Their C sources ship in this package (``*.c``, with the headers they share, ``*.h``); :func:`load_library`
+compiles one with the system C compiler the first time it is needed (about a second), caches the shared object per
+source (headers included), compiler and CPU, and loads it. No torch headers are involved, so there is nothing to
+build at install time.
 
 Everything that uses a kernel has a pure-PyTorch path with the same results, used when the kernel is unavailable:
 no C compiler, a compile error, a platform other than Linux/macOS, or ``SPARSETRAIN_NATIVE=0`` in the environment.
@@ -83,7 +84,8 @@ def load_library(name: str) -> ctypes.CDLL:
     if cc is None:
         raise NativeUnavailable("no C compiler found (set CC, or install gcc)")
     source = _SOURCES / f"{name}.c"
-    text = source.read_bytes()
+    # Every header counts: a source that includes one must be rebuilt when it changes.
+    text = source.read_bytes() + b"".join(header.read_bytes() for header in sorted(_SOURCES.glob("*.h")))
     key = hashlib.sha256(text + cc.encode() + " ".join(_FLAGS).encode() + _cpu_signature().encode()).hexdigest()
     target = cache_dir() / f"{name}-{key[:16]}.so"
     with _LOCK:

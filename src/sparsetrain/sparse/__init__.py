@@ -4,6 +4,8 @@
   sparse tensors stored as a packed bitmask, CSR or COO, whichever is smallest.
 * :func:`convert`: swap sparse-enough ``nn.Linear`` layers for :class:`SparseLinear` (CSR weight,
   MKL sparse matmul on CPU) for faster inference.
+* :class:`TrainableSparseLinear`: a Linear layer that stores, trains and updates only its active weights
+  (truly sparse training: forward, backward and optimizer state in proportion to the density).
 """
 
 from sparsetrain.sparse.convert import DEFAULT_MIN_NUMEL, DEFAULT_MIN_SPARSITY, convert
@@ -15,6 +17,7 @@ from sparsetrain.sparse.export import (
     load_sparse,
 )
 from sparsetrain.sparse.linear import SparseLinear
+from sparsetrain.sparse.trainable import TrainableSparseLinear
 
 __all__ = [
     "DEFAULT_MIN_NUMEL",
@@ -22,6 +25,7 @@ __all__ = [
     "ExportInfo",
     "SparseFileError",
     "SparseLinear",
+    "TrainableSparseLinear",
     "choose_encoding",
     "convert",
     "export_sparse",
