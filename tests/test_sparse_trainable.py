@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sparsetrain.sparse import TrainableSparseLinear, sddmm, spmm
+from sparsetrain.sparse.topology import topk_positions
 from sparsetrain.topk import topk_mask
 
 needs_native = pytest.mark.skipif(not sddmm.native_available() or not spmm.native_available(),
@@ -443,14 +444,14 @@ def test_dense_grad_matches_the_dense_weight_gradient_in_row_blocks(path: str) -
 
 @pytest.mark.parametrize("k", [0, 1, 7, 50, 199, 400])
 @pytest.mark.parametrize("block", [1, 13, 64, 1000])
-def test_topk_positions_over_blocks_equals_topk_mask(k: int, block: int) -> None:
-    from sparsetrain.sparse.topology import topk_positions
-
+@pytest.mark.parametrize("absolute", [False, True])
+def test_topk_positions_over_blocks_equals_topk_mask(path: str, k: int, block: int, absolute: bool) -> None:
     gen = torch.Generator().manual_seed(k + block)
-    scores = torch.randint(0, 6, (400,), generator=gen).float()  # many ties
+    scores = torch.randint(-5, 6, (400,), generator=gen).float()  # many ties, and signs for `absolute`
     eligible = torch.rand(400, generator=gen) < 0.7
-    blocks = [(i, torch.where(eligible[i:i + block], scores[i:i + block], float("-inf")))
-              for i in range(0, 400, block)]
-    got = topk_positions(blocks, k)
-    want = topk_mask(scores, k, eligible).nonzero().squeeze(1)
+    blocked = torch.where(eligible, scores, float("nan") if absolute else float("-inf"))
+    blocks = [(i, blocked[i:i + block]) for i in range(0, 400, block)]
+    got = topk_positions(blocks, k, absolute=absolute)
+    ranked = scores.abs() if absolute else scores - scores.min()  # topk_mask's eligible wants scores >= 0
+    want = topk_mask(ranked, k, eligible).nonzero().squeeze(1)
     assert torch.equal(got, want)

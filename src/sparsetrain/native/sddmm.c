@@ -4,7 +4,8 @@
  *   dw[k] = sum_b dy[b, r_k] * x[b, c_k] for every nonzero k = (r_k, c_k) of the CSR pattern;
  * - csr_transpose: the CSR structure of W.T plus the permutation from its order to W's (a counting sort), so that
  *   the input gradient dx = dy @ W is spmm.c's product with W.T;
- * - gather_f32: dst[i] = src[idx[i]], to lay W's values out in W.T's order once per backward.
+ * - gather_f32: dst[i] = src[idx[i]], to lay W's values out in W.T's order once per backward;
+ * - csr_from_flat / csr_flat: the CSR structure from the sorted flat positions row * in + col, and back.
  *
  * sddmm_f32 cuts the batch into tiles of T = 16 * nv rows like spmm.c (tiles.h). Per tile, each thread packs x
  * transposed (in x T) and the rows of dy it owns (its rows x T), then walks its nonzeros: the T-wide product of
@@ -244,4 +245,25 @@ int csr_transpose(int64_t rows, int64_t cols, const int32_t *rowptr, const int32
 void gather_f32(int64_t n, const float *src, const int32_t *idx, float *dst, int threads) {
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) if (threads > 1 && n > 65536) schedule(static)
     for (int64_t i = 0; i < n; ++i) dst[i] = src[idx[i]];
+}
+
+/* CSR structure (rowptr: rows + 1, col: n) of the sorted flat positions flat[0..n) = row * in + col of a rows x in
+ * matrix. Returns 0, or -1 when the positions are not strictly increasing or not below rows * in. */
+int csr_from_flat(int64_t n, const int64_t *flat, int64_t rows, int64_t in, int32_t *rowptr, int32_t *col) {
+    int64_t r = 0;
+    rowptr[0] = 0;
+    for (int64_t k = 0; k < n; ++k) {
+        if ((k > 0 && flat[k] <= flat[k - 1]) || flat[k] < 0 || flat[k] >= rows * in) return -1;
+        const int64_t row = flat[k] / in;
+        while (r < row) rowptr[++r] = (int32_t)k;
+        col[k] = (int32_t)(flat[k] - row * in);
+    }
+    while (r < rows) rowptr[++r] = (int32_t)n;
+    return 0;
+}
+
+/* flat[k] = row * in + col[k] for every entry of a CSR matrix with `rows` rows. */
+void csr_flat(int64_t rows, int64_t in, const int32_t *rowptr, const int32_t *col, int64_t *flat) {
+    for (int64_t r = 0; r < rows; ++r)
+        for (int32_t k = rowptr[r]; k < rowptr[r + 1]; ++k) flat[k] = r * in + col[k];
 }

@@ -2,7 +2,8 @@
 
 Wraps ``native/sddmm.c`` (compiled on first use by :mod:`sparsetrain.native`; its header comment describes the
 kernels): the weight gradient at the active positions only (:func:`native_sddmm`), the CSR structure of the
-transpose (:func:`native_csr_transpose`) and a gather (:func:`native_gather`). The input gradient is
+transpose (:func:`native_csr_transpose`), a gather (:func:`native_gather`), and the conversions between CSR and
+sorted flat positions (:func:`native_csr_from_flat`, :func:`native_csr_flat`). The input gradient is
 :func:`sparsetrain.sparse.spmm.native_linear` with the transpose.
 
 Each function returns None whenever the kernel cannot serve the call (kernel unavailable, ``SPARSETRAIN_NATIVE=0``,
@@ -19,7 +20,8 @@ from torch import Tensor
 
 from sparsetrain import native
 
-__all__ = ["default_tile", "native_csr_transpose", "native_gather", "native_sddmm"]
+__all__ = ["default_tile", "native_csr_flat", "native_csr_from_flat", "native_csr_transpose", "native_gather",
+           "native_sddmm"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ def _load() -> ctypes.CDLL | None:
             library.csr_transpose.restype = ctypes.c_int
             library.gather_f32.argtypes = [_I64, _P, _P, _P, ctypes.c_int]
             library.gather_f32.restype = None
+            library.csr_from_flat.argtypes = [_I64, _P, _I64, _I64, _P, _P]
+            library.csr_from_flat.restype = ctypes.c_int
+            library.csr_flat.argtypes = [_I64, _I64, _P, _P, _P]
+            library.csr_flat.restype = None
         _library = library
     return _library  # type: ignore[return-value]
 
@@ -148,3 +154,43 @@ def native_gather(values: Tensor, index: Tensor) -> Tensor | None:
     out = torch.empty(index.shape[0], dtype=torch.float32)
     library.gather_f32(index.shape[0], values.data_ptr(), index.data_ptr(), out.data_ptr(), torch.get_num_threads())
     return out
+
+
+def native_csr_from_flat(flat: Tensor, rows: int, in_features: int) -> tuple[Tensor, Tensor] | None:
+    """int32 CSR row pointers and column indices of a ``rows x in_features`` matrix from its active positions.
+
+    Args:
+        flat: int64 flat positions ``row * in_features + col``, strictly increasing.
+        rows: the matrix's row count.
+        in_features: its column count.
+
+    Returns:
+        ``(crow, col)``, or None (kernels unavailable, or a tensor they do not handle).
+
+    Raises:
+        ValueError: the positions are not strictly increasing or not below ``rows * in_features``.
+    """
+    if flat.dtype != torch.int64 or not flat.is_cpu:
+        return None
+    library = _load()
+    if library is None:
+        return None
+    flat = flat.contiguous()
+    crow = torch.empty(rows + 1, dtype=torch.int32)
+    col = torch.empty(flat.shape[0], dtype=torch.int32)
+    if library.csr_from_flat(flat.shape[0], flat.data_ptr(), rows, in_features, crow.data_ptr(), col.data_ptr()):
+        raise ValueError(f"positions must be strictly increasing and below {rows * in_features}")
+    return crow, col
+
+
+def native_csr_flat(crow: Tensor, col: Tensor, in_features: int) -> Tensor | None:
+    """The int64 flat positions ``row * in_features + col`` of a CSR structure's entries, or None."""
+    if crow.dtype != torch.int32 or col.dtype != torch.int32 or not (crow.is_cpu and col.is_cpu):
+        return None
+    library = _load()
+    if library is None:
+        return None
+    crow, col = crow.contiguous(), col.contiguous()
+    flat = torch.empty(col.shape[0], dtype=torch.int64)
+    library.csr_flat(crow.shape[0] - 1, in_features, crow.data_ptr(), col.data_ptr(), flat.data_ptr())
+    return flat

@@ -10,32 +10,65 @@ footprint. :func:`topk_positions` selects over such blocks exactly, with the tie
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
-__all__ = ["topk_positions"]
+from sparsetrain import native
+from sparsetrain.topk import topk_mask
+
+__all__ = ["merge_positions", "topk_positions"]
+
+_UNSET = object()
+_library: object = _UNSET
 
 
-def _keep_best(values: Tensor, positions: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``k`` best candidates (ties to the lowest position; ``positions`` increasing), in position order,
-    and the k-th best value."""
-    kth = torch.kthvalue(values, values.shape[0] - k + 1).values
-    keep = values > kth
-    ties = (values == kth).nonzero().squeeze(1)
-    keep[ties[: k - int(keep.sum())]] = True
-    return values[keep], positions[keep], kth
+def _load() -> ctypes.CDLL | None:
+    """``native/topology.c`` (built once per process), or None when native kernels are unavailable."""
+    global _library
+    if not native.native_enabled():
+        return None
+    if _library is _UNSET:
+        library = native.try_load("topology")
+        if library is not None:
+            library.select_above.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int,
+                                             ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+            library.select_above.restype = ctypes.c_int64
+            library.merge_positions.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64] + [
+                ctypes.c_void_p] * 4
+            library.merge_positions.restype = ctypes.c_int
+        _library = library
+    return _library  # type: ignore[return-value]
 
 
-def topk_positions(blocks: Iterable[tuple[int, Tensor]], k: int) -> Tensor:
+def _append_above(flat: Tensor, threshold: float, absolute: bool, offset: int, values: Tensor, positions: Tensor,
+                  count: int) -> int:
+    """Append the scores above ``threshold`` (``|flat|`` with ``absolute``) and their positions ``offset + index``
+    to ``values[count:]`` / ``positions[count:]`` (room for all of ``flat``); returns the new count."""
+    library = _load() if flat.dtype == torch.float32 and values.dtype == torch.float32 and flat.is_cpu else None
+    if library is None:
+        scores = flat.abs() if absolute else flat
+        index = (scores > threshold).nonzero().squeeze(1)
+        values[count:count + index.shape[0]] = scores.index_select(0, index)
+        positions[count:count + index.shape[0]] = index + offset
+        return count + index.shape[0]
+    flat = flat.contiguous()
+    added = library.select_above(flat.shape[0], flat.data_ptr(), threshold, int(absolute), offset,
+                                 values[count:].data_ptr(), positions[count:].data_ptr())
+    return count + int(added)
+
+
+def topk_positions(blocks: Iterable[tuple[int, Tensor]], k: int, *, absolute: bool = False) -> Tensor:
     """Flat positions of the ``k`` largest scores over blocks that tile a flat index range in increasing order.
 
     Args:
         blocks: ``(offset, scores)`` pairs; ``scores`` (any shape, flattened row-major) holds the scores of the
-            positions ``offset, offset + 1, ...``. Offsets must increase and blocks must not overlap. Entries that
-            may not be chosen are ``-inf``; NaN is never chosen.
+            positions ``offset, offset + 1, ...``. Offsets must increase and blocks must not overlap. NaN is never
+            chosen: mark entries that may not be chosen NaN (or ``-inf`` without ``absolute``).
         k: how many positions to return (fewer if fewer entries are eligible).
+        absolute: rank by ``|score|`` (RigL's gradient magnitude) without the caller taking it.
 
     Returns:
         int64 positions, increasing, of the ``k`` largest scores; among equal scores the lowest positions win,
@@ -45,7 +78,8 @@ def topk_positions(blocks: Iterable[tuple[int, Tensor]], k: int) -> Tensor:
         raise ValueError(f"k must be >= 0, got {k}")
     values = torch.empty(0)
     positions = torch.empty(0, dtype=torch.int64)
-    threshold: Tensor | None = None
+    count = 0
+    threshold = float("-inf")
     end = None
     for offset, scores in blocks:
         if end is not None and offset < end:
@@ -54,12 +88,58 @@ def topk_positions(blocks: Iterable[tuple[int, Tensor]], k: int) -> Tensor:
         end = offset + flat.shape[0]
         if k == 0:
             continue
+        if values.shape[0] < count + flat.shape[0] or values.dtype != flat.dtype:
+            # Room for 2k candidates and one block: reallocated only when a block is larger than the ones before.
+            size = max(2 * k, count) + flat.shape[0]
+            values = torch.cat([values.to(flat.dtype)[:count], torch.empty(size - count, dtype=flat.dtype)])
+            positions = torch.cat([positions[:count], torch.empty(size - count, dtype=torch.int64)])
         # Later positions lose ties, so once k candidates are held only scores above the k-th best can enter.
-        chosen = (flat > threshold if threshold is not None else flat > float("-inf")).nonzero().squeeze(1)
-        values = torch.cat([values.to(flat.dtype), flat[chosen]])
-        positions = torch.cat([positions, chosen + offset])
-        if values.shape[0] >= 2 * k:
-            values, positions, threshold = _keep_best(values, positions, k)
-    if values.shape[0] > k:
-        values, positions, _ = _keep_best(values, positions, k)
-    return positions
+        count = _append_above(flat, threshold, absolute, offset, values, positions, count)
+        if count >= 2 * k:
+            count = _keep_best(values, positions, count, k)
+            threshold = float(values[:count].min())
+    if count > k:
+        count = _keep_best(values, positions, count, k)
+    return positions[:count].clone()
+
+
+def merge_positions(kept: Tensor, grown: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge two increasing int64 position lists that share no position into the new active set.
+
+    Args:
+        kept: positions that stay active, increasing.
+        grown: positions that become active, increasing.
+
+    Returns:
+        ``(merged, kept_at, grown_at)``: the increasing union, and where each kept / grown position went in it.
+
+    Raises:
+        ValueError: a position is in both lists.
+    """
+    library = _load() if kept.is_cpu and grown.is_cpu else None
+    if library is None:
+        kept_at = torch.arange(kept.shape[0], device=kept.device) + torch.searchsorted(grown, kept)
+        grown_at = torch.arange(grown.shape[0], device=kept.device) + torch.searchsorted(kept, grown)
+        merged = torch.empty(kept.shape[0] + grown.shape[0], dtype=torch.int64, device=kept.device)
+        merged[kept_at] = kept
+        merged[grown_at] = grown
+        if merged.shape[0] > 1 and not bool((merged[1:] > merged[:-1]).all()):
+            raise ValueError("grow must not contain positions that are kept")
+        return merged, kept_at, grown_at
+    kept, grown = kept.contiguous(), grown.contiguous()
+    merged = torch.empty(kept.shape[0] + grown.shape[0], dtype=torch.int64)
+    kept_at = torch.empty(kept.shape[0], dtype=torch.int64)
+    grown_at = torch.empty(grown.shape[0], dtype=torch.int64)
+    if library.merge_positions(kept.shape[0], kept.data_ptr(), grown.shape[0], grown.data_ptr(), merged.data_ptr(),
+                               kept_at.data_ptr(), grown_at.data_ptr()):
+        raise ValueError("grow must not contain positions that are kept")
+    return merged, kept_at, grown_at
+
+
+def _keep_best(values: Tensor, positions: Tensor, count: int, k: int) -> int:
+    """Keep the ``k`` best of the first ``count`` candidates at the front, in position order (ties to the lowest
+    position: positions are increasing); returns k."""
+    best = topk_mask(values[:count], k)
+    values[:k] = values[:count][best]
+    positions[:k] = positions[:count][best]
+    return k

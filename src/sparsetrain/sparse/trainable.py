@@ -43,8 +43,15 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from sparsetrain.sparse.linear import SUPPORTED_DTYPES, _check_csr
-from sparsetrain.sparse.sddmm import native_csr_transpose, native_gather, native_sddmm
+from sparsetrain.sparse.sddmm import (
+    native_csr_flat,
+    native_csr_from_flat,
+    native_csr_transpose,
+    native_gather,
+    native_sddmm,
+)
 from sparsetrain.sparse.spmm import native_linear
+from sparsetrain.sparse.topology import merge_positions
 
 __all__ = ["TrainableSparseLinear"]
 
@@ -160,18 +167,20 @@ def _rows_of(crow: Tensor) -> Tensor:
 
 def _build_layout(in_features: int, out_features: int, flat: Tensor) -> _Layout:
     """CSR of W and W.T from the sorted flat positions of the active weights."""
-    rows = torch.div(flat, in_features, rounding_mode="floor")
-    crow = torch.zeros(out_features + 1, dtype=torch.int64, device=flat.device)
-    crow[1:] = torch.bincount(rows, minlength=out_features).cumsum(0)
-    crow = crow.to(torch.int32)
-    col = (flat - rows * in_features).to(torch.int32)
+    csr = native_csr_from_flat(flat, out_features, in_features)
+    if csr is None:
+        rows = torch.div(flat, in_features, rounding_mode="floor")
+        crow = torch.zeros(out_features + 1, dtype=torch.int64, device=flat.device)
+        crow[1:] = torch.bincount(rows, minlength=out_features).cumsum(0)
+        csr = crow.to(torch.int32), (flat - rows * in_features).to(torch.int32)
+    crow, col = csr
     transposed = native_csr_transpose(crow, col, in_features)
     if transposed is None:
         # Stable sort by column: within a column the entries keep their row order.
         perm = torch.sort(col, stable=True).indices
         t_crow = torch.zeros(in_features + 1, dtype=torch.int64, device=flat.device)
         t_crow[1:] = torch.bincount(col.long(), minlength=in_features).cumsum(0)
-        transposed = (t_crow.to(torch.int32), rows[perm].to(torch.int32), perm.to(torch.int32))
+        transposed = (t_crow.to(torch.int32), _rows_of(crow)[perm].to(torch.int32), perm.to(torch.int32))
     return _Layout(in_features, out_features, crow, col, *transposed)
 
 
@@ -256,7 +265,10 @@ class TrainableSparseLinear(nn.Module):
 
     def flat_indices(self) -> Tensor:
         """Flat positions ``row * in_features + col`` (int64) of the stored weights, increasing (CSR order)."""
-        return _rows_of(self.weight_crow_indices) * self.in_features + self.weight_col_indices.long()
+        flat = native_csr_flat(self.weight_crow_indices, self.weight_col_indices, self.in_features)
+        if flat is None:
+            flat = _rows_of(self.weight_crow_indices) * self.in_features + self.weight_col_indices.long()
+        return flat
 
     def mask(self) -> Tensor:
         """The active positions as a bool ``(out_features, in_features)`` tensor."""
@@ -379,20 +391,14 @@ class TrainableSparseLinear(nn.Module):
         if keep.dtype != torch.bool or keep.shape != (self.nnz,):
             raise ValueError(f"keep must be a bool tensor of shape ({self.nnz},), got {keep.dtype} "
                              f"{tuple(keep.shape)}")
-        grow = _checked_indices(torch.sort(grow.reshape(-1)).values, self.in_features * self.out_features, "grow")
+        grow = grow.reshape(-1)
+        if grow.numel() > 1 and not bool((grow[1:] > grow[:-1]).all()):
+            grow = torch.sort(grow).values
+        grow = _checked_indices(grow, self.in_features * self.out_features, "grow")
         kept_slots = keep.nonzero().squeeze(1)
         kept = self.flat_indices().index_select(0, kept_slots)
-        # Merge two sorted lists: each entry's new slot is its rank in the other list plus its own rank.
-        kept_at = torch.arange(kept.shape[0]) + torch.searchsorted(grow, kept)
-        grow_at = torch.arange(grow.shape[0]) + torch.searchsorted(kept, grow)
-        if grow.numel() and kept.numel():
-            clash = torch.searchsorted(kept, grow).clamp(max=kept.shape[0] - 1)
-            if bool((kept.index_select(0, clash) == grow).any()):
-                raise ValueError("grow must not contain positions that are kept")
-        n_new = kept.shape[0] + grow.shape[0]
-        flat = torch.empty(n_new, dtype=torch.int64)
-        flat[kept_at] = kept
-        flat[grow_at] = grow
+        flat, kept_at, grow_at = merge_positions(kept, grow)
+        n_new = flat.shape[0]
         source = torch.zeros(n_new, dtype=torch.int64)
         source[kept_at] = kept_slots
 
