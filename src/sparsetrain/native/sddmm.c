@@ -5,7 +5,10 @@
  * - csr_transpose: the CSR structure of W.T plus the permutation from its order to W's (a counting sort), so that
  *   the input gradient dx = dy @ W is spmm.c's product with W.T;
  * - gather_f32: dst[i] = src[idx[i]], to lay W's values out in W.T's order once per backward;
- * - csr_from_flat / csr_flat: the CSR structure from the sorted flat positions row * in + col, and back.
+ * - csr_from_flat / csr_flat: the CSR structure from the sorted flat positions row * in + col, and back;
+ * - csr_replace / gather_or_zero_f32: a topology change (keep some entries, add others) as a new CSR structure and
+ *   a map from new slots to old ones, then every tensor shaped like the values carried through that map in one
+ *   pass (zero at the new entries), with 8 bytes of scratch per entry.
  *
  * sddmm_f32 cuts the batch into tiles of T = 16 * nv rows like spmm.c (tiles.h). Per tile, each thread packs x
  * transposed (in x T) and the rows of dy it owns (its rows x T), then walks its nonzeros: the T-wide product of
@@ -266,4 +269,43 @@ int csr_from_flat(int64_t n, const int64_t *flat, int64_t rows, int64_t in, int3
 void csr_flat(int64_t rows, int64_t in, const int32_t *rowptr, const int32_t *col, int64_t *flat) {
     for (int64_t r = 0; r < rows; ++r)
         for (int32_t k = rowptr[r]; k < rowptr[r + 1]; ++k) flat[k] = r * in + col[k];
+}
+
+/* The CSR structure after keeping the entries k with keep[k] != 0 and adding the positions grow[0..n_grow)
+ * (flat row * in + col, strictly increasing, none of them kept; a dropped one may come back), row by row in
+ * column order; source[j] = the old slot of new entry j, or -1 for an added one. new_rowptr has rows + 1 entries,
+ * new_col and source as many as kept entries plus n_grow. Returns 0, or -1 when grow is not strictly increasing,
+ * out of range, or holds a kept position. */
+int csr_replace(int64_t rows, int64_t in, const int32_t *rowptr, const int32_t *col, const uint8_t *keep,
+                int64_t n_grow, const int64_t *grow, int32_t *new_rowptr, int32_t *new_col, int32_t *source) {
+    int64_t g = 0, j = 0;
+    new_rowptr[0] = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t row_end = (r + 1) * in;
+        int32_t k = rowptr[r];
+        while (1) {
+            while (k < rowptr[r + 1] && !keep[k]) ++k;
+            const int has_kept = k < rowptr[r + 1], has_grow = g < n_grow && grow[g] < row_end;
+            if (!has_kept && !has_grow) break;
+            if (has_grow && (grow[g] < r * in || (g > 0 && grow[g] <= grow[g - 1]))) return -1;
+            const int64_t grow_col = has_grow ? grow[g] - r * in : 0;
+            if (has_kept && has_grow && grow_col == col[k]) return -1;
+            if (has_kept && (!has_grow || col[k] < grow_col)) {
+                new_col[j] = col[k];
+                source[j++] = k++;
+            } else {
+                new_col[j] = (int32_t)grow_col;
+                source[j++] = -1;
+                ++g;
+            }
+        }
+        new_rowptr[r + 1] = (int32_t)j;
+    }
+    return g == n_grow ? 0 : -1;
+}
+
+/* dst[i] = src[source[i]], or 0 where source[i] < 0. */
+void gather_or_zero_f32(int64_t n, const float *src, const int32_t *source, float *dst, int threads) {
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) if (threads > 1 && n > 65536) schedule(static)
+    for (int64_t i = 0; i < n; ++i) dst[i] = source[i] >= 0 ? src[source[i]] : 0.0f;
 }

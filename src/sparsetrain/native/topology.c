@@ -5,9 +5,6 @@
  * k-th best score (or, with `absolute`, whose magnitude is above it). NaN never passes. Where AVX-512 is available,
  * 16 scores are compared at once and the few that pass are written with compress-stores; a block where nothing
  * passes (most of them, once the threshold has settled) costs one load and one compare per 16 entries.
- *
- * merge_positions merges the kept and the grown positions of an update (both sorted) into the new sorted active
- * set in one linear pass, and says where each input went.
  */
 #include <math.h>
 #include <stdint.h>
@@ -49,28 +46,3 @@ int64_t select_above(int64_t n, const float *scores, float threshold, int absolu
     return count;
 }
 
-/* Merge the increasing a[0..na) and b[0..nb) into out (na + nb entries); a_at[i] / b_at[j] = where a[i] / b[j] went.
- * Returns 0, or -1 when a and b share a position (out is then incomplete). */
-int merge_positions(int64_t na, const int64_t *a, int64_t nb, const int64_t *b, int64_t *out, int64_t *a_at,
-                    int64_t *b_at) {
-    int64_t i = 0, j = 0, k = 0;
-    while (i < na && j < nb) {
-        if (a[i] == b[j]) return -1;
-        if (a[i] < b[j]) {
-            a_at[i] = k;
-            out[k++] = a[i++];
-        } else {
-            b_at[j] = k;
-            out[k++] = b[j++];
-        }
-    }
-    for (; i < na; ++i) {
-        a_at[i] = k;
-        out[k++] = a[i];
-    }
-    for (; j < nb; ++j) {
-        b_at[j] = k;
-        out[k++] = b[j];
-    }
-    return 0;
-}

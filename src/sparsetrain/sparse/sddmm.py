@@ -2,8 +2,9 @@
 
 Wraps ``native/sddmm.c`` (compiled on first use by :mod:`sparsetrain.native`; its header comment describes the
 kernels): the weight gradient at the active positions only (:func:`native_sddmm`), the CSR structure of the
-transpose (:func:`native_csr_transpose`), a gather (:func:`native_gather`), and the conversions between CSR and
-sorted flat positions (:func:`native_csr_from_flat`, :func:`native_csr_flat`). The input gradient is
+transpose (:func:`native_csr_transpose`), a gather (:func:`native_gather`), the conversions between CSR and
+sorted flat positions (:func:`native_csr_from_flat`, :func:`native_csr_flat`), and a topology change
+(:func:`native_csr_replace`, :func:`native_gather_or_zero`). The input gradient is
 :func:`sparsetrain.sparse.spmm.native_linear` with the transpose.
 
 Each function returns None whenever the kernel cannot serve the call (kernel unavailable, ``SPARSETRAIN_NATIVE=0``,
@@ -20,8 +21,8 @@ from torch import Tensor
 
 from sparsetrain import native
 
-__all__ = ["default_tile", "native_csr_flat", "native_csr_from_flat", "native_csr_transpose", "native_gather",
-           "native_sddmm"]
+__all__ = ["default_tile", "native_csr_flat", "native_csr_from_flat", "native_csr_replace", "native_csr_transpose",
+           "native_gather", "native_gather_or_zero", "native_sddmm"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ def _load() -> ctypes.CDLL | None:
             library.csr_from_flat.restype = ctypes.c_int
             library.csr_flat.argtypes = [_I64, _I64, _P, _P, _P]
             library.csr_flat.restype = None
+            library.csr_replace.argtypes = [_I64, _I64, _P, _P, _P, _I64, _P, _P, _P, _P]
+            library.csr_replace.restype = ctypes.c_int
+            library.gather_or_zero_f32.argtypes = [_I64, _P, _P, _P, ctypes.c_int]
+            library.gather_or_zero_f32.restype = None
         _library = library
     return _library  # type: ignore[return-value]
 
@@ -194,3 +199,54 @@ def native_csr_flat(crow: Tensor, col: Tensor, in_features: int) -> Tensor | Non
     flat = torch.empty(col.shape[0], dtype=torch.int64)
     library.csr_flat(crow.shape[0] - 1, in_features, crow.data_ptr(), col.data_ptr(), flat.data_ptr())
     return flat
+
+
+def native_csr_replace(crow: Tensor, col: Tensor, in_features: int, keep: Tensor,
+                       grow: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The CSR structure after keeping the entries ``keep`` and adding the flat positions ``grow``.
+
+    Args:
+        crow: int32 row pointers.
+        col: int32 column indices.
+        in_features: the column count.
+        keep: bool ``(nnz,)``: the entries that stay.
+        grow: int64 flat positions ``row * in_features + col`` to add, strictly increasing, none of them kept.
+
+    Returns:
+        ``(crow, col, source)`` of the new structure, ``source`` (int32) giving each new entry's old slot or -1 for
+        an added one; or None (kernels unavailable, or a tensor they do not handle).
+
+    Raises:
+        ValueError: ``grow`` is not strictly increasing, is out of range, or holds a kept position.
+    """
+    if crow.dtype != torch.int32 or col.dtype != torch.int32 or grow.dtype != torch.int64:
+        return None
+    if not (crow.is_cpu and col.is_cpu and keep.is_cpu and grow.is_cpu):
+        return None
+    library = _load()
+    if library is None:
+        return None
+    crow, col, keep, grow = crow.contiguous(), col.contiguous(), keep.contiguous(), grow.contiguous()
+    n_new = int(keep.sum()) + grow.shape[0]
+    new_crow = torch.empty_like(crow)
+    new_col = torch.empty(n_new, dtype=torch.int32)
+    source = torch.empty(n_new, dtype=torch.int32)
+    if library.csr_replace(crow.shape[0] - 1, in_features, crow.data_ptr(), col.data_ptr(), keep.data_ptr(),
+                           grow.shape[0], grow.data_ptr(), new_crow.data_ptr(), new_col.data_ptr(),
+                           source.data_ptr()):
+        raise ValueError("grow must be strictly increasing positions of the weight, none of them kept")
+    return new_crow, new_col, source
+
+
+def native_gather_or_zero(values: Tensor, source: Tensor) -> Tensor | None:
+    """``values[source]`` with 0 where ``source < 0``, for float32 ``values`` and int32 ``source`` (CPU), or None."""
+    if values.dtype != torch.float32 or source.dtype != torch.int32 or not (values.is_cpu and source.is_cpu):
+        return None
+    library = _load()
+    if library is None:
+        return None
+    values, source = values.contiguous(), source.contiguous()
+    out = torch.empty(source.shape[0], dtype=torch.float32)
+    library.gather_or_zero_f32(source.shape[0], values.data_ptr(), source.data_ptr(), out.data_ptr(),
+                               torch.get_num_threads())
+    return out

@@ -19,7 +19,7 @@ from torch import Tensor
 from sparsetrain import native
 from sparsetrain.topk import topk_mask
 
-__all__ = ["merge_positions", "topk_positions"]
+__all__ = ["topk_positions"]
 
 _UNSET = object()
 _library: object = _UNSET
@@ -36,9 +36,6 @@ def _load() -> ctypes.CDLL | None:
             library.select_above.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int,
                                              ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
             library.select_above.restype = ctypes.c_int64
-            library.merge_positions.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64] + [
-                ctypes.c_void_p] * 4
-            library.merge_positions.restype = ctypes.c_int
         _library = library
     return _library  # type: ignore[return-value]
 
@@ -101,39 +98,6 @@ def topk_positions(blocks: Iterable[tuple[int, Tensor]], k: int, *, absolute: bo
     if count > k:
         count = _keep_best(values, positions, count, k)
     return positions[:count].clone()
-
-
-def merge_positions(kept: Tensor, grown: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Merge two increasing int64 position lists that share no position into the new active set.
-
-    Args:
-        kept: positions that stay active, increasing.
-        grown: positions that become active, increasing.
-
-    Returns:
-        ``(merged, kept_at, grown_at)``: the increasing union, and where each kept / grown position went in it.
-
-    Raises:
-        ValueError: a position is in both lists.
-    """
-    library = _load() if kept.is_cpu and grown.is_cpu else None
-    if library is None:
-        kept_at = torch.arange(kept.shape[0], device=kept.device) + torch.searchsorted(grown, kept)
-        grown_at = torch.arange(grown.shape[0], device=kept.device) + torch.searchsorted(kept, grown)
-        merged = torch.empty(kept.shape[0] + grown.shape[0], dtype=torch.int64, device=kept.device)
-        merged[kept_at] = kept
-        merged[grown_at] = grown
-        if merged.shape[0] > 1 and not bool((merged[1:] > merged[:-1]).all()):
-            raise ValueError("grow must not contain positions that are kept")
-        return merged, kept_at, grown_at
-    kept, grown = kept.contiguous(), grown.contiguous()
-    merged = torch.empty(kept.shape[0] + grown.shape[0], dtype=torch.int64)
-    kept_at = torch.empty(kept.shape[0], dtype=torch.int64)
-    grown_at = torch.empty(grown.shape[0], dtype=torch.int64)
-    if library.merge_positions(kept.shape[0], kept.data_ptr(), grown.shape[0], grown.data_ptr(), merged.data_ptr(),
-                               kept_at.data_ptr(), grown_at.data_ptr()):
-        raise ValueError("grow must not contain positions that are kept")
-    return merged, kept_at, grown_at
 
 
 def _keep_best(values: Tensor, positions: Tensor, count: int, k: int) -> int:

@@ -46,12 +46,13 @@ from sparsetrain.sparse.linear import SUPPORTED_DTYPES, _check_csr
 from sparsetrain.sparse.sddmm import (
     native_csr_flat,
     native_csr_from_flat,
+    native_csr_replace,
     native_csr_transpose,
     native_gather,
+    native_gather_or_zero,
     native_sddmm,
 )
 from sparsetrain.sparse.spmm import native_linear
-from sparsetrain.sparse.topology import merge_positions
 
 __all__ = ["TrainableSparseLinear"]
 
@@ -173,15 +174,52 @@ def _build_layout(in_features: int, out_features: int, flat: Tensor) -> _Layout:
         crow = torch.zeros(out_features + 1, dtype=torch.int64, device=flat.device)
         crow[1:] = torch.bincount(rows, minlength=out_features).cumsum(0)
         csr = crow.to(torch.int32), (flat - rows * in_features).to(torch.int32)
-    crow, col = csr
+    return _layout_of_csr(in_features, out_features, *csr)
+
+
+def _layout_of_csr(in_features: int, out_features: int, crow: Tensor, col: Tensor) -> _Layout:
+    """W's CSR and the structure of W.T derived from it."""
     transposed = native_csr_transpose(crow, col, in_features)
     if transposed is None:
         # Stable sort by column: within a column the entries keep their row order.
         perm = torch.sort(col, stable=True).indices
-        t_crow = torch.zeros(in_features + 1, dtype=torch.int64, device=flat.device)
+        t_crow = torch.zeros(in_features + 1, dtype=torch.int64, device=col.device)
         t_crow[1:] = torch.bincount(col.long(), minlength=in_features).cumsum(0)
         transposed = (t_crow.to(torch.int32), _rows_of(crow)[perm].to(torch.int32), perm.to(torch.int32))
     return _Layout(in_features, out_features, crow, col, *transposed)
+
+
+def _replacement(layout: _Layout, keep: Tensor, grow: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(crow, col, source)`` after keeping ``keep`` and adding ``grow`` (see ``native_csr_replace``)."""
+    replaced = native_csr_replace(layout.crow, layout.col, layout.in_features, keep, grow)
+    if replaced is not None:
+        return replaced
+    flat = _rows_of(layout.crow) * layout.in_features + layout.col.long()
+    kept_slots = keep.nonzero().squeeze(1)
+    kept = flat.index_select(0, kept_slots)
+    # Merge two sorted lists: each entry's new slot is its rank in the other list plus its own rank.
+    kept_at = torch.arange(kept.shape[0], device=kept.device) + torch.searchsorted(grow, kept)
+    grow_at = torch.arange(grow.shape[0], device=kept.device) + torch.searchsorted(kept, grow)
+    merged = torch.empty(kept.shape[0] + grow.shape[0], dtype=torch.int64, device=kept.device)
+    merged[kept_at] = kept
+    merged[grow_at] = grow
+    if merged.shape[0] > 1 and not bool((merged[1:] > merged[:-1]).all()):
+        raise ValueError("grow must be strictly increasing positions of the weight, none of them kept")
+    source = torch.full(merged.shape, -1, dtype=torch.int32, device=kept.device)
+    source[kept_at] = kept_slots.to(torch.int32)
+    rows = torch.div(merged, layout.in_features, rounding_mode="floor")
+    crow = torch.zeros(layout.out_features + 1, dtype=torch.int64, device=kept.device)
+    crow[1:] = torch.bincount(rows, minlength=layout.out_features).cumsum(0)
+    return crow.to(torch.int32), (merged - rows * layout.in_features).to(torch.int32), source
+
+
+def _carried(old: Tensor, source: Tensor) -> Tensor:
+    """``old[source]``, zero where ``source < 0``."""
+    new = native_gather_or_zero(old, source)
+    if new is None:
+        new = old.index_select(0, source.clamp(min=0).to(old.device))
+        new[(source < 0).to(old.device)] = 0
+    return new
 
 
 class TrainableSparseLinear(nn.Module):
@@ -385,7 +423,7 @@ class TrainableSparseLinear(nn.Module):
         Args:
             keep: bool ``(nnz,)`` over the current slots (CSR order): True = stays active.
             grow: int64 flat positions ``row * in_features + col`` to add, distinct and not among the kept ones
-                (a dropped position may grow back: it then restarts at 0).
+                (a dropped position may grow back: it then restarts at 0). Increasing order saves a sort.
             optimizer: the optimizer holding ``weight_values``' state, if any.
         """
         if keep.dtype != torch.bool or keep.shape != (self.nnz,):
@@ -395,39 +433,29 @@ class TrainableSparseLinear(nn.Module):
         if grow.numel() > 1 and not bool((grow[1:] > grow[:-1]).all()):
             grow = torch.sort(grow).values
         grow = _checked_indices(grow, self.in_features * self.out_features, "grow")
-        kept_slots = keep.nonzero().squeeze(1)
-        kept = self.flat_indices().index_select(0, kept_slots)
-        flat, kept_at, grow_at = merge_positions(kept, grow)
-        n_new = flat.shape[0]
-        source = torch.zeros(n_new, dtype=torch.int64)
-        source[kept_at] = kept_slots
-
-        def carried(old: Tensor) -> Tensor:
-            new = old.index_select(0, source.to(old.device))
-            new[grow_at.to(old.device)] = 0
-            return new
-
+        crow, col, source = _replacement(self._layout(), keep, grow)
         param = self.weight_values
         state = optimizer.state.get(param, {}) if optimizer is not None else {}
         state_keys = [key for key, value in state.items() if isinstance(value, Tensor) and value.shape == param.shape]
-        in_place = n_new == param.shape[0]
+        in_place = source.shape[0] == param.shape[0]
         for key in state_keys:
             if in_place:
-                state[key].copy_(carried(state[key]))
+                state[key].copy_(_carried(state[key], source))
             else:
-                state[key] = carried(state[key])
+                state[key] = _carried(state[key], source)
         grad = param.grad
         if in_place:
-            param.copy_(carried(param))
+            param.copy_(_carried(param, source))
             if grad is not None:
-                grad.copy_(carried(grad))
+                grad.copy_(_carried(grad, source))
         else:
             param.grad = None
-            param.data = carried(param.data)
+            param.data = _carried(param.data, source)
             if grad is not None:
-                param.grad = carried(grad)
-        self._set_layout(_build_layout(self.in_features, self.out_features, flat))
-        logger.debug("topology replaced: %d kept, %d grown", kept.shape[0], grow.shape[0])
+                param.grad = _carried(grad, source)
+        del source
+        self._set_layout(_layout_of_csr(self.in_features, self.out_features, crow, col))
+        logger.debug("topology replaced: %d active weights, %d of them grown", param.shape[0], grow.shape[0])
 
     @torch.no_grad()
     def apply_mask(self, mask: Tensor, optimizer: torch.optim.Optimizer | None = None,
