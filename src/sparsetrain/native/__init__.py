@@ -43,7 +43,11 @@ class NativeUnavailable(RuntimeError):
 
 def native_enabled() -> bool:
     """False when ``SPARSETRAIN_NATIVE`` is set to 0/false/no/off."""
-    return os.environ.get("SPARSETRAIN_NATIVE", "1").strip().lower() not in {"0", "false", "no", "off"}
+    value = os.environ.get("SPARSETRAIN_NATIVE")
+    # Read on every kernel call (it can be switched at run time): the common cases return without string work.
+    if value is None or value == "1":
+        return True
+    return value.strip().lower() not in {"0", "false", "no", "off"}
 
 
 def compiler() -> str | None:
