@@ -38,7 +38,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -394,7 +393,7 @@ def main() -> None:
     if args.quick:
         args.case, args.threads, args.repeats, args.no_memory, args.no_conv = ["mlp"], [1], 1, True, True
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import machine, table, write_doc
+    from _common import table, write_doc
 
     started = time.perf_counter()
     load_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -424,7 +423,7 @@ def main() -> None:
                 samples = result["timing"][f"{case}/{sparsity}"]
                 median = {impl: statistics.median(s["step"]) for impl, s in samples.items()}
                 dense = median["dense"]
-                ratio = {impl: median.get(impl, math.nan) / dense if impl in median else None for impl in IMPLEMENTATIONS}
+                ratio = {impl: median[impl] / dense if impl in median else None for impl in IMPLEMENTATIONS}
                 updates = samples["sparsetrain"]["update"]
                 if case == "mlp" and threads == 1:
                     ratios_1[sparsity] = ratio["sparsetrain"]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
