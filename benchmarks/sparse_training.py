@@ -514,7 +514,10 @@ def conv_section(args: argparse.Namespace, table: Callable) -> str:
     return ("## Sparse convolution for training? (one 3x3 convolution, batch 128, 1 thread)\n\n"
             "Forward + backward (input and weight gradients) of one ResNet-20-size convolution, as the speed-up over "
             "dense `conv2d` (above 1x = faster than dense). *im2col + sparse Linear* = `F.unfold` then "
-            "TrainableSparseLinear's kernels on (batch x positions, channels x 9).\n\n"
+            "TrainableSparseLinear's kernels on (batch x positions, channels x 9). sparsetrain ships no sparse "
+            "convolution: the im2col route was slower than dense at every point measured (unfolding alone costs more "
+            "than the dense convolution), and only a direct kernel like SparseProp's pays, on the widest layers at "
+            "high sparsity.\n\n"
             + table(["layer", "sparsity", "dense ms", *names[1:]], rows))
 
 
@@ -538,7 +541,15 @@ NOTES = """Notes:
 - sparselab's RigL keeps a copy of every layer's input and output gradient at every step (its hooks) and updates row
   by row in Python; SparseProp has no regrowth, so its rows carry no topology update at all.
 - The masks are uniform random at every layer (the same per-layer sparsity for every implementation); sparselab draws
-  its own random mask at the same sparsity."""
+  its own random mask at the same sparsity.
+- Where the time goes at high sparsity: each sparse product packs its dense operand transposed and writes a dense
+  result, and the step keeps its dense element-wise work (ReLU, bias gradients, loss) and Python/autograd overhead.
+  With almost no weights left (`--sparsities 0.9999 --case mlp --threads 1`) the MLP step, RigL's updates included,
+  still cost 4.3 ms (2.4% of dense; measured once while developing, not in the run above), more than half of the 99%
+  step: RigL's dense gradient alone (two GEMMs of the dense layers' size every ΔT = 100 steps, RigL's own
+  accounting) is about 0.4 ms per step.
+- Each thread count runs with `OMP_NUM_THREADS` set to it, so the peers' OpenMP kernels use the same number of
+  threads as torch; left unset, their kernels would use every core even in the 1-thread rows."""
 
 
 if __name__ == "__main__":
