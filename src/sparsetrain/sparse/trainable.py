@@ -18,7 +18,9 @@ the batch:
 
 Layout choice: plain CSR with a precomputed transpose permutation. The forward kernel was already the fastest we
 measured for CSR x dense (docs/benchmarks/sparse_inference.md); the transpose costs 8 bytes per active weight and
-a gather per backward, measured at a few percent of the step (docs/benchmarks/sparse_training.md).
+a gather per backward (0.6 ms of the 20 ms MLP step of docs/benchmarks/sparse_training.md at 95%, measured while
+developing). A variant that packed each operand once for all three products (instead of once per product) was
+slower: the packs of a whole batch no longer stay in cache between packing and use.
 
 Float32 CPU tensors use the native kernels; other dtypes and devices, or ``SPARSETRAIN_NATIVE=0`` or no C
 compiler, use a PyTorch path (torch's CSR matmul and ``torch.sparse.sampled_addmm``) with the same results up to
