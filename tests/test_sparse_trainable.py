@@ -32,14 +32,6 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     return request.param
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def masked_linear(n_in: int, n_out: int, density: float, *, bias: bool = True, seed: int = 0,
                   dtype: torch.dtype = torch.float32) -> tuple[nn.Linear, torch.Tensor]:
     """A Linear with random weights zeroed outside a random mask, and the mask."""

@@ -25,10 +25,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-__all__ = ["NativeUnavailable", "cache_dir", "compiler", "load_library", "native_enabled", "try_load"]
+__all__ = ["NativeUnavailable", "Signature", "cache_dir", "compiler", "load_library", "native_enabled", "try_load"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,19 +128,33 @@ def _build(cc: str, source: Path, target: Path) -> None:
 _failed: dict[str, str] = {}
 
 
-def try_load(name: str) -> ctypes.CDLL | None:
+#: A C function's ctypes signature: (restype, argtypes).
+Signature = tuple[Any, Sequence[Any]]
+
+
+def try_load(name: str, signatures: Mapping[str, Signature] | None = None) -> ctypes.CDLL | None:
     """:func:`load_library`, or None when unavailable; a failure is remembered (and logged once), never retried.
 
     The hot paths call this on every use, so a missing compiler must not be looked for, nor a broken build
     rerun, each time. ``SPARSETRAIN_NATIVE`` is read on every call, so it can be switched at run time.
+
+    Args:
+        name: the source ``native/<name>.c``.
+        signatures: function name -> (restype, argtypes), set once on the loaded library.
     """
     if not native_enabled():
         return None
     if name in _failed:
         return None
     try:
-        return load_library(name)
+        library = load_library(name)
     except NativeUnavailable as error:
         _failed[name] = str(error)
         logger.info("native kernels %r unavailable, using the PyTorch path: %s", name, error)
         return None
+    if signatures and not library.__dict__.get("_sparsetrain_signed", False):
+        for function, (restype, argtypes) in signatures.items():
+            getattr(library, function).restype = restype
+            getattr(library, function).argtypes = list(argtypes)
+        library._sparsetrain_signed = True
+    return library

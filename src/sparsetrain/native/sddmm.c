@@ -4,11 +4,11 @@
  *   dw[k] = sum_b dy[b, r_k] * x[b, c_k] for every nonzero k = (r_k, c_k) of the CSR pattern;
  * - csr_transpose: the CSR structure of W.T plus the permutation from its order to W's (a counting sort), so that
  *   the input gradient dx = dy @ W is spmm.c's product with W.T;
- * - gather_f32: dst[i] = src[idx[i]], to lay W's values out in W.T's order once per backward;
  * - csr_from_flat / csr_flat: the CSR structure from the sorted flat positions row * in + col, and back;
  * - csr_replace / gather_or_zero_f32: a topology change (keep some entries, add others) as a new CSR structure and
  *   a map from new slots to old ones, then every tensor shaped like the values carried through that map in one
- *   pass (zero at the new entries), with 8 bytes of scratch per entry.
+ *   pass (zero at the new entries), with 8 bytes of scratch per entry; the same gather lays W's values out in
+ *   W.T's order once per backward.
  *
  * sddmm_f32 cuts the batch into tiles of T = 16 * nv rows like spmm.c (tiles.h). Per tile, each thread packs x
  * transposed (in x T) and the rows of dy it owns (its rows x T), then walks its nonzeros: the T-wide product of
@@ -244,11 +244,6 @@ int csr_transpose(int64_t rows, int64_t cols, const int32_t *rowptr, const int32
     return 0;
 }
 
-/* dst[i] = src[idx[i]] for i < n. */
-void gather_f32(int64_t n, const float *src, const int32_t *idx, float *dst, int threads) {
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) if (threads > 1 && n > 65536) schedule(static)
-    for (int64_t i = 0; i < n; ++i) dst[i] = src[idx[i]];
-}
 
 /* CSR structure (rowptr: rows + 1, col: n) of the sorted flat positions flat[0..n) = row * in + col of a rows x in
  * matrix. Returns 0, or -1 when the positions are not strictly increasing or not below rows * in. */

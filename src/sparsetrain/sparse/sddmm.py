@@ -2,7 +2,7 @@
 
 Wraps ``native/sddmm.c`` (compiled on first use by :mod:`sparsetrain.native`; its header comment describes the
 kernels): the weight gradient at the active positions only (:func:`native_sddmm`), the CSR structure of the
-transpose (:func:`native_csr_transpose`), a gather (:func:`native_gather`), the conversions between CSR and
+transpose (:func:`native_csr_transpose`), a gather (:func:`native_gather_or_zero`), the conversions between CSR and
 sorted flat positions (:func:`native_csr_from_flat`, :func:`native_csr_flat`), and a topology change
 (:func:`native_csr_replace`, :func:`native_gather_or_zero`). The input gradient is
 :func:`sparsetrain.sparse.spmm.native_linear` with the transpose.
@@ -22,7 +22,7 @@ from torch import Tensor
 from sparsetrain import native
 
 __all__ = ["default_tile", "native_csr_flat", "native_csr_from_flat", "native_csr_replace", "native_csr_transpose",
-           "native_gather", "native_gather_or_zero", "native_sddmm"]
+           "native_gather_or_zero", "native_sddmm"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,37 +39,27 @@ def default_tile(nnz: int, in_features: int) -> int:
     per_input = nnz / max(in_features, 1)
     return 1 if per_input < 8 else 2 if per_input < 128 else 4
 
-_UNSET = object()
-_library: object = _UNSET
-
-_P = ctypes.c_void_p
-_I64 = ctypes.c_int64
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SIGNATURES: dict[str, native.Signature] = {
+    "sddmm_f32": (_INT, [_I64] * 3 + [_P] * 3 + [_I64, _P, _I64, _P, _INT, _INT]),
+    "csr_transpose": (_INT, [_I64, _I64] + [_P] * 5),
+    "csr_from_flat": (_INT, [_I64, _P, _I64, _I64, _P, _P]),
+    "csr_flat": (None, [_I64, _I64, _P, _P, _P]),
+    "csr_replace": (_INT, [_I64, _I64, _P, _P, _P, _I64, _P, _P, _P, _P]),
+    "gather_or_zero_f32": (None, [_I64, _P, _P, _P, _INT]),
+}
 
 
 def _load() -> ctypes.CDLL | None:
     """The kernel library (built and loaded once per process), or None when native kernels are unavailable."""
-    global _library
-    if not native.native_enabled():
+    return native.try_load("sddmm", _SIGNATURES)
+
+
+def _csr_library(crow: Tensor, col: Tensor) -> ctypes.CDLL | None:
+    """The library, if built and if the CSR indices are int32 CPU tensors (what every kernel here reads)."""
+    if crow.dtype != torch.int32 or col.dtype != torch.int32 or not (crow.is_cpu and col.is_cpu):
         return None
-    if _library is _UNSET:
-        library = native.try_load("sddmm")
-        if library is not None:
-            library.sddmm_f32.argtypes = [_I64] * 3 + [_P] * 3 + [_I64, _P, _I64, _P, ctypes.c_int, ctypes.c_int]
-            library.sddmm_f32.restype = ctypes.c_int
-            library.csr_transpose.argtypes = [_I64, _I64] + [_P] * 5
-            library.csr_transpose.restype = ctypes.c_int
-            library.gather_f32.argtypes = [_I64, _P, _P, _P, ctypes.c_int]
-            library.gather_f32.restype = None
-            library.csr_from_flat.argtypes = [_I64, _P, _I64, _I64, _P, _P]
-            library.csr_from_flat.restype = ctypes.c_int
-            library.csr_flat.argtypes = [_I64, _I64, _P, _P, _P]
-            library.csr_flat.restype = None
-            library.csr_replace.argtypes = [_I64, _I64, _P, _P, _P, _I64, _P, _P, _P, _P]
-            library.csr_replace.restype = ctypes.c_int
-            library.gather_or_zero_f32.argtypes = [_I64, _P, _P, _P, ctypes.c_int]
-            library.gather_or_zero_f32.restype = None
-        _library = library
-    return _library  # type: ignore[return-value]
+    return _load()
 
 
 def native_available() -> bool:
@@ -97,11 +87,9 @@ def native_sddmm(x: Tensor, dy: Tensor, crow: Tensor, col: Tensor, *, tile: int 
     """
     if tile not in (0, 1, 2, 4, 8):
         raise ValueError(f"tile must be 0, 1, 2, 4 or 8, got {tile!r}")
-    if crow.dtype != torch.int32 or col.dtype != torch.int32 or not (crow.is_cpu and col.is_cpu):
-        return None
     if not (x.dtype == dy.dtype == torch.float32 and x.is_cpu and dy.is_cpu):
         return None
-    library = _load()
+    library = _csr_library(crow, col)
     if library is None:
         return None
     x = x if _rows_ok(x) else x.contiguous()
@@ -132,9 +120,7 @@ def native_csr_transpose(crow: Tensor, col: Tensor, n_cols: int) -> tuple[Tensor
         (the input's rows, ascending within each of its rows), and ``perm`` with ``values_t = values[perm]``; or
         None (use the PyTorch path).
     """
-    if crow.dtype != torch.int32 or col.dtype != torch.int32 or not (crow.is_cpu and col.is_cpu):
-        return None
-    library = _load()
+    library = _csr_library(crow, col)
     if library is None:
         return None
     crow, col = crow.contiguous(), col.contiguous()
@@ -146,19 +132,6 @@ def native_csr_transpose(crow: Tensor, col: Tensor, n_cols: int) -> tuple[Tensor
     if status != 0:
         return None
     return t_crow, t_rows, perm
-
-
-def native_gather(values: Tensor, index: Tensor) -> Tensor | None:
-    """``values[index]`` for a contiguous float32 ``values`` and int32 ``index`` (both 1-D, CPU), or None."""
-    if values.dtype != torch.float32 or index.dtype != torch.int32 or not (values.is_cpu and index.is_cpu):
-        return None
-    library = _load()
-    if library is None:
-        return None
-    values, index = values.contiguous(), index.contiguous()
-    out = torch.empty(index.shape[0], dtype=torch.float32)
-    library.gather_f32(index.shape[0], values.data_ptr(), index.data_ptr(), out.data_ptr(), torch.get_num_threads())
-    return out
 
 
 def native_csr_from_flat(flat: Tensor, rows: int, in_features: int) -> tuple[Tensor, Tensor] | None:
@@ -190,9 +163,7 @@ def native_csr_from_flat(flat: Tensor, rows: int, in_features: int) -> tuple[Ten
 
 def native_csr_flat(crow: Tensor, col: Tensor, in_features: int) -> Tensor | None:
     """The int64 flat positions ``row * in_features + col`` of a CSR structure's entries, or None."""
-    if crow.dtype != torch.int32 or col.dtype != torch.int32 or not (crow.is_cpu and col.is_cpu):
-        return None
-    library = _load()
+    library = _csr_library(crow, col)
     if library is None:
         return None
     crow, col = crow.contiguous(), col.contiguous()
@@ -219,11 +190,7 @@ def native_csr_replace(crow: Tensor, col: Tensor, in_features: int, keep: Tensor
     Raises:
         ValueError: ``grow`` is not strictly increasing, is out of range, or holds a kept position.
     """
-    if crow.dtype != torch.int32 or col.dtype != torch.int32 or grow.dtype != torch.int64:
-        return None
-    if not (crow.is_cpu and col.is_cpu and keep.is_cpu and grow.is_cpu):
-        return None
-    library = _load()
+    library = _csr_library(crow, col) if grow.dtype == torch.int64 and keep.is_cpu and grow.is_cpu else None
     if library is None:
         return None
     crow, col, keep, grow = crow.contiguous(), col.contiguous(), keep.contiguous(), grow.contiguous()

@@ -21,23 +21,15 @@ from sparsetrain.topk import topk_mask
 
 __all__ = ["topk_positions"]
 
-_UNSET = object()
-_library: object = _UNSET
+_SIGNATURES: dict[str, native.Signature] = {
+    "select_above": (ctypes.c_int64, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_int64,
+                                      ctypes.c_void_p, ctypes.c_void_p]),
+}
 
 
 def _load() -> ctypes.CDLL | None:
     """``native/topology.c`` (built once per process), or None when native kernels are unavailable."""
-    global _library
-    if not native.native_enabled():
-        return None
-    if _library is _UNSET:
-        library = native.try_load("topology")
-        if library is not None:
-            library.select_above.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int,
-                                             ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-            library.select_above.restype = ctypes.c_int64
-        _library = library
-    return _library  # type: ignore[return-value]
+    return native.try_load("topology", _SIGNATURES)
 
 
 def _append_above(flat: Tensor, threshold: float, absolute: bool, offset: int, values: Tensor, positions: Tensor,

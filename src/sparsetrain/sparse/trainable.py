@@ -49,7 +49,6 @@ from sparsetrain.sparse.sddmm import (
     native_csr_from_flat,
     native_csr_replace,
     native_csr_transpose,
-    native_gather,
     native_gather_or_zero,
     native_sddmm,
 )
@@ -129,7 +128,7 @@ def _values_grad(x: Tensor, dy: Tensor, layout: _Layout, dtype: torch.dtype) -> 
 
 def _transpose_values(values: Tensor, layout: _Layout) -> Tensor:
     """``weight_values`` in the order of W.T's entries."""
-    gathered = native_gather(values, layout.perm)
+    gathered = native_gather_or_zero(values, layout.perm)  # perm has no negative entry: a plain gather
     return gathered if gathered is not None else values.index_select(0, layout.perm)
 
 
