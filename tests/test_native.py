@@ -107,3 +107,13 @@ def test_a_changed_header_rebuilds_the_sources_that_include_it(fresh_cache, tmp_
     library.user_scale.restype = ctypes.c_float
     assert library.user_scale() == 3.0
     assert len(list((fresh_cache / "native").glob("user-*.so"))) == 2
+
+
+@pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
+def test_try_load_sets_the_signatures_once(fresh_cache):
+    signatures = {"selftest_axpy": (None, [ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p])}
+    library = native.try_load("selftest", signatures)
+    x, y = torch.ones(3), torch.zeros(3)
+    library.selftest_axpy(3, 0.5, x.data_ptr(), y.data_ptr())  # plain Python numbers: converted by argtypes
+    assert y.tolist() == [0.5, 0.5, 0.5]
+    assert native.try_load("selftest", signatures) is library
