@@ -88,3 +88,32 @@ def test_a_failed_build_is_not_retried(fresh_cache, broken_source, monkeypatch):
     assert native.try_load("broken") is None
     assert native.try_load("broken") is None
     assert len(calls) == 1
+
+
+def test_a_changed_header_rebuilds_the_sources_that_include_it(fresh_cache, tmp_path, monkeypatch):
+    if native.compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    sources = tmp_path / "src"
+    sources.mkdir()
+    (sources / "shared.h").write_text("#define SCALE 2.0f\n")
+    (sources / "user.c").write_text('#include "shared.h"\nfloat user_scale(void) { return SCALE; }\n')
+    monkeypatch.setattr(native, "_SOURCES", sources)
+    library = native.load_library("user")
+    library.user_scale.restype = ctypes.c_float
+    assert library.user_scale() == 2.0
+    (sources / "shared.h").write_text("#define SCALE 3.0f\n")
+    native.load_library.cache_clear()
+    library = native.load_library("user")
+    library.user_scale.restype = ctypes.c_float
+    assert library.user_scale() == 3.0
+    assert len(list((fresh_cache / "native").glob("user-*.so"))) == 2
+
+
+@pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
+def test_try_load_sets_the_signatures_once(fresh_cache):
+    signatures = {"selftest_axpy": (None, [ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p])}
+    library = native.try_load("selftest", signatures)
+    x, y = torch.ones(3), torch.zeros(3)
+    library.selftest_axpy(3, 0.5, x.data_ptr(), y.data_ptr())  # plain Python numbers: converted by argtypes
+    assert y.tolist() == [0.5, 0.5, 0.5]
+    assert native.try_load("selftest", signatures) is library

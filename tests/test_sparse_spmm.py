@@ -35,14 +35,6 @@ def kernel(layer: SparseLinear, x: torch.Tensor, tile: int = 0) -> torch.Tensor 
     )
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @needs_native
 @pytest.mark.parametrize("tile", [0, 1, 2, 4])
 @pytest.mark.parametrize("batch", [0, 1, 2, 3, 4, 5, 15, 16, 17, 33, 47, 64, 100, 129])

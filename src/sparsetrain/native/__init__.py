@@ -3,9 +3,10 @@
 Two hot paths cannot be made fast from Python with stock PyTorch ops, because each torch op is another pass over
 memory: the masked optimizer step (masking gradients costs a full extra pass next to the optimizer's own) and the
 sparse-times-dense product of a pruned Linear layer (torch's CSR matmul is several times short of what the sparsity
-allows). Their C sources ship in this package (``*.c``); :func:`load_library` compiles one with the system C
-compiler the first time it is needed (about a second), caches the shared object per source, compiler and CPU,
-and loads it. No torch headers are involved, so there is nothing to build at install time.
+allows). Their C sources ship in this package (``*.c``, with the headers they share, ``*.h``); :func:`load_library`
+compiles one with the system C compiler the first time it is needed (about a second), caches the shared object per
+source (headers included), compiler and CPU, and loads it. No torch headers are involved, so there is nothing to
+build at install time.
 
 Everything that uses a kernel has a pure-PyTorch path with the same results, used when the kernel is unavailable:
 no C compiler, a compile error, a platform other than Linux/macOS, or ``SPARSETRAIN_NATIVE=0`` in the environment.
@@ -24,12 +25,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ..atomic import replace_durably
 
-__all__ = ["NativeUnavailable", "cache_dir", "compiler", "load_library", "native_enabled", "try_load"]
+__all__ = ["NativeUnavailable", "Signature", "cache_dir", "compiler", "load_library", "native_enabled", "try_load"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,11 @@ class NativeUnavailable(RuntimeError):
 
 def native_enabled() -> bool:
     """False when ``SPARSETRAIN_NATIVE`` is set to 0/false/no/off."""
-    return os.environ.get("SPARSETRAIN_NATIVE", "1").strip().lower() not in {"0", "false", "no", "off"}
+    value = os.environ.get("SPARSETRAIN_NATIVE")
+    # Read on every kernel call (it can be switched at run time): the common cases return without string work.
+    if value is None or value == "1":
+        return True
+    return value.strip().lower() not in {"0", "false", "no", "off"}
 
 
 def compiler() -> str | None:
@@ -85,7 +92,8 @@ def load_library(name: str) -> ctypes.CDLL:
     if cc is None:
         raise NativeUnavailable("no C compiler found (set CC, or install gcc)")
     source = _SOURCES / f"{name}.c"
-    text = source.read_bytes()
+    # Every header counts: a source that includes one must be rebuilt when it changes.
+    text = source.read_bytes() + b"".join(header.read_bytes() for header in sorted(_SOURCES.glob("*.h")))
     key = hashlib.sha256(text + cc.encode() + " ".join(_FLAGS).encode() + _cpu_signature().encode()).hexdigest()
     target = cache_dir() / f"{name}-{key[:16]}.so"
     with _LOCK:
@@ -122,19 +130,33 @@ def _build(cc: str, source: Path, target: Path) -> None:
 _failed: dict[str, str] = {}
 
 
-def try_load(name: str) -> ctypes.CDLL | None:
+#: A C function's ctypes signature: (restype, argtypes).
+Signature = tuple[Any, Sequence[Any]]
+
+
+def try_load(name: str, signatures: Mapping[str, Signature] | None = None) -> ctypes.CDLL | None:
     """:func:`load_library`, or None when unavailable; a failure is remembered (and logged once), never retried.
 
     The hot paths call this on every use, so a missing compiler must not be looked for, nor a broken build
     rerun, each time. ``SPARSETRAIN_NATIVE`` is read on every call, so it can be switched at run time.
+
+    Args:
+        name: the source ``native/<name>.c``.
+        signatures: function name -> (restype, argtypes), set once on the loaded library.
     """
     if not native_enabled():
         return None
     if name in _failed:
         return None
     try:
-        return load_library(name)
+        library = load_library(name)
     except NativeUnavailable as error:
         _failed[name] = str(error)
         logger.info("native kernels %r unavailable, using the PyTorch path: %s", name, error)
         return None
+    if signatures and not library.__dict__.get("_sparsetrain_signed", False):
+        for function, (restype, argtypes) in signatures.items():
+            getattr(library, function).restype = restype
+            getattr(library, function).argtypes = list(argtypes)
+        library._sparsetrain_signed = True
+    return library

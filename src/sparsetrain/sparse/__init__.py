@@ -5,6 +5,8 @@
 * :func:`convert`: swap sparse-enough ``nn.Linear`` layers for :class:`SparseLinear` (CSR weight,
   native kernel on CPU) or :class:`NMLinear` (N:M weight, native kernel on CPU), and 2:4 weights on
   CUDA for torch's semi-structured sparse tensors, for faster inference.
+* :class:`TrainableSparseLinear`: a Linear layer that stores, trains and updates only its active weights
+  (truly sparse training: forward, backward and optimizer state in proportion to the density).
 """
 
 from sparsetrain.sparse.convert import DEFAULT_MIN_NUMEL, DEFAULT_MIN_SPARSITY, convert
@@ -17,6 +19,7 @@ from sparsetrain.sparse.export import (
 )
 from sparsetrain.sparse.linear import SparseLinear
 from sparsetrain.sparse.nm_linear import NMLinear
+from sparsetrain.sparse.trainable import TrainableSparseLinear
 
 __all__ = [
     "DEFAULT_MIN_NUMEL",
@@ -25,6 +28,7 @@ __all__ = [
     "NMLinear",
     "SparseFileError",
     "SparseLinear",
+    "TrainableSparseLinear",
     "choose_encoding",
     "convert",
     "export_sparse",

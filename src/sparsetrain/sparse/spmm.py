@@ -24,37 +24,16 @@ from sparsetrain import native
 
 logger = logging.getLogger(__name__)
 
-_UNSET = object()
-_library: object = _UNSET
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SIGNATURES: dict[str, native.Signature] = {
+    "spmm_linear_f32": (_INT, [_I64] * 3 + [_P] * 5 + [_I64, _P, _I64, _INT, _INT]),
+    "nm_linear_f32": (_INT, [_I64] * 3 + [_INT] * 2 + [_P] * 4 + [_I64, _P, _I64, _INT]),
+}
 
 
 def _load() -> ctypes.CDLL | None:
     """The kernel library (built and loaded once per process), or None when native kernels are unavailable."""
-    global _library
-    if not native.native_enabled():
-        return None
-    if _library is _UNSET:
-        library = native.try_load("spmm")
-        if library is not None:
-            function = library.spmm_linear_f32
-            function.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5 + [
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_int,
-                ctypes.c_int,
-            ]
-            function.restype = ctypes.c_int
-            function = library.nm_linear_f32
-            function.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 4 + [
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_int,
-            ]
-            function.restype = ctypes.c_int
-        _library = library
-    return _library  # type: ignore[return-value]
+    return native.try_load("spmm", _SIGNATURES)
 
 
 def native_available() -> bool:

@@ -1,0 +1,48 @@
+/* Growth candidates for the topology updates of TrainableSparseLinear (sparsetrain.sparse.topology).
+ *
+ * A RigL update ranks every inactive position of a layer by its dense gradient, block of rows by block of rows.
+ * select_above keeps, in one pass over a block, the entries that can still make the top k: those above the current
+ * k-th best score (or, with `absolute`, whose magnitude is above it). NaN never passes. Where AVX-512 is available,
+ * 16 scores are compared at once and the few that pass are written with compress-stores; a block where nothing
+ * passes (most of them, once the threshold has settled) costs one load and one compare per 16 entries.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+/* For i < n with score(i) > threshold, where score(i) = |scores[i]| if `absolute` else scores[i]: writes score(i)
+ * to out_values and offset + i to out_positions, in increasing i. Returns how many were written (at most n). */
+int64_t select_above(int64_t n, const float *scores, float threshold, int absolute, int64_t offset,
+                     float *out_values, int64_t *out_positions) {
+    int64_t count = 0, i = 0;
+#ifdef __AVX512F__
+    const __m512 limit = _mm512_set1_ps(threshold);
+    const __m512 magnitude = _mm512_castsi512_ps(_mm512_set1_epi32(absolute ? 0x7fffffff : -1));
+    const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_and_ps(_mm512_loadu_ps(scores + i), magnitude);
+        const __mmask16 pass = _mm512_cmp_ps_mask(v, limit, _CMP_GT_OQ);
+        if (!pass) continue;
+        _mm512_mask_compressstoreu_ps(out_values + count, pass, v);
+        const __m512i base = _mm512_add_epi64(_mm512_set1_epi64(offset + i), lanes);
+        const __mmask8 low = (__mmask8)(pass & 0xff), high = (__mmask8)(pass >> 8);
+        _mm512_mask_compressstoreu_epi64(out_positions + count, low, base);
+        const int n_low = __builtin_popcount(low);
+        _mm512_mask_compressstoreu_epi64(out_positions + count + n_low, high,
+                                         _mm512_add_epi64(base, _mm512_set1_epi64(8)));
+        count += n_low + __builtin_popcount(high);
+    }
+#endif
+    for (; i < n; ++i) {
+        const float v = absolute ? fabsf(scores[i]) : scores[i];
+        if (v > threshold) {
+            out_values[count] = v;
+            out_positions[count++] = offset + i;
+        }
+    }
+    return count;
+}
+
