@@ -1,6 +1,6 @@
 """Reading the reproduction benchmark back: mean ± std tables, accuracy-vs-sparsity plots, and the claims checked.
 
-:func:`collect` reads the finished cells of a :class:`~sparsetrain.experiment.reproduce.ReproSetting` from its
+:func:`collect` reads the finished cells of a :class:`~sparsetrain.studies.reproduce.ReproSetting` from its
 runs directory (harness summaries and IMP lottery levels); :func:`aggregate` averages over seeds;
 :func:`check_claims` tests the claims of MISSION.md §5 on the means (GraNet >= GMP at high sparsity;
 GraNet-ST > RigL > SET > static; during-training methods > pruning at init; IMP tickets > their random
@@ -22,11 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sparsetrain.analysis.plasticity import format_plasticity, plot_plasticity
 from sparsetrain.atomic import write_figure, write_json, write_text
+from sparsetrain.experiment import RunDir
 from sparsetrain.tables import Column, render
 
-from .reproduce import METHOD_LABELS, ReproSetting, imp_dir, imp_levels, plasticity_study, run_config
-from .rundir import RunDir
+from .lottery import lottery_curve
+from .plasticity import lr_decay_epochs
+from .reproduce import METHOD_LABELS, ReproSetting, imp_dir, imp_levels, imp_rate, plasticity_study, run_config
 
 __all__ = ["Cell", "collect", "aggregate", "Claim", "check_claims", "accuracy_table", "cost_table", "csv_table",
            "plot_benchmark", "write_report", "record_invocation", "machine_info"]
@@ -86,8 +89,6 @@ def collect(setting: ReproSetting, runs_dir: str | Path) -> dict[str, dict[tuple
                     _add(cell.inf_flops, flops.get("inference_ratio"))
                     _add(cell.itop, summary.get("itop_rate"))
         if "imp" in setting.methods:
-            from sparsetrain.lottery import lottery_curve
-
             for seed in setting.seeds:
                 where = imp_dir(runs_dir, bench, setting, seed)
                 rows = {r["level"]: r for r in lottery_curve(where)} if where.is_dir() else {}
@@ -405,8 +406,6 @@ def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Pat
     Returns:
         The paths written.
     """
-    from sparsetrain.analysis.plasticity import format_plasticity, lr_decay_epochs, plot_plasticity
-
     runs_dir, out = Path(runs_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = collect(setting, runs_dir)
@@ -432,12 +431,10 @@ def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Pat
              f"Accuracy is the test accuracy after the last epoch; {len(setting.seeds)} seed(s) "
              f"({', '.join(map(str, setting.seeds))}), mean ± sample standard deviation.", ""]
     if "imp" in setting.methods:
-        from .reproduce import imp_rate
-
         levels = imp_levels(setting)
         lines += [f"IMP: {setting.imp_rounds} rounds, each pruning {100 * imp_rate(setting):.2f}% of the remaining "
-                  "weights by one global magnitude threshold, rewinding to initialisation; each round trains the "
-                  "same epochs and schedule as the other runs (plain momentum, not Nesterov). Targets are read at "
+                  "weights by one global magnitude threshold, rewinding to initialisation; each level trains with "
+                  "the recipe above (a Trainer run, as every other row). Targets are read at "
                   "levels " + ", ".join(f"{100 * s:g}% -> level {lv}" for s, lv in levels.items())
                   + " (measured sparsity after '@'). The control retrains the ticket's mask from a fresh random "
                   "initialisation.", ""]
