@@ -41,7 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsetrain.lottery import layer_rates, prune_round, random_mask_like, reinitialize, rewind, snapshot
+from sparsetrain.lottery import (
+    layer_rates,
+    prune_round,
+    random_mask_like,
+    reinitialize,
+    rewind,
+    snapshot,
+)
 from sparsetrain.masks import select_prunable, sparsity_report
 from sparsetrain.methods.static import Static
 

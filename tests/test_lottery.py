@@ -21,7 +21,12 @@ from sparsetrain.lottery import (
     rewind,
     snapshot,
 )
-from sparsetrain.studies.lottery import LotteryConfig, curve_table, lottery_curve, run_lottery
+from sparsetrain.studies.lottery import (
+    LotteryConfig,
+    curve_table,
+    lottery_curve,
+    run_lottery,
+)
 
 
 def mlp(seed: int = 0) -> nn.Sequential:

@@ -119,7 +119,8 @@ def test_docs_options_md_is_generated_from_the_declaration():
     """docs/options.md is ``describe(METHODS, fmt="markdown")`` under its header; regenerate it when an option
     changes."""
     text = DOC.read_text()
-    assert text.endswith(describe(sparsetrain.METHODS, fmt="markdown")), "docs/options.md is out of date: regenerate its tables"
+    assert text.endswith(describe(sparsetrain.METHODS, fmt="markdown")), \
+        "docs/options.md is out of date: regenerate its tables"
 
 
 def test_a_method_starts_from_given_masks_at_their_sparsity():

@@ -16,8 +16,18 @@ from sparsetrain.analysis.flops import (
     inference_flops,
     training_flops,
 )
-from sparsetrain.analysis.overlap import OverlapReport, OverlapRow, iou, mask_overlap, masks_from_state_dict
-from sparsetrain.analysis.plasticity import format_plasticity, magnitude_masks, plot_plasticity
+from sparsetrain.analysis.overlap import (
+    OverlapReport,
+    OverlapRow,
+    iou,
+    mask_overlap,
+    masks_from_state_dict,
+)
+from sparsetrain.analysis.plasticity import (
+    format_plasticity,
+    magnitude_masks,
+    plot_plasticity,
+)
 from sparsetrain.analysis.sources import common_names, load_masks, load_weights
 from sparsetrain.analysis.update_sparsity import (
     UpdateRow,

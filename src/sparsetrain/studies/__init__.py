@@ -16,10 +16,24 @@ below imports a study.
 
 from .html_report import render_html_report, write_html_report
 from .jackpot import jackpot_dir, run_jackpot
-from .lottery import CONTROLS, LotteryConfig, curve_table, level_dir, lottery_curve, lottery_dir, plot_curve, \
-    run_lottery
-from .plasticity import PlasticityCell, PlasticityStudy, default_prune_epochs, lr_decay_epochs, plasticity_cells, \
-    run_plasticity
+from .lottery import (
+    CONTROLS,
+    LotteryConfig,
+    curve_table,
+    level_dir,
+    lottery_curve,
+    lottery_dir,
+    plot_curve,
+    run_lottery,
+)
+from .plasticity import (
+    PlasticityCell,
+    PlasticityStudy,
+    default_prune_epochs,
+    lr_decay_epochs,
+    plasticity_cells,
+    run_plasticity,
+)
 
 __all__ = [
     "LotteryConfig", "CONTROLS", "run_lottery", "lottery_dir", "level_dir", "lottery_curve", "curve_table",

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from sparsetrain.atomic import write_text
-
 from sparsetrain.experiment.config import ConfigError
 from sparsetrain.experiment.report import collect_rows, format_layers, format_rows, layer_rows
 from sparsetrain.experiment.rundir import RunDir
@@ -51,7 +50,7 @@ __all__ = ["write_html_report", "render_html_report"]
 logger = logging.getLogger(__name__)
 
 #: Directory names never searched: a run's or study's internals.
-_SKIP = {"tensorboard", "mlartifacts", "dense_checkpoints", "cells", "reinit", "random", "__pycache__"}
+_SKIP = {"tensorboard", "mlartifacts", "masks", "cells", "reinit", "random", "__pycache__"}
 _DEPTH = 5
 _STUDY_FILES = ("reproduction.md", "plasticity.md")
 #: A run's plots in the order shown (others after them, by name).

@@ -48,10 +48,21 @@ from typing import Any
 
 from torch import Tensor
 
-from sparsetrain.analysis.plasticity import check_rate, format_plasticity, magnitude_masks, plot_plasticity
+from sparsetrain.analysis.plasticity import (
+    check_rate,
+    format_plasticity,
+    magnitude_masks,
+    plot_plasticity,
+)
 from sparsetrain.atomic import write_json, write_text
 from sparsetrain.checkpoint_io import load_checkpoint, save_checkpoint
-from sparsetrain.experiment import Branch, ExperimentConfig, RunDir, Trainer, TrainerCallback
+from sparsetrain.experiment import (
+    Branch,
+    ExperimentConfig,
+    RunDir,
+    Trainer,
+    TrainerCallback,
+)
 from sparsetrain.experiment.build import build_experiment
 from sparsetrain.experiment.optim import lr_factor
 from sparsetrain.experiment.run_state import EVERYTHING, read_run_checkpoint

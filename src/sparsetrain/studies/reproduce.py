@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,8 +39,8 @@ from .lottery import LotteryConfig, lottery_identity, run_lottery
 from .plasticity import PlasticityCell, PlasticityStudy, plasticity_cells
 
 __all__ = ["Benchmark", "PlasticityPlan", "ReproSetting", "SETTINGS", "METHOD_LABELS", "Job", "method_overrides",
-           "run_config", "imp_rate", "imp_levels", "imp_lottery", "plan_jobs", "run_job", "run_jobs", "imp_dir", "method_label",
-           "plasticity_config", "plasticity_study"]
+           "run_config", "grid_runs", "imp_rate", "imp_levels", "imp_lottery", "plan_jobs", "run_job", "run_jobs",
+           "imp_dir", "method_label", "plasticity_config", "plasticity_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,18 @@ def run_config(bench: Benchmark, setting: ReproSetting, method: str, sparsity: f
     return ExperimentConfig().with_overrides(overrides).canonical()
 
 
+def grid_runs(setting: ReproSetting, bench: Benchmark | None = None) -> Iterator[tuple[Benchmark, str, float, int]]:
+    """Every harness run of the grid (of one benchmark, if given) as ``(benchmark, method, sparsity, seed)``, in
+    table order: dense once, at sparsity 0; IMP left out (a lottery run, :func:`imp_dir`)."""
+    for each in setting.benchmarks if bench is None else (bench,):
+        for method in setting.methods:
+            if method == "imp":
+                continue
+            for sparsity in ([0.0] if method == "dense" else setting.sparsities):
+                for seed in setting.seeds:
+                    yield each, method, sparsity, seed
+
+
 def method_label(config: ExperimentConfig) -> str:
     """The :data:`METHOD_LABELS` key of a harness config (inverse of :func:`method_overrides`)."""
     sparse = config.sparse
@@ -296,16 +308,11 @@ def plan_jobs(setting: ReproSetting, runs_dir: str | Path, *, plasticity: bool =
                                 {"setting": setting.name, "bench": bench.key, "seed": seed,
                                  "runs_dir": str(runs_dir)}))
     grid: list[Job] = []
-    for bench in setting.benchmarks:
-        for method in setting.methods:
-            if method == "imp":
-                continue
-            for sparsity in ([0.0] if method == "dense" else setting.sparsities):
-                for seed in setting.seeds:
-                    config = run_config(bench, setting, method, sparsity, seed)
-                    job = Job("train", f"{bench.key} {method} {sparsity:g} seed {seed}",
-                              {"config": config.to_dict(), "runs_dir": str(runs_dir)})
-                    (jobs if method == "dense" else grid).append(job)
+    for bench, method, sparsity, seed in grid_runs(setting):
+        config = run_config(bench, setting, method, sparsity, seed)
+        job = Job("train", f"{bench.key} {method} {sparsity:g} seed {seed}",
+                  {"config": config.to_dict(), "runs_dir": str(runs_dir)})
+        (jobs if method == "dense" else grid).append(job)
     jobs += grid
     if plan is not None:
         for cell in plasticity_cells(plan.prune_epochs, plan.rates, plan.regeneration):

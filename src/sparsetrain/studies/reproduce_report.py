@@ -29,7 +29,16 @@ from sparsetrain.tables import Column, render
 
 from .lottery import lottery_curve
 from .plasticity import lr_decay_epochs
-from .reproduce import METHOD_LABELS, ReproSetting, imp_dir, imp_levels, imp_rate, plasticity_study, run_config
+from .reproduce import (
+    METHOD_LABELS,
+    ReproSetting,
+    grid_runs,
+    imp_dir,
+    imp_levels,
+    imp_rate,
+    plasticity_study,
+    run_config,
+)
 
 __all__ = ["Cell", "collect", "aggregate", "Claim", "check_claims", "accuracy_table", "cost_table", "csv_table",
            "plot_benchmark", "write_report", "record_invocation", "machine_info"]
@@ -72,22 +81,17 @@ def collect(setting: ReproSetting, runs_dir: str | Path) -> dict[str, dict[tuple
     levels = imp_levels(setting)
     for bench in setting.benchmarks:
         cells: dict[tuple[str, float], Cell] = defaultdict(Cell)
-        for method in setting.methods:
-            if method == "imp":
+        for _, method, sparsity, seed in grid_runs(setting, bench):
+            summary = RunDir.for_config(runs_dir, run_config(bench, setting, method, sparsity, seed)).read_summary()
+            if summary is None:
                 continue
-            for sparsity in ([0.0] if method == "dense" else setting.sparsities):
-                for seed in setting.seeds:
-                    summary = RunDir.for_config(runs_dir, run_config(bench, setting, method, sparsity, seed)) \
-                        .read_summary()
-                    if summary is None:
-                        continue
-                    cell = cells[(method, sparsity)]
-                    _add(cell.acc, summary.get("final_acc"))
-                    _add(cell.sparsity, summary.get("sparsity"))
-                    flops = summary.get("flops") or {}
-                    _add(cell.train_flops, flops.get("training_ratio"))
-                    _add(cell.inf_flops, flops.get("inference_ratio"))
-                    _add(cell.itop, summary.get("itop_rate"))
+            cell = cells[(method, sparsity)]
+            _add(cell.acc, summary.get("final_acc"))
+            _add(cell.sparsity, summary.get("sparsity"))
+            flops = summary.get("flops") or {}
+            _add(cell.train_flops, flops.get("training_ratio"))
+            _add(cell.inf_flops, flops.get("inference_ratio"))
+            _add(cell.itop, summary.get("itop_rate"))
         if "imp" in setting.methods:
             for seed in setting.seeds:
                 where = imp_dir(runs_dir, bench, setting, seed)
@@ -355,14 +359,9 @@ def machine_info() -> dict[str, Any]:
 
 def _total_train_time(setting: ReproSetting, runs_dir: Path) -> float:
     total = 0.0
-    for bench in setting.benchmarks:
-        for method in setting.methods:
-            if method == "imp":
-                continue
-            for s in ([0.0] if method == "dense" else setting.sparsities):
-                for seed in setting.seeds:
-                    summary = RunDir.for_config(runs_dir, run_config(bench, setting, method, s, seed)).read_summary()
-                    total += float((summary or {}).get("wall_time") or 0.0)
+    for bench, method, sparsity, seed in grid_runs(setting):
+        summary = RunDir.for_config(runs_dir, run_config(bench, setting, method, sparsity, seed)).read_summary()
+        total += float((summary or {}).get("wall_time") or 0.0)
     return total
 
 

@@ -11,8 +11,14 @@ The pruning itself (counts, magnitude rounds, rewinding, the controls' masks and
 """
 
 from .config import CONTROLS, SCOPES, LotteryConfig
-from .report import LOTTERY_COLUMNS, find_lottery_runs, format_lottery_rows, lottery_rows, lottery_run_rows, \
-    plot_lottery_runs
+from .report import (
+    LOTTERY_COLUMNS,
+    find_lottery_runs,
+    format_lottery_rows,
+    lottery_rows,
+    lottery_run_rows,
+    plot_lottery_runs,
+)
 from .results import curve_table, lottery_curve, plot_curve
 from .runner import RUN, level_dir, lottery_dir, lottery_identity, run_lottery
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsetrain.tables import Column, render
+
 from .results import lottery_curve, plot_curve
 
 __all__ = ["LOTTERY_COLUMNS", "find_lottery_runs", "format_lottery_rows", "lottery_rows", "lottery_run_rows",

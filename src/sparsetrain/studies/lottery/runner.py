@@ -54,10 +54,16 @@ from sparsetrain.atomic import write_json, write_text
 from sparsetrain.checkpoint_io import load_checkpoint, save_checkpoint
 from sparsetrain.experiment import Branch, ExperimentConfig, Trainer, TrainerCallback
 from sparsetrain.experiment.build import Experiment, build_experiment
-from sparsetrain.experiment.rundir import RunDir
 from sparsetrain.experiment.run_state import read_run_checkpoint
+from sparsetrain.experiment.rundir import RunDir
 from sparsetrain.identity import identity_hash
-from sparsetrain.lottery import layer_rates, prune_round, random_mask_like, reinitialize, snapshot
+from sparsetrain.lottery import (
+    layer_rates,
+    prune_round,
+    random_mask_like,
+    reinitialize,
+    snapshot,
+)
 from sparsetrain.masks import select_prunable, sparsity_report
 
 from .config import LotteryConfig
@@ -223,7 +229,8 @@ class _Lottery:
 
     def sparse_recipe(self, masks_file: Path, masks: Mapping[str, Tensor]) -> ExperimentConfig:
         """The recipe with ``masks_file`` as a fixed mask (static), at the masks' sparsity."""
-        return self.recipe.with_overrides({"sparse.method": "static", "sparse.sparsity": sparsity_report(masks).sparsity,
+        return self.recipe.with_overrides({"sparse.method": "static",
+                                           "sparse.sparsity": sparsity_report(masks).sparsity,
                                            "sparse.options": {"masks": str(masks_file.resolve())}})
 
     def level(self, level: int, rewind: Path) -> None:
