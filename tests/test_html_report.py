@@ -16,7 +16,7 @@ from PIL import Image
 from helpers import TinyMLP, watch_topology
 from sparsetrain import RigL
 from sparsetrain.cli import main
-from sparsetrain.experiment.html_report import markdown_html, render_html_report, write_html_report
+from sparsetrain.studies.html_report import markdown_html, render_html_report, write_html_report
 from sparsetrain.experiment.rundir import find_runs
 from sparsetrain.experiment.topology_log import append_event
 

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the tables (and write them to ``--output``)."""
     from sparsetrain.experiment.report import aggregate_rows, collect_rows, format_layers, format_rows, layer_rows
     from sparsetrain.experiment.rundir import find_runs
-    from sparsetrain.lottery.report import format_lottery_rows, lottery_rows
+    from sparsetrain.studies.lottery.report import format_lottery_rows, lottery_rows
 
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():
