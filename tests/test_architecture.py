@@ -14,7 +14,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 def _example() -> dict:
     text = DOC.read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     (code,) = [block for block in blocks if "class ConstantRigL" in block]
     assert len(code.splitlines()) <= 40  # "a 30-line example method"
     namespace: dict = {}
@@ -68,7 +68,7 @@ def test_the_documented_layers_are_the_tested_layers() -> None:
     spec = importlib.util.spec_from_file_location("layers", Path(__file__).with_name("test_layers.py"))
     layers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(layers)
-    rows = re.findall(r"^\| \d\. [^|]+\| ([^|]+) \|", DOC.read_text(encoding="utf-8"), flags=re.M)
+    rows = re.findall(r"^\| \d\. [^|]+\| ([^|]+) \|", DOC.read_text(encoding="utf-8"), flags=re.MULTILINE)
     documented = [tuple(sorted(re.findall(r"`([a-z_]+)(?:/|/__init__\.py)?`", row))) for row in rows]
     expected = [tuple(sorted(names)) for names in layers.LAYERS]
     names = {"core": ("native",), "sparsetrain": ("sparsetrain",)}
