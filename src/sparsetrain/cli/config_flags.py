@@ -11,9 +11,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .terminal import CliError, fmt_default
+from .terminal import CliError, fmt_default, note
 
-__all__ = ["add_config_flags", "resolve_config", "parse_seeds"]
+__all__ = ["add_config_flags", "resolve_config", "parse_seeds", "note_validation"]
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +41,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             except ImportError:
                 choices = None
             metavar = "{" + ",".join(choices) + "}" if choices else info.name.upper()
+            if choices and info.also is not None:
+                metavar += f" or {info.also[1]}"
             group.add_argument(info.flag, dest=dest, default=None, metavar=metavar, help=help_text)
 
 
@@ -116,3 +118,10 @@ def parse_seeds(args: argparse.Namespace, default: int) -> list[int]:
             raise CliError(f"argument --seeds: {seed} is not allowed: expected ints >= 0")
         seeds.append(seed)
     return list(dict.fromkeys(seeds))
+
+
+def note_validation(config: Any) -> None:
+    """Say once that a run without a validation split (``--val-fraction 0``) reports its last epoch as "best"."""
+    if config.data.val_fraction == 0:
+        note("--val-fraction 0: no validation split, so 'best' is the last epoch (an epoch chosen on the test set "
+             "would report the test set's best case)")

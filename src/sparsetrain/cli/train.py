@@ -18,7 +18,7 @@ from typing import Any
 
 from sparsetrain.distributed import is_main_process
 
-from .config_flags import add_config_flags, parse_seeds, resolve_config
+from .config_flags import add_config_flags, note_validation, parse_seeds, resolve_config
 from .terminal import CliError, Progress, note
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "method_options_help"]
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         if RunDir(run_path).status() == "finished":
             raise CliError(f"--resume {args.resume}: the run has already finished (summary.json exists), there is "
                            "nothing to resume; delete its directory to train it again")
+    note_validation(base)
     seeds = parse_seeds(args, base.train.seed)
     with_baseline = args.baseline and base.sparse.method != DENSE and not isinstance(args.resume, str)
     results: list[dict[str, Any]] = []
