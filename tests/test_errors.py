@@ -154,6 +154,14 @@ def _static_unknown_mask_name(cwd):
     sparsetrain.Static(*_model_and_optimizer(), total_steps=10, masks={"9.weight": torch.ones(8, 4, dtype=torch.bool)})
 
 
+def _lottery_linear_without_final(cwd):
+    sparsetrain.studies.LotteryConfig(schedule="linear")
+
+
+def _lottery_rounds_and_targets(cwd):
+    sparsetrain.studies.LotteryConfig(sparsities=(0.5, 0.8), rounds=3)
+
+
 #: row number -> (argv or API callable, set-up or None); the rows' inputs and messages live in docs/errors.md.
 CASES = {
     1: (_train("--sparsity", "1.2"), None),
@@ -215,6 +223,13 @@ CASES = {
     57: (_granet_without_sparsity, None),
     58: (_static_float_masks, None),
     59: (_static_unknown_mask_name, None),
+    60: (_train("--model", "nosuch_module:make"), None),
+    61: (_train("--method", "rigl", "--method-option", "sparse_init=he"), None),
+    62: (["lottery", "--sparsities", "0.5", "0.4", "--runs-dir", "runs", "--no-progress"], None),
+    63: (["lottery", "--schedule", "linear", "--prune-rate", "0.3", "--runs-dir", "runs", "--no-progress"], None),
+    64: (["lottery", "--rewind-step", "10", "--rank-step", "5", "--runs-dir", "runs", "--no-progress"], None),
+    65: (_lottery_linear_without_final, None),
+    66: (_lottery_rounds_and_targets, None),
 }
 _RUNS: dict[str, str] = {}
 
