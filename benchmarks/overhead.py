@@ -5,8 +5,8 @@ the topology updates is included in the average. Each optimizer implementation (
 AdamW) is compared with the dense loop using the *same* implementation. The sparse rows use the fused masked step
 where it applies (foreach/for-loop SGD and AdamW; ``sparsetrain.fused_step``) and, for comparison, the
 masked-gradient path (``fused_step=False``). The "events to topology.jsonl" rows subscribe the writer a training
-run uses (:func:`sparsetrain.experiment.topology_log.append_event`, one fsync'ed line per update) to the sparsifier,
-so they time publishing topology events in the loop. Configurations are interleaved repeat by repeat so that drift
+run uses (:func:`sparsetrain.experiment.topology_log.append_event`, one line per update, not fsync'ed: the Trainer
+fsyncs the file before each checkpoint) to the sparsifier, so they time publishing topology events in the loop. Configurations are interleaved repeat by repeat so that drift
 on a shared machine hits them alike; the table reports the median per-step time and its ratio to dense.
 
     python benchmarks/overhead.py [--repeats 5] [--steps 200] [--quick] [--threads N] [--clock thread]
@@ -83,7 +83,7 @@ def time_run(case: str, row: str, optimizer_name: str, steps: int, clock=time.pe
                           update_every=UPDATE_EVERY, stop_at=1.0, fused_step=fused)
     scratch = tempfile.TemporaryDirectory()
     if watched:
-        sparsifier.subscribe(functools.partial(append_event, Path(scratch.name) / "topology.jsonl"))
+        sparsifier.subscribe(functools.partial(append_event, Path(scratch.name) / "topology.jsonl", sync=False))
     x = torch.randn(batch, *input_shape)
     y = torch.randint(0, 10, (batch,))
     loss_fn = nn.CrossEntropyLoss()

@@ -2,7 +2,7 @@
 (read back with those packages' own readers), across an interruption and resume, a restart and a replay."""
 
 import importlib.util
-import json
+import os
 import sys
 
 import pytest
@@ -172,3 +172,38 @@ def test_log_without_its_extra_is_one_line_and_exit_2(tmp_path, monkeypatch, cap
 
 def test_log_is_not_part_of_the_run_identity():
     assert tiny("rigl", **{"train.log": ["tensorboard", "mlflow"]}).run_name() == tiny("rigl").run_name()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the fsync'ed files through /proc (Linux)")
+def test_the_topology_log_is_synced_before_every_checkpoint(tmp_path, monkeypatch):
+    """Lines are appended without an fsync each (milliseconds, more than a small model's step); the file is
+    fsync'ed right before each checkpoint, so every update up to a checkpoint's step is on disk before it."""
+    import sparsetrain.atomic
+    import sparsetrain.experiment.trainer as trainer_module
+
+    config = tiny("rigl")
+    run = RunDir.for_config(tmp_path, config)
+    calls, synced = [], []
+    real_fsync, real_sync, real_save = os.fsync, trainer_module.sync_file, trainer_module.save_checkpoint
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def sync_file(path):
+        calls.append(("sync", len(_lines(run))))
+        real_sync(path)
+
+    def save_checkpoint(state, path, **kwargs):
+        calls.append(("checkpoint", state.get("step")))
+        real_save(state, path, **kwargs)
+
+    monkeypatch.setattr(sparsetrain.atomic.os, "fsync", fsync)
+    monkeypatch.setattr(trainer_module, "sync_file", sync_file)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_checkpoint)
+    Trainer(config, tmp_path, plots=False).fit()
+    after_sync = [(calls[i - 1][1], step) for i, (kind, step) in enumerate(calls)
+                  if kind == "checkpoint" and calls[i - 1][0] == "sync"]
+    # every epoch's checkpoint right after a sync of a file holding every update up to its step
+    assert after_sync == [(sum(1 for u in UPDATES if u <= step), step) for step in (8, 16, 24)]
+    assert sum(path.endswith("topology.jsonl") for path in synced) == 3  # none of the 5 appends fsync'ed

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsetrain.atomic import remove_temp_files, replace_durably, write_text
+from sparsetrain.atomic import remove_temp_files, replace_durably, sync_file, write_text
 from sparsetrain.checkpoint_io import CheckpointError, save_checkpoint
 from sparsetrain.distributed import assert_masks_identical, masks_checksum
 from sparsetrain.topology import TopologyEvent
@@ -450,7 +450,7 @@ class Trainer:
 
     def _record_topology(self, event: TopologyEvent) -> None:
         """A topology update of this run (rank 0): one line of topology.jsonl, and its figures to the loggers."""
-        append_event(self.run.topology_file, event)
+        append_event(self.run.topology_file, event, sync=False)  # synced before the next checkpoint
         self._tracker.log_topology(event)
 
     def _train_epoch(self, stop: StopRequest, until: int | None = None) -> bool:
@@ -582,6 +582,7 @@ class Trainer:
             self._saved_step = self.step
         if not exp.parallel.is_main:
             return
+        sync_file(self.run.topology_file)  # every update up to this step on disk before the checkpoint is
         if rolling:
             save_checkpoint(state, self.run.checkpoint_file, keep_previous=self.run.previous_checkpoint_file)
             logger.debug("checkpoint at step %d written to %s", self.step, self.run.checkpoint_file)
