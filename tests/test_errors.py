@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import sparsetrain
+import sparsetrain.studies
 from sparsetrain.cli import main
 from sparsetrain.experiment import (
     ExperimentConfig,
@@ -135,7 +136,7 @@ def _gmp_global_scope_with_distribution(cwd):
 
 
 def _lottery_layerwise(cwd):
-    sparsetrain.lottery.LotteryConfig(scope="layerwise")
+    sparsetrain.studies.LotteryConfig(scope="layerwise")
 
 
 def _rigl_unknown_option(cwd):

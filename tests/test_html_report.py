@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from sparsetrain.cli import main
-from sparsetrain.experiment.html_report import markdown_html, render_html_report, write_html_report
+from sparsetrain.studies.html_report import markdown_html, render_html_report, write_html_report
 from sparsetrain.experiment.rundir import find_runs
 
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")

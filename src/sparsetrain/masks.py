@@ -8,8 +8,10 @@ names never change and ``deepcopy`` / pickling / ``state_dict`` keep working. Ti
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -29,7 +31,10 @@ __all__ = [
     "SparsityReport",
     "LayerSparsity",
     "sparsity_report",
+    "warn_collapsed",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Module types whose >=2-D weights are pruned by default; norm layers and biases stay dense.
 PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (
@@ -294,3 +299,13 @@ def sparsity_report(params: Mapping[str, Tensor]) -> SparsityReport:
         LayerSparsity(name, tuple(p.shape), p.numel(), int(torch.count_nonzero(p)))
         for name, p in params.items()
     ])
+
+
+def warn_collapsed(masks: Mapping[str, Tensor], what: str) -> list[str]:
+    """Log and ``warnings.warn`` about tensors whose mask keeps no weight (layer collapse); return their names."""
+    empty = [name for name, mask in masks.items() if not bool(mask.any())]
+    if empty:
+        message = f"{what}: layer collapse, no weight left in {', '.join(empty)}"
+        logger.warning(message)
+        warnings.warn(message, stacklevel=3)
+    return empty

@@ -40,6 +40,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .distributions import DISTRIBUTIONS, allocate, check_distribution
 from .enforcement import DenseMaskEnforcer, MaskEnforcer
+from .itop import pooled_itop
 from .masks import SparsityReport, random_masks, resolve_overrides, select_named, select_prunable, sparsity_report
 from .options import REQUIRED, Option, OptionSet, declared
 from .selection import SCOPES, check_scope, resolve_scope
@@ -345,9 +346,9 @@ class Sparsifier:
         return 1.0 - sum(int(torch.count_nonzero(m)) for m in self.masks.values()) / total
 
     def itop_rate(self) -> float:
-        """In-time over-parameterization rate: fraction of sparsified weights ever active so far."""
-        total = sum(m.numel() for m in self.ever_active.values())
-        return sum(int(torch.count_nonzero(m)) for m in self.ever_active.values()) / total
+        """In-time over-parameterization rate: fraction of sparsified weights ever active so far
+        (:func:`sparsetrain.itop.pooled_itop` of :attr:`ever_active`)."""
+        return pooled_itop(self.ever_active)
 
     def report(self) -> SparsityReport:
         """Per-tensor shape, nonzeros and sparsity measured from the weights."""

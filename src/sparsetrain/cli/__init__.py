@@ -11,7 +11,7 @@ or config value exits with status 2 and one line, ``sparsetrain: error: <field>=
 Ctrl-C or SIGTERM writes a checkpoint and exits with 130 / 143, and rerunning the same command resumes.
 
 This package parses and dispatches: one module per command (``HELP``, ``DESCRIPTION``, ``add_arguments`` and a
-thin ``run``), the command bodies in the library (:mod:`sparsetrain.experiment`, :mod:`sparsetrain.lottery`,
+thin ``run``), the command bodies in the library (:mod:`sparsetrain.experiment`, :mod:`sparsetrain.studies`,
 :mod:`sparsetrain.analysis`), and the terminal (errors, notes, progress) in :mod:`sparsetrain.cli.terminal`.
 """
 

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Search the jackpot and print its accuracy beside the magnitude mask's."""
-    from sparsetrain.lottery.jackpot_run import run_jackpot
+    from sparsetrain.studies.jackpot import run_jackpot
 
     try:
         record = run_jackpot(args.run_dir, sparsity=args.sparsity, steps=args.steps, lr=args.lr,

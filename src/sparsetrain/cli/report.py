@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the tables (and write them to ``--output``)."""
     from sparsetrain.experiment.report import aggregate_rows, collect_rows, format_layers, format_rows, layer_rows
     from sparsetrain.experiment.rundir import find_runs
-    from sparsetrain.lottery.report import format_lottery_rows, lottery_rows
+    from sparsetrain.studies.lottery.report import format_lottery_rows, lottery_rows
 
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_html(runs_dir: Path, out: Path) -> int:
     """``--html OUT``: write the page and print its path."""
-    from sparsetrain.experiment.html_report import write_html_report
+    from sparsetrain.studies.html_report import write_html_report
 
     if out.is_dir():
         raise CliError(f"--html={str(out)!r} is a directory; give the page's file name, e.g. {out / 'report.html'}")

@@ -167,7 +167,7 @@ def method_options_help() -> str:
     own = ", ".join(f"{name} ({path})" for name, path in RESERVED_METHOD_OPTIONS.items())
     return (f"method options (--method-option NAME=VALUE, or sparse.options in a config; masks=PATH reads a run's "
             f"masks.pt; init_data is the run's training set). Set through their own fields instead: {own}.\n"
-            + describe(exclude=(*RESERVED_METHOD_OPTIONS, "init_data")))
+            + describe(sparsetrain.METHODS, exclude=(*RESERVED_METHOD_OPTIONS, "init_data")))
 
 
 def load_masks_file(path: str) -> dict[str, torch.Tensor]:

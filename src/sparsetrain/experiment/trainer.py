@@ -52,13 +52,13 @@ from torch import Tensor
 from sparsetrain.atomic import remove_temp_files, replace_durably, sync_file, write_text
 from sparsetrain.checkpoint_io import CheckpointError, save_checkpoint
 from sparsetrain.distributed import assert_masks_identical, masks_checksum
+from sparsetrain.itop import itop_by_layer
 from sparsetrain.topology import TopologyEvent
 
 from .branch import Branch, check_branch_record, read_branch_record, start_branch, write_branch_record
 from .build import Experiment, attach_sparsifier, build_experiment
 from .checkpoint import capture_rng, restore_rng
 from .config import DENSE, ConfigError, ExperimentConfig
-from .itop import itop_by_layer
 from .loggers import check_installed, discard_logs, open_tracker
 from .metrics import RunningSums, append_metrics, evaluate, truncate_metrics
 from .rundir import RunDir, dense_reference
@@ -526,7 +526,7 @@ class Trainer:
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
             "sparsity": self.measured_sparsity(), "lr": self._lr,
             "itop_rate": exp.sparsifier.itop_rate() if exp.sparsifier is not None else None,
-            "itop_layers": itop_by_layer(exp.sparsifier),
+            "itop_layers": itop_by_layer(exp.sparsifier.ever_active if exp.sparsifier is not None else None),
             "time": self.elapsed(),
         }
         if exp.parallel.is_main:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..batches import collect_batches
 from ..distributions import check_distribution
-from ..masks import resolve_overrides, select_prunable
+from ..masks import resolve_overrides, select_prunable, warn_collapsed
 from ..scores import random_scores
 from ..selection import budget, check_scope, keep_top, resolve_scope
 from ..topk import NEG_INF
 from ..validation import check_choice, check_int, check_sparsity
-from .data import collect_batches
 from .grasp import GRASP_TEMPERATURE, grasp_scores
 from .snip import LossFn, snip_scores
 from .synflow import linearize, ones_input, synflow_scores
@@ -56,15 +55,6 @@ def round_densities(density: float, rounds: int, schedule: str = "exponential") 
     values[-1] = density
     return values
 
-
-def warn_collapsed(masks: Mapping[str, Tensor], what: str) -> list[str]:
-    """Log and ``warnings.warn`` about tensors whose mask keeps no weight (layer collapse); return their names."""
-    empty = [name for name, mask in masks.items() if not bool(mask.any())]
-    if empty:
-        message = f"{what}: layer collapse, no weight left in {', '.join(empty)}"
-        logger.warning(message)
-        warnings.warn(message, stacklevel=3)
-    return empty
 
 
 def _check_args(method: str, sparsity: Any, rounds: Any, schedule: str) -> tuple[str, float, int]:

@@ -28,14 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..batches import cycle_batches, model_output
 from ..distributions import check_distribution
-from ..init_pruning.prune import warn_collapsed
-from ..init_pruning.snip import model_output
-from ..masks import select_prunable
+from ..masks import select_prunable, warn_collapsed
 from ..selection import budget, check_scope, keep_top, resolve_scope
 from ..topk import topk_mask
 from ..validation import check_choice, check_int, check_number, check_sparsity
-from .train import _cycle
 
 __all__ = ["find_jackpot", "restrict_changes", "mask_iou"]
 
@@ -238,7 +236,7 @@ def find_jackpot(
     else:
         opt = torch.optim.Adam(list(scores.values()), lr=lr)
     net.train(train_mode)
-    batches = _cycle(_batches(data))
+    batches = cycle_batches(_batches(data))
     changes: list[int] = []
     device = _device(weights)
     cuda = [device.index or 0] if device.type == "cuda" else []

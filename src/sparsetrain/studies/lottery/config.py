@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..selection import SCOPES, check_scope
-from ..validation import check_bool, check_int, check_number
+from sparsetrain.selection import SCOPES, check_scope
+from sparsetrain.validation import check_bool, check_int, check_number
 
 __all__ = ["LotteryConfig", "SCOPES", "CONTROLS"]
 
@@ -40,14 +40,16 @@ class LotteryConfig:
             "global" (one magnitude threshold over all tensors but the output layer, as OpenLTH's default;
             the output layer is pruned on its own at ``output_rate``).
         rewind_step: rewind survivors to their values at step 0 (initialisation, Frankle & Carbin) or at
-            optimizer step k of the dense run (Frankle et al. 2020).
+            optimizer step k of the dense run (Frankle et al. 2020); the levels start at that step, with the
+            learning-rate schedule and data order of the dense run there.
         one_shot: level k prunes the dense level-0 weights straight to level k's counts, instead of pruning
             the weights retrained at level k-1.
         controls: which controls to train at each level >= 1: "reinit", "random".
         include / exclude: which tensors are pruned, as :func:`sparsetrain.masks.select_prunable`.
-        seed: seeds training (each stage seeds the global generator from it) and the controls.
-        notes: free-form JSON-able record of the training recipe (saved with the config and compared on
-            resume, so a run is never continued with another recipe; the runner does not read it).
+        seed: seeds the controls (the random mask and the re-initialisation); training is seeded by the
+            recipe's ``train.seed``.
+        notes: free-form JSON-able notes (saved with the config and compared on resume; the runner does not read
+            them). The recipe itself is saved as ``experiment.yaml`` and checked on resume.
     """
 
     rounds: int = 3

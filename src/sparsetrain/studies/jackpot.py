@@ -17,9 +17,13 @@ from typing import Any
 
 import torch
 
-from ..atomic import write_json
-from ..checkpoint_io import save_checkpoint
-from .jackpot import find_jackpot
+from sparsetrain.atomic import write_json
+from sparsetrain.checkpoint_io import save_checkpoint
+from sparsetrain.experiment.build import build_experiment
+from sparsetrain.experiment.checkpoint import load_checkpoint
+from sparsetrain.experiment.config import DENSE
+from sparsetrain.experiment.rundir import RunDir
+from sparsetrain.lottery.jackpot import find_jackpot
 
 __all__ = ["jackpot_dir", "run_jackpot"]
 
@@ -65,11 +69,6 @@ def run_jackpot(
         FileNotFoundError: ``run_dir`` is not a directory or holds no ``checkpoint.pt``.
         ValueError: a bad option (``ConfigError`` for a config the data or model rejects).
     """
-    from ..experiment.build import build_experiment
-    from ..experiment.checkpoint import load_checkpoint
-    from ..experiment.config import DENSE
-    from ..experiment.rundir import RunDir
-
     path = Path(run_dir)
     if not path.is_dir():
         raise FileNotFoundError(f"run_dir={str(run_dir)!r}: no such directory")
