@@ -6,8 +6,9 @@ AdamW) is compared with the dense loop using the *same* implementation. The spar
 where it applies (foreach/for-loop SGD and AdamW; ``sparsetrain.fused_step``) and, for comparison, the
 masked-gradient path (``fused_step=False``). The "events to topology.jsonl" rows subscribe the writer a training
 run uses (:func:`sparsetrain.experiment.topology_log.append_event`, one line per update, not fsync'ed: the Trainer
-fsyncs the file before each checkpoint) to the sparsifier, so they time publishing topology events in the loop. Configurations are interleaved repeat by repeat so that drift
-on a shared machine hits them alike; the table reports the median per-step time and its ratio to dense.
+fsyncs the file before each checkpoint) to the sparsifier, so they time publishing topology events in the loop.
+Configurations are interleaved repeat by repeat so that drift on a shared machine hits them alike; the table
+reports the median per-step time and its ratio to dense.
 
     python benchmarks/overhead.py [--repeats 5] [--steps 200] [--quick] [--threads N] [--clock thread]
 """

@@ -36,15 +36,9 @@ TEMP_SUFFIX = ".tmp"
 def _fsync_directory(directory: Path) -> None:
     """Make a rename durable; not possible on every platform (Windows), so best effort."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
+        sync_file(directory)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def replace_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
@@ -165,7 +159,7 @@ def append_line(line: str, path: str | os.PathLike[str], *, sync: bool = True) -
 
 
 def sync_file(path: str | os.PathLike[str]) -> None:
-    """fsync ``path`` if it exists (lines appended with ``sync=False``)."""
+    """fsync ``path`` if it exists (a file's lines appended with ``sync=False``, or a directory's entries)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
