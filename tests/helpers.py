@@ -191,26 +191,16 @@ def nonzero_counts(sparsifier: Sparsifier) -> dict[str, int]:
 
 def watch_topology(method: type[Sparsifier], model: nn.Module, *, steps: int = 60, update_every: int = 10,
                    batch: tuple[Tensor, Tensor] | None = None, **kwargs) -> tuple[Sparsifier, list]:
-    """Train ``model`` with ``method`` on one random minibatch and record a topology event at every update, as a
-    subscribed sparsifier would publish them (masks captured before ``step()``, the dense gradients it saw)."""
-    from sparsetrain.topology import capture_masks, topology_event
-
+    """Train ``model`` with ``method`` on one random minibatch; the topology events its sparsifier published."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sparsifier = method(model, optimizer, total_steps=steps, update_every=update_every, **kwargs)
     first = next(iter(sparsifier.params.values()))
     inputs, targets = batch if batch is not None else (torch.randn(32, first.shape[1]), torch.randint(0, 5, (32,)))
-    events = []
+    events: list = []
+    sparsifier.subscribe(events.append)
     for _ in range(steps):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(inputs), targets).backward()
         optimizer.step()
-        before = capture_masks(sparsifier.masks)
-        grads = {n: p.grad.clone() for n, p in sparsifier.params.items()}
-        if sparsifier.step():
-            step = sparsifier.step_count
-            fraction = getattr(sparsifier, "current_drop_fraction", None)
-            target = getattr(sparsifier, "target_sparsity", None)
-            events.append(topology_event(step, before, sparsifier.masks, sparsifier.ever_active, grads=grads,
-                                         drop_fraction=fraction(step) if fraction else None,
-                                         target_sparsity=target(step) if target else sparsifier.sparsity))
+        sparsifier.step()
     return sparsifier, events

@@ -53,6 +53,9 @@ def test_train_writes_runs_named_by_method_and_hash_with_a_shared_dense_baseline
         assert {"config.yaml", "metrics.jsonl", "summary.json", "masks.pt", "checkpoint.pt"} <= files
         plots = {"curves.png", "density.png", "layers.png"}
         assert plots <= files if not name.startswith("rigl") else not plots & files  # rigl ran with --no-plots
+        # the topology updates of the dynamic runs, logged as they happened, and plotted with the run's plots
+        assert ("topology.jsonl" in files) == (not name.startswith("dense"))
+        assert ({"topology.png", "itop.png"} <= files) == name.startswith("granet")
     rigl = json.loads(next(runs.glob("rigl-*/seed_0/summary.json")).read_text())
     dense = json.loads(next(runs.glob("dense-*/seed_0/summary.json")).read_text())
     assert rigl["dense"]["final_acc"] == dense["final_acc"]
@@ -82,10 +85,14 @@ def test_plot_writes_pngs_that_are_real_images(runs, capsys):
     assert main(["plot", "--runs-dir", str(runs), "--no-progress"]) == 0
     written = capsys.readouterr().out.split()
     assert str(runs / "accuracy_vs_sparsity.png") in written
-    assert len(written) == 3 * 3 + 1
+    # curves, density and layers of every run; topology and itop of the two with topology updates (topology.jsonl)
+    assert len(written) == 3 * 3 + 2 * 2 + 1
+    assert sorted(Path(p).parent.parent.name.split("-")[0] for p in written if p.endswith(("topology.png",
+                                                                                          "itop.png"))) == \
+        ["granet", "granet", "rigl", "rigl"]
     for path in written:
         shape, colours = _png(path)
-        assert shape[:2] == (450, 800), path
+        assert shape[:2] == (450, 800) or path.endswith("topology.png"), path
         assert colours > 10, path  # lines, text and axes, not a blank canvas
 
 

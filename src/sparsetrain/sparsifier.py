@@ -18,9 +18,13 @@ Like torch.ao.pruning's ``BaseSparsifier``, a sparsifier is its state (``masks``
    (:mod:`sparsetrain.enforcement`) hooks the optimizer.
 
 A method subclass declares its options (``options``, ``option_defaults``) and implements :meth:`setup`,
-:meth:`initial_masks`, :meth:`is_update_step` and :meth:`update`; it never overrides ``__init__``. Steps are
-counted in optimizer steps (see :mod:`sparsetrain.enforcement`); a topology update whose gradients are not finite
-is skipped.
+:meth:`initial_masks`, :meth:`is_update_step` and :meth:`update` (and :meth:`schedule_at` when it has schedules);
+it never overrides ``__init__``. Steps are counted in optimizer steps (see :mod:`sparsetrain.enforcement`); a
+topology update whose gradients are not finite is skipped.
+
+Every topology update can be watched: ``sparsifier.subscribe(callback)`` calls ``callback(event)`` with a
+:class:`~sparsetrain.topology.TopologyEvent` after each update (see :mod:`sparsetrain.topology`). With nobody
+subscribed an update step costs one extra truth test; ordinary steps cost nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .distributions import DISTRIBUTIONS, allocate, check_distribution
 from .enforcement import DenseMaskEnforcer, MaskEnforcer
@@ -39,6 +44,7 @@ from .itop import pooled_itop
 from .masks import SparsityReport, random_masks, resolve_overrides, select_named, select_prunable, sparsity_report
 from .options import REQUIRED, Option, OptionSet, declared
 from .selection import SCOPES, check_scope, resolve_scope
+from .topology import TopologyCallback, TopologySubscribers, capture_masks, topology_event
 from .validation import check_bool, check_bool_masks, check_int, check_positive_int, check_sparsity
 
 __all__ = ["Sparsifier"]
@@ -186,6 +192,8 @@ class Sparsifier:
         self.step_count = 0
         self.masks: dict[str, Tensor] = {}
         self.ever_active: dict[str, Tensor] = {}
+        #: Who is told about every topology update (:meth:`subscribe`); never copied with the sparsifier.
+        self.subscribers = TopologySubscribers()
         self.enforcer: MaskEnforcer = DenseMaskEnforcer(self.params, optimizer, self,
                                                          mask_gradients=values["mask_gradients"],
                                                          fused_step=values["fused_step"])
@@ -222,6 +230,12 @@ class Sparsifier:
     def update(self, step: int) -> dict[str, Tensor]:
         """Change ``self.masks`` for step ``step``; return positions whose weights and state restart at 0."""
         return {}
+
+    def schedule_at(self, step: int) -> dict[str, float | None]:
+        """The schedule values in force at update step ``step``, for its topology event: ``drop_fraction`` (None
+        when the method drops nothing at that step) and ``target_sparsity``. Default: no drop fraction, the
+        constant ``sparsity``."""
+        return {"drop_fraction": None, "target_sparsity": self.sparsity}
 
     # -- attach: the one place with side effects ------------------------------------------------------------------
     def attach(self) -> None:
@@ -275,17 +289,45 @@ class Sparsifier:
             self.step_count += 1
         if self.is_update_step(self.step_count):
             if enforcer.gradients_finite():
+                # A method may edit its masks in place: keep the old ones only when someone will compare them.
+                before = capture_masks(self.masks) if self.subscribers else None
                 reset = self.update(self.step_count)
                 for name, mask in self.masks.items():
                     self.ever_active[name] |= mask
                 # One pass zeroes both the inactive positions and the newly grown ones (weights and state).
                 enforcer.apply(self.masks, also_zero=reset)
+                if before is not None:
+                    self._publish(before)
                 return True
             logger.warning("step %d: non-finite (or overflowing) gradients, topology update skipped", self.step_count)
             enforcer.apply(self.masks, refresh=False)
         elif missed or enforcer.masks_every_step:
             enforcer.apply(self.masks, refresh=False)
         return False
+
+    def subscribe(self, callback: TopologyCallback) -> RemovableHandle:
+        """Call ``callback(event)`` after every topology update, with its :class:`~sparsetrain.topology.TopologyEvent`.
+
+        The callback runs inside :meth:`step`, after the weights and optimizer state follow the new masks; its
+        exceptions propagate. Subscriptions are not copied with the sparsifier (``deepcopy``, pickling).
+
+        Args:
+            callback: takes the event; its return value is ignored.
+
+        Returns:
+            A handle whose ``remove()`` unsubscribes it.
+
+        Raises:
+            TypeError: ``callback`` is not callable.
+        """
+        return self.subscribers.subscribe(callback)
+
+    def _publish(self, before: Mapping[str, Tensor]) -> None:
+        """Tell the subscribers what the update at this step did (the gradients are still the dense ones it saw)."""
+        step = self.step_count
+        grads = {name: param.grad for name, param in self.params.items()}
+        self.subscribers.publish(topology_event(step, before, self.masks, self.ever_active, grads=grads,
+                                                **self.schedule_at(step)))
 
     def apply_masks(self, refresh: bool = True, also_zero: Mapping[str, Tensor] | None = None) -> None:
         """Zero the weights and the optimizer state outside the masks (see :meth:`MaskEnforcer.apply`).
@@ -392,12 +434,14 @@ class Sparsifier:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["generator"] = self.generator.get_state()
+        # Subscribers belong to the live object (loggers, open files): a copy starts with none.
+        state.pop("subscribers", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         generator = torch.Generator()
         generator.set_state(state["generator"])
-        self.__dict__.update({**state, "generator": generator})
+        self.__dict__.update({**state, "generator": generator, "subscribers": TopologySubscribers()})
 
 
 def _portable(value: Any) -> Any:

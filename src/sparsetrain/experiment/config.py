@@ -108,6 +108,12 @@ def option(
     return field(default=default, metadata=metadata)
 
 
+def _trackers(kinds: list[str]) -> bool:
+    from .loggers import LOGGERS
+
+    return len(set(kinds)) == len(kinds) and all(kind in LOGGERS for kind in kinds)
+
+
 def _nonneg(v: float) -> bool:
     return v >= 0
 
@@ -202,6 +208,9 @@ class TrainConfig:
                                  check=(_positive, "an int > 0 or none"), hashed=False)
     num_workers: int = option(0, "DataLoader worker processes", check=(_nonneg, "an int >= 0"), hashed=False)
     deterministic: bool = option(True, "torch.use_deterministic_algorithms (warn only)", hashed=False)
+    log: list[str] = option([], "experiment trackers the run also logs to: tensorboard (event files in "
+                            "<run>/tensorboard), mlflow (<runs-dir>/mlflow.db); each needs the extra of its name",
+                            check=(_trackers, "tensorboard and/or mlflow, each once"), hashed=False)
 
 
 SECTIONS: dict[str, type] = {

@@ -71,6 +71,9 @@ class DynamicSparse(Sparsifier):
         """``f(t) = drop_fraction_final + (alpha - final)/2 (1 + cos(pi t / T_end))``."""
         return cosine_decay(step, self.drop_fraction, self.drop_fraction_final, self.stop_at)
 
+    def schedule_at(self, step: int) -> dict[str, float | None]:
+        return {"drop_fraction": self.current_drop_fraction(step), "target_sparsity": self.sparsity}
+
     def is_update_step(self, step: int) -> bool:
         return self.cadence(step)
 

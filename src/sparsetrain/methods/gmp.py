@@ -87,6 +87,9 @@ class GMP(Sparsifier):
         """``s_t`` of the cubic schedule at ``step``."""
         return cubic_sparsity(step, self.initial_sparsity, self.sparsity, self.prune_start, self.prune_end)
 
+    def schedule_at(self, step: int) -> dict[str, float | None]:
+        return {"drop_fraction": None, "target_sparsity": self.target_sparsity(step)}
+
     def is_update_step(self, step: int) -> bool:
         return self.prune_cadence(step)
 

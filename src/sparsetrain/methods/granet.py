@@ -70,6 +70,10 @@ class GraNet(GMP):
         """``r_t``: cosine decay from ``drop_fraction`` to ``drop_fraction_final`` over the run."""
         return cosine_decay(step, self.drop_fraction, self.drop_fraction_final, self.total_steps)
 
+    def schedule_at(self, step: int) -> dict[str, float | None]:
+        return {"drop_fraction": self.current_drop_fraction(step) if self.regrow_cadence(step) else None,
+                "target_sparsity": self.target_sparsity(step)}
+
     def is_update_step(self, step: int) -> bool:
         return self.prune_cadence(step) or self.regrow_cadence(step)
 
