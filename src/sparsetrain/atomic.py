@@ -33,6 +33,16 @@ WRITE_DELAY_ENV = "SPARSETRAIN_TEST_WRITE_DELAY"
 TEMP_SUFFIX = ".tmp"
 
 
+def _umask_mode() -> int:
+    """0666 less the process umask: the mode a file created with ``open(path, "w")`` gets."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 def _fsync_directory(directory: Path) -> None:
     """Make a rename durable; not possible on every platform (Windows), so best effort."""
     try:
@@ -78,6 +88,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any],
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; files get the mode open() would give them
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
