@@ -53,6 +53,7 @@ from .topk import topk_mask
 
 __all__ = [
     "NMPattern",
+    "check_pattern",
     "NMLayout",
     "NMLayerReport",
     "NMReport",
@@ -113,6 +114,19 @@ class NMPattern:
 
     def __str__(self) -> str:
         return f"{self.n}:{self.m}"
+
+
+def check_pattern(name: str, value: object) -> str:
+    """Validate an option that names an N:M pattern; return it spelled ``"N:M"`` (``" 2 : 4"`` -> ``"2:4"``).
+
+    Raises:
+        ValueError: not ``"N:M"`` with integers ``1 <= N < M`` (the message names the option).
+    """
+    try:
+        return str(NMPattern.parse(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not allowed: expected 'N:M' with integers 1 <= N < M, e.g. '2:4' or "
+                         "'1:4'") from None
 
 
 def reduction_dim(module: nn.Module, local_name: str) -> int:

@@ -20,16 +20,27 @@ Deviations from the official code, both deliberate: ties within a group go to th
 rather than once per backward pass, so gradient accumulation over micro-batches does not multiply it.
 Groups run along the reduction dim of :mod:`sparsetrain.nm` (for a convolution the input channels, as the
 official ``Sparse_NHWC`` does for its convolutions); layers that do not fit are kept dense.
+
+:class:`StraightThroughEnforcer` runs these functions around ``optimizer.step()`` without a forward hook or a
+reparametrisation (the method itself is :class:`sparsetrain.methods.srste.SRSTE`): between steps each parameter
+*holds* ``W~ = E ⊙ W``, so the forward pass, evaluation, ``state_dict`` and export all see the N:M weights and
+autograd gives ``g(W~)`` at every position, which is exactly the straight-through gradient; the dense values of
+the pruned positions wait in a side buffer. The optimizer's step pre-hook puts them back and adds the decay to the
+gradient, so the optimizer updates the dense ``W`` (with dense momentum or Adam moments, as in the paper); the
+sparsifier's ``step()`` then recomputes ``E`` from ``|W|`` and hides the newly pruned values again.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from collections.abc import Mapping
 
+import torch
+from torch import Tensor, nn
+
+from .enforcement import DenseMaskEnforcer, MaskSource
 from .nm import NMPattern, nm_mask
 
-__all__ = ["SRSTE_DECAY", "srste_mask", "straight_through", "srste_gradient"]
+__all__ = ["SRSTE_DECAY", "srste_mask", "straight_through", "srste_gradient", "StraightThroughEnforcer"]
 
 #: The paper's lambda_W (and the official code's default ``decay``).
 SRSTE_DECAY = 2e-4
@@ -94,3 +105,66 @@ def srste_gradient(grad: Tensor, weight: Tensor, mask: Tensor, decay: float = SR
     if not decay >= 0.0:
         raise ValueError(f"decay must be a number >= 0 (the paper uses {SRSTE_DECAY}), got {decay!r}")
     return torch.where(mask, grad, torch.add(grad, weight, alpha=decay))
+
+
+class StraightThroughEnforcer(DenseMaskEnforcer):
+    """Bool masks over dense weights whose pruned values are *held aside*, not zeroed (SR-STE's storage).
+
+    :class:`~sparsetrain.enforcement.DenseMaskEnforcer` keeps pruned weights, gradients and optimizer state at
+    exactly zero, which is what a sparse network trained under a fixed or slowly changing mask needs. SR-STE keeps
+    the opposite invariant: the weights stay dense (a pruned weight can come back at the next step with the value
+    it has been trained to), the optimizer state stays dense, the gradient reaches every weight, and only the
+    forward pass sees ``E ⊙ W``. That is a different storage contract, so it is a second enforcer rather than an
+    option of the first: between steps the parameter holds ``E ⊙ W`` and :attr:`hidden` holds ``Ē ⊙ W``; the
+    step pre-hook restores ``W`` and turns the gradient into ``g(W~) + decay (Ē ⊙ W)`` (:func:`srste_gradient`);
+    :meth:`apply` (after the sparsifier chose the new masks from ``|W|``) splits ``W`` again. Steps are counted,
+    closures and GradScaler are handled as by the dense enforcer; nothing is masked on the gradient path.
+
+    Args:
+        params / optimizer / source: as :class:`~sparsetrain.enforcement.MaskEnforcer` (an optimizer is needed).
+        decay: ``lambda_W`` of the sparse-refined term (0: the plain straight-through estimator).
+
+    Attributes:
+        hidden: name -> the dense values at the pruned positions (zero elsewhere) while the weights are split.
+    """
+
+    def __init__(self, params: Mapping[str, nn.Parameter], optimizer: torch.optim.Optimizer,
+                 source: MaskSource, *, decay: float = SRSTE_DECAY) -> None:
+        super().__init__(params, optimizer, source, mask_gradients=True, fused_step=False)
+        self.decay = decay
+        self.hidden: dict[str, Tensor] = {}
+        self.split: dict[str, Tensor] | None = None  # the masks the weights are split by now (None: dense)
+
+    @torch.no_grad()
+    def dense_weights(self) -> dict[str, Tensor]:
+        """``W`` of every sparsified tensor: the parameter's kept values and the hidden pruned ones (a copy)."""
+        if self.split is None:
+            return {name: p.detach().clone() for name, p in self.params.items()}
+        return {name: torch.where(self.split[name], p, self.hidden[name]) for name, p in self.params.items()}
+
+    @torch.no_grad()
+    def apply(self, masks: Mapping[str, Tensor], *, also_zero: Mapping[str, Tensor] | None = None,
+              refresh: bool = True) -> None:
+        """Split the dense weights by ``masks``: the parameter keeps ``E ⊙ W`` and :attr:`hidden` ``Ē ⊙ W``
+        (``also_zero`` positions of ``W`` restart at zero). The optimizer state is left dense."""
+        dense = self.dense_weights()
+        for name, mask in masks.items():
+            weight = dense[name] if not also_zero or name not in also_zero else \
+                dense[name].masked_fill(also_zero[name], 0.0)
+            self.hidden[name] = weight.masked_fill(mask, 0.0)
+            self.params[name].copy_(weight.masked_fill(~mask, 0.0))
+        self.split = {name: mask.clone() for name, mask in masks.items()}
+
+    @torch.no_grad()
+    def _prepare_gradients(self, fusable: bool = True) -> None:
+        """Before the optimizer reads the gradients: put ``W`` back and add the decay of its pruned weights."""
+        for callback in self._gradient_callbacks:
+            callback(self.params)
+        if self.split is None:  # already dense: sparsifier.step() was not called after the last optimizer step
+            return
+        for name, weight in self.dense_weights().items():
+            param = self.params[name]
+            if param.grad is not None:
+                param.grad.copy_(srste_gradient(param.grad, weight, self.split[name], self.decay))
+            param.copy_(weight)
+        self.split = None

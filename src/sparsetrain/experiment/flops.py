@@ -3,7 +3,8 @@
 Inference FLOPs per sample (dense and with the final masks) and training FLOPs of the whole run under RigL's
 accounting (Evci et al. 2020): the density history of the run's topology updates, and the steps whose backward
 pass needed the dense weight gradient (gradient-based growth: RigL and GraNet at their update steps, SNFS at
-every step, since its momentum is of the dense gradient). When the analysis package is missing or cannot count
+every step, since its momentum is of the dense gradient, and SR-STE at every step, since its straight-through
+gradient updates the dense weights). When the analysis package is missing or cannot count
 the model, the summary simply has no FLOPs.
 """
 
@@ -21,6 +22,7 @@ __all__ = ["run_flops", "dense_gradient_steps"]
 logger = logging.getLogger(__name__)
 
 _GROWS_BY_GRADIENT = ("rigl", "granet")
+_DENSE_GRADIENT_EVERY_STEP = ("snfs", "srste")
 
 
 def dense_gradient_steps(method: str, update_steps: Sequence[int], total_steps: int) -> list[int]:
@@ -34,7 +36,7 @@ def dense_gradient_steps(method: str, update_steps: Sequence[int], total_steps: 
     Returns:
         Sorted step indices in ``[0, total_steps)``.
     """
-    if method == "snfs":
+    if method in _DENSE_GRADIENT_EVERY_STEP:
         return list(range(total_steps))
     if method in _GROWS_BY_GRADIENT:
         # The update after optimizer step s reads the gradient of step s, index s - 1.

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..nm import check_pattern
 from ..selection import SCOPES, check_scope
 from ..validation import check_bool, check_int, check_number
 
@@ -46,6 +47,8 @@ class LotteryConfig:
         controls: which controls to train at each level >= 1: "reinit", "random".
         include / exclude: which tensors are pruned, as :func:`sparsetrain.masks.select_prunable`.
         seed: seeds training (each stage seeds the global generator from it) and the controls.
+        pattern: ``"N:M"``: every level is an N:M pattern, each round applying the rate to the groups' counts
+            down to N (:mod:`sparsetrain.lottery.imp`); layer scope only. None: unstructured.
         notes: free-form JSON-able record of the training recipe (saved with the config and compared on
             resume, so a run is never continued with another recipe; the runner does not read it).
     """
@@ -62,6 +65,7 @@ class LotteryConfig:
     exclude: tuple[str, ...] | None = None
     seed: int = 0
     notes: Mapping[str, Any] = field(default_factory=dict)
+    pattern: str | None = None
 
     def __post_init__(self) -> None:
         check_int("rounds", self.rounds, 0)
@@ -82,10 +86,16 @@ class LotteryConfig:
                 object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         check_int("seed", self.seed, -(2**63))
         object.__setattr__(self, "notes", dict(self.notes))
+        if self.pattern is not None:
+            object.__setattr__(self, "pattern", check_pattern("pattern", self.pattern))
+            if self.scope != "layer":
+                raise ValueError(f"scope={self.scope!r} is not allowed with pattern={self.pattern!r}: under a pattern "
+                                 "each group is pruned on its own; use scope='layer'")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-able form (tuples as lists); ``pattern`` only when set, so unstructured runs keep their names."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k != "pattern" or v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LotteryConfig:

@@ -33,9 +33,10 @@ from torch import Tensor, nn
 from ..atomic import write_json, write_text
 from ..checkpoint_io import save_checkpoint
 from ..masks import select_prunable, sparsity_report
+from ..nm import nm_layouts
 from .config import LotteryConfig
 from .controls import random_mask_like
-from .imp import layer_rates, prune_round
+from .imp import layer_rates, pattern_groups, prune_round
 from .rewind import load, reinitialize, rewind, snapshot
 from .train import TrainFn
 
@@ -78,9 +79,11 @@ class _Run:
         self.dir = out_dir
         self.reinit_fn = reinit_fn
         self.model = copy.deepcopy(model)
-        self.names = list(select_prunable(self.model, include=config.include, exclude=config.exclude))
+        selected = select_prunable(self.model, include=config.include, exclude=config.exclude)
+        self.names = list(selected)
         self.rates = layer_rates(self.names, config.prune_rate, config.output_rate, config.output_layer)
         self.output = config.output_layer or self.names[-1]
+        self.layouts = None if config.pattern is None else nm_layouts(self.model, selected, config.pattern)
 
     # -- set-up ---------------------------------------------------------------------------------------------
     def check_config(self) -> None:
@@ -115,7 +118,7 @@ class _Run:
             previous = self.masks_for(source)
             masks = prune_round(weights, previous, self.rates, scope=self.config.scope,
                                 separate=(self.output,) if self.config.output_rate is not None else (),
-                                levels=level - source)
+                                levels=level - source, pattern=self.config.pattern, layouts=self.layouts)
         _save_masks(masks, where)
         logger.info("level %d: %d of %d weights kept", level, sum(int(m.sum()) for m in masks.values()),
                     sum(m.numel() for m in masks.values()))
@@ -173,7 +176,8 @@ class _Run:
                     self.reinit_fn(fresh, seed)
                 start, control_masks = snapshot(fresh), masks
             else:
-                start, control_masks = rewind_state, random_mask_like(masks, seed)
+                groups = None if self.layouts is None else pattern_groups(masks, self.config.pattern, self.layouts)
+                start, control_masks = rewind_state, random_mask_like(masks, seed, groups)
             _save_masks(control_masks, where)
             self.train(where, start, control_masks, seed=self.config.seed + level, save_model=False,
                        start_step=self.config.rewind_step)
