@@ -110,11 +110,11 @@ def option(
 
 
 def _is_pattern(v: str) -> bool:
+    """``"N:M"`` spelled as the run identity keeps it (no spaces: one spelling, one run name)."""
     try:
-        NMPattern.parse(v)
+        return str(NMPattern.parse(v)) == v
     except ValueError:
         return False
-    return True
 
 
 def _nonneg(v: float) -> bool:

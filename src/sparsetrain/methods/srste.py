@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..enforcement import MaskEnforcer
+from ..nm import check_pattern
 from ..options import Option
 from ..scores import magnitude_scores
 from ..selection import keep_top
@@ -39,6 +40,12 @@ from ..validation import check_number
 __all__ = ["SRSTE"]
 
 _ZHOU = "Zhou et al. 2021"
+
+
+def _check_pattern(name: str, value: Any) -> str:
+    if value is None:
+        raise ValueError(f"SRSTE: {name}=None is not allowed: SR-STE trains an N:M pattern (e.g. '2:4')")
+    return check_pattern(name, value)
 
 
 class SRSTE(Sparsifier):
@@ -53,18 +60,17 @@ class SRSTE(Sparsifier):
 
     method = "srste"
     options = (
+        Option("pattern", "2:4", "the N:M pattern trained (2:4: what NVIDIA's sparse tensor cores run); sparsity is "
+               "1 - N/M", "str", _check_pattern, "'N:M' with integers 1 <= N < M, e.g. 2:4", reference=_ZHOU),
         Option("decay", SRSTE_DECAY, "lambda_W: decay of the pruned weights added to their gradient (0: plain STE)",
                "float", lambda name, value: check_number(name, value, "[0, inf)"), "a number >= 0",
                reference=_ZHOU),
     )
-    option_defaults = {"pattern": "2:4"}
 
     def build_enforcer(self, values: Mapping[str, Any]) -> MaskEnforcer:
         if self.optimizer is None:
             raise ValueError("optimizer=None is not allowed for SRSTE: the dense weights are restored and decayed "
                              "around optimizer.step()")
-        if self.pattern is None:
-            raise ValueError("SRSTE: pattern=None is not allowed: SR-STE trains an N:M pattern (e.g. '2:4')")
         if self.inputs.get("masks") is not None:
             raise ValueError("SRSTE: masks=... is not allowed: the mask is recomputed from |W| at every step")
         return StraightThroughEnforcer(self.params, self.optimizer, self, decay=values["decay"])
