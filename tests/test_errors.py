@@ -153,6 +153,10 @@ def _static_unknown_mask_name(cwd):
     sparsetrain.Static(*_model_and_optimizer(), total_steps=10, masks={"9.weight": torch.ones(8, 4, dtype=torch.bool)})
 
 
+def _rigl_pattern_with_a_scope(cwd):
+    sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", scope="global", total_steps=100)
+
+
 #: row number -> (argv or API callable, set-up or None); the rows' inputs and messages live in docs/errors.md.
 CASES = {
     1: (_train("--sparsity", "1.2"), None),
@@ -214,6 +218,9 @@ CASES = {
     57: (_granet_without_sparsity, None),
     58: (_static_float_masks, None),
     59: (_static_unknown_mask_name, None),
+    60: (_train("--method", "rigl", "--pattern", "2:2"), None),
+    61: (_train("--method", "rigl", "--pattern", "2:4", "--sparsity", "0.75"), None),
+    62: (_rigl_pattern_with_a_scope, None),
 }
 _RUNS: dict[str, str] = {}
 

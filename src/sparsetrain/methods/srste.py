@@ -49,8 +49,10 @@ def _check_pattern(name: str, value: Any) -> str:
 
 
 class SRSTE(Sparsifier):
-    """SR-STE (Zhou et al. 2021): dense weights, N:M mask from ``|W|`` at every step, straight-through gradient
-    with the sparse-refined decay of the pruned weights.
+    """SR-STE (Zhou et al. 2021): N:M trained from scratch, the mask recomputed from dense weights at every step.
+
+    Dense weights ``W``; the N:M mask of ``|W|`` at every step; the straight-through gradient plus the
+    sparse-refined decay of the pruned weights.
 
     Options (besides the base options of :class:`~sparsetrain.sparsifier.Sparsifier`; ``pattern`` defaults to
     "2:4", the pattern NVIDIA's sparse tensor cores run, and is required):
