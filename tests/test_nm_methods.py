@@ -294,6 +294,8 @@ def test_srste_export_bakes_the_last_mask_and_detaches():
     (lambda m, o: sparsetrain.RigL(m, o, pattern="4:4", total_steps=T), "pattern='4:4' is not allowed"),
     (lambda m, o: sparsetrain.SRSTE(m, o, pattern=None, total_steps=T), "SRSTE: pattern=None is not allowed"),
     (lambda m, o: sparsetrain.SRSTE(m, None, total_steps=T), "optimizer=None is not allowed for SRSTE"),
+    (lambda m, o: sparsetrain.SRSTE(m, o, total_steps=T, masks={"fc1.weight": torch.ones(20, 12, dtype=torch.bool)}),
+     "SRSTE: masks=... is not allowed"),
     (lambda m, o: sparsetrain.Static(m, o, pattern="2:4", total_steps=T,
                                      masks={"fc1.weight": torch.ones(20, 12, dtype=torch.bool)}),
      "Static with pattern='2:4': masks['fc1.weight'] does not follow the pattern"),

@@ -197,13 +197,13 @@ class Sparsifier:
         self.config: dict[str, Any] = {name: values[name] for name, option in declaration.items() if option.stored}
         self.fixed = resolve_overrides(list(self.params), values["sparsity_overrides"],
                                        dense_first=values["dense_first"], dense_last=values["dense_last"])
-        if self.pattern is not None:
-            self._check_pattern_inputs(given_masks)
         self.generator = torch.Generator().manual_seed(values["seed"])
         self.step_count = 0
         self.masks: dict[str, Tensor] = {}
         self.ever_active: dict[str, Tensor] = {}
         self.enforcer: MaskEnforcer = self.build_enforcer(values)
+        if self.pattern is not None:
+            self._check_pattern_inputs(given_masks)
         self.setup()
         self.attach()
 
