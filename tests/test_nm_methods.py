@@ -83,8 +83,9 @@ def test_every_group_holds_n_and_pruned_weights_and_state_stay_zero(method, kind
             assert pruned_state_zero(sp, optimizer), f"step {sp.step_count}"
     assert NMPattern.parse(pattern) in stages  # the target pattern is reached
     if method == "srste":  # dense weights and state: pruned positions hold values aside and in the momentum
-        hidden = sp.enforcer.hidden
-        assert any(bool((hidden[n][~m] != 0).any()) for n, m in sp.masks.items())
+        dense = sp.enforcer.dense_weights()
+        assert any(bool((dense[n][~m] != 0).any()) for n, m in sp.masks.items())
+        assert all(torch.equal(p.detach(), dense[n] * sp.masks[n]) for n, p in sp.params.items())
         assert not pruned_state_zero(sp, optimizer)
 
 
@@ -258,7 +259,7 @@ def test_resume_under_a_pattern_is_bit_identical(method, pattern, tmp_path):
     for (name, a), (_, b) in zip(model.named_parameters(), model3.named_parameters(), strict=True):
         assert torch.equal(a, b), name
     if method == "srste":
-        assert all(torch.equal(sp.enforcer.hidden[n], sp3.enforcer.hidden[n]) for n in sp.masks)
+        assert all(torch.equal(sp.enforcer.dense[n], sp3.enforcer.dense[n]) for n in sp.masks)
 
 
 def test_srste_export_bakes_the_last_mask_and_detaches():

@@ -108,63 +108,70 @@ def srste_gradient(grad: Tensor, weight: Tensor, mask: Tensor, decay: float = SR
 
 
 class StraightThroughEnforcer(DenseMaskEnforcer):
-    """Bool masks over dense weights whose pruned values are *held aside*, not zeroed (SR-STE's storage).
+    """Bool masks over dense weights whose pruned values are *kept aside*, not zeroed (SR-STE's storage).
 
     :class:`~sparsetrain.enforcement.DenseMaskEnforcer` keeps pruned weights, gradients and optimizer state at
     exactly zero, which is what a sparse network trained under a fixed or slowly changing mask needs. SR-STE keeps
     the opposite invariant: the weights stay dense (a pruned weight can come back at the next step with the value
     it has been trained to), the optimizer state stays dense, the gradient reaches every weight, and only the
     forward pass sees ``E ⊙ W``. That is a different storage contract, so it is a second enforcer rather than an
-    option of the first: between steps the parameter holds ``E ⊙ W`` and :attr:`hidden` holds ``Ē ⊙ W``; the
-    step pre-hook restores ``W`` and turns the gradient into ``g(W~) + decay (Ē ⊙ W)`` (:func:`srste_gradient`);
-    :meth:`apply` (after the sparsifier chose the new masks from ``|W|``) splits ``W`` again. Steps are counted,
-    closures and GradScaler are handled as by the dense enforcer; nothing is masked on the gradient path.
+    option of the first. Between steps the parameter holds ``E ⊙ W`` and :attr:`dense` holds ``W``; the step
+    pre-hook adds ``decay * (W - E ⊙ W)`` (= ``decay (Ē ⊙ W)``, :func:`srste_gradient`'s term, exact at the kept
+    positions) to the gradient and puts ``W`` back; :meth:`apply` (after the sparsifier chose the new masks from
+    ``|W|``) copies ``W`` aside and multiplies the parameter by the mask. Every pass is a copy, a subtraction or a
+    multiplication by the float mask (a ``where`` or ``masked_fill`` on a bool mask costs several times more on a
+    CPU). Steps are counted, closures and GradScaler are handled as by the dense enforcer; nothing is masked on
+    the gradient path.
 
     Args:
         params / optimizer / source: as :class:`~sparsetrain.enforcement.MaskEnforcer` (an optimizer is needed).
         decay: ``lambda_W`` of the sparse-refined term (0: the plain straight-through estimator).
 
     Attributes:
-        hidden: name -> the dense values at the pruned positions (zero elsewhere) while the weights are split.
+        dense: name -> ``W``, the dense weights, while the parameters hold ``E ⊙ W`` (:attr:`split`).
+        split: whether the parameters hold ``E ⊙ W`` now (False inside ``optimizer.step()`` and until the next
+            :meth:`apply`).
     """
 
     def __init__(self, params: Mapping[str, nn.Parameter], optimizer: torch.optim.Optimizer,
                  source: MaskSource, *, decay: float = SRSTE_DECAY) -> None:
         super().__init__(params, optimizer, source, mask_gradients=True, fused_step=False)
         self.decay = decay
-        self.hidden: dict[str, Tensor] = {}
-        self.split: dict[str, Tensor] | None = None  # the masks the weights are split by now (None: dense)
+        self.dense: dict[str, Tensor] = {}
+        self.split = False
 
-    @torch.no_grad()
-    def dense_weights(self) -> dict[str, Tensor]:
-        """``W`` of every sparsified tensor: the parameter's kept values and the hidden pruned ones (a copy)."""
-        if self.split is None:
-            return {name: p.detach().clone() for name, p in self.params.items()}
-        return {name: torch.where(self.split[name], p, self.hidden[name]) for name, p in self.params.items()}
+    def dense_weights(self) -> Mapping[str, Tensor]:
+        """``W`` of every sparsified tensor (the live tensors: read, do not modify)."""
+        return self.dense if self.split else {name: p.detach() for name, p in self.params.items()}
 
     @torch.no_grad()
     def apply(self, masks: Mapping[str, Tensor], *, also_zero: Mapping[str, Tensor] | None = None,
               refresh: bool = True) -> None:
-        """Split the dense weights by ``masks``: the parameter keeps ``E ⊙ W`` and :attr:`hidden` ``Ē ⊙ W``
-        (``also_zero`` positions of ``W`` restart at zero). The optimizer state is left dense."""
-        dense = self.dense_weights()
-        for name, mask in masks.items():
-            weight = dense[name] if not also_zero or name not in also_zero else \
-                dense[name].masked_fill(also_zero[name], 0.0)
-            self.hidden[name] = weight.masked_fill(mask, 0.0)
-            self.params[name].copy_(weight.masked_fill(~mask, 0.0))
-        self.split = {name: mask.clone() for name, mask in masks.items()}
+        """Split the dense weights by ``masks``: :attr:`dense` keeps ``W`` (``also_zero`` positions restart at
+        zero), the parameter ``E ⊙ W``. The optimizer state is left dense."""
+        if not self.split:
+            for name, param in self.params.items():
+                if name in self.dense:
+                    self.dense[name].copy_(param)
+                else:
+                    self.dense[name] = param.detach().clone()
+        for name, where in (also_zero or {}).items():
+            self.dense[name].masked_fill_(where, 0.0)
+        multipliers = self._current_multipliers(masks, refresh)
+        for name, param in self.params.items():
+            torch.mul(self.dense[name], multipliers[name], out=param.detach())
+        self.split = True
 
     @torch.no_grad()
     def _prepare_gradients(self, fusable: bool = True) -> None:
-        """Before the optimizer reads the gradients: put ``W`` back and add the decay of its pruned weights."""
+        """Before the optimizer reads the gradients: add the decay of the pruned weights and put ``W`` back."""
         for callback in self._gradient_callbacks:
             callback(self.params)
-        if self.split is None:  # already dense: sparsifier.step() was not called after the last optimizer step
+        if not self.split:  # already dense: sparsifier.step() was not called after the last optimizer step
             return
-        for name, weight in self.dense_weights().items():
-            param = self.params[name]
-            if param.grad is not None:
-                param.grad.copy_(srste_gradient(param.grad, weight, self.split[name], self.decay))
-            param.copy_(weight)
-        self.split = None
+        names = [name for name, p in self.params.items() if p.grad is not None]
+        if names and self.decay:
+            pruned = torch._foreach_sub([self.dense[n] for n in names], [self.params[n].detach() for n in names])
+            torch._foreach_add_([self.params[n].grad for n in names], pruned, alpha=self.decay)
+        torch._foreach_copy_([p.detach() for p in self.params.values()], list(self.dense.values()))
+        self.split = False

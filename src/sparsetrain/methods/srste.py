@@ -8,8 +8,7 @@ weights, ``lambda_W (Ē ⊙ W)`` with ``lambda_W = 2e-4`` (:mod:`sparsetrain.srs
 
 How it is run (:class:`sparsetrain.srste.StraightThroughEnforcer`): between steps the model's parameters hold the
 N:M weights ``E ⊙ W`` (so evaluation, checkpoints of the model and export see the sparse network), and the dense
-values of the pruned positions are kept aside and saved in :meth:`state_dict` (``extra.hidden``), so a resume is
-exact. The optimizer state is dense, as in the paper: unlike every other method, pruned weights and their
+weights are kept aside and saved in :meth:`state_dict` (``extra.dense``), so a resume is exact. The optimizer state is dense, as in the paper: unlike every other method, pruned weights and their
 optimizer state are *not* zero between steps.
 
 Deviations from the official code (both deliberate, see :mod:`sparsetrain.srste`): ties within a group go to the
@@ -100,20 +99,21 @@ class SRSTE(Sparsifier):
 
     def _magnitude_masks(self) -> dict[str, Tensor]:
         """The N:M mask of ``|W|`` (the dense weights) through the one selection primitive."""
-        assert isinstance(self.enforcer, StraightThroughEnforcer)
-        dense = self.enforcer.dense_weights()
-        return keep_top(magnitude_scores(dense), self.nm_budget())
+        return keep_top(magnitude_scores(self._enforcer().dense_weights()), self.nm_budget())
 
     def _extra_state(self) -> dict[str, Any]:
-        assert isinstance(self.enforcer, StraightThroughEnforcer)
-        return {"hidden": {n: h.detach().cpu().clone() for n, h in self.enforcer.hidden.items()}}
+        return {"dense": {n: w.detach().cpu().clone() for n, w in self._enforcer().dense_weights().items()}}
 
     def _load_extra_state(self, extra: Mapping[str, Any]) -> None:
-        # The model holds E ⊙ W (from its own state dict); with the saved masks and hidden values the enforcer
-        # rebuilds W exactly when the base class re-applies the masks next.
+        # The model holds E ⊙ W (from its own state dict); the base class re-applies the masks next, which
+        # splits the saved W again: the same parameters, the same dense weights.
+        dense = extra.get("dense")
+        if dense is None:
+            raise ValueError("SRSTE state without 'dense' (the dense weights W): cannot resume")
+        enforcer = self._enforcer()
+        enforcer.dense = {n: dense[n].to(device=p.device, dtype=p.dtype).clone() for n, p in self.params.items()}
+        enforcer.split = True
+
+    def _enforcer(self) -> StraightThroughEnforcer:
         assert isinstance(self.enforcer, StraightThroughEnforcer)
-        hidden = extra.get("hidden")
-        if hidden is None:
-            raise ValueError("SRSTE state without 'hidden' (the dense values of the pruned weights): cannot resume")
-        self.enforcer.hidden = {n: hidden[n].to(device=p.device, dtype=p.dtype) for n, p in self.params.items()}
-        self.enforcer.split = {n: m.clone() for n, m in self.masks.items()}
+        return self.enforcer
