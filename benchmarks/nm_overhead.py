@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch import nn
 
-from _common import table, timeit, write_doc
+from _common import table, time_training_steps, timeit, write_doc
 from sparsetrain import SRSTE, RigL, Static
 from sparsetrain.nm import nm_mask
 
@@ -52,21 +51,7 @@ def time_row(row: str, steps: int) -> float:
         options = {"stop_at": 1.0, "update_every": UPDATE_EVERY} if method is RigL else {}
         sparsifier = method(model, optimizer, pattern=pattern, total_steps=steps + UPDATE_EVERY, **options)
     x, y = torch.randn(BATCH, 784), torch.randint(0, 10, (BATCH,))
-    loss_fn = nn.CrossEntropyLoss()
-
-    def train_step() -> None:
-        loss_fn(model(x), y).backward()
-        optimizer.step()
-        if sparsifier is not None:
-            sparsifier.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(5):
-        train_step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step()
-    return (time.perf_counter() - start) / steps
+    return time_training_steps(model, optimizer, sparsifier, x, y, steps)
 
 
 def main() -> None:
@@ -82,7 +67,7 @@ def main() -> None:
     medians = {row: statistics.median(values) for row, values in times.items()}
     rows = [(row, f"{medians[row] * 1e3:.2f}", f"{medians[row] / medians['dense']:.2f}x") for row in ROWS]
     weights = [p.detach() for p in mlp().parameters() if p.dim() == 2]
-    masks = [(pattern, timeit(lambda: [nm_mask(w.abs(), pattern) for w in weights], repeats=20))
+    masks = [(pattern, timeit(lambda p=pattern: [nm_mask(w.abs(), p) for w in weights], repeats=20))
              for pattern in ("2:4", "1:4", "2:8")]
     body = (f"MLP 784-1024-1024-10 (1.86 M weights), batch {BATCH}, SGD (foreach, momentum 0.9), 1 thread, "
             f"median of {args.repeats} interleaved repeats of {args.steps} steps.\n\n"

@@ -27,6 +27,7 @@ finished ones and resumes the interrupted ones.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing
 import statistics
@@ -41,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from sparsetrain.atomic import write_figure, write_text  # noqa: E402
+from sparsetrain.atomic import write_figure, write_json, write_text  # noqa: E402
 from sparsetrain.experiment import ExperimentConfig, RunDir, Trainer  # noqa: E402
 from sparsetrain.nm import NMPattern  # noqa: E402
 from sparsetrain.tables import Column, render  # noqa: E402
@@ -171,22 +172,47 @@ def tables(stats: Mapping[tuple[str, str, str, float], tuple[float, float, int]]
 
 
 def claims(stats: Mapping[tuple[str, str, str, float], tuple[float, float, int]]) -> str:
-    """The issue's claim, case by case: SR-STE >= static N:M, and SR-STE close to unstructured."""
+    """The issue's claim, case by case (SR-STE >= static N:M, SR-STE close to unstructured), then what the pattern
+    costs each method, all computed from the table."""
     lines = ["| benchmark | pattern | SR-STE | static N:M | SR-STE >= static N:M | best unstructured (method) | "
-             "SR-STE - best unstructured |", "|---|---|---|---|---|---|---|"]
+             "SR-STE - best unstructured | best N:M (method) |", "|---|---|---|---|---|---|---|---|"]
+    above_static = close = cases = 0
     for bench in BENCHMARKS:
         for pattern in PATTERNS:
             s = NMPattern.parse(pattern).sparsity
             sr, st = stats.get((bench, "srste", pattern, s)), stats.get((bench, "static", pattern, s))
             flats = {m: stats[(bench, m, "-", s)] for m in METHODS if (bench, m, "-", s) in stats}
+            nms = {m: stats[(bench, m, pattern, s)] for m in METHODS if (bench, m, pattern, s) in stats}
             if sr is None or st is None or not flats:
                 continue
+            cases += 1
             best = max(flats, key=lambda m: flats[m][0])
+            best_nm = max(nms, key=lambda m: nms[m][0])
+            above_static += sr[0] >= st[0]
+            close += not _beyond_noise(sr, flats[best]) or sr[0] >= flats[best][0]
             verdict = ("yes" if sr[0] >= st[0] else "no") + ("" if _beyond_noise(sr, st) else " (within noise)")
             gap = f"{100 * (sr[0] - flats[best][0]):+.2f}" + ("" if _beyond_noise(sr, flats[best]) else " (noise)")
             lines.append(f"| {bench} | {pattern} | {_pm(sr)} | {_pm(st)} | {verdict} | {_pm(flats[best])} ({best}) "
-                         f"| {gap} |")
-    return "\n".join(lines)
+                         f"| {gap} | {_pm(nms[best_nm])} ({best_nm}) |")
+    costs = []
+    for method in METHODS:
+        diffs = []
+        for bench in BENCHMARKS:
+            for pattern in PATTERNS:
+                nm, flat = (stats.get((bench, method, key, NMPattern.parse(pattern).sparsity)) for key in (pattern, "-"))
+                if nm is not None and flat is not None:
+                    diffs.append((bench, pattern, nm, flat))
+        if not diffs:
+            continue
+        worse = [f"{bench} {pattern} ({100 * (nm[0] - flat[0]):+.1f})" for bench, pattern, nm, flat in diffs
+                 if nm[0] < flat[0] and _beyond_noise(nm, flat)]
+        costs.append(f"* `{method}`: N:M below its unstructured counterpart beyond noise in {len(worse)} of "
+                     f"{len(diffs)} cases" + (f": {', '.join(worse)}" if worse else ""))
+    summary = (f"SR-STE >= static N:M in {above_static} of {cases} cases; SR-STE within noise of (or above) the "
+               f"best unstructured run in {close} of {cases}.\n\nWhat the pattern costs each method (N:M mean minus "
+               "the unstructured mean, in points, where the difference exceeds twice its standard error):\n\n"
+               + "\n".join(costs))
+    return "\n".join(lines) + "\n\n" + summary
 
 
 def plot(stats: Mapping[tuple[str, str, str, float], tuple[float, float, int]], path: Path) -> Path:
@@ -210,11 +236,11 @@ def plot(stats: Mapping[tuple[str, str, str, float], tuple[float, float, int]], 
                 ax.axhline(100 * dense[0], color="black", linestyle="--", linewidth=1, label="dense")
             present = [100 * v[0] for m in METHODS for k in (pattern, "-") if (v := stats.get((bench, m, k, s)))]
             if present:
-                ax.set_ylim(max(0.0, min(present) - 8), min(100.0, max(present) + 4))
+                ax.set_ylim(max(0.0, min(present) - 8), min(100.0, max(present) + 7))
             ax.set_xticks(list(xs), METHODS, fontsize=8)
             ax.set(title=f"{title.split(' (')[0]}: {pattern} vs {s:.0%}", ylabel="final test accuracy (%)")
             ax.grid(axis="y", alpha=0.3)
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="upper center", ncol=3)
     fig.tight_layout()
     return write_figure(fig, path)
 
@@ -229,7 +255,7 @@ def report(seeds: list[int], epochs: int, runs_dir: Path, out: Path, command: st
     write_text(csv, out / "nm.csv")
     plot(stats, out / "nm.png")
     expected = len(cells(seeds, epochs))
-    timing = f" in {wall / 60:.1f} min wall time on 2 workers" if wall else ""
+    timing = f" in {wall / 60:.1f} min wall time" if wall else ""
     text = (f"# N:M structured sparsity at small scale\n\nCommand: `{command}` ({len(rows)} of {expected} runs "
             f"finished{timing}; every run is a directory under `runs/nm_science/`).\n\n"
             + (__doc__ or "").split("\n\n", 1)[1].split("\n    python")[0].strip()
@@ -250,8 +276,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where nm.md, nm.csv and nm.png go")
     parser.add_argument("--report-only", action="store_true", help="rewrite the results from finished runs")
     args = parser.parse_args()
-    command = "python benchmarks/nm_science.py " + " ".join(sys.argv[1:])
+    command = ("python benchmarks/nm_science.py " + " ".join(sys.argv[1:])).strip()
     wall = None
+    record = args.runs_dir / "grid.json"  # the command that trained the grid, for --report-only
+    if args.report_only and record.is_file():
+        saved = json.loads(record.read_text())
+        command, wall = saved["command"], saved["wall_s"]
     if not args.report_only:
         todo = cells(args.seeds, args.epochs)
         started = time.perf_counter()
@@ -265,7 +295,8 @@ def main() -> None:
                 except Exception as exc:  # one failing cell must not stop the grid
                     print(f"[{done}/{len(todo)}] {cell} failed: {type(exc).__name__}: {exc}", flush=True)
         wall = time.perf_counter() - started
-    report(args.seeds, args.epochs, args.runs_dir, args.out, command.strip(), wall)
+        write_json({"command": command, "wall_s": wall}, record)
+    report(args.seeds, args.epochs, args.runs_dir, args.out, command, wall)
 
 
 if __name__ == "__main__":

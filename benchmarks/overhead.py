@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from _common import table, write_doc
+from _common import table, time_training_steps, write_doc
 from topology_update import time_update
 from sparsetrain import GraNet, RigL, build_model
 
@@ -75,21 +75,7 @@ def time_run(case: str, row: str, optimizer_name: str, steps: int, clock=time.pe
                           update_every=UPDATE_EVERY, stop_at=1.0, fused_step=fused)
     x = torch.randn(batch, *input_shape)
     y = torch.randint(0, 10, (batch,))
-    loss_fn = nn.CrossEntropyLoss()
-
-    def train_step() -> None:
-        loss_fn(model(x), y).backward()
-        optimizer.step()
-        if sparsifier is not None:
-            sparsifier.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(5):  # warm-up outside the timed window; 5 steps never reach an update step
-        train_step()
-    start = clock()
-    for _ in range(steps):
-        train_step()
-    return (clock() - start) / steps
+    return time_training_steps(model, optimizer, sparsifier, x, y, steps, clock)
 
 
 def main() -> None:
