@@ -199,7 +199,8 @@ def claims(stats: Mapping[tuple[str, str, str, float], tuple[float, float, int]]
         diffs = []
         for bench in BENCHMARKS:
             for pattern in PATTERNS:
-                nm, flat = (stats.get((bench, method, key, NMPattern.parse(pattern).sparsity)) for key in (pattern, "-"))
+                s = NMPattern.parse(pattern).sparsity
+                nm, flat = stats.get((bench, method, pattern, s)), stats.get((bench, method, "-", s))
                 if nm is not None and flat is not None:
                     diffs.append((bench, pattern, nm, flat))
         if not diffs:

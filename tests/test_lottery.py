@@ -280,7 +280,8 @@ def test_imp_under_a_pattern_applies_the_rate_to_each_groups_count_down_to_n() -
         n = int(masks["0.weight"].sum()) * 8 // masks["0.weight"].numel()
         seen.append(n)
         assert is_nm(masks["0.weight"], f"{n}:8") and is_nm(masks["2.weight"], f"{n}:8")
-        assert torch.equal(masks["0.weight"], nm_mask(weights["0.weight"].abs(), f"{n}:8", eligible=previous["0.weight"]))
+        expected = nm_mask(weights["0.weight"].abs(), f"{n}:8", eligible=previous["0.weight"])
+        assert torch.equal(masks["0.weight"], expected)
     assert seen == [6, 4, 3, 2, 1, 1]
     one_shot = prune_round(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()},
                            {n: 0.2 for n in weights}, pattern="1:8", layouts=layouts, levels=3)

@@ -316,3 +316,33 @@ def test_pinning_a_tensor_dense_and_giving_masks_that_follow_the_pattern_work():
     masks = {n: nm_mask(torch.rand(p.shape), "2:4") for n, p in sp.params.items()}
     given = sparsetrain.Static(make_model("mlp"), None, pattern="2:4", total_steps=T, masks=masks)
     assert all(torch.equal(given.masks[n], masks[n]) for n in masks) and given.sparsity == 0.5
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_srste_under_grad_scaler_matches_the_unscaled_run(fused):
+    """GradScaler unscales before a plain optimizer's step but hands a fused one the scale: the decay of the pruned
+    weights must come out the same either way."""
+
+    def run(scaled: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=fused)
+        sp = sparsetrain.SRSTE(model, optimizer, pattern="2:4", total_steps=10, decay=0.5)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if scaled else None
+        g = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            x, y = torch.randn(16, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
+            loss = F.cross_entropy(model(x), y)
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            sp.step()
+            optimizer.zero_grad()
+        return [w.clone() for w in sp.enforcer.dense_weights().values()]
+
+    for plain, scaled in zip(run(False), run(True), strict=True):
+        torch.testing.assert_close(plain, scaled, rtol=1e-5, atol=1e-6)

@@ -33,6 +33,7 @@ sparsifier's ``step()`` then recomputes ``E`` from ``|W|`` and hides the newly p
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -139,6 +140,12 @@ class StraightThroughEnforcer(DenseMaskEnforcer):
         self.decay = decay
         self.dense: dict[str, Tensor] = {}
         self.split = False
+        self._grad_scale: Tensor | None = None
+
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        # GradScaler hands a fused optimizer the scale with the gradients still scaled: the decay term must be too.
+        self._grad_scale = kwargs.get("grad_scale", getattr(optimizer, "grad_scale", None))
+        return super()._before_optimizer_step(optimizer, args, kwargs)
 
     def dense_weights(self) -> Mapping[str, Tensor]:
         """``W`` of every sparsified tensor (the live tensors: read, do not modify)."""
@@ -172,6 +179,8 @@ class StraightThroughEnforcer(DenseMaskEnforcer):
         names = [name for name, p in self.params.items() if p.grad is not None]
         if names and self.decay:
             pruned = torch._foreach_sub([self.dense[n] for n in names], [self.params[n].detach() for n in names])
+            if self._grad_scale is not None:  # a fused optimizer under GradScaler unscales the gradients itself
+                torch._foreach_mul_(pruned, self._grad_scale)
             torch._foreach_add_([self.params[n].grad for n in names], pruned, alpha=self.decay)
         torch._foreach_copy_([p.detach() for p in self.params.values()], list(self.dense.values()))
         self.split = False

@@ -6,9 +6,9 @@ backend is changed, nothing opens a window, and it works on a machine without a 
 Per run (in the run directory): ``curves.png`` (loss and accuracy per epoch), ``density.png`` (the density of
 the sparsified weights over optimizer steps, overall and per layer) and ``layers.png`` (final density per
 layer, measured from the weights); with a ``topology.jsonl``, ``topology.png`` (per-layer density and churn at
-every topology update, as heatmaps over optimizer steps) and ``itop.png`` (the ITOP rate over steps). Across runs: ``accuracy_vs_sparsity.png`` (final test accuracy against
-target sparsity, one line per method (and N:M pattern), mean ± std over seeds, the dense baseline as a dashed line; one panel
-per data/model pair).
+every topology update, as heatmaps over optimizer steps) and ``itop.png`` (the ITOP rate over steps). Across
+runs: ``accuracy_vs_sparsity.png`` (final test accuracy against target sparsity, one line per method and N:M
+pattern, mean ± std over seeds, the dense baseline as a dashed line; one panel per data/model pair).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from sparsetrain.tables import FORMATS, Column, render
 from .config import ConfigError
 from .rundir import RunDir, dense_reference, find_runs
 
-__all__ = ["COLUMNS", "method_label", "collect_rows", "aggregate_rows", "format_rows", "FORMATS", "layer_rows", "format_layers",
-           "format_results"]
+__all__ = ["COLUMNS", "method_label", "collect_rows", "aggregate_rows", "format_rows", "FORMATS", "layer_rows",
+           "format_layers", "format_results"]
 
 #: (column, description) in display order.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -229,7 +229,8 @@ def format_results(results: Sequence[Mapping[str, Any]], runs_dir: str | Path) -
     lines = [f"results (test accuracy; runs in {runs_dir}/):"]
     dense = {r.get("seed"): r for r in results if r.get("method") == "dense"}
     for r in results:
-        lines.append(f"  {method_label(r):<8} sparsity {num(r.get('sparsity'))} (target {r.get('target_sparsity', 0):.2f})"
+        lines.append(f"  {method_label(r):<8} sparsity {num(r.get('sparsity'))} "
+                     f"(target {r.get('target_sparsity', 0):.2f})"
                      f"  final {num(r.get('final_acc'))}  best {num(r.get('best_acc'))}  {r['wall_time']:.1f}s  "
                      f"{r['run']}")
     for r in results:

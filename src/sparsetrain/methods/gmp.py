@@ -77,7 +77,8 @@ class GMP(Sparsifier):
         if self.inputs.get("masks") is not None:
             if "initial_sparsity" in self.given:
                 raise ValueError("initial_sparsity is set by masks=... (their sparsity): leave it out")
-            given = self.pattern.sparsity if self.pattern is not None else sparsity_report(self.inputs["masks"]).sparsity
+            masks = self.inputs["masks"]
+            given = self.pattern.sparsity if self.pattern is not None else sparsity_report(masks).sparsity
             self.initial_sparsity = self.config["initial_sparsity"] = given
         if self.initial_sparsity > self.sparsity:
             raise ValueError(f"initial_sparsity={self.initial_sparsity!r} must not exceed sparsity={self.sparsity!r}")

@@ -8,8 +8,9 @@ weights, ``lambda_W (Ē ⊙ W)`` with ``lambda_W = 2e-4`` (:mod:`sparsetrain.srs
 
 How it is run (:class:`sparsetrain.srste.StraightThroughEnforcer`): between steps the model's parameters hold the
 N:M weights ``E ⊙ W`` (so evaluation, checkpoints of the model and export see the sparse network), and the dense
-weights are kept aside and saved in :meth:`state_dict` (``extra.dense``), so a resume is exact. The optimizer state is dense, as in the paper: unlike every other method, pruned weights and their
-optimizer state are *not* zero between steps.
+weights are kept aside and saved in :meth:`state_dict` (``extra.dense``), so a resume is exact. The optimizer
+state is dense, as in the paper: unlike every other method, the pruned weights' optimizer state is *not* zero, and
+their dense values live on outside the model.
 
 Deviations from the official code (both deliberate, see :mod:`sparsetrain.srste`): ties within a group go to the
 lowest index, and the decay is added once per optimizer step (not per backward pass, which would multiply it under
