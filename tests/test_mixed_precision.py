@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import sparsetrain
+from helpers import run_with_scaler
 from sparsetrain.optim_state import state_tensors
 
 TOTAL = 60
@@ -187,28 +188,7 @@ def test_overflow_at_a_pruned_position_without_scaler_keeps_the_weight_zero() ->
 def test_a_fused_optimizer_under_grad_scaler_takes_the_same_steps_as_without_it() -> None:
     """GradScaler gives a fused optimizer the scale (the gradients stay scaled): the masked fused step must not run
     on them, so the weights match an unscaled run."""
-
-    def run(scaled: bool) -> list[torch.Tensor]:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
-        sparsifier = sparsetrain.Static(model, optimizer, sparsity=0.5, total_steps=10)
-        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if scaled else None
-        generator = torch.Generator().manual_seed(1)
-        for _ in range(5):
-            x, y = torch.randn(16, 8, generator=generator), torch.randint(0, 4, (16,), generator=generator)
-            loss = nn.functional.cross_entropy(model(x), y)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            sparsifier.step()
-            optimizer.zero_grad()
-        _check_pruned_exactly_zero(sparsifier, optimizer)
-        return [p.detach().clone() for p in model.parameters()]
-
-    for plain, scaled in zip(run(False), run(True), strict=True):
-        torch.testing.assert_close(plain, scaled, rtol=1e-5, atol=1e-6)
+    plain, scaled = (run_with_scaler("static", True, flag, sparsity=0.5) for flag in (False, True))
+    _check_pruned_exactly_zero(scaled, scaled.optimizer)
+    for a, b in zip(plain.model.parameters(), scaled.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

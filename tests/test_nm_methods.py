@@ -24,6 +24,7 @@ from helpers import (
     method_kwargs,
     pruned_entries_zero,
     pruned_state_zero,
+    run_with_scaler,
     train_step,
 )
 from sparsetrain.nm import NMPattern, is_nm, nm_drop_and_grow, nm_mask
@@ -323,26 +324,6 @@ def test_srste_under_grad_scaler_matches_the_unscaled_run(fused):
     """GradScaler unscales before a plain optimizer's step but hands a fused one the scale: the decay of the pruned
     weights must come out the same either way."""
 
-    def run(scaled: bool) -> list[torch.Tensor]:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=fused)
-        sp = sparsetrain.SRSTE(model, optimizer, pattern="2:4", total_steps=10, decay=0.5)
-        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if scaled else None
-        g = torch.Generator().manual_seed(1)
-        for _ in range(5):
-            x, y = torch.randn(16, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
-            loss = F.cross_entropy(model(x), y)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            sp.step()
-            optimizer.zero_grad()
-        return [w.clone() for w in sp.enforcer.dense_weights().values()]
-
-    for plain, scaled in zip(run(False), run(True), strict=True):
-        torch.testing.assert_close(plain, scaled, rtol=1e-5, atol=1e-6)
+    plain, scaled = (run_with_scaler("srste", fused, flag, pattern="2:4", decay=0.5) for flag in (False, True))
+    for name, weight in plain.enforcer.dense_weights().items():
+        torch.testing.assert_close(weight, scaled.enforcer.dense_weights()[name], rtol=1e-5, atol=1e-6)
