@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from _common import table, write_doc
+from _common import table, time_training_steps, write_doc
 from topology_update import time_update
 from sparsetrain import GraNet, RigL, build_model
 from sparsetrain.experiment.topology_log import append_event
@@ -87,23 +87,10 @@ def time_run(case: str, row: str, optimizer_name: str, steps: int, clock=time.pe
         sparsifier.subscribe(functools.partial(append_event, Path(scratch.name) / "topology.jsonl", sync=False))
     x = torch.randn(batch, *input_shape)
     y = torch.randint(0, 10, (batch,))
-    loss_fn = nn.CrossEntropyLoss()
-
-    def train_step() -> None:
-        loss_fn(model(x), y).backward()
-        optimizer.step()
-        if sparsifier is not None:
-            sparsifier.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(5):  # warm-up outside the timed window; 5 steps never reach an update step
-        train_step()
-    start = clock()
-    for _ in range(steps):
-        train_step()
-    elapsed = clock() - start
-    scratch.cleanup()
-    return elapsed / steps
+    try:
+        return time_training_steps(model, optimizer, sparsifier, x, y, steps, clock)
+    finally:
+        scratch.cleanup()
 
 
 def main() -> None:

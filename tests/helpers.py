@@ -169,6 +169,30 @@ def make_sparsifier(method: str, model: nn.Module, optimizer: torch.optim.Optimi
     return sparsetrain.METHODS[method](model, optimizer, **{**method_kwargs(method, total_steps), **overrides})
 
 
+def run_with_scaler(method: str, fused: bool, scaled: bool, **options) -> Sparsifier:
+    """Five Adam steps (``fused`` or not) of a small MLP under ``method``, through ``torch.amp.GradScaler`` when
+    ``scaled``; the same data and initial weights every time, so a scaled run can be compared with a plain one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=fused)
+    sparsifier = sparsetrain.METHODS[method](model, optimizer, total_steps=10, **options)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if scaled else None
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x, y = torch.randn(16, 8, generator=generator), torch.randint(0, 4, (16,), generator=generator)
+        loss = nn.functional.cross_entropy(model(x), y)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        sparsifier.step()
+        optimizer.zero_grad()
+    return sparsifier
+
+
 def pruned_entries_zero(sparsifier: Sparsifier) -> bool:
     """Every weight outside its mask is exactly 0.0."""
     return all(bool((p[~sparsifier.masks[n]] == 0).all()) for n, p in sparsifier.params.items())

@@ -252,3 +252,20 @@ def test_train_results_read_as_the_readme_shows():
     assert format_results([dense, granet], "runs").splitlines() == shown
     alone = format_results([granet | {"dense": {"final_acc": 0.9}}], "runs").splitlines()
     assert alone[-1] == "granet at 90% sparsity: 0.8270 vs dense 0.9000 (-0.0730), seed 0"
+
+
+def test_train_with_a_pattern_names_it_in_the_report_and_the_plot_labels(tmp_path, capsys):
+    runs_dir = tmp_path / "runs"
+    assert main(["train", *TINY, "--runs-dir", str(runs_dir), "--method", "rigl", "--pattern", "2:4"]) == 0
+    out = capsys.readouterr().out
+    assert "rigl 2:4 at 50% sparsity" in out
+    summary = json.loads(next(runs_dir.glob("rigl-*/seed_0/summary.json")).read_text())
+    assert summary["pattern"] == "2:4" and summary["target_sparsity"] == 0.5
+    config = (next(runs_dir.glob("rigl-*/seed_0/config.yaml"))).read_text()
+    assert "pattern: '2:4'" in config or "pattern: 2:4" in config
+    assert main(["report", "--runs-dir", str(runs_dir)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["run", "method", "pattern"] and table[-1].split()[2] == "2:4"
+    assert table[-2].split()[2] == "-"  # the dense baseline: unstructured
+    from sparsetrain.experiment.report import method_label
+    assert method_label(summary) == "rigl 2:4" and method_label({"method": "rigl"}) == "rigl"

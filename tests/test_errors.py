@@ -159,6 +159,10 @@ def _without_mlflow(cwd, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
 
 
+def _rigl_pattern_with_a_scope(cwd):
+    sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", scope="global", total_steps=100)
+
+
 #: row number -> (argv or API callable, set-up or None); the rows' inputs and messages live in docs/errors.md.
 CASES = {
     1: (_train("--sparsity", "1.2"), None),
@@ -223,6 +227,9 @@ CASES = {
     60: (_train("--log", "wandb"), None),
     61: (_train("--log", "mlflow"), _without_mlflow),
     62: (["report", "--runs-dir", "runs", "--html", "runs"], None),
+    63: (_train("--method", "rigl", "--pattern", "2:2"), None),
+    64: (_train("--method", "rigl", "--pattern", "2:4", "--sparsity", "0.75"), None),
+    65: (_rigl_pattern_with_a_scope, None),
 }
 _RUNS: dict[str, str] = {}
 

@@ -302,3 +302,59 @@ def test_cli_lottery_runs_the_harness_recipe_and_skips_finished_stages(tmp_path:
     assert "training" not in capsys.readouterr().err
     assert main([*args, "--method", "rigl"]) == 2
     assert "sparse section is not used" in capsys.readouterr().err
+
+
+# -- N:M ---------------------------------------------------------------------------------------------------------
+
+def test_imp_under_a_pattern_applies_the_rate_to_each_groups_count_down_to_n() -> None:
+    from sparsetrain.nm import is_nm, nm_layouts, nm_mask
+    from sparsetrain.masks import select_prunable
+
+    model = nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 8))
+    params = select_prunable(model)
+    layouts = nm_layouts(model, params, "1:8")
+    weights = {n: p.detach() for n, p in params.items()}
+    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    seen = []
+    for _ in range(6):  # 8 -> 6 -> 4 -> 3 -> 2 -> 1 -> 1 at p = 0.2 (each round removes ceil(0.2 n) >= 1)
+        previous = masks
+        masks = prune_round(weights, masks, {n: 0.2 for n in masks}, pattern="1:8", layouts=layouts)
+        n = int(masks["0.weight"].sum()) * 8 // masks["0.weight"].numel()
+        seen.append(n)
+        assert is_nm(masks["0.weight"], f"{n}:8") and is_nm(masks["2.weight"], f"{n}:8")
+        expected = nm_mask(weights["0.weight"].abs(), f"{n}:8", eligible=previous["0.weight"])
+        assert torch.equal(masks["0.weight"], expected)
+    assert seen == [6, 4, 3, 2, 1, 1]
+    one_shot = prune_round(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()},
+                           {n: 0.2 for n in weights}, pattern="1:8", layouts=layouts, levels=3)
+    assert counts(one_shot) == {"0.weight": 3 * 16 * 24 // 8, "2.weight": 3 * 24 * 8 // 8}
+    with pytest.raises(ValueError, match="scope='layer'"):
+        prune_round(weights, masks, {n: 0.2 for n in masks}, scope="global", pattern="1:8", layouts=layouts)
+
+
+def test_lottery_config_pattern_is_checked_and_left_out_of_unstructured_configs() -> None:
+    assert "pattern" not in LotteryConfig().to_dict()
+    assert LotteryConfig.from_dict(LotteryConfig().to_dict()) == LotteryConfig()
+    config = LotteryConfig(pattern=" 2 : 4")
+    assert config.pattern == "2:4" and LotteryConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="scope='global' is not allowed with pattern='2:4'"):
+        LotteryConfig(pattern="2:4", scope="global")
+    with pytest.raises(ValueError, match="pattern='3:3' is not allowed"):
+        LotteryConfig(pattern="3:3")
+
+
+def test_lottery_run_under_a_pattern_keeps_the_pattern_in_tickets_and_the_random_control(tmp_path: Path) -> None:
+    from sparsetrain.nm import is_nm
+
+    def net(seed: int = 0) -> nn.Sequential:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    config = LotteryConfig(rounds=2, prune_rate=0.5, output_rate=None, pattern="1:4")
+    run_lottery(net(), config, make_train_fn(toy_data(), toy_data(), steps=4, lr=0.05), tmp_path)
+    for level, n in ((1, 2), (2, 1)):  # 4 -> 2 -> 1 of every 4 at p = 0.5
+        ticket = load(tmp_path / f"level_{level}" / "masks.pt")
+        control = load(tmp_path / f"level_{level}" / "random" / "masks.pt")
+        assert is_nm(ticket["2.weight"], f"{n}:4") and is_nm(control["2.weight"], f"{n}:4")
+        assert not torch.equal(ticket["2.weight"], control["2.weight"])
+        assert bool(ticket["0.weight"].all()) and bool(control["0.weight"].all())  # 6 inputs: kept dense

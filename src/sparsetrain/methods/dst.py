@@ -15,6 +15,11 @@ of the gradient momentum. Deviation: the momentum is the sparsifier's own expone
 gradient (``beta`` = 0.9), updated before every optimizer step, because the optimizer's own buffers are kept at
 zero at inactive positions; SNFS's momentum-based redistribution of counts across layers is not implemented
 (counts per layer stay fixed, as in RigL).
+
+Under an N:M pattern (``pattern="2:4"``) the initial mask keeps N random entries of every M, and every update
+swaps *within groups* (:func:`sparsetrain.nm.nm_drop_and_grow`): a layer drops its ``k`` smallest magnitudes
+wherever they are and each group regrows, by the method's growth score, as many as it dropped, so every group
+holds exactly N after every update (``k`` counted as above).
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ class DynamicSparse(Sparsifier):
     def update(self, step: int) -> dict[str, Tensor]:
         self.masks, reset = regrow(
             self.masks, magnitude_scores(self.params), self.grow_scores(), self.current_drop_fraction(step),
-            mode=self.regrow_mode, rounding="floor",
+            mode=self.regrow_mode, rounding="floor", groups=None if self.pattern is None else self.nm_budget().groups,
         )
         return reset
 
