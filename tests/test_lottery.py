@@ -355,3 +355,18 @@ def test_lottery_run_under_a_pattern_keeps_the_pattern_in_tickets_and_the_random
         assert is_nm(ticket[last], f"{n}:4") and is_nm(control[last], f"{n}:4")
         assert not torch.equal(ticket[last], control[last])
         assert bool(ticket[first].all()) and bool(control[first].all())  # 6 inputs: kept dense
+
+
+def test_cli_lottery_takes_a_pattern(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from sparsetrain.cli import main
+    from sparsetrain.nm import is_nm
+
+    monkeypatch.chdir(tmp_path)
+    args = ["lottery", "--data", "synthetic", "--data-option", "n_train=64", "--data-option", "n_test=32",
+            "--data-option", "input_shape=[1, 8]", "--data-option", "num_classes=3", "--model", "mlp",
+            "--model-option", "hidden=[16]", "--epochs", "1", "--batch-size", "16", "--rounds", "1",
+            "--prune-rate", "0.5", "--output-rate", "none", "--controls", "--pattern", "1:4", "--no-progress"]
+    assert main(args) == 0
+    (ticket_file,) = tmp_path.glob("runs/lottery-*/seed_0/level_1/masks.pt")
+    assert all(is_nm(mask, "2:4") for mask in load(ticket_file).values())  # 4 -> 2 of every 4 at p = 0.5
+    assert "1:4" in json.loads((ticket_file.parents[1] / "config.json").read_text())["pattern"]
