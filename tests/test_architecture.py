@@ -29,6 +29,8 @@ def test_the_documented_method_trains_sparse_and_moves_its_topology() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sparsifier = ConstantRigL(model, optimizer, sparsity=0.8, total_steps=40, update_every=10, swap=0.2)
     first = {name: mask.clone() for name, mask in sparsifier.masks.items()}
+    events = []
+    sparsifier.subscribe(events.append)
     for _ in range(40):
         loss = model(torch.randn(8, 20)).square().mean()
         optimizer.zero_grad()
@@ -43,6 +45,11 @@ def test_the_documented_method_trains_sparse_and_moves_its_topology() -> None:
         assert not optimizer.state[param]["momentum_buffer"][~mask].any()
     assert any(not torch.equal(first[n], sparsifier.masks[n]) for n in first)
     assert sparsifier.itop_rate() > 1 - sparsifier.current_sparsity()
+    # its topology events, with the schedule values its schedule_at reports
+    assert [event.step for event in events] == [10, 20, 30, 40]
+    for event in events:
+        assert event.grown == event.dropped > 0
+        assert {(layer.drop_fraction, layer.target_sparsity) for layer in event.layers.values()} == {(0.2, 0.8)}
 
 
 def test_the_documented_option_is_declared_validated_and_resumable() -> None:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,14 @@ def _static_unknown_mask_name(cwd):
     sparsetrain.Static(*_model_and_optimizer(), total_steps=10, masks={"9.weight": torch.ones(8, 4, dtype=torch.bool)})
 
 
+def _without_mlflow(cwd, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
+
+
+def _rigl_pattern_with_a_scope(cwd):
+    sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", scope="global", total_steps=100)
+
+
 def _lottery_linear_without_final(cwd):
     sparsetrain.studies.LotteryConfig(schedule="linear")
 
@@ -223,13 +232,19 @@ CASES = {
     57: (_granet_without_sparsity, None),
     58: (_static_float_masks, None),
     59: (_static_unknown_mask_name, None),
-    60: (_train("--model", "nosuch_module:make"), None),
-    61: (_train("--method", "rigl", "--method-option", "sparse_init=he"), None),
-    62: (["lottery", "--sparsities", "0.5", "0.4", "--runs-dir", "runs", "--no-progress"], None),
-    63: (["lottery", "--schedule", "linear", "--prune-rate", "0.3", "--runs-dir", "runs", "--no-progress"], None),
-    64: (["lottery", "--rewind-step", "10", "--rank-step", "5", "--runs-dir", "runs", "--no-progress"], None),
-    65: (_lottery_linear_without_final, None),
-    66: (_lottery_rounds_and_targets, None),
+    60: (_train("--log", "wandb"), None),
+    61: (_train("--log", "mlflow"), _without_mlflow),
+    62: (["report", "--runs-dir", "runs", "--html", "runs"], None),
+    63: (_train("--method", "rigl", "--pattern", "2:2"), None),
+    64: (_train("--method", "rigl", "--pattern", "2:4", "--sparsity", "0.75"), None),
+    65: (_rigl_pattern_with_a_scope, None),
+    66: (_train("--model", "nosuch_module:make"), None),
+    67: (_train("--method", "rigl", "--method-option", "sparse_init=he"), None),
+    68: (["lottery", "--sparsities", "0.5", "0.4", "--runs-dir", "runs", "--no-progress"], None),
+    69: (["lottery", "--schedule", "linear", "--prune-rate", "0.3", "--runs-dir", "runs", "--no-progress"], None),
+    70: (["lottery", "--rewind-step", "10", "--rank-step", "5", "--runs-dir", "runs", "--no-progress"], None),
+    71: (_lottery_linear_without_final, None),
+    72: (_lottery_rounds_and_targets, None),
 }
 _RUNS: dict[str, str] = {}
 
@@ -304,7 +319,7 @@ def test_bad_input_gives_the_documented_one_line_message(number, template, tmp_p
     cwd = tmp_path / "cwd"
     shutil.copytree(template, cwd)
     if setup is not None:
-        setup(cwd)
+        setup(cwd, monkeypatch) if setup.__code__.co_argcount == 2 else setup(cwd)
     monkeypatch.chdir(cwd)
     before = _snapshot(cwd)
     if callable(action):

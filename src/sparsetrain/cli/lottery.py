@@ -18,7 +18,9 @@ DESCRIPTION = ("Iterative magnitude pruning (Frankle & Carbin 2019; rewinding to
                "on the data/model/optim/train recipe of the config, in <runs-dir>/lottery-<hash>/seed_<n>/"
                "level_<k>/ (masks.pt, the ticket, and sparsity.json; run/, the level's training run; the "
                "controls' runs in reinit/ and random/). Every stage is an ordinary training run: a stopped "
-               "lottery run resumes where it stopped, mid-level. The sparse section plays no part.\n\n"
+               "lottery run resumes where it stopped, mid-level. The sparse section plays no part, except "
+               "--pattern N:M: every level is then an N:M pattern (each round applies the rate to the groups' "
+               "counts, down to N).\n\n"
                "Levels follow a schedule: --prune-rate of the remaining weights per round (geometric, the "
                "default), a linear rise to --final-sparsity, or a list of --sparsities. --prune-biases ranks each "
                "layer's bias with its weight; --rank-step ranks the weights at that step of each level's run. Any "
@@ -84,17 +86,20 @@ def run(args: argparse.Namespace) -> int:
     from sparsetrain.studies.lottery import curve_table, lottery_dir, run_lottery
 
     base = resolve_config(args)
-    given_sparse = {k: v for k, v in base.non_default(hashed_only=False).items() if k.startswith("sparse.")}
+    given_sparse = {k: v for k, v in base.non_default(hashed_only=False).items()
+                    if k.startswith("sparse.") and k != "sparse.pattern"}
     if given_sparse:
         raise CliError(f"{', '.join(sorted(given_sparse))}: the sparse section is not used by lottery runs (IMP "
-                       "chooses the masks); use --prune-rate, --rounds, --scope instead")
+                       "chooses the masks); use --prune-rate, --rounds, --scope (and --pattern) instead")
+    pattern = base.sparse.pattern
+    base = base.with_overrides({"sparse.pattern": None})
     if args.print_config:
         print(base.canonical().to_yaml(), end="")
         return 0
     note_validation(base)
     for seed in parse_seeds(args, base.train.seed):
         config = base.with_overrides({"train.seed": seed})
-        lottery = _lottery_config(args, seed)
+        lottery = _lottery_config(args, seed, pattern)
         out = lottery_dir(args.runs_dir, config, lottery)
         if args.progress:
             note(f"lottery run in {out} ({lottery.rounds} rounds); finished stages are skipped")
@@ -110,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lottery_config(args: argparse.Namespace, seed: int) -> Any:
+def _lottery_config(args: argparse.Namespace, seed: int, pattern: str | None = None) -> Any:
     from sparsetrain.studies.lottery import LotteryConfig
 
     output_rate: float | None
@@ -128,6 +133,7 @@ def _lottery_config(args: argparse.Namespace, seed: int) -> Any:
                              one_shot=args.one_shot, controls=tuple(args.controls), seed=seed, schedule=args.schedule,
                              final_sparsity=args.final_sparsity,
                              sparsities=None if args.sparsities is None else tuple(args.sparsities),
-                             prune_biases=args.prune_biases, rank_step=args.rank_step)
+                             prune_biases=args.prune_biases, rank_step=args.rank_step,
+                             pattern=pattern)
     except (ValueError, TypeError) as exc:
         raise CliError(f"lottery: {exc}") from None

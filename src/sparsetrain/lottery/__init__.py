@@ -20,6 +20,7 @@ from .imp import (
     level_counts,
     level_sparsities,
     next_count,
+    pattern_groups,
     prune_round,
     prune_to_sparsity,
 )
@@ -27,6 +28,7 @@ from .jackpot import find_jackpot, mask_iou, restrict_changes
 from .rewind import reinitialize, rewind, snapshot
 
 __all__ = [
-    "SCHEDULES", "prune_round", "prune_to_sparsity", "level_sparsities", "next_count", "level_count", "level_counts", "layer_rates", "rewind", "snapshot",
+    "SCHEDULES", "prune_round", "prune_to_sparsity", "level_sparsities", "next_count", "level_count", "level_counts",
+    "layer_rates", "pattern_groups", "rewind", "snapshot",
     "reinitialize", "random_mask_like", "find_jackpot", "restrict_changes", "mask_iou",
 ]

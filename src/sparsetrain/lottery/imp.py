@@ -13,6 +13,11 @@ n)`` of a tensor's ``n`` weights (layer scope) or of the pooled weights (global 
 rising linearly (:func:`level_sparsities`). A layer's bias can be pruned with its weight (``units``: name of the
 weight -> the weight and its bias), ranked by magnitude in one vector per layer; the counts then cover both, and
 the masks stay per tensor (:class:`sparsetrain.selection.Budget`).
+
+Under an N:M pattern (``LotteryConfig.pattern``) the same rule applies to each group's count instead of the
+tensor's: a tensor whose groups keep ``n`` of M keeps ``max(N, n - ceil(p n))`` after a round (2:4 at p = 0.2:
+dense, 3:4, 2:4, 2:4, ...), every group by its own magnitudes among its survivors, so each level is a pattern and
+the last ones are N:M. Tensors that cannot follow the pattern are kept dense.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..selection import Budget, check_scope, keep_top
+from ..nm import NMLayout, NMPattern
+from ..selection import Budget, Groups, check_scope, keep_top
 from ..updates import swap_count
 
 __all__ = ["SCHEDULES", "next_count", "level_count", "level_counts", "prune_round", "prune_to_sparsity",
-           "layer_rates", "level_sparsities"]
+           "layer_rates", "level_sparsities", "pattern_groups"]
 
 #: How the rounds' sparsities are set: a fixed fraction of the remaining weights per round ("geometric", Frankle
 #: & Carbin 2019), a linear rise to a final sparsity ("linear"), or a list of targets ("targets").
@@ -115,6 +121,8 @@ def prune_round(
     separate: tuple[str, ...] = (),
     levels: int = 1,
     units: Units | None = None,
+    pattern: NMPattern | str | None = None,
+    layouts: Mapping[str, NMLayout] | None = None,
 ) -> dict[str, Tensor]:
     """Masks after ``levels`` rounds of magnitude pruning from ``masks`` (one round in IMP; k in one-shot).
 
@@ -130,10 +138,20 @@ def prune_round(
         levels: how many rounds' worth of weights to remove at once.
         units: name of a weight -> the tensors ranked with it as one vector (the weight and its bias); the
             count is the unit's.
+        pattern: an N:M pattern (module docstring): the rule applies to each group's count, down to N; the layer
+            scope only.
+        layouts: with a pattern, name -> :class:`~sparsetrain.nm.NMLayout` (:func:`sparsetrain.nm.nm_layouts`).
 
     Returns:
         name -> new bool mask.
     """
+    if pattern is not None:
+        if units:
+            raise ValueError("prune_round: an N:M pattern prunes weights only; leave units (prune_biases) out")
+        if check_scope(scope) != "layer" or layouts is None:
+            raise ValueError(f"prune_round with pattern={str(pattern)!r} needs scope='layer' and the layouts")
+        return keep_top(_magnitudes(weights, masks), _pattern_round(masks, rates, levels, NMPattern.parse(pattern), layouts),
+                        eligible=masks)
     heads = list(rates)
     if check_scope(scope) == "layer":
         counts = {name: level_count(_active(masks, _members(name, units)), rates[name], levels) for name in heads}
@@ -190,3 +208,33 @@ def prune_to_sparsity(
     pooled = [member for name in rest for member in _members(name, units)]
     budget = Budget(own, keep(pooled) if pooled else None, units=dict(units or {}))
     return keep_top(_magnitudes(weights, masks), budget, eligible=masks)
+
+
+def pattern_groups(masks: Mapping[str, Tensor], pattern: NMPattern | str,
+                   layouts: Mapping[str, NMLayout]) -> dict[str, Groups]:
+    """The :class:`~sparsetrain.selection.Groups` each patterned tensor of ``masks`` follows now: ``n:M`` with ``n``
+    its count per group (tensors kept dense, or still whole, have none)."""
+    pattern = NMPattern.parse(pattern)
+    groups = {}
+    for name, mask in masks.items():
+        n = int(torch.count_nonzero(mask)) * pattern.m // mask.numel()
+        if layouts[name].patterned and n < pattern.m:
+            groups[name] = Groups(NMPattern(n, pattern.m), layouts[name].dim)
+    return groups
+
+
+def _pattern_round(masks: Mapping[str, Tensor], rates: Mapping[str, float], levels: int, pattern: NMPattern,
+                   layouts: Mapping[str, NMLayout]) -> Budget:
+    """Each patterned tensor's groups keep ``max(N, level_count(n, rate, levels))`` of M; the others stay whole."""
+    now = pattern_groups(masks, pattern, layouts)
+    counts: dict[str, int] = {}
+    groups: dict[str, Groups] = {}
+    for name, mask in masks.items():
+        n = pattern.m
+        if layouts[name].patterned:
+            n = max(pattern.n, level_count(now[name].pattern.n if name in now else pattern.m, rates[name], levels))
+        if n < pattern.m:
+            groups[name] = Groups(NMPattern(n, pattern.m), layouts[name].dim)
+        else:
+            counts[name] = int(torch.count_nonzero(mask))
+    return Budget(counts, None, groups)

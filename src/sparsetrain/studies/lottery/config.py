@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sparsetrain.lottery import SCHEDULES
+from sparsetrain.nm import check_pattern
 from sparsetrain.selection import SCOPES, check_scope
 from sparsetrain.validation import check_bool, check_choice, check_int, check_number
 
@@ -26,7 +27,7 @@ CONTROLS = ("reinit", "random")
 #: Fields added after the first lottery runs were named, with their defaults: left out of a run's identity while at
 #: their default, so those runs keep their directory names.
 LATER_DEFAULTS: dict[str, Any] = {"prune_biases": False, "schedule": "geometric", "final_sparsity": None,
-                                  "sparsities": None, "rank_step": None}
+                                  "sparsities": None, "rank_step": None, "pattern": None}
 
 #: ``prune_rate`` and ``rounds`` when not given (the geometric schedule's rate; three rounds).
 DEFAULT_PRUNE_RATE = 0.2
@@ -76,6 +77,8 @@ class LotteryConfig:
             recipe's ``train.seed``.
         notes: free-form JSON-able notes (saved with the config and compared on resume; the runner does not read
             them). The recipe itself is saved as ``experiment.yaml`` and checked on resume.
+        pattern: ``"N:M"``: every level is an N:M pattern, each round applying the rate to the groups' counts
+            down to N (:mod:`sparsetrain.lottery.imp`); layer scope only. None: unstructured.
     """
 
     rounds: int | None = None
@@ -95,6 +98,7 @@ class LotteryConfig:
     sparsities: tuple[float, ...] | None = None
     prune_biases: bool = False
     rank_step: int | None = None
+    pattern: str | None = None
 
     def __post_init__(self) -> None:
         if self.schedule is None:
@@ -126,6 +130,18 @@ class LotteryConfig:
                 object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         check_int("seed", self.seed, -(2**63))
         object.__setattr__(self, "notes", dict(self.notes))
+        if self.pattern is not None:
+            object.__setattr__(self, "pattern", check_pattern("pattern", self.pattern))
+            if self.scope != "layer":
+                raise ValueError(f"scope={self.scope!r} is not allowed with pattern={self.pattern!r}: under a pattern "
+                                 "each group is pruned on its own; use scope='layer'")
+            if self.schedule != "geometric":
+                raise ValueError(f"schedule={self.schedule!r} is not allowed with pattern={self.pattern!r}: under a "
+                                 "pattern each round applies prune_rate to the groups' counts; use the geometric "
+                                 "schedule")
+            if self.prune_biases:
+                raise ValueError(f"prune_biases=True is not allowed with pattern={self.pattern!r}: an N:M pattern "
+                                 "prunes weights only")
 
     def _resolve_schedule(self) -> None:
         """Check the schedule's own fields, refuse the others' and fill ``rounds`` / ``prune_rate``."""
@@ -177,8 +193,9 @@ class LotteryConfig:
                 if k != "seed" and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-able form (tuples as lists); ``pattern`` only when set, so unstructured runs keep their names."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k != "pattern" or v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LotteryConfig:

@@ -65,6 +65,7 @@ from sparsetrain.lottery import (
     layer_rates,
     level_count,
     level_sparsities,
+    pattern_groups,
     prune_round,
     prune_to_sparsity,
     random_mask_like,
@@ -72,6 +73,7 @@ from sparsetrain.lottery import (
     snapshot,
 )
 from sparsetrain.masks import paired_biases, select_prunable, sparsity_report
+from sparsetrain.nm import nm_layouts
 
 from .config import LotteryConfig
 from .results import curve_table, lottery_curve, plot_curve
@@ -200,6 +202,13 @@ class _Lottery:
         masked = set(self.names()) | {bias for _, bias in self.units().values()}
         return [name for name, _ in self.exp.model.named_parameters() if name in masked]
 
+    def layouts(self) -> dict[str, Any] | None:
+        """Each tensor's N:M layout (None without a pattern)."""
+        if self.lottery.pattern is None:
+            return None
+        selected = select_prunable(self.exp.model, include=self.lottery.include, exclude=self.lottery.exclude)
+        return nm_layouts(self.exp.model, selected, self.lottery.pattern)
+
     # -- stages ---------------------------------------------------------------------------------------------
     def train(self, run_dir: Path, config: ExperimentConfig, masks: Mapping[str, Tensor] | None = None, *,
               branch: Branch | None = None, keep_steps: tuple[int, ...] = ()) -> dict[str, Any]:
@@ -273,7 +282,7 @@ class _Lottery:
         if targets is None:
             masks = prune_round(weights, previous, rates, scope=lottery.scope,
                                 separate=(output,) if lottery.output_rate is not None else (), levels=level - source,
-                                units=units)
+                                units=units, pattern=lottery.pattern, layouts=self.layouts())
         else:
             own = {}
             if lottery.output_rate is not None:
@@ -312,7 +321,9 @@ class _Lottery:
             else:
                 masks_file = where / "random_masks.pt"
                 if not masks_file.exists():
-                    _save_masks(random_mask_like(masks, seed), masks_file)
+                    layouts = self.layouts()
+                    groups = None if layouts is None else pattern_groups(masks, self.lottery.pattern, layouts)
+                    _save_masks(random_mask_like(masks, seed, groups), masks_file)
                 config, branch = self.sparse_recipe(masks_file, masks), rewound
             self.train(where / control, config, masks, branch=branch)
 
