@@ -25,11 +25,14 @@ from torch import Tensor
 
 from sparsetrain.atomic import write_figure
 from sparsetrain.selection import Budget, check_scope, keep_top
+from sparsetrain.validation import check_choice
+
+from .significance import difference
 from sparsetrain.tables import Column, render
 from sparsetrain.validation import check_number
 
-__all__ = ["PLASTICITY_COLUMNS", "SUMMARY_COLUMNS", "SCHEDULES", "check_rate", "magnitude_masks",
-           "summarize_plasticity", "format_plasticity", "plot_plasticity"]
+__all__ = ["PLASTICITY_COLUMNS", "SUMMARY_COLUMNS", "SCHEDULES", "FACTORS", "check_rate", "magnitude_masks",
+           "summarize_plasticity", "format_plasticity", "contrast_plasticity", "format_contrast", "plot_plasticity"]
 
 #: The learning-rate schedules of a study: the recipe's, and the control with the decays moved later.
 SCHEDULES = ("recipe", "late-decay")
@@ -161,6 +164,61 @@ def format_plasticity(rows: Sequence[Mapping[str, Any]], fmt: str = "markdown") 
     return render(columns, summary, "markdown")
 
 
+#: The factors :func:`contrast_plasticity` isolates: ``factor -> (value a, value b, the keys held equal)``.
+FACTORS: dict[str, tuple[Any, Any, tuple[str, ...]]] = {
+    "regeneration": (True, False, ("schedule", "epoch", "rate")),
+    "schedule": ("recipe", "late-decay", ("epoch", "rate", "regeneration")),
+}
+
+
+def contrast_plasticity(rows: Sequence[Mapping[str, Any]], factor: str) -> list[dict[str, Any]]:
+    """The effect of one factor on the relative change, everything else equal, with the significance rule
+    (:mod:`sparsetrain.analysis.significance`).
+
+    ``factor="regeneration"``: with minus without regeneration, per (schedule, t, r). ``factor="schedule"``: the
+    recipe's learning-rate schedule minus the control's (decays moved later), per (t, r, regeneration): the cost
+    of pruning in the recipe's learning-rate phase rather than before the decays, at the same pruning point and
+    remaining budget.
+
+    Args:
+        rows: the study rows (one per cell and seed).
+        factor: a key of :data:`FACTORS`.
+
+    Returns:
+        One row per pair with both sides measured: the held keys, ``a`` / ``a_std`` and ``b`` / ``b_std`` (mean and
+        std of ``drop`` over seeds), ``diff`` (``a - b``), ``noise`` (combined std) and ``verdict`` ("beyond
+        noise", "within noise", or the one-seed note).
+    """
+    a_value, b_value, held = FACTORS[check_choice("factor", factor, tuple(FACTORS))]
+    index = {tuple(r[k] for k in (*held, factor)): r for r in summarize_plasticity(rows)}
+    result = []
+    for key, a in index.items():
+        b = index.get((*key[:-1], b_value))
+        if key[-1] != a_value or b is None or a["drop"] is None or b["drop"] is None:
+            continue
+        diff = difference(a["drop"], a["drop_std"], a["n"], b["drop"], b["drop_std"], b["n"])
+        result.append({**dict(zip(held, key)), "a": a["drop"], "a_std": a["drop_std"], "b": b["drop"],
+                       "b_std": b["drop_std"], "diff": diff.diff, "noise": diff.noise, "verdict": diff.words})
+    return result
+
+
+def format_contrast(rows: Sequence[Mapping[str, Any]], factor: str) -> str:
+    """A markdown table of :func:`contrast_plasticity` rows (relative changes in %, mean ± std over seeds)."""
+    held = FACTORS[check_choice("factor", factor, tuple(FACTORS))][2]
+    titles = {"regeneration": ("with regeneration %", "fixed mask %"),
+              "schedule": ("recipe's LR schedule %", "decays moved later %")}[factor]
+    names = {"schedule": Column("schedule", "LR schedule", align="left"), "epoch": Column("epoch", "t (epoch)"),
+             "rate": Column("rate", "r", "g"),
+             "regeneration": Column("regeneration", format=lambda v: "yes" if v else "no", align="left")}
+
+    table = [{**row, "a_text": f"{100 * row['a']:+.2f} ± {100 * row['a_std']:.2f}",
+              "b_text": f"{100 * row['b']:+.2f} ± {100 * row['b_std']:.2f}"} for row in rows]
+    columns = [*(names[k] for k in held), Column("a_text", titles[0]), Column("b_text", titles[1]),
+               Column("diff", "difference (% points)", lambda v: f"{100 * v:+.2f}"),
+               Column("verdict", align="left")]
+    return render(columns, table, "markdown")
+
+
 def plot_plasticity(rows: Sequence[Mapping[str, Any]], path: str | Path, *,
                     lr_decays: Mapping[str, Sequence[float]] | Sequence[float] = (),
                     title: str = "pruning plasticity") -> Path:
@@ -187,7 +245,7 @@ def plot_plasticity(rows: Sequence[Mapping[str, Any]], path: str | Path, *,
     schedules = [s for s in SCHEDULES if any(r["schedule"] == s for r in summary)] or [SCHEDULES[0]]
     fig = Figure(figsize=(6.5 * len(schedules), 4.8), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(schedules), sharey=True, squeeze=False)[0]
+    axes = fig.subplots(1, len(schedules), sharex=True, sharey=True, squeeze=False)[0]
     rates = sorted({r["rate"] for r in summary})
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
     for ax, schedule in zip(axes, schedules):
