@@ -12,7 +12,11 @@ import torch
 from torch import nn
 
 from sparsetrain import GraNet
-from sparsetrain.analysis.plasticity import format_plasticity, magnitude_masks, summarize_plasticity
+from sparsetrain.analysis.plasticity import (
+    format_plasticity,
+    magnitude_masks,
+    summarize_plasticity,
+)
 from sparsetrain.cli import main
 from sparsetrain.experiment import ExperimentConfig, Trainer
 from sparsetrain.experiment.checkpoint import load_checkpoint

@@ -25,11 +25,10 @@ from torch import Tensor
 
 from sparsetrain.atomic import write_figure
 from sparsetrain.selection import Budget, check_scope, keep_top
-from sparsetrain.validation import check_choice
+from sparsetrain.tables import Column, render
+from sparsetrain.validation import check_choice, check_number
 
 from .significance import difference
-from sparsetrain.tables import Column, render
-from sparsetrain.validation import check_number
 
 __all__ = ["PLASTICITY_COLUMNS", "SUMMARY_COLUMNS", "SCHEDULES", "FACTORS", "check_rate", "magnitude_masks",
            "summarize_plasticity", "format_plasticity", "contrast_plasticity", "format_contrast", "plot_plasticity"]

@@ -40,7 +40,8 @@ from typing import Any
 from sparsetrain.experiment import ExperimentConfig, RunDir, Trainer
 
 from .lottery import LotteryConfig, lottery_identity, run_lottery
-from .plasticity import PlasticityCell, PlasticityStudy, plasticity_cells, plasticity_studies as _studies
+from .plasticity import PlasticityCell, PlasticityStudy, plasticity_cells
+from .plasticity import plasticity_studies as _studies
 
 __all__ = ["Benchmark", "PlasticityPlan", "ReproSetting", "SETTINGS", "METHOD_LABELS", "LONGER", "Job",
            "method_overrides", "run_config", "grid_runs", "imp_rate", "imp_levels", "imp_lottery", "plan_jobs",

@@ -14,7 +14,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sparsetrain.analysis.plasticity import contrast_plasticity, format_contrast, format_plasticity, plot_plasticity
+from sparsetrain.analysis.plasticity import (
+    contrast_plasticity,
+    format_contrast,
+    format_plasticity,
+    plot_plasticity,
+)
 from sparsetrain.analysis.significance import SIGNIFICANCE_RULE
 from sparsetrain.atomic import write_figure, write_json, write_text
 from sparsetrain.experiment import RunDir
@@ -32,7 +37,13 @@ from .reproduce import (
     run_config,
 )
 from .reproduce_results import Cell, aggregate, collect
-from .reproduce_verdicts import AT_INIT, FAMILIES, check_claims, family_table, pairwise_table
+from .reproduce_verdicts import (
+    AT_INIT,
+    FAMILIES,
+    check_claims,
+    family_table,
+    pairwise_table,
+)
 
 __all__ = ["accuracy_table", "cost_table", "csv_table", "plot_benchmark", "write_report", "record_invocation",
            "machine_info"]
