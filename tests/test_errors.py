@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,14 @@ def _static_unknown_mask_name(cwd):
     sparsetrain.Static(*_model_and_optimizer(), total_steps=10, masks={"9.weight": torch.ones(8, 4, dtype=torch.bool)})
 
 
+def _without_mlflow(cwd, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
+
+
+def _rigl_pattern_with_a_scope(cwd):
+    sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", scope="global", total_steps=100)
+
+
 #: row number -> (argv or API callable, set-up or None); the rows' inputs and messages live in docs/errors.md.
 CASES = {
     1: (_train("--sparsity", "1.2"), None),
@@ -215,6 +224,12 @@ CASES = {
     57: (_granet_without_sparsity, None),
     58: (_static_float_masks, None),
     59: (_static_unknown_mask_name, None),
+    60: (_train("--log", "wandb"), None),
+    61: (_train("--log", "mlflow"), _without_mlflow),
+    62: (["report", "--runs-dir", "runs", "--html", "runs"], None),
+    63: (_train("--method", "rigl", "--pattern", "2:2"), None),
+    64: (_train("--method", "rigl", "--pattern", "2:4", "--sparsity", "0.75"), None),
+    65: (_rigl_pattern_with_a_scope, None),
 }
 _RUNS: dict[str, str] = {}
 
@@ -289,7 +304,7 @@ def test_bad_input_gives_the_documented_one_line_message(number, template, tmp_p
     cwd = tmp_path / "cwd"
     shutil.copytree(template, cwd)
     if setup is not None:
-        setup(cwd)
+        setup(cwd, monkeypatch) if setup.__code__.co_argcount == 2 else setup(cwd)
     monkeypatch.chdir(cwd)
     before = _snapshot(cwd)
     if callable(action):

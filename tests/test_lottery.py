@@ -302,3 +302,71 @@ def test_cli_lottery_runs_the_harness_recipe_and_skips_finished_stages(tmp_path:
     assert "training" not in capsys.readouterr().err
     assert main([*args, "--method", "rigl"]) == 2
     assert "sparse section is not used" in capsys.readouterr().err
+
+
+# -- N:M ---------------------------------------------------------------------------------------------------------
+
+def test_imp_under_a_pattern_applies_the_rate_to_each_groups_count_down_to_n() -> None:
+    from sparsetrain.nm import is_nm, nm_layouts, nm_mask
+    from sparsetrain.masks import select_prunable
+
+    model = nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 8))
+    params = select_prunable(model)
+    layouts = nm_layouts(model, params, "1:8")
+    weights = {n: p.detach() for n, p in params.items()}
+    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    seen = []
+    for _ in range(6):  # 8 -> 6 -> 4 -> 3 -> 2 -> 1 -> 1 at p = 0.2 (each round removes ceil(0.2 n) >= 1)
+        previous = masks
+        masks = prune_round(weights, masks, {n: 0.2 for n in masks}, pattern="1:8", layouts=layouts)
+        n = int(masks["0.weight"].sum()) * 8 // masks["0.weight"].numel()
+        seen.append(n)
+        assert is_nm(masks["0.weight"], f"{n}:8") and is_nm(masks["2.weight"], f"{n}:8")
+        expected = nm_mask(weights["0.weight"].abs(), f"{n}:8", eligible=previous["0.weight"])
+        assert torch.equal(masks["0.weight"], expected)
+    assert seen == [6, 4, 3, 2, 1, 1]
+    one_shot = prune_round(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()},
+                           {n: 0.2 for n in weights}, pattern="1:8", layouts=layouts, levels=3)
+    assert counts(one_shot) == {"0.weight": 3 * 16 * 24 // 8, "2.weight": 3 * 24 * 8 // 8}
+    with pytest.raises(ValueError, match="scope='layer'"):
+        prune_round(weights, masks, {n: 0.2 for n in masks}, scope="global", pattern="1:8", layouts=layouts)
+
+
+def test_lottery_config_pattern_is_checked_and_left_out_of_unstructured_configs() -> None:
+    assert "pattern" not in LotteryConfig().to_dict()
+    assert LotteryConfig.from_dict(LotteryConfig().to_dict()) == LotteryConfig()
+    config = LotteryConfig(pattern=" 2 : 4")
+    assert config.pattern == "2:4" and LotteryConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="scope='global' is not allowed with pattern='2:4'"):
+        LotteryConfig(pattern="2:4", scope="global")
+    with pytest.raises(ValueError, match="pattern='3:3' is not allowed"):
+        LotteryConfig(pattern="3:3")
+
+
+def test_lottery_run_under_a_pattern_keeps_the_pattern_in_tickets_and_the_random_control(tmp_path: Path) -> None:
+    from sparsetrain.nm import is_nm
+
+    config = LotteryConfig(rounds=2, prune_rate=0.5, output_rate=None, pattern="1:4")
+    run_lottery(recipe(epochs=1), config, tmp_path, plots=False)
+    first, last = list(load(tmp_path / "level_1" / "masks.pt"))  # the MLP 6-16-3: weights of 6 and 16 inputs
+    for level, n in ((1, 2), (2, 1)):  # 4 -> 2 -> 1 of every 4 at p = 0.5
+        ticket = load(tmp_path / f"level_{level}" / "masks.pt")
+        control = load(tmp_path / f"level_{level}" / "random_masks.pt")
+        assert is_nm(ticket[last], f"{n}:4") and is_nm(control[last], f"{n}:4")
+        assert not torch.equal(ticket[last], control[last])
+        assert bool(ticket[first].all()) and bool(control[first].all())  # 6 inputs: kept dense
+
+
+def test_cli_lottery_takes_a_pattern(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from sparsetrain.cli import main
+    from sparsetrain.nm import is_nm
+
+    monkeypatch.chdir(tmp_path)
+    args = ["lottery", "--data", "synthetic", "--data-option", "n_train=64", "--data-option", "n_test=32",
+            "--data-option", "input_shape=[1, 8]", "--data-option", "num_classes=3", "--model", "mlp",
+            "--model-option", "hidden=[16]", "--epochs", "1", "--batch-size", "16", "--rounds", "1",
+            "--prune-rate", "0.5", "--output-rate", "none", "--controls", "--pattern", "1:4", "--no-progress"]
+    assert main(args) == 0
+    (ticket_file,) = tmp_path.glob("runs/lottery-*/seed_0/level_1/masks.pt")
+    assert all(is_nm(mask, "2:4") for mask in load(ticket_file).values())  # 4 -> 2 of every 4 at p = 0.5
+    assert "1:4" in json.loads((ticket_file.parents[1] / "config.json").read_text())["pattern"]

@@ -524,6 +524,7 @@ def training_flops(
 
 
 _GROWS_BY_GRADIENT = ("rigl", "granet")
+_DENSE_GRADIENT_EVERY_STEP = ("snfs", "srste")
 
 
 def dense_gradient_steps(method: str, update_steps: Sequence[int], total_steps: int) -> list[int]:
@@ -540,7 +541,7 @@ def dense_gradient_steps(method: str, update_steps: Sequence[int], total_steps: 
     Returns:
         Sorted step indices in ``[0, total_steps)``.
     """
-    if method == "snfs":
+    if method in _DENSE_GRADIENT_EVERY_STEP:
         return list(range(total_steps))
     if method in _GROWS_BY_GRADIENT:
         # The update after optimizer step s reads the gradient of step s, index s - 1.

@@ -16,7 +16,9 @@ DESCRIPTION = ("Iterative magnitude pruning (Frankle & Carbin 2019; rewinding to
                "on the data/model/optim/train recipe of the config, in <runs-dir>/lottery-<hash>/seed_<n>/"
                "level_<k>/ (masks.pt, the ticket, and sparsity.json; run/, the level's training run; the "
                "controls' runs in reinit/ and random/). Every stage is an ordinary training run: a stopped "
-               "lottery run resumes where it stopped, mid-level. The sparse section plays no part.")
+               "lottery run resumes where it stopped, mid-level. The sparse section plays no part, except "
+               "--pattern N:M: every level is then an N:M pattern (each round applies the rate to the groups' "
+               "counts, down to N).")
 RAW_DESCRIPTION = True  # --help prints the description unwrapped
 
 
@@ -61,16 +63,19 @@ def run(args: argparse.Namespace) -> int:
     from sparsetrain.studies.lottery import curve_table, lottery_dir, run_lottery
 
     base = resolve_config(args)
-    given_sparse = {k: v for k, v in base.non_default(hashed_only=False).items() if k.startswith("sparse.")}
+    given_sparse = {k: v for k, v in base.non_default(hashed_only=False).items()
+                    if k.startswith("sparse.") and k != "sparse.pattern"}
     if given_sparse:
         raise CliError(f"{', '.join(sorted(given_sparse))}: the sparse section is not used by lottery runs (IMP "
-                       "chooses the masks); use --prune-rate, --rounds, --scope instead")
+                       "chooses the masks); use --prune-rate, --rounds, --scope (and --pattern) instead")
+    pattern = base.sparse.pattern
+    base = base.with_overrides({"sparse.pattern": None})
     if args.print_config:
         print(base.canonical().to_yaml(), end="")
         return 0
     for seed in parse_seeds(args, base.train.seed):
         config = base.with_overrides({"train.seed": seed})
-        lottery = _lottery_config(args, seed)
+        lottery = _lottery_config(args, seed, pattern)
         out = lottery_dir(args.runs_dir, config, lottery)
         if args.progress:
             note(f"lottery run in {out} ({lottery.rounds} rounds); finished stages are skipped")
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lottery_config(args: argparse.Namespace, seed: int) -> Any:
+def _lottery_config(args: argparse.Namespace, seed: int, pattern: str | None = None) -> Any:
     from sparsetrain.studies.lottery import LotteryConfig
 
     output_rate: float | None
@@ -101,6 +106,7 @@ def _lottery_config(args: argparse.Namespace, seed: int) -> Any:
     try:
         return LotteryConfig(rounds=args.rounds, prune_rate=args.prune_rate, output_rate=output_rate,
                              output_layer=args.output_layer, scope=args.scope, rewind_step=args.rewind_step,
-                             one_shot=args.one_shot, controls=tuple(args.controls), seed=seed)
+                             one_shot=args.one_shot, controls=tuple(args.controls), seed=seed,
+                             pattern=pattern)
     except (ValueError, TypeError) as exc:
         raise CliError(f"lottery: {exc}") from None

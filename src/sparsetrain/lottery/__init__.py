@@ -12,11 +12,11 @@ The lottery *study* (IMP levels and controls trained on disk, resumable, and its
 """
 
 from .controls import random_mask_like
-from .imp import layer_rates, level_count, level_counts, next_count, prune_round
+from .imp import layer_rates, level_count, level_counts, next_count, pattern_groups, prune_round
 from .jackpot import find_jackpot, mask_iou, restrict_changes
 from .rewind import reinitialize, rewind, snapshot
 
 __all__ = [
-    "prune_round", "next_count", "level_count", "level_counts", "layer_rates", "rewind", "snapshot",
+    "prune_round", "next_count", "level_count", "level_counts", "layer_rates", "pattern_groups", "rewind", "snapshot",
     "reinitialize", "random_mask_like", "find_jackpot", "restrict_changes", "mask_iou",
 ]

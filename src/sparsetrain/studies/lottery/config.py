@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from sparsetrain.nm import check_pattern
 from sparsetrain.selection import SCOPES, check_scope
 from sparsetrain.validation import check_bool, check_int, check_number
 
@@ -50,6 +51,8 @@ class LotteryConfig:
             recipe's ``train.seed``.
         notes: free-form JSON-able notes (saved with the config and compared on resume; the runner does not read
             them). The recipe itself is saved as ``experiment.yaml`` and checked on resume.
+        pattern: ``"N:M"``: every level is an N:M pattern, each round applying the rate to the groups' counts
+            down to N (:mod:`sparsetrain.lottery.imp`); layer scope only. None: unstructured.
     """
 
     rounds: int = 3
@@ -64,6 +67,7 @@ class LotteryConfig:
     exclude: tuple[str, ...] | None = None
     seed: int = 0
     notes: Mapping[str, Any] = field(default_factory=dict)
+    pattern: str | None = None
 
     def __post_init__(self) -> None:
         check_int("rounds", self.rounds, 0)
@@ -84,10 +88,16 @@ class LotteryConfig:
                 object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         check_int("seed", self.seed, -(2**63))
         object.__setattr__(self, "notes", dict(self.notes))
+        if self.pattern is not None:
+            object.__setattr__(self, "pattern", check_pattern("pattern", self.pattern))
+            if self.scope != "layer":
+                raise ValueError(f"scope={self.scope!r} is not allowed with pattern={self.pattern!r}: under a pattern "
+                                 "each group is pruned on its own; use scope='layer'")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-able form (tuples as lists); ``pattern`` only when set, so unstructured runs keep their names."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k != "pattern" or v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LotteryConfig:

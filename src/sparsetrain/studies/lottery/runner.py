@@ -59,12 +59,14 @@ from sparsetrain.experiment.rundir import RunDir
 from sparsetrain.identity import identity_hash
 from sparsetrain.lottery import (
     layer_rates,
+    pattern_groups,
     prune_round,
     random_mask_like,
     reinitialize,
     snapshot,
 )
 from sparsetrain.masks import select_prunable, sparsity_report
+from sparsetrain.nm import nm_layouts
 
 from .config import LotteryConfig
 from .results import curve_table, lottery_curve, plot_curve
@@ -179,6 +181,13 @@ class _Lottery:
     def names(self) -> list[str]:
         return list(select_prunable(self.exp.model, include=self.lottery.include, exclude=self.lottery.exclude))
 
+    def layouts(self) -> dict[str, Any] | None:
+        """Each tensor's N:M layout (None without a pattern)."""
+        if self.lottery.pattern is None:
+            return None
+        selected = select_prunable(self.exp.model, include=self.lottery.include, exclude=self.lottery.exclude)
+        return nm_layouts(self.exp.model, selected, self.lottery.pattern)
+
     # -- stages ---------------------------------------------------------------------------------------------
     def train(self, run_dir: Path, config: ExperimentConfig, masks: Mapping[str, Tensor] | None = None, *,
               branch: Branch | None = None, keep_steps: tuple[int, ...] = ()) -> dict[str, Any]:
@@ -221,7 +230,8 @@ class _Lottery:
         rates = layer_rates(names, self.lottery.prune_rate, self.lottery.output_rate, self.lottery.output_layer)
         output = self.lottery.output_layer or names[-1]
         masks = prune_round(weights, self.masks_for(source), rates, scope=self.lottery.scope,
-                            separate=(output,) if self.lottery.output_rate is not None else (), levels=level - source)
+                            separate=(output,) if self.lottery.output_rate is not None else (), levels=level - source,
+                            pattern=self.lottery.pattern, layouts=self.layouts())
         _save_masks(masks, where / "masks.pt", where)
         logger.info("level %d: %d of %d weights kept", level, sum(int(m.sum()) for m in masks.values()),
                     sum(m.numel() for m in masks.values()))
@@ -252,7 +262,9 @@ class _Lottery:
             else:
                 masks_file = where / "random_masks.pt"
                 if not masks_file.exists():
-                    _save_masks(random_mask_like(masks, seed), masks_file)
+                    layouts = self.layouts()
+                    groups = None if layouts is None else pattern_groups(masks, self.lottery.pattern, layouts)
+                    _save_masks(random_mask_like(masks, seed, groups), masks_file)
                 config, branch = self.sparse_recipe(masks_file, masks), rewound
             self.train(where / control, config, masks, branch=branch)
 
