@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from sparsetrain.models.shapes import image_shape, reject_tokens
 from sparsetrain.registry import Registry
 
 _FACTORY = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
@@ -129,6 +130,29 @@ def build_model(
     if is_factory(name):
         return _build_from_factory(name, shape, num_classes, vocab_size, options)
     return _BUILDERS.get(name)(shape, num_classes, vocab_size, **options)
+
+
+def register_image_model(name: str, build: Callable[[tuple[int, int, int], int], nn.Module], doc: str) -> None:
+    """Register `name` as a model for (C, H, W) images with no options of its own.
+
+    The registered builder refuses token inputs and inputs that are not (C, H, W) images, one line each naming
+    the model, then returns ``build(input_shape, num_classes)``.
+
+    Args:
+        name: the registry name.
+        build: makes the model from the (C, H, W) input shape and the number of classes.
+        doc: the builder's docstring (one line, shown where models are listed).
+
+    Raises:
+        ValueError: if `name` is already registered.
+    """
+
+    def builder(input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None) -> nn.Module:
+        reject_tokens(name, vocab_size)
+        return build(image_shape(name, input_shape), num_classes)
+
+    builder.__doc__ = doc
+    register_model(name)(builder)
 
 
 def _build_from_factory(name: str, shape: tuple[int, ...], num_classes: int, vocab_size: int | None,
