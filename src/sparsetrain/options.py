@@ -25,32 +25,26 @@ from .validation import check_choice
 __all__ = ["Option", "OptionSet", "REQUIRED", "SAME", "declared", "describe"]
 
 
-class _Required:
-    """The default of an option that must be given."""
+class _Sentinel:
+    """A marker value of this module, compared by identity: it prints as `text` and pickles and copies as itself
+    (by the name of the module global that holds it)."""
+
+    def __init__(self, text: str, global_name: str) -> None:
+        self._text = text
+        self._global_name = global_name
 
     def __repr__(self) -> str:
-        return "required"
+        return self._text
 
     def __reduce__(self) -> str:
-        return "REQUIRED"
+        return self._global_name
 
 
 #: Default of an option without one (``total_steps``; ``sparsity`` unless ``masks`` are given).
-REQUIRED: Any = _Required()
+REQUIRED: Any = _Sentinel("required", "REQUIRED")
 
-
-class _Same:
-    """``Option.named_default`` when runs were named under the current default."""
-
-    def __repr__(self) -> str:
-        return "same"
-
-    def __reduce__(self) -> str:
-        return "SAME"
-
-
-#: ``Option.named_default`` of an option whose default never changed.
-SAME: Any = _Same()
+#: ``Option.named_default`` of an option whose default never changed (runs were named under the current default).
+SAME: Any = _Sentinel("same", "SAME")
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,17 @@ from typing import Any
 
 from torch import nn
 
-_RESERVED = ("input_shape", "num_classes", "vocab_size")
+from sparsetrain.models.shapes import image_shape, reject_tokens
+from sparsetrain.registry import Registry
 
-Builder = Callable[..., nn.Module]
-_BUILDERS: dict[str, Builder] = {}
 _FACTORY = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 
 #: How a user's factory is written where a model name is expected.
 FACTORY_FORM = "package.module:factory"
+
+Builder = Callable[..., nn.Module]
+_BUILDERS: Registry[Builder] = Registry("model", reserved=("input_shape", "num_classes", "vocab_size"),
+                                        alternative=f", or a user's {FACTORY_FORM}")
 
 
 def is_factory(name: str) -> bool:
@@ -72,47 +75,18 @@ def load_factory(name: str) -> Callable[..., nn.Module]:
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator that registers a model builder under `name`.
-
-    Args:
-        name: the registry name (lower case, e.g. "resnet20").
-
-    Returns:
-        The decorator; it returns the builder unchanged.
-
-    Raises:
-        ValueError: if `name` is already registered.
-    """
-
-    def decorate(builder: Builder) -> Builder:
-        if name in _BUILDERS:
-            raise ValueError(f"model {name!r} is already registered")
-        _BUILDERS[name] = builder
-        return builder
-
-    return decorate
+    """Decorator that registers a model builder under `name` ("resnet20"); ValueError if the name is taken."""
+    return _BUILDERS.register(name)
 
 
 def list_models() -> list[str]:
     """Return the registered model names, sorted."""
-    return sorted(_BUILDERS)
+    return _BUILDERS.names()
 
 
 def model_options(name: str) -> dict[str, Any]:
-    """Return the options a model accepts, with their defaults.
-
-    Args:
-        name: a registered model name.
-
-    Returns:
-        A dict from option name to default value.
-    """
-    builder = _lookup(name)
-    return {
-        param.name: param.default
-        for param in inspect.signature(builder).parameters.values()
-        if param.name not in _RESERVED
-    }
+    """Return the options the model `name` accepts, with their defaults; ValueError for an unknown name."""
+    return _BUILDERS.options(name)
 
 
 def build_model(
@@ -142,10 +116,7 @@ def build_model(
             factory that cannot be imported or does not return a module.
     """
     if not is_factory(name):
-        allowed = model_options(name)
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for model {name!r}; allowed: {sorted(allowed) or 'none'}")
+        _BUILDERS.check_options(name, options)
     shape = tuple(input_shape)
     if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
         raise ValueError(f"input_shape must be a non-empty tuple of positive ints, got {input_shape!r}")
@@ -158,7 +129,30 @@ def build_model(
             raise ValueError(f"token inputs (vocab_size set) need input_shape (seq_len,), got {shape}")
     if is_factory(name):
         return _build_from_factory(name, shape, num_classes, vocab_size, options)
-    return _lookup(name)(shape, num_classes, vocab_size, **options)
+    return _BUILDERS.get(name)(shape, num_classes, vocab_size, **options)
+
+
+def register_image_model(name: str, build: Callable[[tuple[int, int, int], int], nn.Module], doc: str) -> None:
+    """Register `name` as a model for (C, H, W) images with no options of its own.
+
+    The registered builder refuses token inputs and inputs that are not (C, H, W) images, one line each naming
+    the model, then returns ``build(input_shape, num_classes)``.
+
+    Args:
+        name: the registry name.
+        build: makes the model from the (C, H, W) input shape and the number of classes.
+        doc: the builder's docstring (one line, shown where models are listed).
+
+    Raises:
+        ValueError: if `name` is already registered.
+    """
+
+    def builder(input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None) -> nn.Module:
+        reject_tokens(name, vocab_size)
+        return build(image_shape(name, input_shape), num_classes)
+
+    builder.__doc__ = doc
+    register_model(name)(builder)
 
 
 def _build_from_factory(name: str, shape: tuple[int, ...], num_classes: int, vocab_size: int | None,
@@ -177,10 +171,3 @@ def _build_from_factory(name: str, shape: tuple[int, ...], num_classes: int, voc
     if not isinstance(model, nn.Module):
         raise ValueError(f"model {name!r} returned a {type(model).__name__}, expected a torch.nn.Module")
     return model
-
-
-def _lookup(name: str) -> Builder:
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}, or a user's "
-                         f"{FACTORY_FORM}")
-    return _BUILDERS[name]
