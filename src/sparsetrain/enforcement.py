@@ -29,40 +29,52 @@ fall back to masking the gradients.
 Steps are counted in optimizer steps by a post-hook, so a step that ``GradScaler`` skips (non-finite gradients)
 is not counted and changes nothing.
 
-A second storage (weights stored sparse: only the active entries and their optimizer state kept) implements the
-same interface: :meth:`~MaskEnforcer.apply` re-lays the storage out for new masks (grown entries at zero),
-:meth:`~MaskEnforcer.attach` takes over the optimizer's step, ``optimizer_steps`` counts steps, and the dense
-gradient is materialised only on the steps where ``source.is_update_step`` asks for it.
+Topology updates are carried out by the enforcer too, because they read the weights where they live: a method says
+*what* to do (drop the smallest magnitudes and grow by a :data:`~sparsetrain.scores.Growth`, prune by magnitude
+under a :class:`~sparsetrain.selection.Budget`, draw random masks) and the enforcer does it on its storage
+(:meth:`MaskEnforcer.drop_and_grow`, :meth:`~MaskEnforcer.prune`, :meth:`~MaskEnforcer.random_masks`). Here that is
+the pure functions of :mod:`sparsetrain.updates` and :mod:`sparsetrain.selection` on dense score tensors. The
+second storage, :class:`sparsetrain.backends.SparseEnforcer` (Linear layers that store only their active weights),
+implements the same boundary: :meth:`~MaskEnforcer.apply` re-lays the storage out for new masks, the topology
+operations choose the same masks from the active values and from row blocks of the dense score, and the dense
+gradient is materialised only for the steps where ``source.needs_dense_gradient`` asks for it. The masks a
+sparsifier holds are whatever :meth:`~MaskEnforcer.apply` returns: here the dict it was given.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from .fused_step import MaskedStep
-from .masks import apply_masks
+from .masks import FlatMask, SparsityReport, apply_masks, random_masks, sparsity_report
 from .optim_state import mask_optimizer_state
+from .scores import Growth, growth_scores, magnitude_scores
+from .selection import Budget, keep_top
+from .updates import regrow
 
 __all__ = ["MaskSource", "MaskEnforcer", "DenseMaskEnforcer", "GradientCallback"]
 
 logger = logging.getLogger(__name__)
 
-#: ``callback(params)``, run once per optimizer step when the gradients exist and before they are masked.
-GradientCallback = Callable[[Mapping[str, nn.Parameter]], None]
+#: ``callback(grads)``, run once per optimizer step with name -> dense gradient of the sparsified tensors that have
+#: one (before any masking).
+GradientCallback = Callable[[Mapping[str, Tensor]], None]
 
 
 class MaskSource(Protocol):
     """What an enforcer reads from its sparsifier: the masks now, and the update schedule."""
 
-    masks: dict[str, Tensor]
+    masks: Mapping[str, Tensor]
 
     def is_update_step(self, step: int) -> bool: ...
+
+    def needs_dense_gradient(self, step: int) -> bool: ...
 
 
 class MaskEnforcer(ABC):
@@ -107,19 +119,67 @@ class MaskEnforcer(ABC):
         """Stop enforcing: the model and optimizer go on as plain PyTorch objects."""
 
     @abstractmethod
-    def apply(self, masks: Mapping[str, Tensor], *, also_zero: Mapping[str, Tensor] | None = None,
-              refresh: bool = True) -> None:
+    def apply(self, masks: Mapping[str, Tensor | FlatMask], *, also_zero: Mapping[str, Tensor] | None = None,
+              refresh: bool = True) -> Mapping[str, Tensor]:
         """Make the weights and their optimizer state follow ``masks`` now.
 
         Args:
-            masks: name -> bool mask.
+            masks: name -> bool mask (or :class:`~sparsetrain.masks.FlatMask`, from :meth:`random_masks`).
             also_zero: name -> bool positions that restart at zero too (grown weights and their state).
             refresh: the masks may have been edited in place (rebuild anything derived from them).
+
+        Returns:
+            The masks the sparsifier holds from now on (name -> bool tensor).
         """
 
     @abstractmethod
     def gradients_finite(self) -> bool:
         """Whether every sparsified gradient is finite (a topology update on a non-finite one is skipped)."""
+
+    # -- topology: a method's update, carried out where the weights live -------------------------------------------
+    @abstractmethod
+    def random_masks(self, sparsity: float, distribution: str, generator: torch.Generator, *, scope: str,
+                     fixed: Mapping[str, float]) -> dict[str, Tensor | FlatMask]:
+        """Random masks with exact counts (:func:`sparsetrain.masks.random_masks`), in the form :meth:`apply` takes
+        best (a :class:`~sparsetrain.masks.FlatMask` where no bool tensor should be built)."""
+
+    @abstractmethod
+    def drop_and_grow(self, masks: Mapping[str, Tensor], fraction: float, growth: Growth,
+                      generator: torch.Generator, *, mode: str, rounding: str
+                      ) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
+        """Per tensor, drop ``fraction`` of the active weights with the smallest magnitude and grow as many by
+        ``growth`` (:func:`sparsetrain.updates.regrow`).
+
+        Returns:
+            ``(masks, reset)``: the masks after the update, and name -> positions whose weights and optimizer state
+            must restart at zero (for :meth:`apply`'s ``also_zero``; empty where the storage already did it).
+        """
+
+    @abstractmethod
+    def prune(self, masks: Mapping[str, Tensor], wanted: Budget) -> Mapping[str, Tensor]:
+        """Keep the largest magnitudes among the active weights under ``wanted``
+        (:func:`sparsetrain.selection.keep_top` with the masks as the eligible entries); returns the new masks."""
+
+    @abstractmethod
+    def track_active(self, masks: Mapping[str, Tensor]) -> MutableMapping[str, Tensor]:
+        """A new record of the positions ever active (name -> bool mask), starting from ``masks``."""
+
+    @abstractmethod
+    def record_active(self, record: MutableMapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
+        """Add ``masks`` to a record from :meth:`track_active`."""
+
+    @abstractmethod
+    def sparsity_report(self) -> SparsityReport:
+        """Per-tensor shape, nonzeros and sparsity measured from the weights."""
+
+    @abstractmethod
+    def export(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Bake the masks into dense weights (pruned entries ``+0.0``); every tensor ends in dense storage, in the
+        model and in the optimizer. Returns the masks as bool tensors."""
+
+    def device(self, name: str) -> torch.device:
+        """The device of the sparsified tensor ``name``."""
+        return self.params[name].device
 
 
 class DenseMaskEnforcer(MaskEnforcer):
@@ -154,8 +214,10 @@ class DenseMaskEnforcer(MaskEnforcer):
             handle.remove()
         self._hooks = []
 
-    def apply(self, masks: Mapping[str, Tensor], *, also_zero: Mapping[str, Tensor] | None = None,
-              refresh: bool = True) -> None:
+    def apply(self, masks: Mapping[str, Tensor | FlatMask], *, also_zero: Mapping[str, Tensor] | None = None,
+              refresh: bool = True) -> Mapping[str, Tensor]:
+        if any(isinstance(mask, FlatMask) for mask in masks.values()):
+            masks = {n: m.to_bool(self.params[n].device) if isinstance(m, FlatMask) else m for n, m in masks.items()}
         multipliers = self._current_multipliers(masks, refresh)
         if also_zero:
             multipliers = dict(multipliers)
@@ -165,6 +227,7 @@ class DenseMaskEnforcer(MaskEnforcer):
         mask_optimizer_state(self.optimizer, self.params, multipliers)
         if self._all_fused:
             self._drop_multipliers()
+        return masks
 
     def gradients_finite(self) -> bool:
         grads = [p.grad for p in self.params.values() if p.grad is not None]
@@ -173,6 +236,39 @@ class DenseMaskEnforcer(MaskEnforcer):
         # The 2-norm is NaN or inf when some entry is (or, harmlessly, when a gradient is so large that its squares
         # overflow float32: the update is then skipped too); one pass, ~8x faster than the max-abs norm on CPU.
         return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+
+    # -- topology -------------------------------------------------------------------------------------------------
+    def random_masks(self, sparsity: float, distribution: str, generator: torch.Generator, *, scope: str,
+                     fixed: Mapping[str, float]) -> dict[str, Tensor | FlatMask]:
+        return random_masks(self.params, sparsity, distribution, generator, scope=scope, fixed=fixed)
+
+    def drop_and_grow(self, masks: Mapping[str, Tensor], fraction: float, growth: Growth,
+                      generator: torch.Generator, *, mode: str, rounding: str
+                      ) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
+        return regrow(masks, magnitude_scores(self.params), growth_scores(self.params, growth, generator), fraction,
+                      mode=mode, rounding=rounding)
+
+    def prune(self, masks: Mapping[str, Tensor], wanted: Budget) -> Mapping[str, Tensor]:
+        return keep_top(magnitude_scores(self.params), wanted, eligible=masks)
+
+    def track_active(self, masks: Mapping[str, Tensor]) -> MutableMapping[str, Tensor]:
+        return {name: mask.clone() for name, mask in masks.items()}
+
+    def record_active(self, record: MutableMapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
+        for name, mask in masks.items():
+            record[name] |= mask
+
+    def sparsity_report(self) -> SparsityReport:
+        return sparsity_report(self.params)
+
+    @torch.no_grad()
+    def export(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        self.apply(masks, refresh=False)
+        # Masking by multiplication leaves -0.0 where a weight was negative: +0.0 saves a sign bit per zero in
+        # export_sparse's bit-exact files.
+        for name, mask in masks.items():
+            self.params[name].masked_fill_(~mask, 0.0)
+        return dict(masks)
 
     # -- the optimizer hooks ----------------------------------------------------------------------------------------
     def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
@@ -200,8 +296,10 @@ class DenseMaskEnforcer(MaskEnforcer):
 
         On the fused path the sparsified tensors are updated here instead, and hidden from the optimizer's step.
         """
-        for callback in self._gradient_callbacks:
-            callback(self.params)
+        if self._gradient_callbacks:
+            grads = {name: p.grad for name, p in self.params.items() if p.grad is not None}
+            for callback in self._gradient_callbacks:
+                callback(grads)
         if not self.mask_gradients or self.source.is_update_step(self.optimizer_steps + 1):
             return
         masks = self.source.masks

@@ -18,9 +18,11 @@ Like torch.ao.pruning's ``BaseSparsifier``, a sparsifier is its state (``masks``
    (:mod:`sparsetrain.enforcement`) hooks the optimizer.
 
 A method subclass declares its options (``options``, ``option_defaults``) and implements :meth:`setup`,
-:meth:`initial_masks`, :meth:`is_update_step` and :meth:`update`; it never overrides ``__init__``. Steps are
-counted in optimizer steps (see :mod:`sparsetrain.enforcement`); a topology update whose gradients are not finite
-is skipped.
+:meth:`initial_masks`, :meth:`is_update_step` and :meth:`update`; it never overrides ``__init__``. Its update
+changes the topology through the helpers :meth:`drop_and_grow`, :meth:`prune_by_magnitude` and
+:meth:`random_masks`, which the enforcer carries out where the weights live, so a method runs unchanged on either
+storage backend (``backend``, see :mod:`sparsetrain.backends`). Steps are counted in optimizer steps (see
+:mod:`sparsetrain.enforcement`); a topology update whose gradients are not finite is skipped.
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .backends import BACKENDS, make_enforcer
 from .distributions import DISTRIBUTIONS, allocate, check_distribution
-from .enforcement import DenseMaskEnforcer, MaskEnforcer
-from .masks import SparsityReport, random_masks, resolve_overrides, select_named, select_prunable, sparsity_report
+from .enforcement import MaskEnforcer
+from .masks import FlatMask, SparsityReport, count_active, resolve_overrides, select_named, select_prunable, \
+    sparsity_report
 from .options import REQUIRED, Option, OptionSet, declared
-from .selection import SCOPES, check_scope, resolve_scope
+from .scores import Growth
+from .selection import SCOPES, Budget, check_scope, resolve_scope
 from .validation import check_bool, check_bool_masks, check_int, check_positive_int, check_sparsity
 
 __all__ = ["Sparsifier"]
@@ -94,6 +99,10 @@ class Sparsifier:
             exclude then) and give the default ``sparsity``. Methods at a fixed sparsity keep the masks' counts (a
             ``sparsity`` given too is the run's nominal target, as a config's ``sparse.sparsity``); gradual
             methods start from the masks' sparsity and prune towards ``sparsity``.
+        backend: where the sparsified weights live (:mod:`sparsetrain.backends`): "dense" (bool masks over dense
+            weights), "sparse" (each sparsified ``nn.Linear`` is replaced by a
+            :class:`~sparsetrain.sparse.TrainableSparseLinear` that stores, trains and updates only its active
+            weights; other tensors stay masked-dense) or "auto" (sparse only where that is measured faster).
     """
 
     method: ClassVar[str] = "base"
@@ -128,6 +137,9 @@ class Sparsifier:
         Option("masks", None, "start from these masks (name -> bool tensor); they name the tensors to sparsify "
                "and give the default sparsity", "mapping", _check_masks, "parameter name -> bool tensor", none=True,
                stored=False),
+        Option("backend", "dense", "where the sparsified weights live: dense (bool masks over dense weights), "
+               "sparse (Linear layers store and train only their active weights), auto (sparse where measured "
+               "faster)", "str", choices=BACKENDS),
     )
     #: name -> default: this class's defaults for options declared by a base.
     option_defaults: ClassVar[Mapping[str, Any]] = {}
@@ -185,9 +197,9 @@ class Sparsifier:
         self.step_count = 0
         self.masks: dict[str, Tensor] = {}
         self.ever_active: dict[str, Tensor] = {}
-        self.enforcer: MaskEnforcer = DenseMaskEnforcer(self.params, optimizer, self,
-                                                         mask_gradients=values["mask_gradients"],
-                                                         fused_step=values["fused_step"])
+        self.enforcer: MaskEnforcer = make_enforcer(values["backend"], model, self.params, optimizer, self,
+                                                    mask_gradients=values["mask_gradients"],
+                                                    fused_step=values["fused_step"])
         self.setup()
         self.attach()
 
@@ -218,6 +230,15 @@ class Sparsifier:
         """Whether the topology changes after optimizer step ``step`` (1-based). Default: never."""
         return False
 
+    def needs_dense_gradient(self, step: int) -> bool:
+        """Whether the update after optimizer step ``step`` reads the dense gradient (growth by |gradient|).
+
+        Sparse storage computes a layer's dense gradient only for such steps (it keeps the layers' inputs and
+        output gradients during their backward pass). Default: on every update step; methods whose updates never
+        read gradients (pruning, random growth) say False.
+        """
+        return self.is_update_step(step)
+
     def update(self, step: int) -> dict[str, Tensor]:
         """Change ``self.masks`` for step ``step``; return positions whose weights and state restart at 0."""
         return {}
@@ -227,23 +248,48 @@ class Sparsifier:
         """Draw (or take) the initial masks, zero the pruned weights and their optimizer state, hook the optimizer."""
         given = self.inputs.get("masks")
         if given is not None:
-            self.masks = {name: given[name].detach().to(param.device).clone() for name, param in self.params.items()}
+            masks = {name: given[name].detach().to(param.device).clone() for name, param in self.params.items()}
         else:
-            self.masks = self.initial_masks()
-        self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}
+            masks = self.initial_masks()
         self.inputs = {}
-        self.enforcer.apply(self.masks)
+        self.masks = self.enforcer.apply(masks)
+        self.ever_active = self.enforcer.track_active(self.masks)
         self.enforcer.attach()
         logger.info("%s: %d tensors sparsified, sparsity %.4f at step 0", type(self).__name__, len(self.masks),
                     self.current_sparsity())
 
     # -- shared helpers for subclasses ----------------------------------------------------------------------------
     def random_masks(self, sparsity: float, distribution: str | None = None, *, scope: str | None = None,
-                     fixed: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+                     fixed: Mapping[str, float] | None = None) -> dict[str, Tensor | FlatMask]:
         """Random masks with exact counts (see :func:`sparsetrain.masks.random_masks`); defaults: this
-        sparsifier's distribution, scope and pinned tensors."""
-        return random_masks(self.params, sparsity, distribution or self.distribution, self.generator,
-                            scope=scope or self.scope, fixed=self.fixed if fixed is None else fixed)
+        sparsifier's distribution, scope and pinned tensors. Sparse storage returns a
+        :class:`~sparsetrain.masks.FlatMask` for the layers it will hold (the same mask, never built dense)."""
+        return self.enforcer.random_masks(sparsity, distribution or self.distribution, self.generator,
+                                          scope=scope or self.scope, fixed=self.fixed if fixed is None else fixed)
+
+    def drop_and_grow(self, fraction: float, growth: Growth, *, mode: str = "keep",
+                      rounding: str = "floor") -> dict[str, Tensor]:
+        """Per tensor, drop ``fraction`` of the active weights with the smallest magnitude and grow as many
+        (:func:`sparsetrain.updates.regrow`), on whichever storage holds them; updates ``self.masks``.
+
+        Args:
+            fraction: the share of each tensor's active weights swapped.
+            growth: "gradient" (the dense |gradient| of this step), "random" (this sparsifier's generator) or a
+                function of the tensor's name giving its dense growth score (:data:`sparsetrain.scores.Growth`).
+            mode: "keep", "zero" or "forbid" (:data:`sparsetrain.updates.REGROW_MODES`).
+            rounding: "floor" (RigL's code) or "ceil" (GraNet's code) for the number swapped.
+
+        Returns:
+            Positions whose weights and optimizer state restart at zero, for :meth:`update` to return.
+        """
+        self.masks, reset = self.enforcer.drop_and_grow(self.masks, fraction, growth, self.generator, mode=mode,
+                                                        rounding=rounding)
+        return reset
+
+    def prune_by_magnitude(self, wanted: Budget) -> None:
+        """Keep the largest-magnitude active weights under ``wanted`` (:func:`sparsetrain.selection.keep_top`
+        with the masks as the eligible entries: pruning never adds); updates ``self.masks``."""
+        self.masks = self.enforcer.prune(self.masks, wanted)
 
     def allocation(self, sparsity: float, distribution: str | None = None) -> dict[str, int]:
         """Nonzeros per tensor at ``sparsity`` under a distribution in the layer scope (overrides pinned)."""
@@ -275,10 +321,9 @@ class Sparsifier:
         if self.is_update_step(self.step_count):
             if enforcer.gradients_finite():
                 reset = self.update(self.step_count)
-                for name, mask in self.masks.items():
-                    self.ever_active[name] |= mask
                 # One pass zeroes both the inactive positions and the newly grown ones (weights and state).
-                enforcer.apply(self.masks, also_zero=reset)
+                self.masks = enforcer.apply(self.masks, also_zero=reset)
+                enforcer.record_active(self.ever_active, self.masks)
                 return True
             logger.warning("step %d: non-finite (or overflowing) gradients, topology update skipped", self.step_count)
             enforcer.apply(self.masks, refresh=False)
@@ -294,22 +339,22 @@ class Sparsifier:
             also_zero: name -> bool positions zeroed as well (newly grown weights start at zero with zero
                 optimizer state), in the same pass.
         """
-        self.enforcer.apply(self.masks, also_zero=also_zero, refresh=refresh)
+        self.masks = self.enforcer.apply(self.masks, also_zero=also_zero, refresh=refresh)
 
     # -- inspection -----------------------------------------------------------------------------------------------
     def current_sparsity(self) -> float:
         """Sparsity of the masks over all sparsified tensors."""
-        total = sum(m.numel() for m in self.masks.values())
-        return 1.0 - sum(int(torch.count_nonzero(m)) for m in self.masks.values()) / total
+        total = sum(self.params[name].numel() for name in self.masks)
+        return 1.0 - sum(count_active(self.masks, name) for name in self.masks) / total
 
     def itop_rate(self) -> float:
         """In-time over-parameterization rate: fraction of sparsified weights ever active so far."""
-        total = sum(m.numel() for m in self.ever_active.values())
-        return sum(int(torch.count_nonzero(m)) for m in self.ever_active.values()) / total
+        total = sum(self.params[name].numel() for name in self.ever_active)
+        return sum(count_active(self.ever_active, name) for name in self.ever_active) / total
 
     def report(self) -> SparsityReport:
         """Per-tensor shape, nonzeros and sparsity measured from the weights."""
-        return sparsity_report(self.params)
+        return self.enforcer.sparsity_report()
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -348,15 +393,15 @@ class Sparsifier:
             if key in state.get("config", {}) and state["config"][key] != self.config[key]:
                 logger.warning("loaded state has %s=%r, this sparsifier has %r", key, state["config"][key],
                                self.config[key])
-        self.masks = {n: state["masks"][n].to(device=self.params[n].device, dtype=torch.bool) for n in self.params}
-        self.ever_active = {
-            n: state.get("ever_active", state["masks"])[n].to(device=self.params[n].device, dtype=torch.bool)
-            for n in self.params
-        }
+        device = self.enforcer.device
+        masks = {n: state["masks"][n].to(device=device(n), dtype=torch.bool) for n in self.params}
+        ever_active = {n: state.get("ever_active", state["masks"])[n].to(device=device(n), dtype=torch.bool)
+                       for n in self.params}
         self.step_count = self.enforcer.optimizer_steps = int(state["step"])
         self.generator.set_state(state["generator"])
         self._load_extra_state(state.get("extra", {}))
-        self.apply_masks()
+        self.masks = self.enforcer.apply(masks)
+        self.ever_active = self.enforcer.track_active(ever_active)
 
     def _extra_state(self) -> dict[str, Any]:
         """Method state beyond the masks, saved under ``state_dict()['extra']``."""
@@ -374,13 +419,12 @@ class Sparsifier:
         """Bake the masks into the weights, detach from the optimizer, and return the plain model.
 
         Pruned weights become ``+0.0`` (masking by multiplication leaves ``-0.0`` where a weight was negative,
-        which costs a sign bit per zero in :func:`sparsetrain.export_sparse`'s bit-exact files).
+        which costs a sign bit per zero in :func:`sparsetrain.export_sparse`'s bit-exact files). On sparse storage
+        the layers become ``nn.Linear`` again, under their original names, in the model and in the optimizer (its
+        state at the active positions carried over), so the exported model is the masked-dense one.
         """
-        self.apply_masks()
-        with torch.no_grad():
-            for name, mask in self.masks.items():
-                self.params[name].masked_fill_(~mask, 0.0)
         self.remove()
+        self.masks = self.enforcer.export(self.masks)
         return self.model
 
     def __repr__(self) -> str:

@@ -17,8 +17,7 @@ from ..distributions import DISTRIBUTIONS, check_distribution
 from ..masks import sparsity_report
 from ..options import Option
 from ..schedules import UpdateCadence, check_point, cubic_sparsity, resolve_step
-from ..scores import magnitude_scores
-from ..selection import budget, keep_top
+from ..selection import budget
 from ..sparsifier import Sparsifier
 from ..validation import check_sparsity
 
@@ -90,6 +89,9 @@ class GMP(Sparsifier):
     def is_update_step(self, step: int) -> bool:
         return self.prune_cadence(step)
 
+    def needs_dense_gradient(self, step: int) -> bool:
+        return False
+
     def update(self, step: int) -> dict[str, Tensor]:
         self.prune(step)
         return {}
@@ -103,5 +105,5 @@ class GMP(Sparsifier):
         for name, final in self.fixed.items():
             start = min(self.initial_sparsity, final)
             pinned[name] = start + (final - start) * progress
-        wanted = budget(self.params, s_t, distribution=self.distribution, scope=self.scope, fixed=pinned)
-        self.masks = keep_top(magnitude_scores(self.params), wanted, eligible=self.masks)
+        self.prune_by_magnitude(budget(self.params, s_t, distribution=self.distribution, scope=self.scope,
+                                       fixed=pinned))
