@@ -137,6 +137,20 @@ def test_every_method_chooses_the_same_masks_and_weights_as_the_dense_path(name,
         assert sparse[1].state[layer.weight_values]["momentum_buffer"].shape == (layer.nnz,)
 
 
+@pytest.mark.parametrize("name", ["rigl", "granet-st", "snfs", "gmp"])
+def test_auto_that_holds_nothing_sparse_is_the_dense_path_bit_for_bit(name):
+    dense = build("dense", "hybrid", METHODS[name], dtype=torch.float32)
+    auto = build("auto", "hybrid", METHODS[name], dtype=torch.float32)  # layers too small to be held sparse
+    assert auto[2].enforcer.layers == {} and all(isinstance(m, (nn.Linear, nn.Embedding)) for m in auto[0].children())
+    for t in range(STEPS):
+        step(*dense, "hybrid", t, torch.float32)
+        step(*auto, "hybrid", t, torch.float32)
+        assert auto[2].enforcer.optimizer_steps == auto[2].enforcer.dense.optimizer_steps == t + 1
+    assert_same_masks(dense[2], auto[2])
+    for (n, a), b in zip(dense[0].state_dict().items(), auto[0].state_dict().values(), strict=True):
+        assert torch.equal(a, b), n
+
+
 def _exact_setup(backend: str, spec: dict):  # noqa: ANN202
     """Integer weights, inputs and output gradients, SGD with lr 1: every product is exact in float32, so both
     backends see bit-identical weights and gradients (with many ties)."""

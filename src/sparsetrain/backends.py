@@ -73,7 +73,7 @@ from .topk import topk_mask
 from .updates import regrow, swap_count
 
 __all__ = ["BACKENDS", "AUTO_MAX_DENSITY", "AUTO_MIN_WEIGHTS", "make_enforcer", "sparse_is_faster",
-           "SparseEnforcer", "SparseMasks", "PackedMasks"]
+           "SparseEnforcer", "SparseMasks", "PackedMasks", "distributed_data_parallel"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,21 @@ def sparse_is_faster(shape: tuple[int, ...], density: float, dtype: torch.dtype,
     """
     return (device.type in ("cpu", "meta") and dtype == torch.float32 and density <= AUTO_MAX_DENSITY
             and math.prod(shape) >= AUTO_MIN_WEIGHTS)
+
+
+def distributed_data_parallel(model: nn.Module, **kwargs: Any) -> nn.parallel.DistributedDataParallel:
+    """``DistributedDataParallel(model, **kwargs)`` for a model that may hold sparse layers.
+
+    The index buffers of each :class:`~sparsetrain.sparse.TrainableSparseLinear` are left out of DDP's buffer
+    broadcast: they are identical on every rank by construction, and a topology update replaces them (DDP would go
+    on broadcasting the old tensors). Call it again after an update that changed a layer's active count (GMP and
+    GraNet pruning): DDP's gradient buckets are sized at construction.
+    """
+    ignored = [f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+               if isinstance(module, TrainableSparseLinear) for name, _ in module.named_buffers(recurse=False)]
+    if ignored:
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+    return nn.parallel.DistributedDataParallel(model, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,6 +333,18 @@ class SparseEnforcer(MaskEnforcer):
                 self._slots[name] = (parent, attribute)
 
     # -- the boundary ---------------------------------------------------------------------------------------------
+    @property  # type: ignore[override]
+    def optimizer_steps(self) -> int:
+        return self._optimizer_steps
+
+    @optimizer_steps.setter
+    def optimizer_steps(self, value: int) -> None:
+        # The masked-dense part counts the same steps with its own hook; a restored count goes to both.
+        self._optimizer_steps = value
+        dense = self.__dict__.get("dense")
+        if dense is not None:
+            dense.optimizer_steps = value
+
     def on_gradients(self, callback: GradientCallback) -> None:
         super().on_gradients(callback)
         if self.dense is not None:
@@ -400,6 +427,7 @@ class SparseEnforcer(MaskEnforcer):
         if dense_params:
             self.dense = DenseMaskEnforcer(dense_params, self.optimizer, _DenseSource(self),
                                            mask_gradients=self.mask_gradients, fused_step=self.fused_step)
+            self.dense.optimizer_steps = self.optimizer_steps
             for callback in self._gradient_callbacks:
                 self.dense.on_gradients(callback)
         self.masks_every_step = self.dense is not None and self.dense.masks_every_step
@@ -440,7 +468,9 @@ class SparseEnforcer(MaskEnforcer):
 
     # -- the optimizer hook -----------------------------------------------------------------------------------------
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self.optimizer_steps += 1
+        self._optimizer_steps += 1  # not through the setter: the masked-dense part's own hook counts this step
+        if not self.layers:  # "auto" chose the masked-dense path for everything: its own hooks do the rest
+            return
         self._ready = {name: layer.take_grad_inputs() for name, layer in self.layers.items() if layer.keep_grad_inputs}
         if self._gradient_callbacks and self._ready:
             grads = _DenseGradients(self)

@@ -25,6 +25,7 @@ from typing import Any, Union
 
 import yaml
 
+from sparsetrain.backends import BACKENDS
 from sparsetrain.distributions import DISTRIBUTIONS
 from sparsetrain.identity import identity_hash
 from sparsetrain.selection import SCOPES
@@ -177,6 +178,10 @@ class SparseConfig:
     scope: str | None = option(None, "layer: each layer ranked on its own; global: one ranking over all layers "
                                "(none: the method's default)", flag="--sparse-scope", choices=SCOPES)
     update_every: int = option(100, "ΔT: optimizer steps between topology updates", check=(_positive, "an int > 0"))
+    backend: str = option("auto", "where the sparsified weights live: dense (bool masks over dense weights), sparse "
+                          "(Linear layers store and train only their active weights), auto (sparse for the Linear "
+                          "layers where that is measured faster, see sparsetrain.backends; dense with autocast)",
+                          choices=BACKENDS)
     options: dict[str, Any] = option({}, "method-specific keyword arguments (e.g. initial_sparsity, drop_fraction)",
                                      flag="--method-option")
 

@@ -458,10 +458,7 @@ class TrainableSparseLinear(nn.Module):
             if grad is not None:
                 grad.copy_(_carried(grad, source))
         else:
-            param.grad = None
-            param.data = _carried(param.data, source)
-            if grad is not None:
-                param.grad = _carried(grad, source)
+            _resize(param, _carried(param.data, source), _carried(grad, source) if grad is not None else None)
         del source
         self._set_layout(_layout_of_csr(self.in_features, self.out_features, crow, col))
         logger.debug("topology replaced: %d active weights, %d of them grown", param.shape[0], grow.shape[0])
@@ -521,6 +518,25 @@ class TrainableSparseLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, nnz={self.nnz}, density={self.density:.4f}")
+
+
+def _resize(param: nn.Parameter, values: Tensor, grad: Tensor | None) -> None:
+    """Give ``param`` new values (and gradient) of another size, keeping the Parameter object.
+
+    The tensor underneath is swapped for a new one (``torch.utils.swap_tensors``) so that autograd creates a new
+    gradient accumulator of the new size: the old one, which an earlier graph or a DistributedDataParallel wrapper
+    may still hold, keeps the old size. Where the swap is refused (something outside Python, such as a live DDP
+    reducer, holds the tensor) the data is replaced in place instead, and the holder must let go before the next
+    backward pass (see :func:`sparsetrain.backends.distributed_data_parallel`).
+    """
+    fresh = nn.Parameter(values, requires_grad=param.requires_grad)
+    fresh.grad = grad
+    try:
+        torch.utils.swap_tensors(param, fresh)
+    except RuntimeError:
+        param.grad = None
+        param.data = values
+        param.grad = grad
 
 
 def _checked_indices(indices: Tensor, numel: int, name: str) -> Tensor:
