@@ -84,7 +84,7 @@ BACKENDS = ("dense", "sparse", "auto")
 #: (docs/benchmarks/sparse_training.md, "Break-even"), with a margin.
 AUTO_MAX_DENSITY = 0.3
 #: ... and only with at least this many weights: below it the fixed costs of the sparse kernels dominate.
-AUTO_MIN_WEIGHTS = 1 << 18
+AUTO_MIN_WEIGHTS = 1 << 17
 
 #: Scores per row block of a dense growth score (1 MiB of float32): never more of a layer's dense score at once.
 GROWTH_BLOCK = 1 << 18
