@@ -1,6 +1,7 @@
-"""Truly sparse training: the full training step with TrainableSparseLinear against dense, sparselab and SparseProp.
+"""Truly sparse training: the full training step on sparse storage against dense, sparselab and SparseProp.
 
-Times the whole step (forward, backward, SGD with momentum, and RigL's topology update every ΔT = 100 steps) of
+Times the whole step (forward, backward, SGD with momentum, ``sparsifier.step()`` with its topology update every
+ΔT = 100 steps) of
 
 * an MLP 784-4096-4096-10 at batch 128, every Linear sparse, and
 * the GPT-style model of ``sparsetrain.models.gpt`` (d_model 512, 2 blocks, 64 tokens, batch 16), the Linear
@@ -11,11 +12,13 @@ at 90/95/98/99% sparsity, on 1 and 2 threads, as a ratio to the dense step measu
 the ideal ratio (the density). Each thread count runs in its own process (``OMP_NUM_THREADS`` must be set before the
 OpenMP libraries load). Implementations, interleaved repeat by repeat so that drift on a shared machine hits all:
 
-* dense: ``nn.Linear``;
-* sparsetrain: :class:`sparsetrain.sparse.TrainableSparseLinear`; on update steps RigL's drop-and-grow emulated with
-  its pieces: keep the largest |w|, grow the inactive positions with the largest dense |gradient|, computed one
-  layer at a time in row blocks (``dense_grad``, ``topk_positions``), applied with ``replace`` (grown weights and
-  their momentum start at 0);
+* dense: ``nn.Linear``, no sparsifier;
+* sparsetrain: the library's methods on sparse storage (``backend="sparse"``: every sparsified Linear held by a
+  :class:`~sparsetrain.sparse.TrainableSparseLinear`), uniform per-layer sparsity, ``total_steps`` 10^6 so that the
+  schedules stay at their start (the largest drop fractions, the costliest updates): **RigL** (drop fraction 0.3,
+  growth by the dense gradient, computed one layer at a time in row blocks on update steps only), **SET** (random
+  growth), **Static** (no update) and **GraNet-ST** (``initial_sparsity`` = the sparsity: its global magnitude
+  pruning keeps the count, its gradient regrowth swaps r_t = 0.5 of each layer);
 * sparselab 0.2.2: ``sparselab.SparseLinear`` with its own ``sparselab.RigL`` (drop fraction 0.3, update_freq 100);
 * SparseProp (``sparseprop`` 0.1.14): ``sparseprop.modules.SparseLinear``; it has no regrowth, so its rows are
   static sparse training (no topology update at all).
@@ -51,7 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = (0.9, 0.95, 0.98, 0.99)
 UPDATE_EVERY = 100
 DROP_FRACTION = 0.3  # RigL's initial drop fraction (alpha), the largest of its cosine schedule: the costliest updates
-IMPLEMENTATIONS = ("dense", "sparsetrain", "sparselab", "sparseprop")
+METHODS = ("rigl", "set", "static", "granet-st")
+METHOD_NAMES = {"rigl": "RigL", "set": "SET", "static": "Static", "granet-st": "GraNet-ST"}
+IMPLEMENTATIONS = ("dense", *METHODS, "sparselab", "sparseprop")
 PEERS = {"sparselab": "sparselab 0.2.2", "sparseprop": "SparseProp (sparseprop 0.1.14)"}
 
 
@@ -96,33 +101,6 @@ def random_mask(shape: tuple[int, int], sparsity: float, seed: int):  # noqa: AN
     return mask.view(shape)
 
 
-def rigl_update(layers: list, optimizer, fraction: float) -> None:  # noqa: ANN001
-    """RigL's drop-and-grow on each TrainableSparseLinear, one layer at a time, the dense gradient in row blocks."""
-    import torch
-
-    from sparsetrain.sparse.topology import topk_positions
-    from sparsetrain.topk import topk_mask
-
-    for layer in layers:
-        n_swap = math.floor(fraction * layer.nnz)
-        keep = topk_mask(layer.weight_values.detach().abs(), layer.nnz - n_swap)
-        kept = layer.flat_indices()[keep]
-        block_rows = max(1, (1 << 18) // layer.in_features)
-
-        def blocks(layer=layer, kept=kept, block_rows=block_rows):  # noqa: ANN001, ANN202
-            for r0 in range(0, layer.out_features, block_rows):
-                r1 = min(r0 + block_rows, layer.out_features)
-                grad = layer.dense_grad(slice(r0, r1)).view(-1)
-                start, end = r0 * layer.in_features, r1 * layer.in_features
-                lo, hi = torch.searchsorted(kept, torch.tensor([start, end])).tolist()
-                grad[kept[lo:hi] - start] = float("nan")  # kept weights cannot grow
-                yield start, grad
-
-        layer.replace(keep, topk_positions(blocks(), n_swap, absolute=True), optimizer)
-        layer.clear_grad_inputs()
-        layer.keep_grad_inputs = False
-
-
 def shape_stub(linear):  # noqa: ANN001, ANN201
     """A stand-in with a Linear's shapes and bias but no product: times the rest of the model (GPT's ideal)."""
     from torch import nn
@@ -140,27 +118,41 @@ def shape_stub(linear):  # noqa: ANN001, ANN201
     return Stub()
 
 
+def sparsifier(method: str, model, optimizer, sparsity: float, names: list[str]):  # noqa: ANN001, ANN201
+    """The library's method on sparse storage, its schedules at their start (see the module docstring)."""
+    import sparsetrain
+
+    common = dict(sparsity=sparsity, total_steps=10**6, update_every=UPDATE_EVERY, include=names, backend="sparse",
+                  seed=0)
+    if method == "rigl":
+        return sparsetrain.RigL(model, optimizer, drop_fraction=DROP_FRACTION, distribution="uniform", **common)
+    if method == "set":
+        return sparsetrain.SET(model, optimizer, drop_fraction=DROP_FRACTION, distribution="uniform", **common)
+    if method == "static":
+        return sparsetrain.Static(model, optimizer, distribution="uniform", **common)
+    # GraNet's own scope (global) for its pruning; its random start uniform per layer like the others.
+    return sparsetrain.GraNet(model, optimizer, initial_sparsity=sparsity, init_distribution="uniform", **common)
+
+
 def make_trainer(impl: str, case: str, sparsity: float) -> Callable[[], bool] | None:
     """A closure running one training step (True on a topology-update step), or None if the peer is missing."""
     import torch
     from torch import nn
-
-    from sparsetrain.sparse import TrainableSparseLinear
 
     model, x, y, slots = build_case(case)
     layers = []
     sparselab, sparseprop = _peer("sparselab"), _peer("sparseprop")
     if impl in ("sparselab", "sparseprop") and (sparselab if impl == "sparselab" else sparseprop) is None:
         return None
+    names = [f"{name}.weight" for name, module in model.named_modules()
+             if any(module is getattr(parent, attr) for parent, attr in slots)]
     for index, (parent, name) in enumerate(slots):
         linear = getattr(parent, name)
-        if impl == "dense":
+        if impl == "dense" or impl in METHODS:
             continue
         mask = random_mask(tuple(linear.weight.shape), sparsity, seed=index)
         if impl == "stub":
             new = shape_stub(linear)
-        elif impl == "sparsetrain":
-            new = TrainableSparseLinear.from_linear(linear, mask)
         elif impl == "sparselab":
             new = sparselab.SparseLinear(linear.in_features, linear.out_features, bias=True, sparsity=sparsity)
         else:
@@ -170,27 +162,24 @@ def make_trainer(impl: str, case: str, sparsity: float) -> Callable[[], bool] | 
         setattr(parent, name, new)
         layers.append(new)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    algorithm = None
+    algorithm = ours = None
     if impl == "sparselab":
         algorithm = sparselab.RigL(sparsity=sparsity, drop_fraction=DROP_FRACTION, update_freq=UPDATE_EVERY, seed=0)
         model.apply(algorithm)
+    if impl in METHODS:
+        ours = sparsifier(impl, model, optimizer, sparsity, names)
     count = 0
 
     def step() -> bool:
         nonlocal count
         count += 1
-        update = count % UPDATE_EVERY == 0 and impl in ("sparsetrain", "sparselab")
-        if update and impl == "sparsetrain":
-            for layer in layers:
-                layer.keep_grad_inputs = True
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
-        if update and impl == "sparsetrain":
-            rigl_update(layers, optimizer, DROP_FRACTION)
+        updated = ours.step() if ours is not None else count % UPDATE_EVERY == 0 and algorithm is not None
         if algorithm is not None:
             algorithm.step()
         optimizer.zero_grad(set_to_none=True)
-        return update
+        return updated
 
     return step
 
@@ -399,10 +388,12 @@ def main() -> None:
     load_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
     timing = {threads: run_child(args, threads, ["--case", *args.case]) for threads in args.threads}
     sections = [
-        f"Step = forward + backward + SGD (momentum 0.9) + RigL's topology update every ΔT = {UPDATE_EVERY} steps "
-        f"(drop fraction {DROP_FRACTION}, the largest of RigL's schedule), for the implementations that update; "
-        f"{args.steps} consecutive steps per sparse window (so every window holds {args.steps // UPDATE_EVERY} "
-        f"update), {args.dense_steps} per dense window; median of {args.repeats} windows, implementations "
+        f"Step = forward + backward + SGD (momentum 0.9) + `sparsifier.step()`, whose topology update runs every "
+        f"ΔT = {UPDATE_EVERY} steps (RigL and SET: drop fraction {DROP_FRACTION}, the largest of RigL's schedule; "
+        "GraNet-ST: global magnitude pruning at the count it has, then gradient regrowth of r_t = 0.5), for the "
+        f"implementations that update; {args.steps} consecutive steps per sparse window (so every window holds "
+        f"{args.steps // UPDATE_EVERY} update), {args.dense_steps} per dense window; median of {args.repeats} "
+        "windows, implementations "
         "interleaved window by window in one process per thread count; ratio = median step / median dense step of "
         "the same process. Clock: "
         + ("CPU time of the calling thread on 1 thread (`--clock thread`: time preempted by other jobs is not "
@@ -424,23 +415,23 @@ def main() -> None:
                 median = {impl: statistics.median(s["step"]) for impl, s in samples.items()}
                 dense = median["dense"]
                 ratio = {impl: median[impl] / dense if impl in median else None for impl in IMPLEMENTATIONS}
-                updates = samples["sparsetrain"]["update"]
+                updates = samples["rigl"]["update"]
                 if case == "mlp" and threads == 1:
-                    ratios_1[sparsity] = ratio["sparsetrain"]
+                    ratios_1[sparsity] = ratio["rigl"]
                 ideal = f"{1 - sparsity:.2f}"
                 if "stub" in median:  # the rest of the model stays dense: ideal = rest + density x sparse part
                     rest = median["stub"] / dense
                     ideal += f" ({rest + (1 - sparsity) * (1 - rest):.2f})"
-                rows.append([f"{sparsity:.0%}", ideal, f"**{fmt_ratio(ratio['sparsetrain'])}**",
-                             fmt_ratio(ratio["sparselab"]), fmt_ratio(ratio["sparseprop"]), f"{dense * 1e3:.1f}",
-                             f"{median['sparsetrain'] * 1e3:.2f}",
+                rows.append([f"{sparsity:.0%}", ideal, f"**{fmt_ratio(ratio['rigl'])}**",
+                             *(fmt_ratio(ratio[m]) for m in METHODS[1:]), fmt_ratio(ratio["sparselab"]),
+                             fmt_ratio(ratio["sparseprop"]), f"{dense * 1e3:.1f}", f"{median['rigl'] * 1e3:.2f}",
                              f"{statistics.median(updates) * 1e3:.0f}" if updates else "n/a",
                              *(f"{median[p] * 1e3:.2f}" if p in median else "n/a" for p in PEERS)])
             sections.append(
                 f"## {title}, {threads} thread(s)\n\n" + preface
-                + table(["sparsity", "ideal (density)", "sparsetrain", "sparselab", "SparseProp (static)",
-                         "dense ms", "sparsetrain ms", "sparsetrain update step ms", "sparselab ms",
-                         "SparseProp ms"], rows))
+                + table(["sparsity", "ideal (density)", "RigL", *(METHOD_NAMES[m] for m in METHODS[1:]),
+                         "sparselab (RigL)", "SparseProp (static)", "dense ms", "RigL ms", "RigL update step ms",
+                         "sparselab ms", "SparseProp ms"], rows))
     if 1 in timing and "mlp" in args.case:
         targets = {0.9: 0.25, 0.95: 0.14, 0.99: 0.04}
         lines = []
@@ -450,13 +441,14 @@ def main() -> None:
             got = ratios_1[sparsity]
             peers_beaten = all(
                 timing[t]["timing"][f"mlp/{s}"].get(p) is None
-                or statistics.median(timing[t]["timing"][f"mlp/{s}"]["sparsetrain"]["step"])
+                or statistics.median(timing[t]["timing"][f"mlp/{s}"]["rigl"]["step"])
                 < statistics.median(timing[t]["timing"][f"mlp/{s}"][p]["step"])
                 for t in timing for s in args.sparsities for p in PEERS)
-            lines.append(f"- {sparsity:.0%}: {got:.3f}x dense, target <= {goal}x: {'met' if got <= goal else 'MISSED'}")
-        lines.append(f"- faster than every installed peer at every sparsity and thread count: "
-                     f"{'yes' if peers_beaten else 'NO'}")
-        sections.insert(1, "## Targets (MLP, 1 thread, update steps included)\n\n" + "\n".join(lines))
+            lines.append(f"- {sparsity:.0%}: RigL {got:.3f}x dense, target <= {goal}x: "
+                         f"{'met' if got <= goal else 'MISSED'}")
+        lines.append(f"- RigL (updates included) faster than every installed peer at every sparsity and thread "
+                     f"count: {'yes' if peers_beaten else 'NO'}")
+        sections.insert(1, "## Targets (MLP, 1 thread, RigL with its update steps)\n\n" + "\n".join(lines))
     if not args.no_memory:
         sections.append(memory_section(args, table))
     if not args.no_conv:
@@ -466,7 +458,7 @@ def main() -> None:
     write_doc(args.doc, "Truly sparse training: step time and memory against dense and the peers",
               INSTALL + "\n\n" + "\n\n".join(sections) + "\n\n" + NOTES)
     if ratios_1:
-        print("MLP step ratio to dense, 1 thread: "
+        print("MLP step ratio to dense (RigL on sparse storage), 1 thread: "
               + ", ".join(f"{s:.0%} {ratios_1[s]:.3f}" for s in (0.9, 0.95, 0.99) if s in ratios_1))
 
 
@@ -487,17 +479,22 @@ def memory_section(args: argparse.Namespace, table: Callable) -> str:
     for sparsity in args.sparsities:
         for impl in IMPLEMENTATIONS[1:]:
             result = results.get(f"{impl}/{sparsity}")
+            label = f"sparsetrain {METHOD_NAMES[impl]}" if impl in METHODS else impl
             if result is None:
-                rows.append([impl, f"{sparsity:.0%}", "not installed", "", ""])
+                rows.append([label, f"{sparsity:.0%}", "not installed", "", ""])
                 continue
-            rows.append([impl, f"{sparsity:.0%}", f"{result['model_mib']:.1f}", f"{result['peak_mib']:.1f}",
+            rows.append([label, f"{sparsity:.0%}", f"{result['model_mib']:.1f}", f"{result['peak_mib']:.1f}",
                          f"{result['peak_mib'] / dense:.3f}"])
+    target = ""
+    if results.get("rigl/0.95") is not None:
+        got = results["rigl/0.95"]["peak_mib"] / dense
+        target = f"Target: peak at 95% <= 0.3x dense: RigL {got:.3f}x, {'met' if got <= 0.3 else 'MISSED'}.\n\n"
     return ("## Peak memory (MLP, 1 thread)\n\nOne process per row: memory above the resident set before the model "
             f"was built; *model* = after building it and its optimizer, *peak* = the most resident during "
             f"{UPDATE_EVERY + 1} training steps (one topology update included; the peak is reset after the build, "
             "so a peer that builds its sparse layer from a dense one is not charged for that transient). glibc is "
             "told to unmap freed blocks (`MALLOC_MMAP_THRESHOLD_=65536`, `MALLOC_TRIM_THRESHOLD_=0`) so the "
-            "resident set follows live memory. The dense row is the same for every sparsity.\n\n"
+            "resident set follows live memory. The dense row is the same for every sparsity.\n\n" + target
             + table(["implementation", "sparsity", "model MiB", "peak MiB", "peak / dense peak"], rows))
 
 

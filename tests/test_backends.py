@@ -229,6 +229,7 @@ def test_grown_slots_restart_with_zero_value_and_zero_state_and_a_shrinking_set_
 
 def test_the_dense_gradient_is_kept_only_for_steps_that_read_it_and_walked_one_layer_at_a_time(monkeypatch):
     monkeypatch.setattr(backends, "GROWTH_BLOCK", 64)
+    monkeypatch.setattr(backends, "GROWTH_MIN_ROWS", 1)
     calls: list[tuple[int, int, int]] = []
     original = TrainableSparseLinear.dense_grad
 
@@ -265,14 +266,17 @@ def test_random_masks_in_blocks_are_the_dense_ones_and_packed_masks_count_like_b
         assert isinstance(flat["a"], FlatMask) and isinstance(flat["b"], Tensor)
         for n in params:
             assert torch.equal(flat[n].to_bool() if n != "b" else flat[n], dense[n])
-    packed = PackedMasks({"m": (7, 13)}, {"m": torch.device("cpu")})
-    truth = torch.zeros(7, 13, dtype=torch.bool)
+    packed = PackedMasks({"m": (70, 130)}, {"m": torch.device("cpu")})
+    truth = torch.zeros(70, 130, dtype=torch.bool)
     g = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        add = torch.rand(7, 13, generator=g) < 0.2
+    kinds = []
+    for density in (0.001, 0.002, 0.01, 0.2, 0.2):  # positions while below 1/64 of the entries, then bits
+        add = torch.rand(70, 130, generator=g) < density
         packed.add("m", add.reshape(-1).nonzero().squeeze(1))
         truth |= add
+        kinds.append(packed.store["m"].dtype)
         assert torch.equal(packed["m"], truth) and packed.count("m") == int(truth.sum())
+    assert kinds[0] == torch.int64 and kinds[-1] == torch.uint8
 
 
 def test_auto_holds_only_large_float32_cpu_linears_at_low_density():

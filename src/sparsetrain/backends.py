@@ -86,8 +86,11 @@ AUTO_MAX_DENSITY = 0.3
 #: ... and only with at least this many weights: below it the fixed costs of the sparse kernels dominate.
 AUTO_MIN_WEIGHTS = 1 << 17
 
-#: Scores per row block of a dense growth score (1 MiB of float32): never more of a layer's dense score at once.
+#: Scores per row block of a dense growth score (1 MiB of float32): never more of a layer's dense score at once...
 GROWTH_BLOCK = 1 << 18
+#: ... except that a block has at least this many rows, so that the dense gradient's matrix products stay efficient
+#: for very wide layers (64 rows of a 65,536-wide layer: 16 MiB).
+GROWTH_MIN_ROWS = 64
 
 
 def make_enforcer(backend: str, model: nn.Module, params: dict[str, nn.Parameter],
@@ -174,34 +177,49 @@ class SparseMasks(Mapping[str, Tensor]):
 _BIT_VALUES = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 _COUNT_CHUNK = 1 << 22
+#: A record keeps sorted positions while they take fewer bytes than one bit per entry (int64: 64 bits each).
+_POSITIONS_PER_BIT = 64
 
 
 class PackedMasks(Mapping[str, Tensor]):
-    """name -> bool mask stored as one bit per entry (8x smaller than a bool tensor): the positions ever active
-    (``sparsifier.ever_active``) on sparse storage, which only ever grow."""
+    """name -> bool mask of the positions ever active (``sparsifier.ever_active`` on sparse storage), stored
+    compactly: the sorted positions while they are fewer than one in 64 entries (a very sparse layer, e.g. 99.9%),
+    else one bit per entry (8x smaller than a bool tensor). Positions are only ever added."""
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], devices: Mapping[str, torch.device]) -> None:
         self.shapes = {name: tuple(shape) for name, shape in shapes.items()}
         self.devices = dict(devices)
-        self.bits = {name: torch.zeros(-(-math.prod(shape) // 8), dtype=torch.uint8)
-                     for name, shape in self.shapes.items()}
+        #: name -> int64 increasing positions, or uint8 packed bits.
+        self.store: dict[str, Tensor] = {name: torch.empty(0, dtype=torch.int64) for name in self.shapes}
 
     def add(self, name: str, positions: Tensor) -> None:
         """Mark the flat ``positions`` (int64, increasing) of ``name`` active."""
         if positions.numel() == 0:
             return
         positions = positions.to("cpu")
+        stored = self.store[name]
+        numel = math.prod(self.shapes[name])
+        if stored.dtype == torch.int64:
+            merged = torch.unique(torch.cat([stored, positions]), sorted=True)
+            if merged.numel() * _POSITIONS_PER_BIT < numel:
+                self.store[name] = merged
+                return
+            self.store[name] = torch.zeros(-(-numel // 8), dtype=torch.uint8)
+            positions = merged
         byte = positions >> 3
         bit = _BIT_VALUES.index_select(0, positions & 7)
         bytes_hit, owner = torch.unique_consecutive(byte, return_inverse=True)
         # Distinct positions set distinct bits of a byte, so their sum is their bitwise or.
         packed = torch.zeros(bytes_hit.shape[0], dtype=torch.int32).index_add_(0, owner, bit.to(torch.int32))
-        bits = self.bits[name]
+        bits = self.store[name]
         bits[bytes_hit] = bits.index_select(0, bytes_hit) | packed.to(torch.uint8)
 
     def __getitem__(self, name: str) -> Tensor:
+        stored = self.store[name]
+        if stored.dtype == torch.int64:
+            return FlatMask(self.shapes[name], stored).to_bool(self.devices[name])
         numel = math.prod(self.shapes[name])
-        unpacked = (self.bits[name].unsqueeze(1) & _BIT_VALUES).ne(0).reshape(-1)[:numel]
+        unpacked = (stored.unsqueeze(1) & _BIT_VALUES).ne(0).reshape(-1)[:numel]
         return unpacked.view(self.shapes[name]).to(self.devices[name])
 
     def __iter__(self) -> Iterator[str]:
@@ -212,9 +230,11 @@ class PackedMasks(Mapping[str, Tensor]):
 
     def count(self, name: str) -> int:
         """Active entries of ``name``, without unpacking it."""
-        bits = self.bits[name]
-        return sum(int(_POPCOUNT.index_select(0, bits[i:i + _COUNT_CHUNK].long()).sum())
-                   for i in range(0, bits.shape[0], _COUNT_CHUNK))
+        stored = self.store[name]
+        if stored.dtype == torch.int64:
+            return int(stored.numel())
+        return sum(int(_POPCOUNT.index_select(0, stored[i:i + _COUNT_CHUNK].long()).sum())
+                   for i in range(0, stored.shape[0], _COUNT_CHUNK))
 
 
 def _positions(mask: Tensor | FlatMask) -> Tensor:
@@ -222,6 +242,15 @@ def _positions(mask: Tensor | FlatMask) -> Tensor:
     if isinstance(mask, FlatMask):
         return mask.positions
     return mask.reshape(-1).nonzero().squeeze(1)
+
+
+def _in_sorted(values: Tensor, sorted_set: Tensor) -> Tensor:
+    """``torch.isin(values, sorted_set)`` for an increasing ``sorted_set``, by binary search (several times faster
+    than isin's sort on the index sets of a topology update)."""
+    if sorted_set.numel() == 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    at = torch.searchsorted(sorted_set, values).clamp_(max=sorted_set.numel() - 1)
+    return sorted_set.index_select(0, at) == values
 
 
 def _as_bool(mask: Tensor | FlatMask, device: torch.device) -> Tensor:
@@ -529,8 +558,8 @@ class SparseEnforcer(MaskEnforcer):
         grown = topk_positions(self._growth_blocks(name, growth, generator, excluded), n_swap,
                                absolute=growth != "random")
         if mode == "keep":  # a weight dropped and grown back in the same update keeps its value and state
-            back = torch.isin(positions, grown)
-            layer.replace(keep | back, grown[~torch.isin(grown, positions)], self.optimizer)
+            back = _in_sorted(positions, grown)
+            layer.replace(keep | back, grown[~_in_sorted(grown, positions)], self.optimizer)
         else:
             layer.replace(keep, grown, self.optimizer)
 
@@ -539,7 +568,7 @@ class SparseEnforcer(MaskEnforcer):
         """``(offset, scores)`` over row blocks of a held layer's dense growth score, NaN at ``excluded``."""
         layer = self.layers[name]
         n_in, n_out = layer.in_features, layer.out_features
-        rows = max(1, GROWTH_BLOCK // n_in)
+        rows = max(GROWTH_MIN_ROWS, GROWTH_BLOCK // n_in)
         dense_score = growth(name) if callable(growth) else None
         for first in range(0, n_out, rows):
             last = min(first + rows, n_out)
