@@ -304,6 +304,8 @@ class SparseEnforcer(MaskEnforcer):
         dense: the enforcer of those tensors (None when there are none).
     """
 
+    _transient = ("_ready",)
+
     def __init__(self, model: nn.Module, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer | None,
                  source: MaskSource, *, auto: bool = False, mask_gradients: bool = True,
                  fused_step: bool = True) -> None:
@@ -652,16 +654,3 @@ class SparseEnforcer(MaskEnforcer):
         if self.dense is not None:
             result.update(self.dense.export(self.dense_masks))
         return {name: result[name] for name in self.params}
-
-    # -- copies -----------------------------------------------------------------------------------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_hooks"] = bool(self._hooks)  # hook handles do not copy; the copy hooks its own optimizer
-        state["_ready"] = {}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        hooked = state["_hooks"]
-        self.__dict__.update({**state, "_hooks": []})
-        if hooked:
-            self._hook()

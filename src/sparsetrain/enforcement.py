@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -94,6 +94,8 @@ class MaskEnforcer(ABC):
 
     optimizer_steps: int
     masks_every_step: bool
+    #: Attributes that a copy (deepcopy, pickle) starts empty: objects of this process's current step.
+    _transient: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Mapping[str, nn.Parameter], optimizer: torch.optim.Optimizer | None,
                  source: MaskSource, *, mask_gradients: bool = True, fused_step: bool = True) -> None:
@@ -181,9 +183,28 @@ class MaskEnforcer(ABC):
         """The device of the sparsified tensor ``name``."""
         return self.params[name].device
 
+    # -- copies -----------------------------------------------------------------------------------------------------
+    def _hook(self) -> None:
+        """Register this enforcer's optimizer hooks, keeping their handles in ``_hooks`` (idempotent)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_hooks"] = bool(state.get("_hooks"))  # hook handles do not copy; the copy hooks its own optimizer
+        for name in self._transient:
+            state[name] = type(state[name])()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        hooked = state.get("_hooks", False)
+        self.__dict__.update({**state, "_hooks": []})
+        if hooked:
+            self._hook()
+
 
 class DenseMaskEnforcer(MaskEnforcer):
     """Bool masks over dense weights, kept by optimizer hooks (see the module docstring)."""
+
+    _transient = ("_held_grads",)
 
     def __init__(self, params: Mapping[str, nn.Parameter], optimizer: torch.optim.Optimizer | None,
                  source: MaskSource, *, mask_gradients: bool = True, fused_step: bool = True) -> None:
@@ -203,6 +224,9 @@ class DenseMaskEnforcer(MaskEnforcer):
 
     # -- the boundary ---------------------------------------------------------------------------------------------
     def attach(self) -> None:
+        self._hook()
+
+    def _hook(self) -> None:
         if self.optimizer is not None and not self._hooks:
             self._hooks = [
                 self.optimizer.register_step_pre_hook(self._before_optimizer_step),
@@ -361,16 +385,3 @@ class DenseMaskEnforcer(MaskEnforcer):
         if path != self._logged_path:
             logger.info("%s: ordinary steps use the %s path", self.name, path)
             self._logged_path = path
-
-    # -- copies -----------------------------------------------------------------------------------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_hooks"] = bool(self._hooks)  # hook handles do not copy; the copy re-hooks its own optimizer
-        state["_held_grads"] = []
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        hooked = state["_hooks"]
-        self.__dict__.update({**state, "_hooks": []})
-        if hooked:
-            self.attach()
