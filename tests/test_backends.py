@@ -185,6 +185,25 @@ def test_given_the_same_weights_and_gradients_the_masks_are_the_same_ties_includ
         assert torch.equal(dense_weights(sparse)[n], w), n
 
 
+def test_a_lottery_level_static_with_given_masks_trains_alike():
+    """An IMP level retrains a fixed mask: ``Static(masks=...)`` on either storage."""
+    g = torch.Generator().manual_seed(11)
+    masks = {name: torch.rand(p.shape, generator=g) < 0.3 for name, p in make("mlp").named_parameters()
+             if p.dim() == 2}
+    runs = []
+    for backend in ("dense", "sparse"):
+        model = make("mlp")
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        sp = sparsetrain.Static(model, opt, total_steps=STEPS, masks=masks, backend=backend)
+        for t in range(6):
+            step(model, opt, sp, "mlp", t)
+        runs.append(sp)
+    assert_same_masks(*runs)
+    assert all(torch.equal(runs[1].masks[n], m) for n, m in masks.items())
+    for n, w in dense_weights(runs[0]).items():
+        torch.testing.assert_close(dense_weights(runs[1])[n], w, rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Optimizer state, dense gradient, storage
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ run so far. The sparsifier keeps the union of its masks (``ever_active``); the r
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import torch
+from sparsetrain.masks import count_active
 
 __all__ = ["itop_by_layer"]
 
@@ -19,13 +20,14 @@ def itop_by_layer(sparsifier: Any) -> dict[str, float] | None:
     """``{parameter name: fraction of its weights ever active}`` of a sparsifier, or None without one.
 
     Args:
-        sparsifier: a :class:`sparsetrain.Sparsifier` (anything with an ``ever_active`` dict of bool tensors), or
-            None for a dense run.
+        sparsifier: a :class:`sparsetrain.Sparsifier` (anything with an ``ever_active`` mapping of bool tensors, and
+            ``params`` giving their shapes), or None for a dense run.
 
     Returns:
         The per-tensor rates in the sparsifier's order (0.0 for an empty tensor), or None.
     """
     if sparsifier is None:
         return None
-    return {name: int(torch.count_nonzero(mask)) / mask.numel() if mask.numel() else 0.0
-            for name, mask in sparsifier.ever_active.items()}
+    ever = sparsifier.ever_active
+    sizes = {name: math.prod(sparsifier.params[name].shape) for name in ever}
+    return {name: count_active(ever, name) / sizes[name] if sizes[name] else 0.0 for name in ever}
