@@ -418,3 +418,19 @@ def test_sparse_storage_refuses_what_it_cannot_do():
         sparsetrain.RigL(model, None, sparsity=0.9, total_steps=10, backend="sparse")
     with pytest.raises(ValueError, match="backend"):
         sparsetrain.RigL(model, None, sparsity=0.9, total_steps=10, backend="csr")
+
+
+@pytest.mark.parametrize("mode", ["keep", "forbid"])
+def test_a_swap_larger_than_the_active_set_is_clamped_like_on_the_dense_path(mode):
+    """``drop_and_grow`` with a fraction above 1 swaps every active weight once, in every mode, on both storages
+    (at 80% sparsity "forbid" has four times as many candidates as active weights: the cap is the active count)."""
+    runs = []
+    for backend in ("dense", "sparse"):
+        model, opt, sp = build(backend, "mlp", METHODS["set"])
+        step(model, opt, sp, "mlp", 0)
+        before = {n: m.clone() for n, m in sp.masks.items()}
+        sp.drop_and_grow(1.5, "random", mode=mode)
+        if mode == "forbid":
+            assert all(not bool((sp.masks[n] & before[n]).any()) for n in before)
+        runs.append(sp)
+    assert_same_masks(*runs)

@@ -542,7 +542,9 @@ class SparseEnforcer(MaskEnforcer):
         n_swap = swap_count(fraction, n_active, rounding)
         if n_swap == 0 or n_active == numel:
             return
-        n_swap = min(n_swap, n_active if mode != "forbid" else numel - n_active)
+        n_swap = min(n_swap, n_active)
+        if mode == "forbid":  # only weights inactive before the update may grow
+            n_swap = min(n_swap, numel - n_active)
         if n_swap == 0:
             return
         keep = topk_mask(layer.weight_values.detach().abs(), n_active - n_swap)
