@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -611,7 +610,7 @@ def memory_section(args: argparse.Namespace, table: Callable) -> str:
 
 def breakeven_section(args: argparse.Namespace, table: Callable) -> str:
     """Sparse storage against a dense Linear, one layer, 1 thread: the measurement behind backend="auto"."""
-    from sparsetrain.backends import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS
+    from sparsetrain.sparse.backend import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS
 
     result = run_child(args, 1, ["--breakeven"])["breakeven"]
     rows = [[shape, f"{values['dense_ms']:.2f}", *(f"{values['ratios'][str(d)]:.2f}" for d in BREAK_EVEN_DENSITIES)]

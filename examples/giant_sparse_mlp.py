@@ -11,7 +11,7 @@ weights: 16 GiB dense in float32, 48 GiB with its gradient and SGD's momentum, o
   to each unit's active fan-in, Evci et al. 2022);
 * the random initial masks (ERK) are drawn in blocks of scores, never as a dense score or bool tensor;
 * SET's random growth is drawn in row blocks; RigL's dense gradient is computed on its update steps only, one layer
-  at a time, in row blocks, each block ranked on the fly (``sparsetrain.sparse.topology.topk_positions``).
+  at a time, in row blocks, each block ranked on the fly (``sparsetrain.streaming_topk.topk_positions``).
 
 The script prints the time, the peak resident memory and the test accuracy; docs/sparse_backend.md records a run.
 """

@@ -8,6 +8,7 @@ same masks, ties included; float64 runs over many updates check whole training r
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 import pickle
@@ -17,11 +18,11 @@ import torch
 from torch import Tensor, nn
 
 import sparsetrain
-from sparsetrain import backends
-from sparsetrain.backends import PackedMasks, SparseEnforcer, SparseMasks, sparse_is_faster
 from sparsetrain.enforcement import DenseMaskEnforcer
 from sparsetrain.masks import FlatMask, random_masks
 from sparsetrain.sparse import TrainableSparseLinear
+from sparsetrain.sparse import backend as backends
+from sparsetrain.sparse.backend import PackedMasks, SparseEnforcer, SparseMasks, sparse_is_faster
 
 STEPS = 24
 
@@ -410,6 +411,42 @@ def test_a_meta_model_is_materialised_sparse_with_the_masks_a_real_one_would_dra
     with pytest.raises(ValueError, match="meta device"):
         sparsetrain.Static(conv, torch.optim.SGD(conv.parameters(), lr=0.1), sparsity=0.5, total_steps=2,
                            backend="sparse")
+
+
+@pytest.mark.parametrize("name", ["rigl", "granet-st"])
+def test_topology_events_fire_on_sparse_storage_as_on_the_dense_path(name):
+    """Subscribers see the same events on either storage; the dense gradient of a held layer exists only in row
+    blocks during the update, so its ``grad_share`` is None there (the masked-dense tensors keep theirs)."""
+    events: dict[str, list] = {"dense": [], "sparse": []}
+    runs = {}
+    for backend in events:
+        runs[backend] = build(backend, "hybrid", METHODS[name])
+        runs[backend][2].subscribe(events[backend].append)
+    for t in range(STEPS):
+        for backend in events:
+            step(*runs[backend], "hybrid", t)
+    assert len(events["sparse"]) == len(events["dense"]) > 0
+    held = set(runs["sparse"][2].enforcer.layers)
+    for ours, theirs in zip(events["sparse"], events["dense"], strict=True):
+        assert ours.step == theirs.step and list(ours.layers) == list(theirs.layers)
+        for layer, a in ours.layers.items():
+            b = theirs.layers[layer]
+            if layer in held:
+                assert a.grad_share is None
+                b = dataclasses.replace(b, grad_share=None)
+            assert a == b, (ours.step, layer)
+    assert any(layer.grown > 0 for event in events["sparse"] for layer in event.layers.values())
+
+
+def test_an_nm_pattern_is_refused_on_sparse_storage_and_auto_is_the_dense_path():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"^RigL: backend='sparse' is not allowed with pattern='2:4'"):
+        sparsetrain.RigL(model, opt, pattern="2:4", total_steps=10, backend="sparse")
+    with pytest.raises(ValueError, match="backend='sparse' is not allowed with pattern"):
+        sparsetrain.SRSTE(model, opt, total_steps=10, backend="sparse")
+    sp = sparsetrain.RigL(model, opt, pattern="2:4", total_steps=10, backend="auto")
+    assert isinstance(sp.enforcer, DenseMaskEnforcer) and all(type(m) is not TrainableSparseLinear for m in model)
 
 
 def test_sparse_storage_refuses_what_it_cannot_do():

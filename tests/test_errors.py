@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 import sparsetrain
+import sparsetrain.studies
 from sparsetrain.cli import main
 from sparsetrain.experiment import (
     ExperimentConfig,
@@ -134,7 +136,7 @@ def _gmp_global_scope_with_distribution(cwd):
 
 
 def _lottery_layerwise(cwd):
-    sparsetrain.lottery.LotteryConfig(scope="layerwise")
+    sparsetrain.studies.LotteryConfig(scope="layerwise")
 
 
 def _rigl_unknown_option(cwd):
@@ -151,6 +153,22 @@ def _static_float_masks(cwd):
 
 def _static_unknown_mask_name(cwd):
     sparsetrain.Static(*_model_and_optimizer(), total_steps=10, masks={"9.weight": torch.ones(8, 4, dtype=torch.bool)})
+
+
+def _without_mlflow(cwd, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
+
+
+def _rigl_pattern_with_a_scope(cwd):
+    sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", scope="global", total_steps=100)
+
+
+def _rigl_pattern_on_sparse_storage(cwd):
+    sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", total_steps=100, backend="sparse")
+
+
+def _sparse_storage_without_optimizer(cwd):
+    sparsetrain.RigL(_model_and_optimizer()[0], None, sparsity=0.9, total_steps=100, backend="sparse")
 
 
 #: row number -> (argv or API callable, set-up or None); the rows' inputs and messages live in docs/errors.md.
@@ -214,6 +232,15 @@ CASES = {
     57: (_granet_without_sparsity, None),
     58: (_static_float_masks, None),
     59: (_static_unknown_mask_name, None),
+    60: (_train("--log", "wandb"), None),
+    61: (_train("--log", "mlflow"), _without_mlflow),
+    62: (["report", "--runs-dir", "runs", "--html", "runs"], None),
+    63: (_train("--method", "rigl", "--pattern", "2:2"), None),
+    64: (_train("--method", "rigl", "--pattern", "2:4", "--sparsity", "0.75"), None),
+    65: (_rigl_pattern_with_a_scope, None),
+    66: (_rigl_pattern_on_sparse_storage, None),
+    67: (_train("--method", "rigl", "--pattern", "2:4", "--backend", "sparse"), None),
+    68: (_sparse_storage_without_optimizer, None),
 }
 _RUNS: dict[str, str] = {}
 
@@ -288,7 +315,7 @@ def test_bad_input_gives_the_documented_one_line_message(number, template, tmp_p
     cwd = tmp_path / "cwd"
     shutil.copytree(template, cwd)
     if setup is not None:
-        setup(cwd)
+        setup(cwd, monkeypatch) if setup.__code__.co_argcount == 2 else setup(cwd)
     monkeypatch.chdir(cwd)
     before = _snapshot(cwd)
     if callable(action):

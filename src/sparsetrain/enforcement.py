@@ -34,7 +34,7 @@ Topology updates are carried out by the enforcer too, because they read the weig
 under a :class:`~sparsetrain.selection.Budget`, draw random masks) and the enforcer does it on its storage
 (:meth:`MaskEnforcer.drop_and_grow`, :meth:`~MaskEnforcer.prune`, :meth:`~MaskEnforcer.random_masks`). Here that is
 the pure functions of :mod:`sparsetrain.updates` and :mod:`sparsetrain.selection` on dense score tensors. The
-second storage, :class:`sparsetrain.backends.SparseEnforcer` (Linear layers that store only their active weights),
+second storage, :class:`sparsetrain.sparse.backend.SparseEnforcer` (Linear layers that store only their active weights),
 implements the same boundary: :meth:`~MaskEnforcer.apply` re-lays the storage out for new masks, the topology
 operations choose the same masks from the active values and from row blocks of the dense score, and the dense
 gradient is materialised only for the steps where ``source.needs_dense_gradient`` asks for it. The masks a
@@ -55,10 +55,12 @@ from .fused_step import MaskedStep
 from .masks import FlatMask, SparsityReport, apply_masks, random_masks, sparsity_report
 from .optim_state import mask_optimizer_state
 from .scores import Growth, growth_scores, magnitude_scores
-from .selection import Budget, keep_top
+from .nm import NMLayout, NMPattern
+from .selection import Budget, Groups, keep_top
 from .updates import regrow
 
-__all__ = ["MaskSource", "MaskEnforcer", "DenseMaskEnforcer", "GradientCallback"]
+__all__ = ["MaskSource", "MaskEnforcer", "DenseMaskEnforcer", "GradientCallback", "BACKENDS", "EnforcerFactory",
+           "register_backend", "make_enforcer"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,16 +143,18 @@ class MaskEnforcer(ABC):
     # -- topology: a method's update, carried out where the weights live -------------------------------------------
     @abstractmethod
     def random_masks(self, sparsity: float, distribution: str, generator: torch.Generator, *, scope: str,
-                     fixed: Mapping[str, float]) -> dict[str, Tensor | FlatMask]:
-        """Random masks with exact counts (:func:`sparsetrain.masks.random_masks`), in the form :meth:`apply` takes
-        best (a :class:`~sparsetrain.masks.FlatMask` where no bool tensor should be built)."""
+                     fixed: Mapping[str, float], pattern: NMPattern | None = None,
+                     layouts: Mapping[str, NMLayout] | None = None) -> dict[str, Tensor | FlatMask]:
+        """Random masks with exact counts (:func:`sparsetrain.masks.random_masks`, N:M under ``pattern``), in the
+        form :meth:`apply` takes best (a :class:`~sparsetrain.masks.FlatMask` where no bool tensor should be
+        built)."""
 
     @abstractmethod
     def drop_and_grow(self, masks: Mapping[str, Tensor], fraction: float, growth: Growth,
-                      generator: torch.Generator, *, mode: str, rounding: str
-                      ) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
+                      generator: torch.Generator, *, mode: str, rounding: str,
+                      groups: Mapping[str, Groups] | None = None) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
         """Per tensor, drop ``fraction`` of the active weights with the smallest magnitude and grow as many by
-        ``growth`` (:func:`sparsetrain.updates.regrow`).
+        ``growth`` (:func:`sparsetrain.updates.regrow`; the tensors in ``groups`` keep their N:M pattern).
 
         Returns:
             ``(masks, reset)``: the masks after the update, and name -> positions whose weights and optimizer state
@@ -171,8 +175,12 @@ class MaskEnforcer(ABC):
         """Add ``masks`` to a record from :meth:`track_active`."""
 
     @abstractmethod
-    def sparsity_report(self) -> SparsityReport:
-        """Per-tensor shape, nonzeros and sparsity measured from the weights."""
+    def sparsity_report(self, notes: Mapping[str, str] | None = None) -> SparsityReport:
+        """Per-tensor shape, nonzeros and sparsity measured from the weights (``notes``: name -> text in the rows)."""
+
+    @abstractmethod
+    def dense_gradients(self) -> Mapping[str, Tensor | None]:
+        """name -> the dense gradient the last topology update saw (None where there is none), for its event."""
 
     @abstractmethod
     def export(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -263,14 +271,16 @@ class DenseMaskEnforcer(MaskEnforcer):
 
     # -- topology -------------------------------------------------------------------------------------------------
     def random_masks(self, sparsity: float, distribution: str, generator: torch.Generator, *, scope: str,
-                     fixed: Mapping[str, float]) -> dict[str, Tensor | FlatMask]:
-        return random_masks(self.params, sparsity, distribution, generator, scope=scope, fixed=fixed)
+                     fixed: Mapping[str, float], pattern: NMPattern | None = None,
+                     layouts: Mapping[str, NMLayout] | None = None) -> dict[str, Tensor | FlatMask]:
+        return random_masks(self.params, sparsity, distribution, generator, scope=scope, fixed=fixed,
+                            pattern=pattern, layouts=layouts)
 
     def drop_and_grow(self, masks: Mapping[str, Tensor], fraction: float, growth: Growth,
-                      generator: torch.Generator, *, mode: str, rounding: str
-                      ) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
+                      generator: torch.Generator, *, mode: str, rounding: str,
+                      groups: Mapping[str, Groups] | None = None) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
         return regrow(masks, magnitude_scores(self.params), growth_scores(self.params, growth, generator), fraction,
-                      mode=mode, rounding=rounding)
+                      mode=mode, rounding=rounding, groups=groups)
 
     def prune(self, masks: Mapping[str, Tensor], wanted: Budget) -> Mapping[str, Tensor]:
         return keep_top(magnitude_scores(self.params), wanted, eligible=masks)
@@ -282,8 +292,11 @@ class DenseMaskEnforcer(MaskEnforcer):
         for name, mask in masks.items():
             record[name] |= mask
 
-    def sparsity_report(self) -> SparsityReport:
-        return sparsity_report(self.params)
+    def sparsity_report(self, notes: Mapping[str, str] | None = None) -> SparsityReport:
+        return sparsity_report(self.params, notes=notes)
+
+    def dense_gradients(self) -> Mapping[str, Tensor | None]:
+        return {name: param.grad for name, param in self.params.items()}
 
     @torch.no_grad()
     def export(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -301,8 +314,11 @@ class DenseMaskEnforcer(MaskEnforcer):
         closure = kwargs.get("closure", args[first] if len(args) > first else None)
         self._held_grads = []
         if closure is None:
-            # GradScaler hands fused optimizers the scale: the gradients are still scaled, leave them to torch.
-            self._prepare_gradients(fusable="grad_scale" not in kwargs and "found_inf" not in kwargs)
+            # GradScaler hands fused optimizers the scale (as keyword arguments, or since torch 2.4 as the optimizer's
+            # grad_scale / found_inf attributes): the gradients are still scaled, leave them to torch.
+            scaled = any(key in kwargs or getattr(optimizer, key, None) is not None
+                         for key in ("grad_scale", "found_inf"))
+            self._prepare_gradients(fusable=not scaled)
             return None
 
         # With a closure (Lightning, LBFGS) the gradients only exist once the closure has run inside step().
@@ -385,3 +401,52 @@ class DenseMaskEnforcer(MaskEnforcer):
         if path != self._logged_path:
             logger.info("%s: ordinary steps use the %s path", self.name, path)
             self._logged_path = path
+
+
+#: The storage backends a sparsifier's ``backend`` option takes: "dense" here, "sparse" and "auto" registered by
+#: :mod:`sparsetrain.sparse.backend` (the sparse package sits above the core, so the core does not import it).
+BACKENDS = ("dense", "sparse", "auto")
+
+
+class EnforcerFactory(Protocol):
+    """Builds the enforcer of a storage backend (:func:`register_backend`)."""
+
+    def __call__(self, model: nn.Module, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer | None,
+                 source: MaskSource, *, mask_gradients: bool, fused_step: bool) -> MaskEnforcer: ...
+
+
+_FACTORIES: dict[str, EnforcerFactory] = {}
+
+
+def register_backend(name: str, factory: EnforcerFactory) -> None:
+    """Make ``factory`` build the enforcer of backend ``name`` (one of :data:`BACKENDS`)."""
+    if name not in BACKENDS or name == "dense":
+        raise ValueError(f"backend={name!r} is not allowed here: choose one of 'sparse', 'auto'")
+    _FACTORIES[name] = factory
+
+
+def make_enforcer(backend: str, model: nn.Module, params: dict[str, nn.Parameter],
+                  optimizer: torch.optim.Optimizer | None, source: MaskSource, *, mask_gradients: bool = True,
+                  fused_step: bool = True) -> MaskEnforcer:
+    """The enforcer of a storage backend: :class:`DenseMaskEnforcer` for "dense", the registered one otherwise
+    (:mod:`sparsetrain.sparse.backend`).
+
+    Args:
+        backend: one of :data:`BACKENDS`.
+        model: the model (sparse storage replaces modules in it at attach).
+        params: name -> the sparsified parameters (the sparsifier's own dict: sparse storage puts a ``meta``
+            stand-in of the dense shape in place of each weight it holds).
+        optimizer / source / mask_gradients / fused_step: as :class:`MaskEnforcer`.
+
+    Raises:
+        ValueError: an unknown backend, or what the backend's enforcer refuses (e.g. sparse storage without an
+            optimizer or on a DDP wrapper).
+    """
+    if backend == "dense":
+        return DenseMaskEnforcer(params, optimizer, source, mask_gradients=mask_gradients, fused_step=fused_step)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed: choose one of {', '.join(map(repr, BACKENDS))}")
+    if backend not in _FACTORIES:
+        raise ValueError(f"backend={backend!r} is not available: import sparsetrain.sparse.backend first")
+    return _FACTORIES[backend](model, params, optimizer, source, mask_gradients=mask_gradients,
+                               fused_step=fused_step)

@@ -8,16 +8,19 @@ names never change and ``deepcopy`` / pickling / ``state_dict`` keep working. Ti
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import warnings
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from .selection import Budget, budget, keep_top
-from .sparse.topology import topk_positions
+from .nm import NMLayout, NMPattern
+from .selection import Budget, budget, keep_top, nm_budget
+from .streaming_topk import topk_positions
 from .tables import Column, render
 
 __all__ = [
@@ -33,7 +36,10 @@ __all__ = [
     "SparsityReport",
     "LayerSparsity",
     "sparsity_report",
+    "warn_collapsed",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Module types whose >=2-D weights are pruned by default; norm layers and biases stay dense.
 PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (
@@ -239,31 +245,45 @@ def random_masks(
     *,
     scope: str = "layer",
     fixed: Mapping[str, float] | None = None,
+    pattern: NMPattern | str | None = None,
+    layouts: Mapping[str, NMLayout] | None = None,
     flat: Collection[str] = (),
 ) -> dict[str, Tensor | FlatMask]:
-    """Random masks with exact counts: per tensor from ``distribution``, or ``scope="global"``.
+    """Random masks with exact counts: per tensor from ``distribution``, or ``scope="global"``, or N:M.
 
     Scores are drawn on the CPU from ``generator`` (so every device and every rank draws the same mask) and
     the mask is moved to the parameter's device. In the global scope the unpinned tensors' counts come from one
     draw over all of them together (so each tensor's density is uniform in expectation), then each tensor draws
-    its mask with its count, as in the layer scope.
+    its mask with its count, as in the layer scope. With a ``pattern`` (and the ``layouts`` of
+    :func:`sparsetrain.nm.nm_layouts`) every patterned tensor keeps N random entries of every M (static N:M) and
+    ``sparsity``, ``distribution`` and ``scope`` are not used (:func:`sparsetrain.selection.nm_budget`).
 
     Args:
         params: name -> tensor (only shapes and devices are read: a ``meta`` tensor will do for a ``flat`` name).
         sparsity / distribution / scope / fixed: as :func:`sparsetrain.selection.budget`.
         generator: the CPU generator the scores are drawn from.
+        pattern / layouts: the N:M pattern and the tensors' layouts (None: unstructured).
         flat: names whose masks come back as :class:`FlatMask`, chosen over blocks of scores
-            (:func:`~sparsetrain.sparse.topology.topk_positions`) so that no score or bool tensor of their size is
+            (:func:`~sparsetrain.streaming_topk.topk_positions`) so that no score or bool tensor of their size is
             ever built. The random numbers and the choice (ties to the lowest position) are the same as for a bool
-            mask, so either form gives the same mask.
+            mask, so either form gives the same mask. Not with a pattern.
 
     Returns:
         name -> bool mask, or :class:`FlatMask` for the ``flat`` names.
     """
     shapes = {n: tuple(p.shape) for n, p in params.items()}
-    wanted = budget(shapes, sparsity, distribution=distribution, scope=scope, fixed=fixed)
+    if pattern is not None:
+        if flat:
+            raise ValueError(f"pattern={str(pattern)!r} is not allowed with flat masks: N:M masks are drawn as bool "
+                             "tensors")
+        if layouts is None:
+            raise ValueError(f"pattern={str(pattern)!r} needs layouts (sparsetrain.nm.nm_layouts) for the reduction "
+                             "dims")
+        wanted = nm_budget({n: layouts[n] for n in params}, pattern, fixed=fixed)
+    else:
+        wanted = budget(shapes, sparsity, distribution=distribution, scope=scope, fixed=fixed)
     counts = dict(wanted.counts)
-    pooled = [n for n in shapes if n not in counts]
+    pooled = [n for n in shapes if n not in counts and n not in wanted.groups]
     if pooled:
         sizes = [math.prod(shapes[n]) for n in pooled]
         if any(name in flat for name in pooled):
@@ -282,15 +302,29 @@ def random_masks(
                                                                 counts[name]))
             continue
         scores = torch.rand(shapes[name], generator=generator)
-        masks[name] = keep_top({name: scores}, Budget({name: counts[name]}))[name].to(param.device)
+        one = Budget(groups={name: wanted.groups[name]}) if name in wanted.groups else Budget({name: counts[name]})
+        masks[name] = keep_top({name: scores}, one)[name].to(param.device)
     return masks
 
 
 def count_active(masks: Mapping[str, Tensor], name: str) -> int:
     """The number of active entries of ``masks[name]``, without building the mask where the mapping can count
-    (the masks of sparse storage, see :mod:`sparsetrain.backends`, have a ``count(name)``)."""
+    (the masks of sparse storage, see :mod:`sparsetrain.sparse.backend`, have a ``count(name)``)."""
     count = getattr(masks, "count", None)
     return count(name) if count is not None else int(torch.count_nonzero(masks[name]))
+
+
+def count_entries(masks: Mapping[str, Tensor], name: str) -> int:
+    """The size of ``masks[name]``, without building the mask where the mapping knows it (``numel(name)``)."""
+    numel = getattr(masks, "numel", None)
+    return numel(name) if numel is not None else masks[name].numel()
+
+
+def active_fraction(masks: Mapping[str, Tensor]) -> float:
+    """Active entries over all entries of all masks together (0.0 without any), counted without building the
+    masks of sparse storage."""
+    total = sum(count_entries(masks, name) for name in masks)
+    return sum(count_active(masks, name) for name in masks) / total if total else 0.0
 
 
 @torch.no_grad()
@@ -305,12 +339,13 @@ def apply_masks(params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> No
 
 @dataclass(frozen=True)
 class LayerSparsity:
-    """One tensor's row of a :class:`SparsityReport`."""
+    """One tensor's row of a :class:`SparsityReport` (``note``: e.g. the N:M pattern it follows, or why not)."""
 
     name: str
     shape: tuple[int, ...]
     numel: int
     nonzeros: int
+    note: str = ""
 
     @property
     def sparsity(self) -> float:
@@ -340,7 +375,7 @@ class SparsityReport:
         return {
             "layers": [
                 {"name": l.name, "shape": list(l.shape), "numel": l.numel, "nonzeros": l.nonzeros,
-                 "sparsity": l.sparsity}
+                 "sparsity": l.sparsity, **({"note": l.note} if l.note else {})}
                 for l in self.layers
             ],
             "numel": self.numel,
@@ -349,16 +384,29 @@ class SparsityReport:
         }
 
     def __str__(self) -> str:
-        rows = [(l.name, "x".join(map(str, l.shape)), l.numel, l.nonzeros, l.sparsity) for l in self.layers]
-        rows.append(("total", "", self.numel, self.nonzeros, self.sparsity))
-        return render([Column("tensor", align="left"), Column("shape", align="left"), Column("numel", format=","),
-                       Column("nonzeros", format=","), Column("sparsity", format=".4f")], rows)
+        notes = any(l.note for l in self.layers)
+        rows = [(l.name, "x".join(map(str, l.shape)), l.numel, l.nonzeros, l.sparsity, *((l.note,) if notes else ()))
+                for l in self.layers]
+        rows.append(("total", "", self.numel, self.nonzeros, self.sparsity, *(("",) if notes else ())))
+        columns = [Column("tensor", align="left"), Column("shape", align="left"), Column("numel", format=","),
+                   Column("nonzeros", format=","), Column("sparsity", format=".4f")]
+        return render(columns + ([Column("note", align="left")] if notes else []), rows)
 
 
 @torch.no_grad()
-def sparsity_report(params: Mapping[str, Tensor]) -> SparsityReport:
-    """Measure each tensor's nonzeros from its values."""
+def sparsity_report(params: Mapping[str, Tensor], notes: Mapping[str, str] | None = None) -> SparsityReport:
+    """Measure each tensor's nonzeros from its values; ``notes`` (name -> text) go into the rows."""
     return SparsityReport([
-        LayerSparsity(name, tuple(p.shape), p.numel(), int(torch.count_nonzero(p)))
+        LayerSparsity(name, tuple(p.shape), p.numel(), int(torch.count_nonzero(p)), (notes or {}).get(name, ""))
         for name, p in params.items()
     ])
+
+
+def warn_collapsed(masks: Mapping[str, Tensor], what: str) -> list[str]:
+    """Log and ``warnings.warn`` about tensors whose mask keeps no weight (layer collapse); return their names."""
+    empty = [name for name, mask in masks.items() if not bool(mask.any())]
+    if empty:
+        message = f"{what}: layer collapse, no weight left in {', '.join(empty)}"
+        logger.warning(message)
+        warnings.warn(message, stacklevel=3)
+    return empty

@@ -6,7 +6,7 @@ during-training methods use magnitude (drop), gradient (RigL/GraNet growth), mom
 
 A method names its growth score as a :data:`Growth`: ``"gradient"``, ``"random"`` or a function of the tensor's
 name; the storage backend turns it into scores where the weights live (:func:`growth_scores` for dense tensors,
-row blocks for sparse layers, see :mod:`sparsetrain.backends`).
+row blocks for sparse layers, see :mod:`sparsetrain.sparse.backend`).
 """
 
 from __future__ import annotations

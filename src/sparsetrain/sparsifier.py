@@ -18,11 +18,16 @@ Like torch.ao.pruning's ``BaseSparsifier``, a sparsifier is its state (``masks``
    (:mod:`sparsetrain.enforcement`) hooks the optimizer.
 
 A method subclass declares its options (``options``, ``option_defaults``) and implements :meth:`setup`,
-:meth:`initial_masks`, :meth:`is_update_step` and :meth:`update`; it never overrides ``__init__``. Its update
-changes the topology through the helpers :meth:`drop_and_grow`, :meth:`prune_by_magnitude` and
-:meth:`random_masks`, which the enforcer carries out where the weights live, so a method runs unchanged on either
-storage backend (``backend``, see :mod:`sparsetrain.backends`). Steps are counted in optimizer steps (see
-:mod:`sparsetrain.enforcement`); a topology update whose gradients are not finite is skipped.
+:meth:`initial_masks`, :meth:`is_update_step` and :meth:`update` (and :meth:`schedule_at` when it has schedules);
+it never overrides ``__init__``. Its update changes the topology through the helpers :meth:`drop_and_grow`,
+:meth:`prune_by_magnitude` and :meth:`random_masks`, which the enforcer carries out where the weights live, so a
+method runs unchanged on either storage backend (``backend``, see :mod:`sparsetrain.sparse.backend`). Steps are counted
+in optimizer steps (see :mod:`sparsetrain.enforcement`); a topology update whose gradients are not finite is
+skipped.
+
+Every topology update can be watched: ``sparsifier.subscribe(callback)`` calls ``callback(event)`` with a
+:class:`~sparsetrain.topology.TopologyEvent` after each update (see :mod:`sparsetrain.topology`). With nobody
+subscribed an update step costs one extra truth test; ordinary steps cost nothing.
 """
 
 from __future__ import annotations
@@ -34,15 +39,18 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from .backends import BACKENDS, make_enforcer
 from .distributions import DISTRIBUTIONS, allocate, check_distribution
-from .enforcement import MaskEnforcer
-from .masks import FlatMask, SparsityReport, count_active, resolve_overrides, select_named, select_prunable, \
+from .enforcement import BACKENDS, MaskEnforcer, make_enforcer
+from .itop import pooled_itop
+from .masks import FlatMask, SparsityReport, active_fraction, resolve_overrides, select_named, select_prunable, \
     sparsity_report
+from .nm import NMLayout, NMPattern, check_pattern, nm_layouts, nm_report
 from .options import REQUIRED, Option, OptionSet, declared
 from .scores import Growth
-from .selection import SCOPES, Budget, check_scope, resolve_scope
+from .selection import SCOPES, Budget, Groups, check_scope, nm_budget, resolve_scope
+from .topology import TopologyCallback, TopologySubscribers, capture_masks, topology_event
 from .validation import check_bool, check_bool_masks, check_int, check_positive_int, check_sparsity
 
 __all__ = ["Sparsifier"]
@@ -99,10 +107,15 @@ class Sparsifier:
             exclude then) and give the default ``sparsity``. Methods at a fixed sparsity keep the masks' counts (a
             ``sparsity`` given too is the run's nominal target, as a config's ``sparse.sparsity``); gradual
             methods start from the masks' sparsity and prune towards ``sparsity``.
-        backend: where the sparsified weights live (:mod:`sparsetrain.backends`): "dense" (bool masks over dense
+        pattern: ``"N:M"`` (e.g. ``"2:4"``): every group of M consecutive weights along each tensor's reduction
+            dimension keeps exactly N (:mod:`sparsetrain.nm`); ``sparsity`` is then ``1 - N/M`` (given or not),
+            ``distribution`` and ``scope`` may not be given, and tensors whose reduction dimension is not a multiple
+            of M are kept dense (logged at attach and noted in :meth:`report`). None: unstructured.
+        backend: where the sparsified weights live (:mod:`sparsetrain.sparse.backend`): "dense" (bool masks over dense
             weights), "sparse" (each sparsified ``nn.Linear`` is replaced by a
             :class:`~sparsetrain.sparse.TrainableSparseLinear` that stores, trains and updates only its active
-            weights; other tensors stay masked-dense) or "auto" (sparse only where that is measured faster).
+            weights; other tensors stay masked-dense) or "auto" (sparse only where that is measured faster). With a
+            ``pattern`` "sparse" is refused and "auto" is the dense path (the N:M kernels are inference-only).
     """
 
     method: ClassVar[str] = "base"
@@ -137,6 +150,10 @@ class Sparsifier:
         Option("masks", None, "start from these masks (name -> bool tensor); they name the tensors to sparsify "
                "and give the default sparsity", "mapping", _check_masks, "parameter name -> bool tensor", none=True,
                stored=False),
+        Option("pattern", None, "N:M structured sparsity: every group of M consecutive weights along a tensor's "
+               "reduction dim keeps N; sparsity is then 1 - N/M (none: unstructured)", "str", check_pattern,
+               "'N:M' with integers 1 <= N < M, e.g. 2:4", none=True,
+               reference="Mishra et al. 2021; Zhou et al. 2021"),
         Option("backend", "dense", "where the sparsified weights live: dense (bool masks over dense weights), "
                "sparse (Linear layers store and train only their active weights), auto (sparse where measured "
                "faster)", "str", choices=BACKENDS),
@@ -177,8 +194,15 @@ class Sparsifier:
                                                                    exclude=values["exclude"])
         else:
             self.params = self._select_masked(given_masks, values)
-            if values["sparsity"] is REQUIRED:
+            if values["sparsity"] is REQUIRED and values["pattern"] is None:
                 values["sparsity"] = sparsity_report(given_masks).sparsity
+        #: Under an N:M pattern: the pattern and every sparsified tensor's layout (its reduction dim, or why it is
+        #: kept dense); None and {} otherwise.
+        self.pattern: NMPattern | None = None if values["pattern"] is None else NMPattern.parse(values["pattern"])
+        self.layouts: dict[str, NMLayout] = {}
+        if self.pattern is not None:
+            values["sparsity"] = self._pattern_sparsity(values["sparsity"])
+            self.layouts = nm_layouts(model, self.params, self.pattern)
         for name, value in values.items():
             if value is REQUIRED:
                 raise TypeError(f"{type(self).__name__}: {name} is required" +
@@ -188,7 +212,7 @@ class Sparsifier:
             values["distribution"] if "distribution" in options else None,
             default_scope=self.default_scope(values), default_distribution=values["distribution"])
         for name, option in declaration.items():
-            if option.stored:
+            if option.stored and name != "pattern":
                 setattr(self, name, values[name])
         self.config: dict[str, Any] = {name: values[name] for name, option in declaration.items() if option.stored}
         self.fixed = resolve_overrides(list(self.params), values["sparsity_overrides"],
@@ -197,11 +221,62 @@ class Sparsifier:
         self.step_count = 0
         self.masks: dict[str, Tensor] = {}
         self.ever_active: dict[str, Tensor] = {}
-        self.enforcer: MaskEnforcer = make_enforcer(values["backend"], model, self.params, optimizer, self,
-                                                    mask_gradients=values["mask_gradients"],
-                                                    fused_step=values["fused_step"])
+        #: Who is told about every topology update (:meth:`subscribe`); never copied with the sparsifier.
+        self.subscribers = TopologySubscribers()
+        if self.pattern is not None and values["backend"] == "sparse":
+            raise ValueError(f"{type(self).__name__}: backend='sparse' is not allowed with pattern='{self.pattern}': "
+                             "sparse storage trains unstructured masks only (use backend='dense' or 'auto')")
+        self.enforcer: MaskEnforcer = self.build_enforcer(values)
+        if self.pattern is not None:
+            self._check_pattern_inputs(given_masks)
         self.setup()
         self.attach()
+
+    def build_enforcer(self, values: Mapping[str, Any]) -> MaskEnforcer:
+        """The mask enforcer of this method: the storage ``backend`` chooses (:func:`sparsetrain.sparse.backend.make_enforcer`;
+        under a pattern always the masked-dense one)."""
+        backend = "dense" if self.pattern is not None else values["backend"]
+        return make_enforcer(backend, self.model, self.params, self.optimizer, self,
+                             mask_gradients=values["mask_gradients"], fused_step=values["fused_step"])
+
+    def _pattern_sparsity(self, sparsity: Any) -> float:
+        """The sparsity under the pattern: ``1 - N/M``; a different one given is refused."""
+        assert self.pattern is not None
+        if sparsity is not REQUIRED and abs(sparsity - self.pattern.sparsity) > 1e-9:
+            raise ValueError(f"{type(self).__name__}: sparsity={sparsity!r} is not allowed with pattern="
+                             f"'{self.pattern}': its sparsity is 1 - N/M = {self.pattern.sparsity:g} (leave sparsity "
+                             "out)")
+        return self.pattern.sparsity
+
+    def _check_pattern_inputs(self, given_masks: Mapping[str, Tensor] | None) -> None:
+        """Refuse what a pattern leaves without meaning (scope, distribution), pinned sparsities other than 0, and
+        given masks that do not follow the pattern."""
+        assert self.pattern is not None
+        where = f"{type(self).__name__} with pattern='{self.pattern}'"
+        for name in ("scope", "distribution"):
+            if name in self.given:
+                raise ValueError(f"{where}: {name}={self.config[name]!r} is not allowed: every patterned tensor "
+                                 "keeps N of every M (leave scope and distribution out)")
+        try:
+            self.nm_budget()
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if given_masks is not None:
+            report = nm_report(given_masks, self.layouts, self.pattern)
+            dense = [name for name in report.dense if not bool(given_masks[name].all())]
+            if not report.follows or dense:
+                off = [layer.layout.name for layer in report.layers if layer.status == "violates"] + dense
+                raise ValueError(f"{where}: masks[{off[0]!r}] does not follow the pattern (every group of "
+                                 f"{self.pattern.m} must keep {self.pattern.n}; a tensor that cannot follow it must be "
+                                 "all True)")
+
+    def nm_budget(self, pattern: NMPattern | None = None) -> Budget:
+        """The budget of ``pattern`` (default: this sparsifier's) over the sparsified tensors: N of every M in each
+        patterned tensor, the tensors kept dense whole (:func:`sparsetrain.selection.nm_budget`)."""
+        chosen = pattern or self.pattern
+        if chosen is None:
+            raise ValueError(f"{type(self).__name__} has no pattern")
+        return nm_budget(self.layouts, chosen, fixed=self.fixed)
 
     def _select_masked(self, masks: Mapping[str, Tensor], values: Mapping[str, Any]) -> dict[str, nn.Parameter]:
         """The tensors given masks name, once the masks are checked to fit them."""
@@ -243,6 +318,12 @@ class Sparsifier:
         """Change ``self.masks`` for step ``step``; return positions whose weights and state restart at 0."""
         return {}
 
+    def schedule_at(self, step: int) -> dict[str, float | None]:
+        """The schedule values in force at update step ``step``, for its topology event: ``drop_fraction`` (None
+        when the method drops nothing at that step) and ``target_sparsity``. Default: no drop fraction, the
+        constant ``sparsity``."""
+        return {"drop_fraction": None, "target_sparsity": self.sparsity}
+
     # -- attach: the one place with side effects ------------------------------------------------------------------
     def attach(self) -> None:
         """Draw (or take) the initial masks, zero the pruned weights and their optimizer state, hook the optimizer."""
@@ -257,18 +338,27 @@ class Sparsifier:
         self.enforcer.attach()
         logger.info("%s: %d tensors sparsified, sparsity %.4f at step 0", type(self).__name__, len(self.masks),
                     self.current_sparsity())
+        if self.pattern is not None:
+            dense = {name: note for name, note in self._pattern_notes().items() if note != str(self.pattern)}
+            logger.info("%s: pattern %s on %d of %d tensors; kept dense: %s", type(self).__name__, self.pattern,
+                        len(self.masks) - len(dense), len(self.masks),
+                        "; ".join(f"{name} ({note.removeprefix('kept dense: ')})" for name, note in dense.items())
+                        or "none")
 
     # -- shared helpers for subclasses ----------------------------------------------------------------------------
     def random_masks(self, sparsity: float, distribution: str | None = None, *, scope: str | None = None,
-                     fixed: Mapping[str, float] | None = None) -> dict[str, Tensor | FlatMask]:
+                     fixed: Mapping[str, float] | None = None,
+                     pattern: NMPattern | None = None) -> dict[str, Tensor | FlatMask]:
         """Random masks with exact counts (see :func:`sparsetrain.masks.random_masks`); defaults: this
-        sparsifier's distribution, scope and pinned tensors. Sparse storage returns a
-        :class:`~sparsetrain.masks.FlatMask` for the layers it will hold (the same mask, never built dense)."""
+        sparsifier's distribution, scope, pinned tensors and pattern (N random entries of every M). Sparse storage
+        returns a :class:`~sparsetrain.masks.FlatMask` for the layers it will hold (the same mask, never built
+        dense)."""
         return self.enforcer.random_masks(sparsity, distribution or self.distribution, self.generator,
-                                          scope=scope or self.scope, fixed=self.fixed if fixed is None else fixed)
+                                          scope=scope or self.scope, fixed=self.fixed if fixed is None else fixed,
+                                          pattern=pattern or self.pattern, layouts=self.layouts)
 
-    def drop_and_grow(self, fraction: float, growth: Growth, *, mode: str = "keep",
-                      rounding: str = "floor") -> dict[str, Tensor]:
+    def drop_and_grow(self, fraction: float, growth: Growth, *, mode: str = "keep", rounding: str = "floor",
+                      groups: Mapping[str, Groups] | None = None) -> dict[str, Tensor]:
         """Per tensor, drop ``fraction`` of the active weights with the smallest magnitude and grow as many
         (:func:`sparsetrain.updates.regrow`), on whichever storage holds them; updates ``self.masks``.
 
@@ -278,12 +368,13 @@ class Sparsifier:
                 function of the tensor's name giving its dense growth score (:data:`sparsetrain.scores.Growth`).
             mode: "keep", "zero" or "forbid" (:data:`sparsetrain.updates.REGROW_MODES`).
             rounding: "floor" (RigL's code) or "ceil" (GraNet's code) for the number swapped.
+            groups: the N:M groups each patterned tensor keeps (:meth:`nm_budget`'s ``groups``); None: unstructured.
 
         Returns:
             Positions whose weights and optimizer state restart at zero, for :meth:`update` to return.
         """
         self.masks, reset = self.enforcer.drop_and_grow(self.masks, fraction, growth, self.generator, mode=mode,
-                                                        rounding=rounding)
+                                                        rounding=rounding, groups=groups)
         return reset
 
     def prune_by_magnitude(self, wanted: Budget) -> None:
@@ -320,16 +411,44 @@ class Sparsifier:
             self.step_count += 1
         if self.is_update_step(self.step_count):
             if enforcer.gradients_finite():
+                # A method may edit its masks in place: keep the old ones only when someone will compare them.
+                before = capture_masks(self.masks) if self.subscribers else None
                 reset = self.update(self.step_count)
                 # One pass zeroes both the inactive positions and the newly grown ones (weights and state).
                 self.masks = enforcer.apply(self.masks, also_zero=reset)
                 enforcer.record_active(self.ever_active, self.masks)
+                if before is not None:
+                    self._publish(before)
                 return True
             logger.warning("step %d: non-finite (or overflowing) gradients, topology update skipped", self.step_count)
             enforcer.apply(self.masks, refresh=False)
         elif missed or enforcer.masks_every_step:
             enforcer.apply(self.masks, refresh=False)
         return False
+
+    def subscribe(self, callback: TopologyCallback) -> RemovableHandle:
+        """Call ``callback(event)`` after every topology update, with its :class:`~sparsetrain.topology.TopologyEvent`.
+
+        The callback runs inside :meth:`step`, after the weights and optimizer state follow the new masks; its
+        exceptions propagate. Subscriptions are not copied with the sparsifier (``deepcopy``, pickling).
+
+        Args:
+            callback: takes the event; its return value is ignored.
+
+        Returns:
+            A handle whose ``remove()`` unsubscribes it.
+
+        Raises:
+            TypeError: ``callback`` is not callable.
+        """
+        return self.subscribers.subscribe(callback)
+
+    def _publish(self, before: Mapping[str, Tensor]) -> None:
+        """Tell the subscribers what the update at this step did (the gradients are still the dense ones it saw)."""
+        step = self.step_count
+        grads = self.enforcer.dense_gradients()
+        self.subscribers.publish(topology_event(step, before, self.masks, self.ever_active, grads=grads,
+                                                **self.schedule_at(step)))
 
     def apply_masks(self, refresh: bool = True, also_zero: Mapping[str, Tensor] | None = None) -> None:
         """Zero the weights and the optimizer state outside the masks (see :meth:`MaskEnforcer.apply`).
@@ -344,17 +463,23 @@ class Sparsifier:
     # -- inspection -----------------------------------------------------------------------------------------------
     def current_sparsity(self) -> float:
         """Sparsity of the masks over all sparsified tensors."""
-        total = sum(self.params[name].numel() for name in self.masks)
-        return 1.0 - sum(count_active(self.masks, name) for name in self.masks) / total
+        return 1.0 - active_fraction(self.masks)
 
     def itop_rate(self) -> float:
-        """In-time over-parameterization rate: fraction of sparsified weights ever active so far."""
-        total = sum(self.params[name].numel() for name in self.ever_active)
-        return sum(count_active(self.ever_active, name) for name in self.ever_active) / total
+        """In-time over-parameterization rate: fraction of sparsified weights ever active so far
+        (:func:`sparsetrain.itop.pooled_itop` of :attr:`ever_active`)."""
+        return pooled_itop(self.ever_active)
 
     def report(self) -> SparsityReport:
-        """Per-tensor shape, nonzeros and sparsity measured from the weights."""
-        return self.enforcer.sparsity_report()
+        """Per-tensor shape, nonzeros and sparsity measured from the weights; under a pattern each tensor's note
+        says whether it follows the pattern or is kept dense (and why)."""
+        return self.enforcer.sparsity_report(notes=self._pattern_notes() if self.pattern is not None else None)
+
+    def _pattern_notes(self) -> dict[str, str]:
+        """name -> the pattern, or why the tensor is kept dense."""
+        groups = self.nm_budget().groups
+        return {name: str(self.pattern) if name in groups else
+                f"kept dense: {layout.dense_reason or 'pinned dense'}" for name, layout in self.layouts.items()}
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -435,12 +560,14 @@ class Sparsifier:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["generator"] = self.generator.get_state()
+        # Subscribers belong to the live object (loggers, open files): a copy starts with none.
+        state.pop("subscribers", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         generator = torch.Generator()
         generator.set_state(state["generator"])
-        self.__dict__.update({**state, "generator": generator})
+        self.__dict__.update({**state, "generator": generator, "subscribers": TopologySubscribers()})
 
 
 def _portable(value: Any) -> Any:

@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train the grid's unfinished jobs (a line per job), then write the report; status 1 if a job failed."""
-    from sparsetrain.experiment.reproduce import SETTINGS, plan_jobs, run_jobs
-    from sparsetrain.experiment.reproduce_report import record_invocation, write_report
+    from sparsetrain.studies.reproduce import SETTINGS, plan_jobs, run_jobs
+    from sparsetrain.studies.reproduce_report import record_invocation, write_report
 
     if args.workers < 1:
         raise CliError(f"argument --workers: {args.workers} is not allowed: expected an int >= 1")

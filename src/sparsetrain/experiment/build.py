@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 #: Sparsifier arguments that have their own config field (sparse.options may not set them).
 RESERVED_METHOD_OPTIONS = {"sparsity": "sparse.sparsity", "total_steps": "train.epochs",
                            "update_every": "sparse.update_every", "distribution": "sparse.distribution",
-                           "scope": "sparse.scope", "seed": "train.seed", "backend": "sparse.backend"}
+                           "scope": "sparse.scope", "seed": "train.seed", "pattern": "sparse.pattern",
+                           "backend": "sparse.backend"}
 
 
 @dataclass
@@ -144,14 +145,21 @@ def build_sparsifier(config: ExperimentConfig, model: nn.Module, optimizer: torc
     if isinstance(masks_file, str):
         sparse = dataclasses.replace(sparse, options={**sparse.options, "masks": load_masks_file(masks_file)})
     backend = sparse.backend
+    if sparse.pattern is not None:  # sparse storage trains unstructured masks only
+        if backend == "sparse":
+            raise ConfigError(f"sparse.backend='sparse' is not allowed with sparse.pattern={sparse.pattern!r}: sparse "
+                              "storage trains unstructured masks only; use sparse.backend dense or auto")
+        backend = "dense"
     if config.train.precision != "fp32":  # sparse layers run their own kernels, outside autocast
         if backend == "sparse":
             raise ConfigError(f"sparse.backend='sparse' is not allowed with train.precision={config.train.precision!r}"
                               ": sparse layers train in float32; use train.precision fp32, or sparse.backend dense")
         backend = "dense"
-    kwargs: dict[str, Any] = dict(sparsity=sparse.sparsity, total_steps=total_steps,
+    kwargs: dict[str, Any] = dict(sparsity=sparse.target_sparsity(), total_steps=total_steps,
                                   update_every=sparse.update_every, seed=config.train.seed, backend=backend,
                                   **sparse.options)
+    if sparse.pattern is not None:
+        kwargs["pattern"] = sparse.pattern
     if sparse.distribution is not None:
         kwargs["distribution"] = sparse.distribution
     if sparse.scope is not None:
@@ -177,7 +185,7 @@ def method_options_help() -> str:
     own = ", ".join(f"{name} ({path})" for name, path in RESERVED_METHOD_OPTIONS.items())
     return (f"method options (--method-option NAME=VALUE, or sparse.options in a config; masks=PATH reads a run's "
             f"masks.pt; init_data is the run's training set). Set through their own fields instead: {own}.\n"
-            + describe(exclude=(*RESERVED_METHOD_OPTIONS, "init_data")))
+            + describe(sparsetrain.METHODS, exclude=(*RESERVED_METHOD_OPTIONS, "init_data")))
 
 
 def load_masks_file(path: str) -> dict[str, torch.Tensor]:
@@ -305,7 +313,7 @@ def attach_sparsifier(exp: Experiment, total_steps: int | None = None) -> None:
 def rewrap_sparse_layers(exp: Experiment) -> None:
     """Wrap the model in DistributedDataParallel again when sparse storage holds layers of it: attaching replaced
     their weights by values parameters, and loading a checkpoint may resize them, while DDP sizes its gradient
-    buckets at construction (see :func:`sparsetrain.backends.distributed_data_parallel`)."""
+    buckets at construction (see :func:`sparsetrain.sparse.backend.distributed_data_parallel`)."""
     if exp.parallel.distributed and exp.sparsifier is not None and getattr(exp.sparsifier.enforcer, "layers", None):
         exp.train_model = None
         gc.collect()  # the old wrapper must let go of the parameters before the new one takes them

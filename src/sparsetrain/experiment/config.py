@@ -25,9 +25,10 @@ from typing import Any, Union
 
 import yaml
 
-from sparsetrain.backends import BACKENDS
+from sparsetrain.enforcement import BACKENDS
 from sparsetrain.distributions import DISTRIBUTIONS
 from sparsetrain.identity import identity_hash
+from sparsetrain.nm import NMPattern
 from sparsetrain.selection import SCOPES
 
 __all__ = [
@@ -109,6 +110,20 @@ def option(
     return field(default=default, metadata=metadata)
 
 
+def _trackers(kinds: list[str]) -> bool:
+    from .loggers import LOGGERS
+
+    return len(set(kinds)) == len(kinds) and all(kind in LOGGERS for kind in kinds)
+
+
+def _is_pattern(v: str) -> bool:
+    """``"N:M"`` spelled as the run identity keeps it (no spaces: one spelling, one run name)."""
+    try:
+        return str(NMPattern.parse(v)) == v
+    except ValueError:
+        return False
+
+
 def _nonneg(v: float) -> bool:
     return v >= 0
 
@@ -178,12 +193,24 @@ class SparseConfig:
     scope: str | None = option(None, "layer: each layer ranked on its own; global: one ranking over all layers "
                                "(none: the method's default)", flag="--sparse-scope", choices=SCOPES)
     update_every: int = option(100, "ΔT: optimizer steps between topology updates", check=(_positive, "an int > 0"))
+    pattern: str | None = option(None, "N:M structured sparsity, e.g. 2:4: every group of M consecutive weights along "
+                                 "a layer's reduction dim keeps N; sparse.sparsity at its default then means 1 - N/M "
+                                 "(none: unstructured)", check=(_is_pattern, "'N:M' with integers 1 <= N < M, e.g. "
+                                                                            "2:4"))
     backend: str = option("auto", "where the sparsified weights live: dense (bool masks over dense weights), sparse "
                           "(Linear layers store and train only their active weights), auto (sparse for the Linear "
-                          "layers where that is measured faster, see sparsetrain.backends; dense with autocast)",
+                          "layers where that is measured faster, see sparsetrain.sparse.backend; dense with autocast)",
                           choices=BACKENDS)
     options: dict[str, Any] = option({}, "method-specific keyword arguments (e.g. initial_sparsity, drop_fraction)",
                                      flag="--method-option")
+
+    def target_sparsity(self) -> float:
+        """The sparsity the method trains to: ``sparsity``, or with a ``pattern`` and ``sparsity`` left at its
+        default, the pattern's ``1 - N/M`` (a sparsity given that differs from it is refused by the method)."""
+        default = next(f.default for f in dataclasses.fields(self) if f.name == "sparsity")
+        if self.pattern is not None and self.sparsity == default:
+            return NMPattern.parse(self.pattern).sparsity
+        return self.sparsity
 
 
 @dataclass
@@ -207,6 +234,9 @@ class TrainConfig:
                                  check=(_positive, "an int > 0 or none"), hashed=False)
     num_workers: int = option(0, "DataLoader worker processes", check=(_nonneg, "an int >= 0"), hashed=False)
     deterministic: bool = option(True, "torch.use_deterministic_algorithms (warn only)", hashed=False)
+    log: list[str] = option([], "experiment trackers the run also logs to: tensorboard (event files in "
+                            "<run>/tensorboard), mlflow (<runs-dir>/mlflow.db); each needs the extra of its name",
+                            check=(_trackers, "tensorboard and/or mlflow, each once"), hashed=False)
 
 
 SECTIONS: dict[str, type] = {

@@ -527,7 +527,7 @@ def _resize(param: nn.Parameter, values: Tensor, grad: Tensor | None) -> None:
     gradient accumulator of the new size: the old one, which an earlier graph or a DistributedDataParallel wrapper
     may still hold, keeps the old size. Where the swap is refused (something outside Python, such as a live DDP
     reducer, holds the tensor) the data is replaced in place instead, and the holder must let go before the next
-    backward pass (see :func:`sparsetrain.backends.distributed_data_parallel`).
+    backward pass (see :func:`sparsetrain.sparse.backend.distributed_data_parallel`).
     """
     fresh = nn.Parameter(values, requires_grad=param.requires_grad)
     fresh.grad = grad

@@ -1,6 +1,7 @@
 """Storage backends: where the sparsified weights live, behind the mask-enforcement boundary.
 
-A sparsifier's ``backend`` option chooses the storage (:func:`make_enforcer`):
+A sparsifier's ``backend`` option chooses the storage (:func:`sparsetrain.enforcement.make_enforcer`; this module
+registers "sparse" and "auto" there when it is imported, which ``import sparsetrain`` does):
 
 * ``"dense"`` (the default): bool masks over dense weights, :class:`~sparsetrain.enforcement.DenseMaskEnforcer`.
   Every tensor of any module can be sparsified; a training step costs what the dense step costs.
@@ -44,7 +45,7 @@ How the methods run on it without caring: ``sparsifier.masks`` is a :class:`Spar
 built from a layer's index set when asked; ``count(name)`` without building it); the positions ever active are a
 :class:`PackedMasks` (one bit per weight). A method's update asks the enforcer, which works on the active values
 (drop by ``|w|``, pruning by magnitude with the same exact top-k and tie rule, lowest position first) and on row
-blocks of the dense growth score (:func:`~sparsetrain.sparse.topology.topk_positions`). For growth by gradient the
+blocks of the dense growth score (:func:`~sparsetrain.streaming_topk.topk_positions`). For growth by gradient the
 dense gradient is computed one layer at a time, in row blocks, from the layer's inputs and output gradients kept
 during the backward of the steps where ``sparsifier.needs_dense_gradient(step)`` (RigL's and GraNet's update steps,
 never SET's or GMP's; SNFS reads it every step). Given the same weights and gradients the masks are the same as on
@@ -62,23 +63,21 @@ import torch
 from torch import Tensor, nn
 from torch import distributed as dist
 
-from .enforcement import DenseMaskEnforcer, GradientCallback, MaskEnforcer, MaskSource
-from .masks import FlatMask, LayerSparsity, SparsityReport, random_masks
-from .optim_state import swap_parameter
-from .scores import Growth, growth_scores, warn_no_gradient
-from .selection import Budget, keep_top
-from .sparse.topology import topk_positions
-from .sparse.trainable import TrainableSparseLinear
-from .topk import topk_mask
-from .updates import regrow, swap_count
+from sparsetrain.enforcement import DenseMaskEnforcer, GradientCallback, MaskEnforcer, MaskSource, register_backend
+from sparsetrain.masks import FlatMask, LayerSparsity, SparsityReport, random_masks
+from sparsetrain.nm import NMLayout, NMPattern
+from sparsetrain.optim_state import swap_parameter
+from sparsetrain.scores import Growth, growth_scores, warn_no_gradient
+from sparsetrain.selection import Budget, Groups, keep_top
+from sparsetrain.sparse.trainable import TrainableSparseLinear
+from sparsetrain.streaming_topk import topk_positions
+from sparsetrain.topk import topk_mask
+from sparsetrain.updates import regrow, swap_count
 
-__all__ = ["BACKENDS", "AUTO_MAX_DENSITY", "AUTO_MIN_WEIGHTS", "make_enforcer", "sparse_is_faster",
-           "SparseEnforcer", "SparseMasks", "PackedMasks", "distributed_data_parallel"]
+__all__ = ["AUTO_MAX_DENSITY", "AUTO_MIN_WEIGHTS", "sparse_is_faster", "SparseEnforcer", "SparseMasks",
+           "PackedMasks", "distributed_data_parallel"]
 
 logger = logging.getLogger(__name__)
-
-#: The storage backends a sparsifier's ``backend`` option takes.
-BACKENDS = ("dense", "sparse", "auto")
 
 #: "auto" holds a Linear sparse at most this dense at attach: the measured break-even of a whole training step
 #: (docs/benchmarks/sparse_training.md, "Break-even"), with a margin.
@@ -91,29 +90,6 @@ GROWTH_BLOCK = 1 << 18
 #: ... except that a block has at least this many rows, so that the dense gradient's matrix products stay efficient
 #: for very wide layers (64 rows of a 65,536-wide layer: 16 MiB).
 GROWTH_MIN_ROWS = 64
-
-
-def make_enforcer(backend: str, model: nn.Module, params: dict[str, nn.Parameter],
-                  optimizer: torch.optim.Optimizer | None, source: MaskSource, *, mask_gradients: bool = True,
-                  fused_step: bool = True) -> MaskEnforcer:
-    """The enforcer of a storage backend (see the module docstring).
-
-    Args:
-        backend: one of :data:`BACKENDS`.
-        model: the model (sparse storage replaces modules in it at attach).
-        params: name -> the sparsified parameters (the sparsifier's own dict: sparse storage puts a ``meta``
-            stand-in of the dense shape in place of each weight it holds).
-        optimizer / source / mask_gradients / fused_step: as :class:`~sparsetrain.enforcement.MaskEnforcer`.
-
-    Raises:
-        ValueError: an unknown backend, or sparse storage without an optimizer or on a DDP wrapper.
-    """
-    if backend == "dense":
-        return DenseMaskEnforcer(params, optimizer, source, mask_gradients=mask_gradients, fused_step=fused_step)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not allowed: choose one of {', '.join(map(repr, BACKENDS))}")
-    return SparseEnforcer(model, params, optimizer, source, auto=backend == "auto", mask_gradients=mask_gradients,
-                          fused_step=fused_step)
 
 
 def sparse_is_faster(shape: tuple[int, ...], density: float, dtype: torch.dtype, device: torch.device) -> bool:
@@ -167,6 +143,10 @@ class SparseMasks(Mapping[str, Tensor]):
         """Active entries of ``name``, without building its mask."""
         layer = self._enforcer.layers.get(name)
         return layer.nnz if layer is not None else int(torch.count_nonzero(self._enforcer.dense_masks[name]))
+
+    def numel(self, name: str) -> int:
+        """Entries of ``name`` (active or not), without building its mask."""
+        return self._enforcer.params[name].numel()
 
     def positions(self, name: str) -> Tensor:
         """The active flat positions (int64, increasing) of ``name``."""
@@ -228,6 +208,10 @@ class PackedMasks(Mapping[str, Tensor]):
     def __len__(self) -> int:
         return len(self.shapes)
 
+    def numel(self, name: str) -> int:
+        """Entries of ``name`` (active or not), without unpacking it."""
+        return math.prod(self.shapes[name])
+
     def count(self, name: str) -> int:
         """Active entries of ``name``, without unpacking it."""
         stored = self.store[name]
@@ -235,6 +219,13 @@ class PackedMasks(Mapping[str, Tensor]):
             return int(stored.numel())
         return sum(int(_POPCOUNT.index_select(0, stored[i:i + _COUNT_CHUNK].long()).sum())
                    for i in range(0, stored.shape[0], _COUNT_CHUNK))
+
+
+def _refuse_pattern(pattern: NMPattern | None) -> None:
+    """Sparse storage holds unstructured masks only (the sparsifier refuses ``backend='sparse'`` with a pattern)."""
+    if pattern is not None:
+        raise ValueError(f"pattern='{pattern}' is not allowed on sparse storage: it trains unstructured masks only "
+                         "(use backend='dense')")
 
 
 def _positions(mask: Tensor | FlatMask) -> Tensor:
@@ -295,7 +286,8 @@ class SparseEnforcer(MaskEnforcer):
 
     Args:
         model: the model (not a DDP or DataParallel wrapper).
-        params / optimizer / source / mask_gradients / fused_step: as :func:`make_enforcer`.
+        params / optimizer / source / mask_gradients / fused_step: as
+            :func:`~sparsetrain.enforcement.make_enforcer`.
         auto: hold a Linear sparse only where :func:`sparse_is_faster` says so (else: every Linear it can hold).
 
     Attributes:
@@ -510,13 +502,16 @@ class SparseEnforcer(MaskEnforcer):
 
     # -- topology ---------------------------------------------------------------------------------------------------
     def random_masks(self, sparsity: float, distribution: str, generator: torch.Generator, *, scope: str,
-                     fixed: Mapping[str, float]) -> dict[str, Tensor | FlatMask]:
+                     fixed: Mapping[str, float], pattern: NMPattern | None = None,
+                     layouts: Mapping[str, NMLayout] | None = None) -> dict[str, Tensor | FlatMask]:
+        _refuse_pattern(pattern)
         flat = self.layers if self._laid_out else self._slots
         return random_masks(self.params, sparsity, distribution, generator, scope=scope, fixed=fixed, flat=flat)
 
     def drop_and_grow(self, masks: Mapping[str, Tensor], fraction: float, growth: Growth,
-                      generator: torch.Generator, *, mode: str, rounding: str
-                      ) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
+                      generator: torch.Generator, *, mode: str, rounding: str,
+                      groups: Mapping[str, Groups] | None = None) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
+        _refuse_pattern(next(iter(groups.values())).pattern if groups else None)
         dense_params = self.dense.params if self.dense is not None else {}
         if growth == "gradient" and not self._ready and all(p.grad is None for p in dense_params.values()):
             warn_no_gradient()
@@ -628,13 +623,19 @@ class SparseEnforcer(MaskEnforcer):
             else:
                 record.add(name, _positions(masks[name]))
 
-    def sparsity_report(self) -> SparsityReport:
+    def sparsity_report(self, notes: Mapping[str, str] | None = None) -> SparsityReport:
         rows = []
         for name, param in self.params.items():
             layer = self.layers.get(name)
             tensor = layer.weight_values if layer is not None else param
-            rows.append(LayerSparsity(name, tuple(param.shape), param.numel(), int(torch.count_nonzero(tensor))))
+            rows.append(LayerSparsity(name, tuple(param.shape), param.numel(), int(torch.count_nonzero(tensor)),
+                                      (notes or {}).get(name, "")))
         return SparsityReport(rows)
+
+    def dense_gradients(self) -> Mapping[str, Tensor | None]:
+        """The masked-dense tensors' gradients; None for the held layers, whose dense gradient exists only in row
+        blocks during the update (a topology event then has no ``grad_share`` for them)."""
+        return {name: None if name in self.layers else param.grad for name, param in self.params.items()}
 
     @torch.no_grad()
     def export(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -656,3 +657,15 @@ class SparseEnforcer(MaskEnforcer):
         if self.dense is not None:
             result.update(self.dense.export(self.dense_masks))
         return {name: result[name] for name in self.params}
+
+
+def _sparse_enforcer(auto: bool):  # noqa: ANN202
+    def build(model: nn.Module, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer | None,
+              source: MaskSource, *, mask_gradients: bool, fused_step: bool) -> MaskEnforcer:
+        return SparseEnforcer(model, params, optimizer, source, auto=auto, mask_gradients=mask_gradients,
+                              fused_step=fused_step)
+    return build
+
+
+register_backend("sparse", _sparse_enforcer(auto=False))
+register_backend("auto", _sparse_enforcer(auto=True))
