@@ -7,8 +7,8 @@ weights: 16 GiB dense in float32, 48 GiB with its gradient and SGD's momentum, o
 (``backend="sparse"``) only the 0.1% active weights exist, with their gradient and momentum:
 
 * the model is built on the ``meta`` device, so no dense weight is ever allocated; attaching the sparsifier
-  materialises each Linear sparse, drawing its active weights from nn.Linear's default initialisation (then scaled
-  to each unit's active fan-in, Evci et al. 2022);
+  materialises each Linear sparse, drawing its active weights from nn.Linear's default initialisation, then
+  scales each unit's to its active fan-in (``sparse_init="fan_in"``, the default; Evci et al. 2022);
 * the random initial masks (ERK) are drawn in blocks of scores, never as a dense score or bool tensor;
 * SET's random growth is drawn in row blocks; RigL's dense gradient is computed on its update steps only, one layer
   at a time, in row blocks, each block ranked on the fly (``sparsetrain.streaming_topk.topk_positions``).
@@ -61,15 +61,6 @@ method = {"set": sparsetrain.SET, "rigl": sparsetrain.RigL}[args.method]
 started = time.perf_counter()
 sparsifier = method(model, optimizer, sparsity=sparsity, total_steps=total_steps, distribution=distribution,
                     update_every=update_every, seed=seed, backend="sparse")
-# Sparsity-aware initialisation (Evci et al., AAAI 2022, "Gradient Flow in Sparse Neural Networks"): a unit with k of
-# its n inputs active gets its initial weights scaled by sqrt(n / k), so that its pre-activation has the variance
-# the dense initialisation gives a dense unit. Without it the 37-input units of the middle layer start with a
-# signal 10x too weak.
-with torch.no_grad():
-    for layer in sparsifier.enforcer.layers.values():
-        active = layer.weight_crow_indices.diff()
-        scale = (layer.in_features / active.clamp(min=1).to(torch.float32)).sqrt()
-        layer.weight_values.mul_(torch.repeat_interleave(scale, active.long(), output_size=layer.nnz))
 print(f"{args.method}: {sparsifier.current_sparsity():.4%} sparse, attached in {time.perf_counter() - started:.0f}s")
 dense_weights = sum(math.prod(sparsifier.params[name].shape) for name in sparsifier.params)
 print(f"{sparsifier.report()}\ndense form: {dense_weights:,} weights = {dense_weights * 4 / 2**30:.1f} GiB "

@@ -153,8 +153,8 @@ def test_auto_that_holds_nothing_sparse_is_the_dense_path_bit_for_bit(name):
 
 
 def _exact_setup(backend: str, spec: dict):  # noqa: ANN202
-    """Integer weights, inputs and output gradients, SGD with lr 1: every product is exact in float32, so both
-    backends see bit-identical weights and gradients (with many ties)."""
+    """Integer weights (not rescaled: ``sparse_init="none"``), inputs and output gradients, SGD with lr 1: every
+    product is exact in float32, so both backends see bit-identical weights and gradients (with many ties)."""
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 6))
     with torch.no_grad():
@@ -163,7 +163,7 @@ def _exact_setup(backend: str, spec: dict):  # noqa: ANN202
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     options = {k: v for k, v in spec.items() if k != "method"}
     sp = sparsetrain.METHODS[spec["method"]](model, opt, sparsity=0.7, total_steps=4, seed=5, backend=backend,
-                                             **{**options, "update_every": 1})
+                                             sparse_init="none", **{**options, "update_every": 1})
     g = torch.Generator().manual_seed(2)
     x = torch.randint(-2, 3, (4, 12), generator=g).float()
     upstream = torch.randint(-1, 2, (4, 6), generator=g).float()
@@ -389,10 +389,11 @@ def test_a_meta_model_is_materialised_sparse_with_the_masks_a_real_one_would_dra
     with torch.device("meta"):
         model = nn.Sequential(nn.Linear(50, 400), nn.ReLU(), nn.Linear(400, 7))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sp = sparsetrain.SET(model, opt, sparsity=0.95, total_steps=20, update_every=2, seed=9, backend="sparse")
+    sp = sparsetrain.SET(model, opt, sparsity=0.95, total_steps=20, update_every=2, seed=9, backend="sparse",
+                         sparse_init="none")
     torch.manual_seed(0)
     real = sparsetrain.SET(nn.Sequential(nn.Linear(50, 400), nn.ReLU(), nn.Linear(400, 7)), None, sparsity=0.95,
-                           total_steps=20, update_every=2, seed=9)
+                           total_steps=20, update_every=2, seed=9, sparse_init="none")
     assert_same_masks(real, sp)
     assert not any(p.is_meta for p in model.parameters())
     assert all(p.dim() == 1 for group in opt.param_groups for p in group["params"])

@@ -163,6 +163,14 @@ def _rigl_pattern_with_a_scope(cwd):
     sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", scope="global", total_steps=100)
 
 
+def _lottery_linear_without_final(cwd):
+    sparsetrain.studies.LotteryConfig(schedule="linear")
+
+
+def _lottery_rounds_and_targets(cwd):
+    sparsetrain.studies.LotteryConfig(sparsities=(0.5, 0.8), rounds=3)
+
+
 def _rigl_pattern_on_sparse_storage(cwd):
     sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", total_steps=100, backend="sparse")
 
@@ -238,9 +246,16 @@ CASES = {
     63: (_train("--method", "rigl", "--pattern", "2:2"), None),
     64: (_train("--method", "rigl", "--pattern", "2:4", "--sparsity", "0.75"), None),
     65: (_rigl_pattern_with_a_scope, None),
-    66: (_rigl_pattern_on_sparse_storage, None),
-    67: (_train("--method", "rigl", "--pattern", "2:4", "--backend", "sparse"), None),
-    68: (_sparse_storage_without_optimizer, None),
+    66: (_train("--model", "nosuch_module:make"), None),
+    67: (_train("--method", "rigl", "--method-option", "sparse_init=he"), None),
+    68: (["lottery", "--sparsities", "0.5", "0.4", "--runs-dir", "runs", "--no-progress"], None),
+    69: (["lottery", "--schedule", "linear", "--prune-rate", "0.3", "--runs-dir", "runs", "--no-progress"], None),
+    70: (["lottery", "--rewind-step", "10", "--rank-step", "5", "--runs-dir", "runs", "--no-progress"], None),
+    71: (_lottery_linear_without_final, None),
+    72: (_lottery_rounds_and_targets, None),
+    73: (_rigl_pattern_on_sparse_storage, None),
+    74: (_train("--method", "rigl", "--pattern", "2:4", "--backend", "sparse"), None),
+    75: (_sparse_storage_without_optimizer, None),
 }
 _RUNS: dict[str, str] = {}
 

@@ -57,6 +57,7 @@ from .optim_state import mask_optimizer_state
 from .scores import Growth, growth_scores, magnitude_scores
 from .nm import NMLayout, NMPattern
 from .selection import Budget, Groups, keep_top
+from .sparse_init import scale_to_active_fan_in
 from .updates import regrow
 
 __all__ = ["MaskSource", "MaskEnforcer", "DenseMaskEnforcer", "GradientCallback", "BACKENDS", "EnforcerFactory",
@@ -175,6 +176,12 @@ class MaskEnforcer(ABC):
         """Add ``masks`` to a record from :meth:`track_active`."""
 
     @abstractmethod
+    def scale_to_active_fan_in(self, masks: Mapping[str, Tensor | FlatMask]) -> dict[str, float]:
+        """Before the first :meth:`apply`: rescale each unit's initial weights to its active fan-in under ``masks``
+        (:func:`sparsetrain.sparse_init.scale_to_active_fan_in`); returns name -> RMS factor of the rescaled
+        tensors."""
+
+    @abstractmethod
     def sparsity_report(self, notes: Mapping[str, str] | None = None) -> SparsityReport:
         """Per-tensor shape, nonzeros and sparsity measured from the weights (``notes``: name -> text in the rows)."""
 
@@ -291,6 +298,9 @@ class DenseMaskEnforcer(MaskEnforcer):
     def record_active(self, record: MutableMapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
         for name, mask in masks.items():
             record[name] |= mask
+
+    def scale_to_active_fan_in(self, masks: Mapping[str, Tensor | FlatMask]) -> dict[str, float]:
+        return scale_to_active_fan_in(self.params, masks)
 
     def sparsity_report(self, notes: Mapping[str, str] | None = None) -> SparsityReport:
         return sparsity_report(self.params, notes=notes)

@@ -27,6 +27,7 @@ __all__ = [
     "PRUNABLE_MODULES",
     "select_prunable",
     "select_named",
+    "paired_biases",
     "resolve_overrides",
     "random_masks",
     "FlatMask",
@@ -150,13 +151,16 @@ def select_prunable(
 def select_named(model: nn.Module, names: Iterable[str], arg: str = "masks") -> dict[str, nn.Parameter]:
     """The parameters named exactly ``names`` (e.g. the keys of given masks), in model order.
 
+    Any tensor with at least one dimension may be named (a bias too, e.g. a lottery ticket that prunes biases with
+    their weights); the default selection (:func:`select_prunable`) keeps to weights with >= 2 dims.
+
     Args:
         model: the model (a ``DistributedDataParallel`` / ``DataParallel`` wrapper is looked through).
         names: fully-qualified parameter names.
         arg: the argument the names come from, for messages.
 
     Raises:
-        ValueError: no name, a name that is not a parameter of the model, or a tensor with fewer than 2 dims.
+        ValueError: no name, a name that is not a parameter of the model, or a scalar.
     """
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
@@ -168,11 +172,35 @@ def select_named(model: nn.Module, names: Iterable[str], arg: str = "masks") -> 
         if name not in params:
             raise ValueError(f"{arg}: {name!r} is not a parameter of the model; parameters are e.g. "
                              f"{', '.join(list(params)[:6])}")
-        if params[name].dim() < 2:
-            raise ValueError(f"{arg}: {name!r} has shape {tuple(params[name].shape)}; only tensors with >= 2 dims "
-                             "can be sparsified")
+        if params[name].dim() < 1:
+            raise ValueError(f"{arg}: {name!r} is a scalar (shape ()); only tensors with >= 1 dim can be masked")
     chosen = set(wanted)
     return {name: param for name, param in params.items() if name in chosen}
+
+
+def paired_biases(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
+    """The bias of each named weight's own module, where it has one: weight name -> bias name.
+
+    The bias of ``<module>.weight`` is ``<module>.bias``; of an RNN's ``weight_ih_l0``, ``bias_ih_l0``; of
+    attention's ``in_proj_weight``, ``in_proj_bias`` (the local name with "weight" replaced by "bias"). Weights
+    without one (``bias=False``, embeddings) are left out.
+
+    Args:
+        model: the model (a ``DistributedDataParallel`` / ``DataParallel`` wrapper is looked through).
+        names: fully-qualified weight names, e.g. the keys of :func:`select_prunable`.
+    """
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    owners = _owner_names(model)
+    params = dict(model.named_parameters())
+    pairs = {}
+    for name in names:
+        module, local = owners[name]
+        bias_local = local.replace("weight", "bias", 1)
+        bias = name[: len(name) - len(local)] + bias_local
+        if bias_local != local and isinstance(getattr(module, bias_local, None), nn.Parameter) and bias in params:
+            pairs[name] = bias
+    return pairs
 
 
 def resolve_overrides(

@@ -60,7 +60,8 @@ class Progress:
     """tqdm progress bar on stderr with loss, accuracy, sparsity; one line per epoch.
 
     Args:
-        enabled: show the bar and the epoch lines (the resume note is shown either way).
+        enabled: show the bar and the epoch lines (the resume note, and the note of a run still at chance after
+            its first epoch, :func:`sparsetrain.experiment.diagnosis.chance_note`, are shown either way).
     """
 
     def __init__(self, enabled: bool) -> None:
@@ -106,16 +107,28 @@ class Progress:
                                  sparsity=num(values["sparsity"]), refresh=False)
 
     def on_epoch(self, trainer: Any, record: dict[str, Any]) -> None:
+        if record["epoch"] == 1:
+            from sparsetrain.experiment.diagnosis import chance_note
+
+            message = chance_note(trainer.exp, record)
+            if message is not None:
+                self.write(f"{PROG}: {trainer.run.name}: {message}")
         if not self.enabled:
             return
         line = (f"{trainer.run.name} epoch {record['epoch']}/{trainer.config.train.epochs} step {record['step']}: "
                 f"train loss {num(record['train_loss'])} acc {num(record['train_acc'])} | "
                 f"val acc {num(record['val_acc'])} | test acc {num(record['test_acc'])} | "
                 f"sparsity {num(record['sparsity'])} | lr {record['lr']:.3g}")
+        self.write(line)
+
+    def write(self, line: str) -> None:
+        """A line on stderr, above the bar if one is shown (main process only)."""
+        if not is_main_process():
+            return
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:
-            print(line, file=sys.stderr)
+            print(line, file=sys.stderr, flush=True)
 
     def on_end(self, trainer: Any, summary: dict[str, Any]) -> None:
         self.close()

@@ -3,11 +3,21 @@
 A builder is `builder(input_shape, num_classes, vocab_size, **its_options) -> nn.Module`. Each model
 adapts to the per-sample `input_shape` and to `num_classes`; models that accept token inputs (int64
 ids, `input_shape == (seq_len,)`) take `vocab_size`, the others reject it.
+
+A user's own model is named `package.module:factory` (see :func:`is_factory`). The contract of a factory:
+`factory(input_shape, num_classes, **options) -> nn.Module`, called with the per-sample input shape as a tuple of
+ints and the number of classes as the built-in models are, the model options (`--model-option`) as keywords, and
+`vocab_size=<int>` as a keyword too when the dataset holds token ids. The module is imported by name: it must be
+importable from the current directory or from `PYTHONPATH`.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
+import re
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +27,48 @@ _RESERVED = ("input_shape", "num_classes", "vocab_size")
 
 Builder = Callable[..., nn.Module]
 _BUILDERS: dict[str, Builder] = {}
+_FACTORY = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+
+#: How a user's factory is written where a model name is expected.
+FACTORY_FORM = "package.module:factory"
+
+
+def is_factory(name: str) -> bool:
+    """Whether ``name`` names a user's model factory, ``package.module:factory`` (dotted Python identifiers)."""
+    return isinstance(name, str) and _FACTORY.fullmatch(name) is not None
+
+
+def load_factory(name: str) -> Callable[..., nn.Module]:
+    """The callable that ``package.module:factory`` names, imported from the current directory or ``PYTHONPATH``.
+
+    Raises:
+        ValueError: not of that form, a module that cannot be imported, no such attribute, or not callable (one
+            line each, naming the model).
+    """
+    if not is_factory(name):
+        raise ValueError(f"model {name!r} is not allowed: a user's model is named {FACTORY_FORM}")
+    module_name, _, attribute = name.partition(":")
+    here = os.getcwd()
+    added = here not in sys.path and "" not in sys.path
+    if added:  # the console script's sys.path starts at its own directory, not the current one
+        sys.path.insert(0, here)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module may raise anything on import
+        detail = " ".join(str(exc).split())
+        raise ValueError(f"model {name!r}: cannot import module {module_name!r} ({type(exc).__name__}: {detail}); "
+                         "it must be importable from the current directory or PYTHONPATH") from None
+    finally:
+        if added:
+            sys.path.remove(here)
+    factory: Any = module
+    for part in attribute.split("."):
+        if not hasattr(factory, part):
+            raise ValueError(f"model {name!r}: module {module_name!r} has no attribute {attribute!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise ValueError(f"model {name!r}: {attribute!r} is a {type(factory).__name__}, not a callable factory")
+    return factory
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
@@ -74,7 +126,8 @@ def build_model(
     """Build a registered model for inputs of `input_shape` and `num_classes` outputs.
 
     Args:
-        name: model name, one of `list_models()`.
+        name: model name, one of `list_models()`, or a user's factory as `package.module:factory` (see the
+            module docstring for its contract).
         input_shape: shape of one sample, e.g. (1, 40), (3, 32, 32), or (seq_len,) for token data.
         num_classes: number of output logits.
         vocab_size: number of token ids when the inputs are int64 tokens (then `input_shape` must be
@@ -85,13 +138,14 @@ def build_model(
         The model; its forward maps a (batch, *input_shape) tensor to (batch, num_classes) logits.
 
     Raises:
-        ValueError: unknown name or option, invalid argument, or a model that cannot take these inputs.
+        ValueError: unknown name or option, invalid argument, a model that cannot take these inputs, or a
+            factory that cannot be imported or does not return a module.
     """
-    builder = _lookup(name)
-    allowed = model_options(name)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; allowed: {sorted(allowed) or 'none'}")
+    if not is_factory(name):
+        allowed = model_options(name)
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for model {name!r}; allowed: {sorted(allowed) or 'none'}")
     shape = tuple(input_shape)
     if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
         raise ValueError(f"input_shape must be a non-empty tuple of positive ints, got {input_shape!r}")
@@ -102,10 +156,31 @@ def build_model(
             raise ValueError(f"vocab_size must be None or an int >= 1, got {vocab_size!r}")
         if len(shape) != 1:
             raise ValueError(f"token inputs (vocab_size set) need input_shape (seq_len,), got {shape}")
-    return builder(shape, num_classes, vocab_size, **options)
+    if is_factory(name):
+        return _build_from_factory(name, shape, num_classes, vocab_size, options)
+    return _lookup(name)(shape, num_classes, vocab_size, **options)
+
+
+def _build_from_factory(name: str, shape: tuple[int, ...], num_classes: int, vocab_size: int | None,
+                        options: dict[str, Any]) -> nn.Module:
+    """``factory(input_shape, num_classes, **options[, vocab_size=...])``, checked to give a module."""
+    factory = load_factory(name)
+    kwargs = dict(options) if vocab_size is None else {**options, "vocab_size": vocab_size}
+    try:
+        inspect.signature(factory).bind(shape, num_classes, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"model {name!r} cannot be called as factory(input_shape, num_classes"
+                         f"{''.join(f', {k}=...' for k in kwargs)}): {exc}") from None
+    except ValueError:  # no signature to inspect (a builtin): let the call decide
+        pass
+    model = factory(shape, num_classes, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {name!r} returned a {type(model).__name__}, expected a torch.nn.Module")
+    return model
 
 
 def _lookup(name: str) -> Builder:
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}, or a user's "
+                         f"{FACTORY_FORM}")
     return _BUILDERS[name]

@@ -69,6 +69,7 @@ from sparsetrain.nm import NMLayout, NMPattern
 from sparsetrain.optim_state import swap_parameter
 from sparsetrain.scores import Growth, growth_scores, warn_no_gradient
 from sparsetrain.selection import Budget, Groups, keep_top
+from sparsetrain.sparse_init import unit_factors
 from sparsetrain.sparse.trainable import TrainableSparseLinear
 from sparsetrain.streaming_topk import topk_positions
 from sparsetrain.topk import topk_mask
@@ -622,6 +623,25 @@ class SparseEnforcer(MaskEnforcer):
                 record.add(name, self.view.positions(name))
             else:
                 record.add(name, _positions(masks[name]))
+
+    @torch.no_grad()
+    def scale_to_active_fan_in(self, masks: Mapping[str, Tensor | FlatMask]) -> dict[str, float]:
+        """Lay the storage out for ``masks`` now, then scale each held layer's values row by row (a row's active
+        count is its fan-in) and the masked-dense tensors as the dense path does."""
+        if not self._laid_out:
+            self._lay_out(masks)
+        applied: dict[str, float] = {}
+        for name, layer in self.layers.items():
+            if layer.nnz == layer.in_features * layer.out_features:
+                continue
+            active = layer.weight_crow_indices.diff().long()
+            factors, applied[name] = unit_factors(active, layer.in_features, layer.weight_values.dtype)
+            layer.weight_values.mul_(torch.repeat_interleave(factors.to(layer.weight_values.device),
+                                                             active.to(layer.weight_values.device),
+                                                             output_size=layer.nnz))
+        if self.dense is not None:
+            applied.update(self.dense.scale_to_active_fan_in(self.dense_masks))
+        return {name: applied[name] for name in self.params if name in applied}
 
     def sparsity_report(self, notes: Mapping[str, str] | None = None) -> SparsityReport:
         rows = []
