@@ -243,11 +243,12 @@ def child_memory(args: argparse.Namespace) -> None:
 
     import torch
 
-    from sparsetrain.sparse import sddmm, spmm, topology
+    from sparsetrain import streaming_topk
+    from sparsetrain.sparse import sddmm, spmm
 
     torch.set_num_threads(args.threads)
     # Imports, the native libraries and the peers are loaded before the baseline; kernel buffers are not.
-    spmm.native_available(), sddmm.native_available(), topology._load(), _peer("sparselab"), _peer("sparseprop")
+    spmm.native_available(), sddmm.native_available(), streaming_topk._load(), _peer("sparselab"), _peer("sparseprop")
     probe = torch.zeros(1, requires_grad=True)
     probe.grad = torch.zeros(1)
     torch.optim.SGD([probe], lr=0.1, momentum=0.9).step()  # the optimizer's first use imports ~70 MB of modules
