@@ -83,8 +83,8 @@ def test_recipe_list_and_an_unknown_recipe(capsys: pytest.CaptureFixture) -> Non
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_trains_end_to_end_on_tiny_cifar_files(name: str, tmp_path: Path) -> None:
-    """The whole recipe, with only the budget cut (1 epoch of batch 4 on 24 generated images per split file), so
-    that it runs in seconds; the saved config is the recipe with those overrides."""
+    """The whole recipe, with only the budget cut (1 epoch at batch 8 on generated files of 6 images per CIFAR-10
+    file, 24 per CIFAR-100 file), so that it runs in seconds; the saved config is the recipe with those overrides."""
     kind = "cifar100" if "cifar100" in name else "cifar10"
     write_cifar(tmp_path / "data", kind, per_batch=24 if kind == "cifar100" else 6)
     runs = tmp_path / "runs"

@@ -160,7 +160,7 @@ class Sparsifier:
         Option("sparse_init", "fan_in", "fan_in: rescale each unit's initial weights to its active fan-in when the "
                "method starts sparse; none: keep the dense initialisation (with masks=..., applied only when given; "
                "default decided by docs/results/sparse_from_scratch.md)", "str", choices=SPARSE_INITS,
-               reference="Evci et al. 2022"),
+               reference="Evci et al. 2022", named_default="none"),
         Option("masks", None, "start from these masks (name -> bool tensor); they name the tensors to sparsify "
                "and give the default sparsity", "mapping", _check_masks, "parameter name -> bool tensor", none=True,
                stored=False),
@@ -186,6 +186,13 @@ class Sparsifier:
     def declared_options(cls) -> OptionSet:
         """The options of this method: its own and its bases', with this class's defaults."""
         return cls._declaration
+
+    @classmethod
+    def starts_sparse(cls, options: Mapping[str, Any]) -> bool:
+        """Whether the method, given these options, draws a sparse starting mask itself (``sparse_init`` acts on
+        it): True unless ``masks`` are given. The run identity (:meth:`OptionSet.identity`) counts ``sparse_init``
+        in force only then."""
+        return options.get("masks") is None
 
     # -- build: no side effects -----------------------------------------------------------------------------------
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **options: Any) -> None:

@@ -577,7 +577,10 @@ class ExperimentConfig:
         import sparsetrain
 
         cls = sparsetrain.METHODS.get(self.sparse.method)
-        return options if cls is None else cls.declared_options().identity(options)
+        if cls is None:
+            return options
+        return cls.declared_options().identity(options, in_force=("sparse_init",) if cls.starts_sparse(options)
+                                                else ())
 
     def config_hash(self, length: int = 8) -> str:
         """Short SHA-256 of the non-default identifying fields (stable across key order and new default fields)."""
