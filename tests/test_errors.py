@@ -171,6 +171,14 @@ def _lottery_rounds_and_targets(cwd):
     sparsetrain.studies.LotteryConfig(sparsities=(0.5, 0.8), rounds=3)
 
 
+def _rigl_pattern_on_sparse_storage(cwd):
+    sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", total_steps=100, backend="sparse")
+
+
+def _sparse_storage_without_optimizer(cwd):
+    sparsetrain.RigL(_model_and_optimizer()[0], None, sparsity=0.9, total_steps=100, backend="sparse")
+
+
 #: row number -> (argv or API callable, set-up or None); the rows' inputs and messages live in docs/errors.md.
 CASES = {
     1: (_train("--sparsity", "1.2"), None),
@@ -245,6 +253,9 @@ CASES = {
     70: (["lottery", "--rewind-step", "10", "--rank-step", "5", "--runs-dir", "runs", "--no-progress"], None),
     71: (_lottery_linear_without_final, None),
     72: (_lottery_rounds_and_targets, None),
+    73: (_rigl_pattern_on_sparse_storage, None),
+    74: (_train("--method", "rigl", "--pattern", "2:4", "--backend", "sparse"), None),
+    75: (_sparse_storage_without_optimizer, None),
 }
 _RUNS: dict[str, str] = {}
 

@@ -29,40 +29,55 @@ fall back to masking the gradients.
 Steps are counted in optimizer steps by a post-hook, so a step that ``GradScaler`` skips (non-finite gradients)
 is not counted and changes nothing.
 
-A second storage (weights stored sparse: only the active entries and their optimizer state kept) implements the
-same interface: :meth:`~MaskEnforcer.apply` re-lays the storage out for new masks (grown entries at zero),
-:meth:`~MaskEnforcer.attach` takes over the optimizer's step, ``optimizer_steps`` counts steps, and the dense
-gradient is materialised only on the steps where ``source.is_update_step`` asks for it.
+Topology updates are carried out by the enforcer too, because they read the weights where they live: a method says
+*what* to do (drop the smallest magnitudes and grow by a :data:`~sparsetrain.scores.Growth`, prune by magnitude
+under a :class:`~sparsetrain.selection.Budget`, draw random masks) and the enforcer does it on its storage
+(:meth:`MaskEnforcer.drop_and_grow`, :meth:`~MaskEnforcer.prune`, :meth:`~MaskEnforcer.random_masks`). Here that is
+the pure functions of :mod:`sparsetrain.updates` and :mod:`sparsetrain.selection` on dense score tensors. The
+second storage, :class:`sparsetrain.sparse.backend.SparseEnforcer` (Linear layers that store only their active weights),
+implements the same boundary: :meth:`~MaskEnforcer.apply` re-lays the storage out for new masks, the topology
+operations choose the same masks from the active values and from row blocks of the dense score, and the dense
+gradient is materialised only for the steps where ``source.needs_dense_gradient`` asks for it. The masks a
+sparsifier holds are whatever :meth:`~MaskEnforcer.apply` returns: here the dict it was given.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from .fused_step import MaskedStep
-from .masks import apply_masks
+from .masks import FlatMask, SparsityReport, apply_masks, random_masks, sparsity_report
 from .optim_state import mask_optimizer_state
+from .scores import Growth, growth_scores, magnitude_scores
+from .nm import NMLayout, NMPattern
+from .selection import Budget, Groups, keep_top
+from .sparse_init import scale_to_active_fan_in
+from .updates import regrow
 
-__all__ = ["MaskSource", "MaskEnforcer", "DenseMaskEnforcer", "GradientCallback"]
+__all__ = ["MaskSource", "MaskEnforcer", "DenseMaskEnforcer", "GradientCallback", "BACKENDS", "EnforcerFactory",
+           "register_backend", "make_enforcer"]
 
 logger = logging.getLogger(__name__)
 
-#: ``callback(params)``, run once per optimizer step when the gradients exist and before they are masked.
-GradientCallback = Callable[[Mapping[str, nn.Parameter]], None]
+#: ``callback(grads)``, run once per optimizer step with name -> dense gradient of the sparsified tensors that have
+#: one (before any masking).
+GradientCallback = Callable[[Mapping[str, Tensor]], None]
 
 
 class MaskSource(Protocol):
     """What an enforcer reads from its sparsifier: the masks now, and the update schedule."""
 
-    masks: dict[str, Tensor]
+    masks: Mapping[str, Tensor]
 
     def is_update_step(self, step: int) -> bool: ...
+
+    def needs_dense_gradient(self, step: int) -> bool: ...
 
 
 class MaskEnforcer(ABC):
@@ -82,6 +97,8 @@ class MaskEnforcer(ABC):
 
     optimizer_steps: int
     masks_every_step: bool
+    #: Attributes that a copy (deepcopy, pickle) starts empty: objects of this process's current step.
+    _transient: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Mapping[str, nn.Parameter], optimizer: torch.optim.Optimizer | None,
                  source: MaskSource, *, mask_gradients: bool = True, fused_step: bool = True) -> None:
@@ -107,23 +124,102 @@ class MaskEnforcer(ABC):
         """Stop enforcing: the model and optimizer go on as plain PyTorch objects."""
 
     @abstractmethod
-    def apply(self, masks: Mapping[str, Tensor], *, also_zero: Mapping[str, Tensor] | None = None,
-              refresh: bool = True) -> None:
+    def apply(self, masks: Mapping[str, Tensor | FlatMask], *, also_zero: Mapping[str, Tensor] | None = None,
+              refresh: bool = True) -> Mapping[str, Tensor]:
         """Make the weights and their optimizer state follow ``masks`` now.
 
         Args:
-            masks: name -> bool mask.
+            masks: name -> bool mask (or :class:`~sparsetrain.masks.FlatMask`, from :meth:`random_masks`).
             also_zero: name -> bool positions that restart at zero too (grown weights and their state).
             refresh: the masks may have been edited in place (rebuild anything derived from them).
+
+        Returns:
+            The masks the sparsifier holds from now on (name -> bool tensor).
         """
 
     @abstractmethod
     def gradients_finite(self) -> bool:
         """Whether every sparsified gradient is finite (a topology update on a non-finite one is skipped)."""
 
+    # -- topology: a method's update, carried out where the weights live -------------------------------------------
+    @abstractmethod
+    def random_masks(self, sparsity: float, distribution: str, generator: torch.Generator, *, scope: str,
+                     fixed: Mapping[str, float], pattern: NMPattern | None = None,
+                     layouts: Mapping[str, NMLayout] | None = None) -> dict[str, Tensor | FlatMask]:
+        """Random masks with exact counts (:func:`sparsetrain.masks.random_masks`, N:M under ``pattern``), in the
+        form :meth:`apply` takes best (a :class:`~sparsetrain.masks.FlatMask` where no bool tensor should be
+        built)."""
+
+    @abstractmethod
+    def drop_and_grow(self, masks: Mapping[str, Tensor], fraction: float, growth: Growth,
+                      generator: torch.Generator, *, mode: str, rounding: str,
+                      groups: Mapping[str, Groups] | None = None) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
+        """Per tensor, drop ``fraction`` of the active weights with the smallest magnitude and grow as many by
+        ``growth`` (:func:`sparsetrain.updates.regrow`; the tensors in ``groups`` keep their N:M pattern).
+
+        Returns:
+            ``(masks, reset)``: the masks after the update, and name -> positions whose weights and optimizer state
+            must restart at zero (for :meth:`apply`'s ``also_zero``; empty where the storage already did it).
+        """
+
+    @abstractmethod
+    def prune(self, masks: Mapping[str, Tensor], wanted: Budget) -> Mapping[str, Tensor]:
+        """Keep the largest magnitudes among the active weights under ``wanted``
+        (:func:`sparsetrain.selection.keep_top` with the masks as the eligible entries); returns the new masks."""
+
+    @abstractmethod
+    def track_active(self, masks: Mapping[str, Tensor]) -> MutableMapping[str, Tensor]:
+        """A new record of the positions ever active (name -> bool mask), starting from ``masks``."""
+
+    @abstractmethod
+    def record_active(self, record: MutableMapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
+        """Add ``masks`` to a record from :meth:`track_active`."""
+
+    @abstractmethod
+    def scale_to_active_fan_in(self, masks: Mapping[str, Tensor | FlatMask]) -> dict[str, float]:
+        """Before the first :meth:`apply`: rescale each unit's initial weights to its active fan-in under ``masks``
+        (:func:`sparsetrain.sparse_init.scale_to_active_fan_in`); returns name -> RMS factor of the rescaled
+        tensors."""
+
+    @abstractmethod
+    def sparsity_report(self, notes: Mapping[str, str] | None = None) -> SparsityReport:
+        """Per-tensor shape, nonzeros and sparsity measured from the weights (``notes``: name -> text in the rows)."""
+
+    @abstractmethod
+    def dense_gradients(self) -> Mapping[str, Tensor | None]:
+        """name -> the dense gradient the last topology update saw (None where there is none), for its event."""
+
+    @abstractmethod
+    def export(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Bake the masks into dense weights (pruned entries ``+0.0``); every tensor ends in dense storage, in the
+        model and in the optimizer. Returns the masks as bool tensors."""
+
+    def device(self, name: str) -> torch.device:
+        """The device of the sparsified tensor ``name``."""
+        return self.params[name].device
+
+    # -- copies -----------------------------------------------------------------------------------------------------
+    def _hook(self) -> None:
+        """Register this enforcer's optimizer hooks, keeping their handles in ``_hooks`` (idempotent)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_hooks"] = bool(state.get("_hooks"))  # hook handles do not copy; the copy hooks its own optimizer
+        for name in self._transient:
+            state[name] = type(state[name])()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        hooked = state.get("_hooks", False)
+        self.__dict__.update({**state, "_hooks": []})
+        if hooked:
+            self._hook()
+
 
 class DenseMaskEnforcer(MaskEnforcer):
     """Bool masks over dense weights, kept by optimizer hooks (see the module docstring)."""
+
+    _transient = ("_held_grads",)
 
     def __init__(self, params: Mapping[str, nn.Parameter], optimizer: torch.optim.Optimizer | None,
                  source: MaskSource, *, mask_gradients: bool = True, fused_step: bool = True) -> None:
@@ -143,6 +239,9 @@ class DenseMaskEnforcer(MaskEnforcer):
 
     # -- the boundary ---------------------------------------------------------------------------------------------
     def attach(self) -> None:
+        self._hook()
+
+    def _hook(self) -> None:
         if self.optimizer is not None and not self._hooks:
             self._hooks = [
                 self.optimizer.register_step_pre_hook(self._before_optimizer_step),
@@ -154,8 +253,10 @@ class DenseMaskEnforcer(MaskEnforcer):
             handle.remove()
         self._hooks = []
 
-    def apply(self, masks: Mapping[str, Tensor], *, also_zero: Mapping[str, Tensor] | None = None,
-              refresh: bool = True) -> None:
+    def apply(self, masks: Mapping[str, Tensor | FlatMask], *, also_zero: Mapping[str, Tensor] | None = None,
+              refresh: bool = True) -> Mapping[str, Tensor]:
+        if any(isinstance(mask, FlatMask) for mask in masks.values()):
+            masks = {n: m.to_bool(self.params[n].device) if isinstance(m, FlatMask) else m for n, m in masks.items()}
         multipliers = self._current_multipliers(masks, refresh)
         if also_zero:
             multipliers = dict(multipliers)
@@ -165,6 +266,7 @@ class DenseMaskEnforcer(MaskEnforcer):
         mask_optimizer_state(self.optimizer, self.params, multipliers)
         if self._all_fused:
             self._drop_multipliers()
+        return masks
 
     def gradients_finite(self) -> bool:
         grads = [p.grad for p in self.params.values() if p.grad is not None]
@@ -173,6 +275,47 @@ class DenseMaskEnforcer(MaskEnforcer):
         # The 2-norm is NaN or inf when some entry is (or, harmlessly, when a gradient is so large that its squares
         # overflow float32: the update is then skipped too); one pass, ~8x faster than the max-abs norm on CPU.
         return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+
+    # -- topology -------------------------------------------------------------------------------------------------
+    def random_masks(self, sparsity: float, distribution: str, generator: torch.Generator, *, scope: str,
+                     fixed: Mapping[str, float], pattern: NMPattern | None = None,
+                     layouts: Mapping[str, NMLayout] | None = None) -> dict[str, Tensor | FlatMask]:
+        return random_masks(self.params, sparsity, distribution, generator, scope=scope, fixed=fixed,
+                            pattern=pattern, layouts=layouts)
+
+    def drop_and_grow(self, masks: Mapping[str, Tensor], fraction: float, growth: Growth,
+                      generator: torch.Generator, *, mode: str, rounding: str,
+                      groups: Mapping[str, Groups] | None = None) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
+        return regrow(masks, magnitude_scores(self.params), growth_scores(self.params, growth, generator), fraction,
+                      mode=mode, rounding=rounding, groups=groups)
+
+    def prune(self, masks: Mapping[str, Tensor], wanted: Budget) -> Mapping[str, Tensor]:
+        return keep_top(magnitude_scores(self.params), wanted, eligible=masks)
+
+    def track_active(self, masks: Mapping[str, Tensor]) -> MutableMapping[str, Tensor]:
+        return {name: mask.clone() for name, mask in masks.items()}
+
+    def record_active(self, record: MutableMapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
+        for name, mask in masks.items():
+            record[name] |= mask
+
+    def scale_to_active_fan_in(self, masks: Mapping[str, Tensor | FlatMask]) -> dict[str, float]:
+        return scale_to_active_fan_in(self.params, masks)
+
+    def sparsity_report(self, notes: Mapping[str, str] | None = None) -> SparsityReport:
+        return sparsity_report(self.params, notes=notes)
+
+    def dense_gradients(self) -> Mapping[str, Tensor | None]:
+        return {name: param.grad for name, param in self.params.items()}
+
+    @torch.no_grad()
+    def export(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        self.apply(masks, refresh=False)
+        # Masking by multiplication leaves -0.0 where a weight was negative: +0.0 saves a sign bit per zero in
+        # export_sparse's bit-exact files.
+        for name, mask in masks.items():
+            self.params[name].masked_fill_(~mask, 0.0)
+        return dict(masks)
 
     # -- the optimizer hooks ----------------------------------------------------------------------------------------
     def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
@@ -203,8 +346,10 @@ class DenseMaskEnforcer(MaskEnforcer):
 
         On the fused path the sparsified tensors are updated here instead, and hidden from the optimizer's step.
         """
-        for callback in self._gradient_callbacks:
-            callback(self.params)
+        if self._gradient_callbacks:
+            grads = {name: p.grad for name, p in self.params.items() if p.grad is not None}
+            for callback in self._gradient_callbacks:
+                callback(grads)
         if not self.mask_gradients or self.source.is_update_step(self.optimizer_steps + 1):
             return
         masks = self.source.masks
@@ -267,15 +412,51 @@ class DenseMaskEnforcer(MaskEnforcer):
             logger.info("%s: ordinary steps use the %s path", self.name, path)
             self._logged_path = path
 
-    # -- copies -----------------------------------------------------------------------------------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_hooks"] = bool(self._hooks)  # hook handles do not copy; the copy re-hooks its own optimizer
-        state["_held_grads"] = []
-        return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        hooked = state["_hooks"]
-        self.__dict__.update({**state, "_hooks": []})
-        if hooked:
-            self.attach()
+#: The storage backends a sparsifier's ``backend`` option takes: "dense" here, "sparse" and "auto" registered by
+#: :mod:`sparsetrain.sparse.backend` (the sparse package sits above the core, so the core does not import it).
+BACKENDS = ("dense", "sparse", "auto")
+
+
+class EnforcerFactory(Protocol):
+    """Builds the enforcer of a storage backend (:func:`register_backend`)."""
+
+    def __call__(self, model: nn.Module, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer | None,
+                 source: MaskSource, *, mask_gradients: bool, fused_step: bool) -> MaskEnforcer: ...
+
+
+_FACTORIES: dict[str, EnforcerFactory] = {}
+
+
+def register_backend(name: str, factory: EnforcerFactory) -> None:
+    """Make ``factory`` build the enforcer of backend ``name`` (one of :data:`BACKENDS`)."""
+    if name not in BACKENDS or name == "dense":
+        raise ValueError(f"backend={name!r} is not allowed here: choose one of 'sparse', 'auto'")
+    _FACTORIES[name] = factory
+
+
+def make_enforcer(backend: str, model: nn.Module, params: dict[str, nn.Parameter],
+                  optimizer: torch.optim.Optimizer | None, source: MaskSource, *, mask_gradients: bool = True,
+                  fused_step: bool = True) -> MaskEnforcer:
+    """The enforcer of a storage backend: :class:`DenseMaskEnforcer` for "dense", the registered one otherwise
+    (:mod:`sparsetrain.sparse.backend`).
+
+    Args:
+        backend: one of :data:`BACKENDS`.
+        model: the model (sparse storage replaces modules in it at attach).
+        params: name -> the sparsified parameters (the sparsifier's own dict: sparse storage puts a ``meta``
+            stand-in of the dense shape in place of each weight it holds).
+        optimizer / source / mask_gradients / fused_step: as :class:`MaskEnforcer`.
+
+    Raises:
+        ValueError: an unknown backend, or what the backend's enforcer refuses (e.g. sparse storage without an
+            optimizer or on a DDP wrapper).
+    """
+    if backend == "dense":
+        return DenseMaskEnforcer(params, optimizer, source, mask_gradients=mask_gradients, fused_step=fused_step)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed: choose one of {', '.join(map(repr, BACKENDS))}")
+    if backend not in _FACTORIES:
+        raise ValueError(f"backend={backend!r} is not available: import sparsetrain.sparse.backend first")
+    return _FACTORIES[backend](model, params, optimizer, source, mask_gradients=mask_gradients,
+                               fused_step=fused_step)

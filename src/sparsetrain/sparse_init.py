@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["SPARSE_INITS", "active_fan_in", "scale_to_active_fan_in"]
+__all__ = ["SPARSE_INITS", "active_fan_in", "scale_to_active_fan_in", "unit_factors"]
 
 #: Initialisations of a sparse start: "fan_in" (Evci et al. 2022) or "none" (the dense initialisation as drawn).
 SPARSE_INITS = ("fan_in", "none")
@@ -59,10 +59,22 @@ def scale_to_active_fan_in(params: Mapping[str, Tensor], masks: Mapping[str, Ten
         if bool(mask.all()) or mask.dim() == 0:
             continue
         param = params[name]
-        fan_in = mask[0].numel()
-        active = active_fan_in(mask).to(param.dtype)
-        alive = active > 0
-        factors = torch.where(alive, torch.sqrt(fan_in / active.clamp(min=1)), torch.ones_like(active))
+        factors, applied[name] = unit_factors(active_fan_in(mask), mask[0].numel(), param.dtype)
         param.mul_(factors.view(-1, *([1] * (param.dim() - 1))))
-        applied[name] = math.sqrt(float(factors[alive].square().mean())) if bool(alive.any()) else 1.0
     return applied
+
+
+def unit_factors(active: Tensor, fan_in: int, dtype: torch.dtype) -> tuple[Tensor, float]:
+    """Each unit's factor ``sqrt(fan_in / active fan_in)`` (1 for a unit with no active weight), and their RMS over
+    the units with an active weight (1.0 without any): what :func:`scale_to_active_fan_in` applies, for a storage
+    that holds only the active weights (:mod:`sparsetrain.sparse.backend`).
+
+    Args:
+        active: the active fan-in of every unit (:func:`active_fan_in`).
+        fan_in: a unit's dense fan-in.
+        dtype: the weights' dtype.
+    """
+    active = active.to(dtype)
+    alive = active > 0
+    factors = torch.where(alive, torch.sqrt(fan_in / active.clamp(min=1)), torch.ones_like(active))
+    return factors, math.sqrt(float(factors[alive].square().mean())) if bool(alive.any()) else 1.0

@@ -25,6 +25,7 @@ from typing import Any, Union
 
 import yaml
 
+from sparsetrain.enforcement import BACKENDS
 from sparsetrain.distributions import DISTRIBUTIONS
 from sparsetrain.identity import identity_hash
 from sparsetrain.nm import NMPattern
@@ -206,6 +207,10 @@ class SparseConfig:
                                  "a layer's reduction dim keeps N; sparse.sparsity at its default then means 1 - N/M "
                                  "(none: unstructured)", check=(_is_pattern, "'N:M' with integers 1 <= N < M, e.g. "
                                                                             "2:4"))
+    backend: str = option("auto", "where the sparsified weights live: dense (bool masks over dense weights), sparse "
+                          "(Linear layers store and train only their active weights), auto (sparse for the Linear "
+                          "layers where that is measured faster, see sparsetrain.sparse.backend; dense with autocast)",
+                          choices=BACKENDS)
     options: dict[str, Any] = option({}, "method-specific keyword arguments (e.g. initial_sparsity, drop_fraction)",
                                      flag="--method-option")
 

@@ -156,6 +156,9 @@ class GMP(Sparsifier):
     def is_update_step(self, step: int) -> bool:
         return self.prune_cadence(step)
 
+    def needs_dense_gradient(self, step: int) -> bool:
+        return False
+
     def update(self, step: int) -> dict[str, Tensor]:
         self.prune(step)
         return {}
@@ -166,7 +169,7 @@ class GMP(Sparsifier):
         if self.decay is not None:
             stage = self.stage_pattern(step)
             if stage is not None:
-                self.masks = keep_top(magnitude_scores(self.params), self.nm_budget(stage), eligible=self.masks)
+                self.prune_by_magnitude(self.nm_budget(stage))
             return
         s_t = self.target_sparsity(step)
         span = self.sparsity - self.initial_sparsity
@@ -175,5 +178,5 @@ class GMP(Sparsifier):
         for name, final in self.fixed.items():
             start = min(self.initial_sparsity, final)
             pinned[name] = start + (final - start) * progress
-        wanted = budget(self.params, s_t, distribution=self.distribution, scope=self.scope, fixed=pinned)
-        self.masks = keep_top(magnitude_scores(self.params), wanted, eligible=self.masks)
+        self.prune_by_magnitude(budget(self.params, s_t, distribution=self.distribution, scope=self.scope,
+                                       fixed=pinned))

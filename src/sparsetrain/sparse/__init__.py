@@ -6,7 +6,9 @@
   native kernel on CPU) or :class:`NMLinear` (N:M weight, native kernel on CPU), and 2:4 weights on
   CUDA for torch's semi-structured sparse tensors, for faster inference.
 * :class:`TrainableSparseLinear`: a Linear layer that stores, trains and updates only its active weights
-  (truly sparse training: forward, backward and optimizer state in proportion to the density).
+  (truly sparse training: forward, backward and optimizer state in proportion to the density), and
+  :class:`SparseEnforcer`, the storage backend built on it (``backend="sparse"`` / ``"auto"`` of every method,
+  registered with :func:`sparsetrain.enforcement.make_enforcer` when this package is imported).
 """
 
 from sparsetrain.sparse.convert import DEFAULT_MIN_NUMEL, DEFAULT_MIN_SPARSITY, convert
@@ -19,6 +21,7 @@ from sparsetrain.sparse.export import (
 )
 from sparsetrain.sparse.linear import SparseLinear
 from sparsetrain.sparse.nm_linear import NMLinear
+from sparsetrain.sparse.backend import SparseEnforcer
 from sparsetrain.sparse.trainable import TrainableSparseLinear
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "ExportInfo",
     "NMLinear",
     "SparseFileError",
+    "SparseEnforcer",
     "SparseLinear",
     "TrainableSparseLinear",
     "choose_encoding",
