@@ -432,3 +432,24 @@ def test_invariants_over_random_models(data, method, opt, sparsity, distribution
     else:
         # Exact total for global ranking and ERK/ER; uniform rounds per tensor (within one weight each).
         assert abs(sum(counts.values()) - (1 - sparsity) * n_total) <= len(counts) * (distribution == "uniform") + 0.5
+
+
+@pytest.mark.parametrize("method", ["gmp", "granet"])
+def test_gradual_pruning_reaches_the_final_allocation_when_rounding_dips_on_the_way(method):
+    """ER's integer allocation is not monotone in the sparsity (a 2-weight layer gets 1 weight at 50% and 2 at
+    52.3%): the schedule must not cut a tensor below its final count on the way, since pruning never adds back.
+    (Found by test_invariants_over_random_models.)"""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(18, 1), nn.Tanh(), nn.Linear(1, 2), nn.Tanh())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsity = 0.5234375
+    shapes = {"1.weight": (1, 18), "3.weight": (2, 1)}
+    assert allocate(shapes, 0.5, "er")["3.weight"] < allocate(shapes, sparsity, "er")["3.weight"]  # the dip
+    sp = make_sparsifier(method, model, optimizer, 10, sparsity=sparsity, distribution="er")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        model(torch.randn(3, 2, 3, 3, generator=g)).square().mean().backward()
+        optimizer.step()
+        sp.step()
+        optimizer.zero_grad()
+    assert nonzero_counts(sp) == allocate(shapes, sparsity, "er")

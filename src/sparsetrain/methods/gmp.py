@@ -24,6 +24,7 @@ multiplied by a factor decaying to 0) is not implemented.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor
@@ -34,7 +35,7 @@ from ..nm import NMPattern
 from ..options import Option
 from ..schedules import StructureDecay, UpdateCadence, check_point, cubic_sparsity, decay_stages, resolve_step
 from ..scores import magnitude_scores
-from ..selection import budget, keep_top
+from ..selection import Budget, budget, keep_top
 from ..sparsifier import Sparsifier
 from ..validation import check_sparsity
 
@@ -84,6 +85,7 @@ class GMP(Sparsifier):
         return super().starts_sparse(options) and isinstance(initial, (int, float)) and initial > 0
 
     def setup(self) -> None:
+        self._final_counts: dict[str, int] | None = None  # per-tensor counts at the final sparsity, once asked
         if self.inputs.get("masks") is not None:
             if "initial_sparsity" in self.given:
                 raise ValueError("initial_sparsity is set by masks=... (their sparsity): leave it out")
@@ -178,5 +180,19 @@ class GMP(Sparsifier):
         for name, final in self.fixed.items():
             start = min(self.initial_sparsity, final)
             pinned[name] = start + (final - start) * progress
-        self.prune_by_magnitude(budget(self.params, s_t, distribution=self.distribution, scope=self.scope,
-                                       fixed=pinned))
+        wanted = budget(self.params, s_t, distribution=self.distribution, scope=self.scope, fixed=pinned)
+        self.prune_by_magnitude(self._never_below_final(wanted))
+
+    def _never_below_final(self, wanted: Budget) -> Budget:
+        """``wanted`` with no tensor's count below its count at the final sparsity.
+
+        Pruning never adds weights back, so a tensor cut below its final count on the way could not reach it. An
+        allocation's integer rounding is not monotone in the sparsity (ER at 50% may give a 2-weight layer 1 weight
+        and at 52% 2), so the rare step where it dips is held at the final count: the schedule's sparsity is then
+        a weight or two short at that step, and the final masks are the allocation exactly.
+        """
+        if self._final_counts is None:
+            self._final_counts = dict(budget(self.params, self.sparsity, distribution=self.distribution,
+                                             scope=self.scope, fixed=self.fixed).counts)
+        final = self._final_counts
+        return replace(wanted, counts={name: max(count, final.get(name, 0)) for name, count in wanted.counts.items()})
