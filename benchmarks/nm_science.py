@@ -15,6 +15,9 @@ pattern (2:4, 1:4) every method under the pattern and its unstructured counterpa
   al.'s structure decay; unstructured: the cubic schedule from 50% to 75%), gradient regrowth (within groups);
 * ``srste``: SR-STE (N:M only; it has no unstructured form here).
 
+The sparse starts (static, set, rigl, granet_st) are rescaled to their active fan-in (``sparse_init=fan_in``, the
+library's default); oneshot and srste start from the dense initialisation.
+
 The unstructured counterparts use the same per-layer sparsities as the patterned runs: every layer at the target
 (``distribution`` uniform, per-layer ranking) and the layers the pattern keeps dense (the CNN's first convolution,
 one input channel) pinned dense too, so the only difference is the structure inside each layer. Every cell is an
