@@ -37,7 +37,9 @@ gradient is materialised only on the steps where ``source.is_update_step`` asks 
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -48,6 +50,7 @@ from torch import Tensor, nn
 from .fused_step import MaskedStep
 from .masks import apply_masks
 from .optim_state import mask_optimizer_state
+from .validation import check_bool_masks
 
 __all__ = ["MaskSource", "MaskEnforcer", "DenseMaskEnforcer", "GradientCallback"]
 
@@ -55,6 +58,55 @@ logger = logging.getLogger(__name__)
 
 #: ``callback(params)``, run once per optimizer step when the gradients exist and before they are masked.
 GradientCallback = Callable[[Mapping[str, nn.Parameter]], None]
+
+#: The attached enforcer of each optimizer and each sparsified parameter, by ``id`` (tensors compare elementwise,
+#: so they cannot be dictionary keys), both held weakly: two enforcers on one optimizer, or on one parameter,
+#: would each undo the other's masks.
+_OWNERS: dict[int, tuple[weakref.ReferenceType[Any], weakref.ReferenceType[MaskEnforcer]]] = {}
+
+
+def _owner(key: Any) -> MaskEnforcer | None:
+    entry = _OWNERS.get(id(key))
+    if entry is None or entry[0]() is not key:  # a dead object whose id was reused
+        return None
+    enforcer = entry[1]()
+    return enforcer if enforcer is not None and enforcer.attached else None
+
+
+def claim(enforcer: MaskEnforcer) -> None:
+    """Register ``enforcer`` as the one enforcer of its optimizer and of each of its parameters.
+
+    Raises:
+        ValueError: another attached enforcer (another sparsifier) holds the optimizer or one of the parameters.
+    """
+    keys = ([(enforcer.optimizer, "optimizer")] if enforcer.optimizer is not None else []) + \
+        [(param, f"parameter {name!r}") for name, param in enforcer.params.items()]
+    for attempt in range(2):
+        clash = next(((what, other) for key, what in keys
+                      if (other := _owner(key)) is not None and other is not enforcer), None)
+        if clash is None:
+            break
+        if attempt == 0:
+            gc.collect()  # an unreachable sparsifier in a reference cycle still counts until it is collected
+    else:
+        what, other = clash
+        raise ValueError(f"{what} is already driven by another sparsifier ({other.name} on "
+                         f"{len(other.params)} tensors); two sparsifiers on one optimizer or one parameter undo each "
+                         "other's masks: call remove() or export() on the other first")
+    for stale in [k for k, (obj, owner) in _OWNERS.items() if obj() is None or owner() is None]:
+        del _OWNERS[stale]
+    ref = weakref.ref(enforcer)
+    for key, _ in keys:
+        _OWNERS[id(key)] = (weakref.ref(key), ref)
+
+
+def release(enforcer: MaskEnforcer) -> None:
+    """Forget the registrations of ``enforcer`` (see :func:`claim`)."""
+    keys = ([enforcer.optimizer] if enforcer.optimizer is not None else []) + list(enforcer.params.values())
+    for key in keys:
+        entry = _OWNERS.get(id(key))
+        if entry is not None and entry[0]() is key and entry[1]() is enforcer:
+            del _OWNERS[id(key)]
 
 
 class MaskSource(Protocol):
@@ -78,10 +130,14 @@ class MaskEnforcer(ABC):
     Attributes:
         optimizer_steps: ``optimizer.step()`` calls counted so far (or restored from a checkpoint).
         masks_every_step: whether the weights must be masked after every step (no optimizer, or the plain path).
+        attached: between :meth:`attach` and :meth:`detach`.
+        name: the source's class name, for messages.
     """
 
     optimizer_steps: int
     masks_every_step: bool
+    attached: bool = False
+    name: str = "sparsifier"
 
     def __init__(self, params: Mapping[str, nn.Parameter], optimizer: torch.optim.Optimizer | None,
                  source: MaskSource, *, mask_gradients: bool = True, fused_step: bool = True) -> None:
@@ -93,6 +149,10 @@ class MaskEnforcer(ABC):
         self.optimizer_steps = 0
         self.masks_every_step = not mask_gradients or optimizer is None
         self._gradient_callbacks: list[GradientCallback] = []
+
+    def note_idle_step(self) -> None:
+        """The source's step() found no optimizer step since its last one (a skipped step, or a call out of
+        order); an enforcer may check which at the next optimizer step. Default: nothing."""
 
     def on_gradients(self, callback: GradientCallback) -> None:
         """Call ``callback(params)`` at every optimizer step, once the gradients exist and before any masking."""
@@ -130,6 +190,10 @@ class DenseMaskEnforcer(MaskEnforcer):
         super().__init__(params, optimizer, source, mask_gradients=mask_gradients, fused_step=fused_step)
         self.name = type(source).__name__
         self._hooks: list[Any] = []
+        # A source.step() that found no new optimizer step leaves (parameter, its gradient, the gradient's version)
+        # here; the next optimizer step checks that a backward pass ran in between (see note_idle_step).
+        self._idle: tuple[nn.Parameter, Tensor, int] | None = None
+        self._checked_masks: dict[str, Tensor] = {}
         # The masks in each parameter's dtype: multiplying by a float tensor is about twice as fast as by a bool
         # one, and this runs on every step. Rebuilt whenever the masks change.
         self._multipliers: dict[str, Tensor] = {}
@@ -143,16 +207,30 @@ class DenseMaskEnforcer(MaskEnforcer):
 
     # -- the boundary ---------------------------------------------------------------------------------------------
     def attach(self) -> None:
-        if self.optimizer is not None and not self._hooks:
+        if self.attached:
+            return
+        claim(self)
+        if self.optimizer is not None:
             self._hooks = [
                 self.optimizer.register_step_pre_hook(self._before_optimizer_step),
                 self.optimizer.register_step_post_hook(self._after_optimizer_step),
             ]
+        self.attached = True
 
     def detach(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        if self.attached:
+            release(self)
+        self.attached = False
+
+    def note_idle_step(self) -> None:
+        """The source's step() ran with no optimizer step since its last one: remember the gradients, so that
+        the next optimizer step can tell a skipped step (GradScaler; a backward pass comes in between) from a
+        source step called before ``optimizer.step()`` (nothing in between)."""
+        param = next((p for p in self.params.values() if p.grad is not None), None)
+        self._idle = None if param is None else (param, param.grad, param.grad._version)
 
     def apply(self, masks: Mapping[str, Tensor], *, also_zero: Mapping[str, Tensor] | None = None,
               refresh: bool = True) -> None:
@@ -180,6 +258,14 @@ class DenseMaskEnforcer(MaskEnforcer):
         first = 1 if args and args[0] is optimizer else 0
         closure = kwargs.get("closure", args[first] if len(args) > first else None)
         self._held_grads = []
+        if self._idle is not None:
+            param, grad, version = self._idle
+            self._idle = None
+            if closure is None and param.grad is grad and grad._version == version:
+                raise RuntimeError(f"{self.name}.step() was called before optimizer.step(), with this step's "
+                                   "gradients already computed: call it right after optimizer.step() (otherwise "
+                                   "each topology update comes one step late and the run's last update is never "
+                                   "masked)")
         if closure is None:
             # GradScaler hands fused optimizers the scale: the gradients are still scaled, leave them to torch.
             self._prepare_gradients(fusable="grad_scale" not in kwargs and "found_inf" not in kwargs)
@@ -208,6 +294,7 @@ class DenseMaskEnforcer(MaskEnforcer):
         names = [n for n in masks if self.params[n].grad is not None]
         if not names:
             return
+        self.check_masks(masks)
         stepper = self._fused_stepper() if fusable else None
         self._all_fused = False
         self._log_path("fused" if stepper is not None else "masked gradients")
@@ -233,10 +320,30 @@ class DenseMaskEnforcer(MaskEnforcer):
         self.optimizer_steps += 1
 
     # -- helpers --------------------------------------------------------------------------------------------------
+    def check_masks(self, masks: Mapping[str, Tensor]) -> None:
+        """Raise unless ``masks`` are bool tensors of the parameters' shapes (each mask tensor checked once).
+
+        Raises:
+            TypeError: a mask that is not a bool tensor (a float 0/1 mask would be taken as weights to multiply).
+            ValueError: a mask of another shape than its parameter, or for a tensor this enforcer does not hold.
+        """
+        checked = self._checked_masks
+        if checked.keys() == masks.keys() and all(checked[n] is m for n, m in masks.items()):
+            return
+        check_bool_masks(masks, "masks")
+        for name, mask in masks.items():
+            if name not in self.params:
+                raise ValueError(f"masks: {name!r} is not one of the {len(self.params)} sparsified tensors")
+            if mask.shape != self.params[name].shape:
+                raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, the parameter has "
+                                 f"{tuple(self.params[name].shape)}")
+        self._checked_masks = dict(masks)
+
     def _current_multipliers(self, masks: Mapping[str, Tensor], refresh: bool = False) -> dict[str, Tensor]:
         """The masks in their parameters' dtypes, rebuilt when asked or when a mask tensor was replaced."""
         sources = self._multiplier_sources
         if refresh or sources.keys() != masks.keys() or any(sources[n] is not m for n, m in masks.items()):
+            self.check_masks(masks)
             self._multipliers = {n: m.to(self.params[n].dtype) for n, m in masks.items()}
             self._multiplier_sources = dict(masks)
         return self._multipliers
@@ -267,12 +374,14 @@ class DenseMaskEnforcer(MaskEnforcer):
     # -- copies -----------------------------------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_hooks"] = bool(self._hooks)  # hook handles do not copy; the copy re-hooks its own optimizer
+        state["_hooks"] = []  # hook handles do not copy; the copy re-hooks its own optimizer
         state["_held_grads"] = []
+        state["_idle"] = None
+        state["_checked_masks"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        hooked = state["_hooks"]
-        self.__dict__.update({**state, "_hooks": []})
-        if hooked:
+        attached = state.get("attached", bool(state["_hooks"]))
+        self.__dict__.update({**state, "_hooks": [], "attached": False})
+        if attached:
             self.attach()

@@ -8,8 +8,10 @@ names never change and ``deepcopy`` / pickling / ``state_dict`` keep working. Ti
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -29,7 +31,10 @@ __all__ = [
     "SparsityReport",
     "LayerSparsity",
     "sparsity_report",
+    "warn_collapsed",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Module types whose >=2-D weights are pruned by default; norm layers and biases stay dense.
 PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (
@@ -294,3 +299,22 @@ def sparsity_report(params: Mapping[str, Tensor]) -> SparsityReport:
         LayerSparsity(name, tuple(p.shape), p.numel(), int(torch.count_nonzero(p)))
         for name, p in params.items()
     ])
+
+
+def warn_collapsed(masks: Mapping[str, Tensor], what: str, *, stacklevel: int = 3) -> list[str]:
+    """Log and ``warnings.warn`` about tensors whose mask keeps no weight (layer collapse); return their names.
+
+    A collapsed layer passes nothing forward (a Linear or convolution with no weight outputs its bias alone), so
+    a network with one trains at chance: the warning names the layers, whatever chose the masks.
+
+    Args:
+        masks: name -> bool mask.
+        what: who chose the masks, for the message (e.g. "RigL(sparsity=0.999999)").
+        stacklevel: passed to ``warnings.warn`` (point at the caller's caller).
+    """
+    empty = [name for name, mask in masks.items() if mask.numel() and not bool(mask.any())]
+    if empty:
+        message = f"{what}: layer collapse, no weight left in {', '.join(empty)}"
+        logger.warning(message)
+        warnings.warn(message, stacklevel=stacklevel)
+    return empty

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributions import check_distribution
-from ..masks import resolve_overrides, select_prunable
+from ..masks import resolve_overrides, select_prunable, warn_collapsed
 from ..scores import random_scores
 from ..selection import budget, check_scope, keep_top, resolve_scope
 from ..topk import NEG_INF
@@ -55,16 +54,6 @@ def round_densities(density: float, rounds: int, schedule: str = "exponential") 
         check_choice("schedule", schedule, SCHEDULES)
     values[-1] = density
     return values
-
-
-def warn_collapsed(masks: Mapping[str, Tensor], what: str) -> list[str]:
-    """Log and ``warnings.warn`` about tensors whose mask keeps no weight (layer collapse); return their names."""
-    empty = [name for name, mask in masks.items() if not bool(mask.any())]
-    if empty:
-        message = f"{what}: layer collapse, no weight left in {', '.join(empty)}"
-        logger.warning(message)
-        warnings.warn(message, stacklevel=3)
-    return empty
 
 
 def _check_args(method: str, sparsity: Any, rounds: Any, schedule: str) -> tuple[str, float, int]:
