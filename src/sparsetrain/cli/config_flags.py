@@ -54,6 +54,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
         ConfigError: a value the config does not allow.
     """
     from sparsetrain.experiment.config import ConfigError, ExperimentConfig, iter_fields, parse_text, parse_yaml_value
+    from sparsetrain.reading import MAX_YAML_BYTES, read_text
 
     if isinstance(args.resume, str):
         from sparsetrain.experiment.rundir import RunDir
@@ -63,9 +64,9 @@ def resolve_config(args: argparse.Namespace) -> Any:
         config = RunDir(Path(args.resume)).read_config()
     elif args.config:
         path = Path(args.config)
-        if not path.is_file():
+        if not path.exists():
             raise CliError(f"--config={args.config!r}: no such file")
-        config = ExperimentConfig.from_yaml(path.read_text(), str(path))
+        config = ExperimentConfig.from_yaml(read_text(path, limit=MAX_YAML_BYTES, what="config"), str(path))
     else:
         config = ExperimentConfig()
 

@@ -7,7 +7,7 @@ Frankle et al. (ICML 2020, *Linear Mode Connectivity and the Lottery Ticket Hypo
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 #: The controls of a ticket: the same mask with a fresh random initialisation, and a random mask with the
 #: ticket's per-tensor counts (trained from the same rewind point).
 CONTROLS = ("reinit", "random")
+#: At most this many rounds: at a rate of 0.2 per round, 100 rounds keep 2e-10 of the weights.
+MAX_ROUNDS = 100
 
 
 def _rate(name: str, value: Any) -> float:
@@ -65,6 +67,9 @@ class LotteryConfig:
 
     def __post_init__(self) -> None:
         check_int("rounds", self.rounds, 0)
+        if self.rounds > MAX_ROUNDS:
+            raise ValueError(f"rounds={self.rounds} is not allowed: at most {MAX_ROUNDS} (each round prunes a share "
+                             "of the remaining weights)")
         _rate("prune_rate", self.prune_rate)
         if self.output_rate is not None:
             _rate("output_rate", self.output_rate)
@@ -82,6 +87,25 @@ class LotteryConfig:
                 object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         check_int("seed", self.seed, -(2**63))
         object.__setattr__(self, "notes", dict(self.notes))
+
+    def check_run(self, names: Sequence[str], total_steps: int) -> None:
+        """Check the options whose meaning depends on the model and the run, before anything is trained.
+
+        Args:
+            names: the tensors the lottery prunes (``select_prunable`` with ``include`` / ``exclude``).
+            total_steps: optimizer steps of one training run.
+
+        Raises:
+            ValueError: ``output_layer`` names none of ``names``, or ``rewind_step`` is not a step of the run.
+        """
+        if not names:
+            raise ValueError("the model has no tensors to prune (check include / exclude)")
+        if self.output_layer is not None and self.output_layer not in names:
+            raise ValueError(f"output_layer={self.output_layer!r} is not allowed: it is not a pruned tensor; they are "
+                             f"{', '.join(names)}")
+        if self.rewind_step >= total_steps:
+            raise ValueError(f"rewind_step={self.rewind_step} is not allowed: a run has {total_steps} optimizer "
+                             f"steps; rewind to a step in [0, {total_steps - 1}]")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (tuples as lists)."""
