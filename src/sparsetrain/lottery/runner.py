@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..atomic import write_json, write_text
 from ..checkpoint_io import save_checkpoint
+from ..experiment.lock import DirectoryLock
 from ..masks import select_prunable, sparsity_report
 from .config import LotteryConfig
 from .controls import random_mask_like
@@ -208,6 +209,9 @@ def run_lottery(
 
     Returns:
         :func:`~sparsetrain.lottery.results.lottery_curve` of the run: one row per finished level.
+
+    Raises:
+        sparsetrain.experiment.lock.DirectoryLocked: another process is running this lottery run.
     """
     from .results import lottery_curve
 
@@ -216,15 +220,15 @@ def run_lottery(
     if not callable(train_fn):
         raise TypeError(f"train_fn={train_fn!r} is not callable")
     run = _Run(model, config, train_fn, Path(out_dir), reinit_fn)
-    run.dir.mkdir(parents=True, exist_ok=True)
-    run.check_config()
-    init = run.initial_state()
-    run.rewind_point(init)
-    rewind_state = load(run.dir / "rewind.pt")
-    last = config.rounds if stop_after is None else min(config.rounds, stop_after)
-    for level in range(1, last + 1):
-        masks = run.masks_for(level)
-        run.train(level_dir(run.dir, level), rewind_state, masks, seed=config.seed + level,
-                  start_step=config.rewind_step)
-        run.controls(level, masks, rewind_state)
-    return lottery_curve(run.dir)
+    with DirectoryLock(run.dir, f"lottery run {run.dir}"):  # one process per lottery run
+        run.check_config()
+        init = run.initial_state()
+        run.rewind_point(init)
+        rewind_state = load(run.dir / "rewind.pt")
+        last = config.rounds if stop_after is None else min(config.rounds, stop_after)
+        for level in range(1, last + 1):
+            masks = run.masks_for(level)
+            run.train(level_dir(run.dir, level), rewind_state, masks, seed=config.seed + level,
+                      start_step=config.rewind_step)
+            run.controls(level, masks, rewind_state)
+        return lottery_curve(run.dir)
