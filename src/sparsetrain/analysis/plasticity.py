@@ -44,6 +44,7 @@ from sparsetrain.atomic import copy_file, write_figure, write_json, write_text
 from sparsetrain.experiment.build import Experiment, build_experiment
 from sparsetrain.experiment.checkpoint import load_checkpoint
 from sparsetrain.experiment.config import ExperimentConfig
+from sparsetrain.experiment.lock import DirectoryLock
 from sparsetrain.experiment.optim import lr_factor
 from sparsetrain.experiment.rundir import RunDir
 from sparsetrain.experiment.trainer import Trainer, TrainerCallback
@@ -280,6 +281,26 @@ class PlasticityStudy:
         return self.out_dir / "cells" / cell.name
 
     # -- stages ---------------------------------------------------------------------------------------------
+    def cells(self, prune_epochs: Iterable[int], rates: Iterable[float],
+              regeneration: Iterable[bool] = (False, True)) -> list[PlasticityCell]:
+        """The cells of :func:`plasticity_cells`, checked against this study's run before anything is trained.
+
+        Raises:
+            ValueError: as :func:`plasticity_cells`, or an epoch outside ``[1, epochs - 1]``.
+        """
+        cells = plasticity_cells(prune_epochs, rates, regeneration)
+        self._check_epochs(c.epoch for c in cells)
+        return cells
+
+    def _check_epochs(self, prune_epochs: Iterable[int]) -> list[int]:
+        epochs = self.config.train.epochs
+        wanted = sorted(set(prune_epochs))
+        bad = [t for t in wanted if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= epochs - 1]
+        if bad:
+            raise ValueError(f"prune_epochs {bad} are not allowed: each must be an int in [1, {epochs - 1}] "
+                             f"(train.epochs={epochs}; pruning after the last epoch leaves nothing to train)")
+        return wanted
+
     def train_dense(self, prune_epochs: Iterable[int], callback: TrainerCallback | None = None) -> dict[str, Any]:
         """Train (or skip) the dense run, saving its checkpoint after each epoch in ``prune_epochs`` once.
 
@@ -296,12 +317,7 @@ class PlasticityStudy:
         Raises:
             ValueError: an epoch outside ``[1, epochs - 1]``.
         """
-        epochs = self.config.train.epochs
-        wanted = sorted(set(prune_epochs))
-        bad = [t for t in wanted if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= epochs - 1]
-        if bad:
-            raise ValueError(f"prune_epochs {bad} are not allowed: each must be an int in [1, {epochs - 1}] "
-                             f"(train.epochs={epochs}; pruning after the last epoch leaves nothing to train)")
+        wanted = self._check_epochs(prune_epochs)
         self._check_identity()
         missing = [t for t in wanted if not self.checkpoint_path(t).exists()]
         study = self
@@ -403,7 +419,7 @@ class PlasticityStudy:
         Returns:
             :meth:`rows` of the cells asked for.
         """
-        cells = plasticity_cells(prune_epochs, rates, regeneration)
+        cells = self.cells(prune_epochs, rates, regeneration)
         self.train_dense([c.epoch for c in cells], callback)
         wanted = {(c.epoch, c.rate, c.regeneration) for c in cells}
         for cell in cells:
@@ -431,11 +447,15 @@ def run_plasticity(config: ExperimentConfig, out_dir: str | Path, *, prune_epoch
     Returns:
         The rows (see :meth:`PlasticityStudy.rows`); ``plasticity.md``, ``plasticity.csv`` and
         ``plasticity.png`` are written into ``out_dir``.
+
+    Raises:
+        sparsetrain.experiment.lock.DirectoryLocked: another process is running this study.
     """
     study = PlasticityStudy(config, out_dir, scope=scope, regrow_every=regrow_every, drop_fraction=drop_fraction)
     epochs = tuple(prune_epochs) if prune_epochs is not None else default_prune_epochs(study.config)
-    rows = study.run(epochs, rates, regeneration, callback)
-    write_outputs(study, rows)
+    with DirectoryLock(study.out_dir, f"plasticity study {study.out_dir}"):  # one process per study
+        rows = study.run(epochs, rates, regeneration, callback)
+        write_outputs(study, rows)
     return rows
 
 
@@ -513,6 +533,10 @@ def plot_plasticity(rows: Sequence[Mapping[str, Any]], path: str | Path, *, lr_d
     for j, decay in enumerate(lr_decays):
         ax.axvline(decay, color="grey", linestyle=":", linewidth=1.5, label="LR decay" if j == 0 else None)
     ax.axhline(0.0, color="black", linewidth=0.8)
+    epochs = sorted({r["epoch"] for r in rows})
+    if epochs:  # integer epochs as ticks, with room around a single one (no 1.900-2.100 axis)
+        ax.set_xticks(epochs if len(epochs) <= 12 else epochs[::-(-len(epochs) // 12)])
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     ax.set(xlabel="t: epoch at which the dense network is pruned",
            ylabel="accuracy change vs dense, % (relative)", title=title)
     ax.grid(alpha=0.3)

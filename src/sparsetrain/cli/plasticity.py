@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .config_flags import add_config_flags, resolve_config
-from .terminal import CliError, Progress, note
+from .terminal import CliError, Progress, note, output_dir
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
@@ -54,13 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the study; print its table and the files written."""
-    from sparsetrain.analysis.plasticity import format_plasticity, run_plasticity
+    from sparsetrain.analysis.plasticity import PlasticityStudy, default_prune_epochs, format_plasticity, run_plasticity
     from sparsetrain.experiment import TrainingInterrupted
 
     config = resolve_config(args).dense_baseline()
-    out = Path(args.out) if args.out else (Path(args.runs_dir) / "plasticity" / config.run_name()
-                                           / f"seed_{config.train.seed}")
+    out = output_dir("--out", args.out) if args.out else (Path(args.runs_dir) / "plasticity" / config.run_name()
+                                                          / f"seed_{config.train.seed}")
     regeneration = {"both": (False, True), "yes": (True,), "no": (False,)}[args.regeneration]
+    try:  # every option checked before a word is said or a file written
+        study = PlasticityStudy(config, out, scope=args.scope, regrow_every=args.regrow_every,
+                                drop_fraction=args.drop_fraction)
+        study.cells(args.prune_epochs or default_prune_epochs(study.config), args.rates, regeneration)
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
     progress = Progress(args.progress)
     note(f"plasticity study in {out}/ (finished stages are skipped)")
     try:

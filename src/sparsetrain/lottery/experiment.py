@@ -167,10 +167,18 @@ def run_experiment_lottery(config: Any, lottery: LotteryConfig, runs_dir: str | 
     Returns:
         ``(run directory, rows of the curve)`` (:func:`~sparsetrain.lottery.lottery_curve`).
     """
+    from ..experiment.config import ConfigError
+    from ..masks import select_prunable
+
     out = lottery_dir(runs_dir, config, lottery)
+    model, train_fn, total_steps = experiment_lottery(config)
+    try:  # options that depend on the model and the run, checked before a file is written
+        lottery.check_run(list(select_prunable(model, include=lottery.include, exclude=lottery.exclude)),
+                          total_steps)
+    except ValueError as exc:
+        raise ConfigError(f"lottery: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     write_text(config.canonical().to_yaml(), out / "experiment.yaml")
-    model, train_fn, total_steps = experiment_lottery(config)
 
     def train(model_: nn.Module, masks: Mapping[str, Tensor], level_dir: Path, **kwargs: Any) -> dict[str, Any]:
         if on_level is not None:
@@ -183,7 +191,7 @@ def run_experiment_lottery(config: Any, lottery: LotteryConfig, runs_dir: str | 
     rows = run_lottery(model, lottery, train, out)
     write_text(curve_table(rows) + "\n", out / "curve.md")
     try:
-        plot_curve(rows, out / "curve.png")
+        plot_curve(rows, out / "curve.png", title=f"{out.parent.name}/{out.name}: ticket and controls")
     except Exception as exc:  # a plotting failure must not lose the run
         logger.warning("curve.png not written: %s: %s", type(exc).__name__, exc)
     return out, rows
