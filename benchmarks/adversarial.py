@@ -833,7 +833,7 @@ def _disk_full(case: Case, ws: Path, env: dict[str, str], mounts: list[Path]) ->
     if not _mount(where, "size=4m"):
         return None, {"skipped": "cannot mount a tmpfs here (needs root)"}
     mounts.append(where)
-    reference = _run([*args[:-1], "ref/runs"], ws, env, case.timeout)
+    _run([*args[:-1], "ref/runs"], ws, env, case.timeout)
     (checkpoint,) = list((ws / "ref/runs").glob("*/seed_0/checkpoint.pt"))
     size = checkpoint.stat().st_size
     free = shutil.disk_usage(where).free

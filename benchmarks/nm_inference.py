@@ -17,7 +17,6 @@ Writes docs/benchmarks/nm_inference.md.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time

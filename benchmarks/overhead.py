@@ -4,8 +4,11 @@ Both methods run at 90% sparsity with ΔT = 100, and the timed window spans whol
 the topology updates is included in the average. Each optimizer implementation (foreach SGD, foreach AdamW, fused
 AdamW) is compared with the dense loop using the *same* implementation. The sparse rows use the fused masked step
 where it applies (foreach/for-loop SGD and AdamW; ``sparsetrain.fused_step``) and, for comparison, the
-masked-gradient path (``fused_step=False``). Configurations are interleaved repeat by repeat so that drift on a
-shared machine hits them alike; the table reports the median per-step time and its ratio to dense.
+masked-gradient path (``fused_step=False``). The "events to topology.jsonl" rows subscribe the writer a training
+run uses (:func:`sparsetrain.experiment.topology_log.append_event`, one line per update, not fsync'ed: the Trainer
+fsyncs the file before each checkpoint) to the sparsifier, so they time publishing topology events in the loop.
+Configurations are interleaved repeat by repeat so that drift on a shared machine hits them alike; the table
+reports the median per-step time and its ratio to dense.
 
     python benchmarks/overhead.py [--repeats 5] [--steps 200] [--quick] [--threads N] [--clock thread]
 """
@@ -13,15 +16,19 @@ shared machine hits them alike; the table reports the median per-step time and i
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from _common import table, write_doc
+from _common import table, time_training_steps, write_doc
 from topology_update import time_update
 from sparsetrain import GraNet, RigL, build_model
+from sparsetrain.experiment.topology_log import append_event
 
 SPARSITY = 0.9
 UPDATE_EVERY = 100
@@ -44,13 +51,15 @@ OPTIMIZERS = {
     "AdamW (foreach)": lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=5e-4, foreach=True),
     "AdamW (fused)": lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=5e-4, fused=True),
 }
-# method row -> (class name or None for dense, fused_step)
+# method row -> (class name or None for dense, fused_step, events written to topology.jsonl)
 METHOD_ROWS = {
-    "dense": (None, False),
-    "GraNet": ("GraNet", True),
-    "RigL": ("RigL", True),
-    "GraNet, fused_step=False": ("GraNet", False),
-    "RigL, fused_step=False": ("RigL", False),
+    "dense": (None, False, False),
+    "GraNet": ("GraNet", True, False),
+    "RigL": ("RigL", True, False),
+    "GraNet, events to topology.jsonl": ("GraNet", True, True),
+    "RigL, events to topology.jsonl": ("RigL", True, True),
+    "GraNet, fused_step=False": ("GraNet", False, False),
+    "RigL, fused_step=False": ("RigL", False, False),
 }
 
 
@@ -65,7 +74,7 @@ def time_run(case: str, row: str, optimizer_name: str, steps: int, clock=time.pe
     model = build()
     optimizer = make_optimizer(optimizer_name, model)
     sparsifier = None
-    method, fused = METHOD_ROWS[row]
+    method, fused, watched = METHOD_ROWS[row]
     if method == "GraNet":
         # A pruning window over the timed steps, so both global pruning and regrowth updates are timed.
         sparsifier = GraNet(model, optimizer, sparsity=SPARSITY, total_steps=steps + UPDATE_EVERY,
@@ -73,23 +82,15 @@ def time_run(case: str, row: str, optimizer_name: str, steps: int, clock=time.pe
     elif method == "RigL":
         sparsifier = RigL(model, optimizer, sparsity=SPARSITY, total_steps=steps + UPDATE_EVERY,
                           update_every=UPDATE_EVERY, stop_at=1.0, fused_step=fused)
+    scratch = tempfile.TemporaryDirectory()
+    if watched:
+        sparsifier.subscribe(functools.partial(append_event, Path(scratch.name) / "topology.jsonl", sync=False))
     x = torch.randn(batch, *input_shape)
     y = torch.randint(0, 10, (batch,))
-    loss_fn = nn.CrossEntropyLoss()
-
-    def train_step() -> None:
-        loss_fn(model(x), y).backward()
-        optimizer.step()
-        if sparsifier is not None:
-            sparsifier.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(5):  # warm-up outside the timed window; 5 steps never reach an update step
-        train_step()
-    start = clock()
-    for _ in range(steps):
-        train_step()
-    return (clock() - start) / steps
+    try:
+        return time_training_steps(model, optimizer, sparsifier, x, y, steps, clock)
+    finally:
+        scratch.cleanup()
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Reproduction benchmark: every sparse-training method of MISSION.md §5 at 90/95/98 % sparsity, 3 seeds.
 
-The same code as ``sparsetrain reproduce`` (:mod:`sparsetrain.experiment.reproduce`): dense, GMP, GraNet
+The same code as ``sparsetrain reproduce`` (:mod:`sparsetrain.studies.reproduce`): dense, GMP, GraNet
 (s_i = 0 and 0.5), RigL, SET, SNFS, static ERK, SNIP, GraSP, SynFlow and IMP on MNIST-1D (cnn1d, a 512-512 MLP)
 and the packaged MNIST subset (LeNet-300-100), plus a small pruning-plasticity study; mean ± std tables,
 accuracy-vs-sparsity plots and the claims checked, written to docs/results/. Every cell is a run directory under

@@ -14,10 +14,15 @@ a bottleneck MLP and an unembedding, no biases, weights drawn with std ``1/sqrt(
 3. compare with the two lottery controls at the same per-layer counts: the ticket's mask on a fresh random
    initialisation ("reinit"), and a random mask from the same initial weights ("random").
 
-Everything runs through :func:`sparsetrain.lottery.run_lottery` (one-shot variant): the run directory holds one
-``level_<k>/`` per sparsity, and a stopped run resumes. Reported: the steps to memorise (train accuracy >= 99%)
-and to generalise (test accuracy >= 95%); sparse runs stop once both happened (the budget otherwise). About
-12,000 training steps in all with the defaults: a few minutes on 2 idle CPU cores.
+The training loop is this example's own (full batch, evaluated every few steps, stopped early once the run has
+generalised), so the lottery is composed here from :mod:`sparsetrain.lottery`'s pieces (one-shot variant):
+:func:`~sparsetrain.lottery.prune_round` for the tickets, :func:`~sparsetrain.lottery.rewind` to the initial
+weights, :func:`~sparsetrain.lottery.reinitialize` and :func:`~sparsetrain.lottery.random_mask_like` for the
+controls, :class:`~sparsetrain.Static` to hold each mask. (A recipe that the harness can train, with a fixed
+number of epochs, runs the same pipeline on disk, resumable, with ``sparsetrain.studies.run_lottery``.) Reported:
+the steps to memorise (train accuracy >= 99%) and to generalise (test accuracy >= 95%); sparse runs stop once
+both happened (the budget otherwise). About 12,000 training steps in all with the defaults: a few minutes on 2
+idle CPU cores.
 
     python examples/grokking_tickets.py --write docs/results/grokking.md
 """
@@ -25,10 +30,9 @@ and to generalise (test accuracy >= 95%); sparse runs stop once both happened (t
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
-import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +41,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsetrain.lottery import LotteryConfig, lottery_curve, run_lottery
+from sparsetrain.lottery import (
+    layer_rates,
+    prune_round,
+    random_mask_like,
+    reinitialize,
+    rewind,
+    snapshot,
+)
+from sparsetrain.masks import select_prunable, sparsity_report
 from sparsetrain.methods.static import Static
 
 # -- configuration: the defaults keep the run to a few minutes on 2 CPU cores --------------------------------
@@ -85,73 +97,100 @@ def modular_addition(p: int, train_fraction: float, seed: int) -> tuple[torch.Te
     return pairs[train], labels[train], pairs[test], labels[test]
 
 
-def make_train_fn(data: tuple[torch.Tensor, ...], args: argparse.Namespace):
-    """A full-batch AdamW loop that records when the run memorises and when it generalises.
+def train(model: nn.Module, masks: dict, name: str, data: tuple[torch.Tensor, ...], args: argparse.Namespace, *,
+          seed: int) -> dict[str, Any]:
+    """A full-batch AdamW run that records when it memorises and when it generalises.
 
     Sparse runs stop once both happened; the dense run (level 0) goes on to ``settle`` times its
-    steps-to-generalise, to give the ticket a settled, generalised network to come from.
+    steps-to-generalise, to give the ticket a settled, generalised network to come from. Every run gets a fresh
+    optimizer; the Static sparsifier keeps pruned weights at exactly zero.
     """
     x_train, y_train, x_test, y_test = data
 
     @torch.no_grad()
-    def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    def accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
-    def train(model: nn.Module, masks: dict, level_dir: Path, *, start_step: int = 0, on_step=None) -> dict[str, Any]:
-        # Fresh optimizer every round; the Static sparsifier keeps pruned weights at exactly zero.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
         sparsifier = Static(model, opt, masks=masks, total_steps=args.max_steps)
         memorised = generalised = None
-        dense = level_dir.name == "level_0"
+        dense = name == "level_0"
         started = time.perf_counter()
-        for step in range(start_step + 1, args.max_steps + 1):
+        for step in range(1, args.max_steps + 1):
             loss = F.cross_entropy(model(x_train), y_train)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sparsifier.step()
-            if on_step is not None:
-                on_step(step, model)
             if step % args.eval_every == 0:
-                if memorised is None and accuracy(model, x_train, y_train) >= MEMORISED:
+                if memorised is None and accuracy(x_train, y_train) >= MEMORISED:
                     memorised = step
-                if generalised is None and accuracy(model, x_test, y_test) >= GENERALISED:
+                if generalised is None and accuracy(x_test, y_test) >= GENERALISED:
                     generalised = step
                 done = memorised is not None and generalised is not None
                 if done and (not dense or step >= args.settle * generalised):
                     break
         sparsifier.export()
-        result = {"memorised_at": memorised, "generalised_at": generalised, "steps": step,
-                  "train_accuracy": accuracy(model, x_train, y_train),
-                  "accuracy": accuracy(model, x_test, y_test), "seconds": time.perf_counter() - started}
-        print(f"  {level_dir.parent.name}/{level_dir.name}: memorised at {memorised}, generalised at "
-              f"{generalised} (test acc {result['accuracy']:.3f}, {result['seconds']:.0f}s)", flush=True)
-        return result
-
-    return train
+    result = {"memorised_at": memorised, "generalised_at": generalised, "steps": step,
+              "train_accuracy": accuracy(x_train, y_train), "accuracy": accuracy(x_test, y_test),
+              "seconds": time.perf_counter() - started}
+    print(f"  {name}: memorised at {memorised}, generalised at {generalised} (test acc {result['accuracy']:.3f}, "
+          f"{result['seconds']:.0f}s)", flush=True)
+    return result
 
 
-def table(run_dir: Path, args: argparse.Namespace) -> str:
+def lottery(model: nn.Module, data: tuple[torch.Tensor, ...], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The dense run, then per level a one-shot ticket (global magnitude) and its two controls.
+
+    Seeds as the library's lottery runs have always used them: stage ``L`` trains under seed ``seed + L``, its
+    controls draw from ``seed + 1000 * L``.
+
+    Returns:
+        One row per level: ``level``, ``remaining`` (fraction of weights kept) and the metrics of ``ticket`` (the
+        dense run at level 0), ``reinit`` and ``random`` (None at level 0).
+    """
+    init = snapshot(model)
+    names = list(select_prunable(model))
+    dense_masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in select_prunable(model).items()}
+    dense = train(rewind(model, init, dense_masks), dense_masks, "level_0", data, args, seed=args.seed)
+    trained = snapshot(model)
+    rows = [{"level": 0, "remaining": 1.0, "ticket": dense, "reinit": None, "random": None}]
+    rates = layer_rates(names, args.prune_rate, None, None)
+    for level in range(1, args.rounds + 1):
+        masks = prune_round(trained, dense_masks, rates, scope="global", levels=level)
+        report = sparsity_report(masks)
+        ticket = train(rewind(model, init, masks), masks, f"level_{level}", data, args, seed=args.seed + level)
+        fresh = copy.deepcopy(model)
+        fresh.load_state_dict(init)
+        reinitialize(fresh, args.seed + 1000 * level)  # fresh values under the ticket's mask
+        reinit = train(rewind(model, snapshot(fresh), masks), masks, f"level_{level}/reinit", data, args,
+                       seed=args.seed + level)
+        shuffled = random_mask_like(masks, args.seed + 1000 * level)
+        random = train(rewind(model, init, shuffled), shuffled, f"level_{level}/random", data, args,
+                       seed=args.seed + level)
+        rows.append({"level": level, "remaining": report.nonzeros / report.numel, "ticket": ticket,
+                     "reinit": reinit, "random": random})
+    return rows
+
+
+def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """Markdown table: steps to memorise / generalise for dense, tickets and controls."""
     def steps(value: Any) -> str:
         return f"not within {args.max_steps}" if value is None else str(value)
 
     lines = ["| network | sparsity | steps to memorise (train acc >= 99%) | steps to generalise (test acc >= 95%) "
              "| test acc at stop |", "|---|---:|---:|---:|---:|"]
-    dense_steps = None
-    for row in lottery_curve(run_dir):
-        where = run_dir / f"level_{row['level']}"
-        entries = [("dense" if row["level"] == 0 else "ticket (rewound to init)", where)]
+    for row in rows:
+        entries = [("dense" if row["level"] == 0 else "ticket (rewound to init)", row["ticket"])]
         if row["level"] > 0:
-            entries += [("control: ticket mask, re-initialised", where / "reinit"),
-                        ("control: random mask, same init", where / "random")]
-        for name, path in entries:
-            m = json.loads((path / "metrics.json").read_text())
+            entries += [("control: ticket mask, re-initialised", row["reinit"]),
+                        ("control: random mask, same init", row["random"])]
+        for name, m in entries:
             lines.append(f"| {name} | {1 - row['remaining']:.2f} | {steps(m['memorised_at'])} | "
                          f"{steps(m['generalised_at'])} | {m['accuracy']:.3f} |")
-            if row["level"] == 0:
-                dense_steps = m["steps"]
-    lines.append(f"\nThe tickets come from the dense network at step {dense_steps}.")
+    lines.append(f"\nThe tickets come from the dense network at step {rows[0]['ticket']['steps']}.")
     return "\n".join(lines)
 
 
@@ -170,7 +209,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None, help="run directory (default: a temporary one)")
     parser.add_argument("--write", type=Path, default=None, help="write the result table to this markdown file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -178,20 +216,14 @@ def main() -> None:
     data = modular_addition(args.p, args.train_fraction, args.seed)
     torch.manual_seed(args.seed)
     model = ModularMLP(args.p, args.embed_dim, args.hidden)
-    config = LotteryConfig(
-        rounds=args.rounds, prune_rate=args.prune_rate, output_rate=None, scope="global", one_shot=True,
-        rewind_step=0, seed=args.seed, notes={k: str(v) for k, v in vars(args).items() if k not in ("out", "write")},
-    )
-    out = args.out or Path(tempfile.mkdtemp(prefix="grokking_tickets_"))
-    print(f"run directory: {out}")
-    run_lottery(model, config, make_train_fn(data, args), out)
-    minutes = sum(json.loads(p.read_text())["seconds"] for p in out.rglob("metrics.json")) / 60
-    result = table(out, args)
+    rows = lottery(model, data, args)
+    minutes = sum(m["seconds"] for row in rows for m in (row["ticket"], row["reinit"], row["random"]) if m) / 60
+    result = table(rows, args)
     print(result)
     if args.write is not None:
         command = "python examples/grokking_tickets.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-            if k not in ("out", "write") and v != parser.get_default(k))
+            if k != "write" and v != parser.get_default(k))
         args.write.parent.mkdir(parents=True, exist_ok=True)
         cpu = platform.processor() or platform.machine()
         cpuinfo = Path("/proc/cpuinfo")

@@ -169,6 +169,30 @@ def make_sparsifier(method: str, model: nn.Module, optimizer: torch.optim.Optimi
     return sparsetrain.METHODS[method](model, optimizer, **{**method_kwargs(method, total_steps), **overrides})
 
 
+def run_with_scaler(method: str, fused: bool, scaled: bool, **options) -> Sparsifier:
+    """Five Adam steps (``fused`` or not) of a small MLP under ``method``, through ``torch.amp.GradScaler`` when
+    ``scaled``; the same data and initial weights every time, so a scaled run can be compared with a plain one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=fused)
+    sparsifier = sparsetrain.METHODS[method](model, optimizer, total_steps=10, **options)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if scaled else None
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x, y = torch.randn(16, 8, generator=generator), torch.randint(0, 4, (16,), generator=generator)
+        loss = nn.functional.cross_entropy(model(x), y)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        sparsifier.step()
+        optimizer.zero_grad()
+    return sparsifier
+
+
 def pruned_entries_zero(sparsifier: Sparsifier) -> bool:
     """Every weight outside its mask is exactly 0.0."""
     return all(bool((p[~sparsifier.masks[n]] == 0).all()) for n, p in sparsifier.params.items())
@@ -191,26 +215,16 @@ def nonzero_counts(sparsifier: Sparsifier) -> dict[str, int]:
 
 def watch_topology(method: type[Sparsifier], model: nn.Module, *, steps: int = 60, update_every: int = 10,
                    batch: tuple[Tensor, Tensor] | None = None, **kwargs) -> tuple[Sparsifier, list]:
-    """Train ``model`` with ``method`` on one random minibatch and record a topology event at every update, as a
-    subscribed sparsifier would publish them (masks captured before ``step()``, the dense gradients it saw)."""
-    from sparsetrain.topology import capture_masks, topology_event
-
+    """Train ``model`` with ``method`` on one random minibatch; the topology events its sparsifier published."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sparsifier = method(model, optimizer, total_steps=steps, update_every=update_every, **kwargs)
     first = next(iter(sparsifier.params.values()))
     inputs, targets = batch if batch is not None else (torch.randn(32, first.shape[1]), torch.randint(0, 5, (32,)))
-    events = []
+    events: list = []
+    sparsifier.subscribe(events.append)
     for _ in range(steps):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(inputs), targets).backward()
         optimizer.step()
-        before = capture_masks(sparsifier.masks)
-        grads = {n: p.grad.clone() for n, p in sparsifier.params.items()}
-        if sparsifier.step():
-            step = sparsifier.step_count
-            fraction = getattr(sparsifier, "current_drop_fraction", None)
-            target = getattr(sparsifier, "target_sparsity", None)
-            events.append(topology_event(step, before, sparsifier.masks, sparsifier.ever_active, grads=grads,
-                                         drop_fraction=fraction(step) if fraction else None,
-                                         target_sparsity=target(step) if target else sparsifier.sparsity))
+        sparsifier.step()
     return sparsifier, events

@@ -1,4 +1,4 @@
-"""Tests for sparsetrain.analysis.itop: the in-time over-parameterization rate."""
+"""Tests for sparsetrain.itop: the in-time over-parameterization rate."""
 
 import io
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsetrain.analysis.itop import ItopTracker, itop_rate
+from sparsetrain.itop import ItopTracker, itop_rate
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -142,3 +142,15 @@ def test_no_module_but_atomic_writes_files():
             if (rel, "*") not in _ALLOWED and (rel, name) not in _ALLOWED:
                 offenders.append(f"{rel}:{line} {name}")
     assert offenders == [], "write files with sparsetrain.atomic: " + ", ".join(offenders)
+
+
+def test_written_files_get_the_mode_open_would_give_them(tmp_path):
+    import os
+    import stat
+
+    from sparsetrain.atomic import write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = write_text("x", tmp_path / "atomic.txt")
+    assert stat.S_IMODE(os.stat(atomic).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)

@@ -53,6 +53,9 @@ def test_train_writes_runs_named_by_method_and_hash_with_a_shared_dense_baseline
         assert {"config.yaml", "metrics.jsonl", "summary.json", "masks.pt", "checkpoint.pt"} <= files
         plots = {"curves.png", "density.png", "layers.png"}
         assert plots <= files if not name.startswith("rigl") else not plots & files  # rigl ran with --no-plots
+        # the topology updates of the dynamic runs, logged as they happened, and plotted with the run's plots
+        assert ("topology.jsonl" in files) == (not name.startswith("dense"))
+        assert ({"topology.png", "itop.png"} <= files) == name.startswith("granet")
     rigl = json.loads(next(runs.glob("rigl-*/seed_0/summary.json")).read_text())
     dense = json.loads(next(runs.glob("dense-*/seed_0/summary.json")).read_text())
     assert rigl["dense"]["final_acc"] == dense["final_acc"]
@@ -82,10 +85,14 @@ def test_plot_writes_pngs_that_are_real_images(runs, capsys):
     assert main(["plot", "--runs-dir", str(runs), "--no-progress"]) == 0
     written = capsys.readouterr().out.split()
     assert str(runs / "accuracy_vs_sparsity.png") in written
-    assert len(written) == 3 * 3 + 1
+    # curves, density and layers of every run; topology and itop of the two with topology updates (topology.jsonl)
+    assert len(written) == 3 * 3 + 2 * 2 + 1
+    assert sorted(Path(p).parent.parent.name.split("-")[0] for p in written if p.endswith(("topology.png",
+                                                                                          "itop.png"))) == \
+        ["granet", "granet", "rigl", "rigl"]
     for path in written:
         shape, colours = _png(path)
-        assert shape[:2] == (450, 800), path
+        assert shape[:2] == (450, 800) or path.endswith("topology.png"), path
         assert colours > 10, path  # lines, text and axes, not a blank canvas
 
 
@@ -245,3 +252,20 @@ def test_train_results_read_as_the_readme_shows():
     assert format_results([dense, granet], "runs").splitlines() == shown
     alone = format_results([granet | {"dense": {"final_acc": 0.9}}], "runs").splitlines()
     assert alone[-1] == "granet at 90% sparsity: 0.8270 vs dense 0.9000 (-0.0730), seed 0"
+
+
+def test_train_with_a_pattern_names_it_in_the_report_and_the_plot_labels(tmp_path, capsys):
+    runs_dir = tmp_path / "runs"
+    assert main(["train", *TINY, "--runs-dir", str(runs_dir), "--method", "rigl", "--pattern", "2:4"]) == 0
+    out = capsys.readouterr().out
+    assert "rigl 2:4 at 50% sparsity" in out
+    summary = json.loads(next(runs_dir.glob("rigl-*/seed_0/summary.json")).read_text())
+    assert summary["pattern"] == "2:4" and summary["target_sparsity"] == 0.5
+    config = (next(runs_dir.glob("rigl-*/seed_0/config.yaml"))).read_text()
+    assert "pattern: '2:4'" in config or "pattern: 2:4" in config
+    assert main(["report", "--runs-dir", str(runs_dir)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["run", "method", "pattern"] and table[-1].split()[2] == "2:4"
+    assert table[-2].split()[2] == "-"  # the dense baseline: unstructured
+    from sparsetrain.experiment.report import method_label
+    assert method_label(summary) == "rigl 2:4" and method_label({"method": "rigl"}) == "rigl"

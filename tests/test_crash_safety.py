@@ -127,13 +127,15 @@ def _result(run):
                for line in (run / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run / "summary.json").read_text())
     masks = torch.load(run / "masks.pt", weights_only=True)
-    return metrics, {k: summary[k] for k in SUMMARY_KEYS}, masks
+    topology = (run / "topology.jsonl").read_text() if (run / "topology.jsonl").exists() else None
+    return metrics, {k: summary[k] for k in SUMMARY_KEYS}, masks, topology
 
 
 def _same(a, b):
     assert a[0] == b[0]
     assert a[1] == b[1]
     assert a[2].keys() == b[2].keys() and all(torch.equal(a[2][k], b[2][k]) for k in a[2])
+    assert a[3] == b[3]  # every topology update logged once, in order, as in the uninterrupted run
 
 
 def test_sigkill_at_20_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path, forkserver):

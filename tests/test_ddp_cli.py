@@ -26,7 +26,8 @@ ARGS = ["train", "--data", "synthetic", "--data-option", "n_train=256", "--data-
         "--no-baseline", "--no-progress", "--no-plots", "-v", "--runs-dir", "runs"]
 CHECKSUM = re.compile(r"rank (\d) of 2: final masks checksum ([0-9a-f]{32})")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-FILES = {"config.yaml", "metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "masks.pt", "summary.json"}
+FILES = {"config.yaml", "metrics.jsonl", "topology.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "masks.pt",
+         "summary.json"}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,8 @@ def test_two_processes_write_one_run_whose_masks_every_rank_had(ddp_run):
     assert [p.name for p in run.parent.parent.iterdir()] == [run.parent.name]  # one run directory
     assert {p.name for p in run.iterdir()} == FILES
     assert [r["epoch"] for r in _metrics(run)] == [1, 2]  # not one line per rank
+    # RigL's updates at steps 3, 6, 9 (until 75% of 16 steps), each logged once, by rank 0
+    assert [json.loads(line)["step"] for line in (run / "topology.jsonl").read_text().splitlines()] == [3, 6, 9]
     checksums = _checksums(result.stderr)
     assert set(checksums) == {"0", "1"} and len(set(checksums.values())) == 1, result.stderr[-3000:]
     saved = torch.load(run / "masks.pt", weights_only=True)

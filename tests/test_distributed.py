@@ -49,6 +49,7 @@ def _run_scenario(name: str, out: Path) -> dict[str, Any]:
     import sparsetrain
     from sparsetrain.checkpoint_io import load_checkpoint, save_checkpoint
     from sparsetrain.distributed import MaskDivergenceError, assert_masks_identical, masks_checksum, rank
+    from sparsetrain.nm import nm_report
 
     me = rank()
     started = time.perf_counter()
@@ -68,6 +69,11 @@ def _run_scenario(name: str, out: Path) -> dict[str, Any]:
         sparsifier = sparsetrain.SET(ddp, optimizer, stop_at=1.0, **common)  # built on the DDP wrapper itself
     elif name == "rigl_accumulate":
         sparsifier = sparsetrain.RigL(model, optimizer, stop_at=1.0, **common)
+    elif name == "rigl_nm":  # N:M: every group regrows what it dropped
+        sparsifier = sparsetrain.RigL(model, optimizer, stop_at=1.0, pattern="2:4", total_steps=STEPS,
+                                      update_every=UPDATE_EVERY, seed=7)
+    elif name == "srste_nm":  # masks recomputed from |W| at every step
+        sparsifier = sparsetrain.SRSTE(model, optimizer, pattern="2:4", total_steps=STEPS, seed=7)
     else:
         raise ValueError(name)
 
@@ -109,6 +115,8 @@ def _run_scenario(name: str, out: Path) -> dict[str, Any]:
         "names": sorted(sparsifier.masks), "params_checksum": _params_checksum(model),
         "final_checksum": masks_checksum(sparsifier), "sparsity": sparsifier.current_sparsity(),
         "measured_sparsity": sparsifier.report().sparsity, "loss": float(loss.detach()) * micro_batches,
+        "follows_pattern": None if sparsifier.pattern is None else
+        nm_report(sparsifier.masks, sparsifier.layouts, sparsifier.pattern).follows,
         "seconds": time.perf_counter() - started,
     }
     if not synced:
@@ -150,7 +158,7 @@ def _worker_main() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # the tests (run under pytest)
 # ---------------------------------------------------------------------------------------------------------------
-SCENARIOS = ["granet_module", "set_wrapper", "rigl_accumulate", "granet_no_ddp"]
+SCENARIOS = ["granet_module", "set_wrapper", "rigl_accumulate", "granet_no_ddp", "rigl_nm", "srste_nm"]
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +194,24 @@ def test_masks_bit_identical_on_every_rank_after_every_update(ddp_run, scenario:
     assert rank0["measured_sparsity"] >= rank0["sparsity"]  # pruned weights are exactly zero on the weights
 
 
-@pytest.mark.parametrize("scenario", ["granet_module", "set_wrapper", "rigl_accumulate"])
+@pytest.mark.parametrize("scenario", ["rigl_nm", "srste_nm"])
+def test_nm_masks_bit_identical_on_every_rank_and_every_group_holds_n(ddp_run, scenario: str) -> None:
+    rank0, rank1 = ddp_run[0][scenario], ddp_run[1][scenario]
+    assert rank0["diverged_at"] is None and rank1["diverged_at"] is None  # checked after every change
+    assert rank0["step_count"] == rank1["step_count"] == STEPS
+    assert rank0["update_steps"] == rank1["update_steps"] and rank0["hashes"] == rank1["hashes"]
+    if scenario == "rigl_nm":
+        assert rank0["update_steps"] == rank0["expected_update_steps"]
+    else:  # SR-STE recomputes at every step; step() reports the steps where a mask moved
+        assert rank0["expected_update_steps"] == list(range(1, STEPS + 1)) and len(rank0["update_steps"]) >= 10
+    assert len(set(rank0["hashes"])) > len(rank0["hashes"]) // 2
+    assert rank0["params_checksum"] == rank1["params_checksum"]
+    assert rank0["final_checksum"] == rank1["final_checksum"]
+    assert rank0["follows_pattern"] is True and rank1["follows_pattern"] is True
+    assert rank0["sparsity"] == 0.5 and rank0["measured_sparsity"] >= 0.5
+
+
+@pytest.mark.parametrize("scenario", ["granet_module", "set_wrapper", "rigl_accumulate", "rigl_nm", "srste_nm"])
 def test_saved_sparsifier_state_matches_every_rank(ddp_run, scenario: str) -> None:
     from sparsetrain.checkpoint_io import load_checkpoint
     from sparsetrain.distributed import masks_checksum

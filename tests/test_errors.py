@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import sparsetrain
+import sparsetrain.studies
 from sparsetrain.cli import main
 from sparsetrain.experiment import (
     ExperimentConfig,
@@ -177,7 +178,7 @@ def _gmp_global_scope_with_distribution(cwd):
 
 
 def _lottery_layerwise(cwd):
-    sparsetrain.lottery.LotteryConfig(scope="layerwise")
+    sparsetrain.studies.LotteryConfig(scope="layerwise")
 
 
 def _rigl_unknown_option(cwd):
@@ -244,6 +245,14 @@ def _float_masks_assigned(cwd):
     optimizer.step()
 
 
+def _without_mlflow(cwd, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
+
+
+def _rigl_pattern_with_a_scope(cwd):
+    sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", scope="global", total_steps=100)
+
+
 #: row number -> (argv or API callable, set-up or None); the rows' inputs and messages live in docs/errors.md.
 CASES = {
     1: (_train("--sparsity", "1.2"), None),
@@ -305,34 +314,40 @@ CASES = {
     57: (_granet_without_sparsity, None),
     58: (_static_float_masks, None),
     59: (_static_unknown_mask_name, None),
-    60: (_resume(), _locked_by_another_process),
-    61: (_train("--config", "latin1.yaml"), _write_bytes("latin1.yaml", "# café\ntrain: {epochs: 1}\n".encode("latin-1"))),
-    62: (_train("--config", "laughs.yaml"), _write("laughs.yaml", "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n")),
-    63: (_train("--config", "dup.yaml"), _write("dup.yaml", "train:\n  epochs: 1\n  epochs: 2\n")),
-    64: (_train("--config", "adir"), _mkdir("adir")),
-    65: (_train("--config", "/dev/zero"), None),
-    66: (_train("--config", "big.yaml"), _write("big.yaml", "#" * (2 << 20) + "\n")),
-    67: (_train("--epochs", "99999999999999999999999999"), None),
-    68: (_train("--batch-size", "1000000000000"), None),
-    69: (_train("--num-workers", "1000000"), None),
-    70: (_train("--seeds", "100000000000000000000"), None),
-    71: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1", "--rewind-step", "1000"], None),
-    72: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1", "--output-layer", "nosuch"], None),
-    73: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1000000000"], None),
-    74: (["report", "--runs-dir", "runs", "--output", "adir"], _mkdir("adir")),
-    75: (["report", "--runs-dir", "runs", "--output", "no/such/table.md"], None),
-    76: (["plot", "--runs-dir", "runs", "--out", "afile"], _write("afile", "")),
-    77: (["train", *T, "--runs-dir", "afile/runs"], _write("afile", "")),
-    78: (["train", "--resume", "<interrupted-run>"], _run_config_not_utf8),
-    79: (_train(*FINISHED), _damaged_summary),
-    80: (["train", *T, "--runs-dir", "ro/runs"], _read_only_runs_dir),
-    81: (_two_sparsifiers_one_optimizer, None),
-    82: (_two_sparsifiers_one_parameter, None),
-    83: (_optimizer_of_another_model, None),
-    84: (_step_before_optimizer_step, None),
-    85: (_step_after_export, None),
-    86: (_state_of_another_sparsity, None),
-    87: (_float_masks_assigned, None),
+    60: (_train("--log", "wandb"), None),
+    61: (_train("--log", "mlflow"), _without_mlflow),
+    62: (["report", "--runs-dir", "runs", "--html", "runs"], None),
+    63: (_train("--method", "rigl", "--pattern", "2:2"), None),
+    64: (_train("--method", "rigl", "--pattern", "2:4", "--sparsity", "0.75"), None),
+    65: (_rigl_pattern_with_a_scope, None),
+    66: (_resume(), _locked_by_another_process),
+    67: (_train("--config", "latin1.yaml"), _write_bytes("latin1.yaml", "# café\ntrain: {epochs: 1}\n".encode("latin-1"))),
+    68: (_train("--config", "laughs.yaml"), _write("laughs.yaml", "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n")),
+    69: (_train("--config", "dup.yaml"), _write("dup.yaml", "train:\n  epochs: 1\n  epochs: 2\n")),
+    70: (_train("--config", "adir"), _mkdir("adir")),
+    71: (_train("--config", "/dev/zero"), None),
+    72: (_train("--config", "big.yaml"), _write("big.yaml", "#" * (2 << 20) + "\n")),
+    73: (_train("--epochs", "99999999999999999999999999"), None),
+    74: (_train("--batch-size", "1000000000000"), None),
+    75: (_train("--num-workers", "1000000"), None),
+    76: (_train("--seeds", "100000000000000000000"), None),
+    77: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1", "--rewind-step", "1000"], None),
+    78: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1", "--output-layer", "nosuch"], None),
+    79: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1000000000"], None),
+    80: (["report", "--runs-dir", "runs", "--output", "adir"], _mkdir("adir")),
+    81: (["report", "--runs-dir", "runs", "--output", "no/such/table.md"], None),
+    82: (["plot", "--runs-dir", "runs", "--out", "afile"], _write("afile", "")),
+    83: (["train", *T, "--runs-dir", "afile/runs"], _write("afile", "")),
+    84: (["train", "--resume", "<interrupted-run>"], _run_config_not_utf8),
+    85: (_train(*FINISHED), _damaged_summary),
+    86: (["train", *T, "--runs-dir", "ro/runs"], _read_only_runs_dir),
+    87: (_two_sparsifiers_one_optimizer, None),
+    88: (_two_sparsifiers_one_parameter, None),
+    89: (_optimizer_of_another_model, None),
+    90: (_step_before_optimizer_step, None),
+    91: (_step_after_export, None),
+    92: (_state_of_another_sparsity, None),
+    93: (_float_masks_assigned, None),
 }
 _RUNS: dict[str, str] = {}
 
@@ -409,7 +424,7 @@ def test_bad_input_gives_the_documented_one_line_message(number, template, tmp_p
     shutil.copytree(template, cwd)
     try:
         if setup is not None:
-            setup(cwd)
+            setup(cwd, monkeypatch) if setup.__code__.co_argcount == 2 else setup(cwd)
         monkeypatch.chdir(cwd)
         before = _snapshot(cwd)
         if callable(action):

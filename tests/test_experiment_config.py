@@ -112,3 +112,31 @@ def test_every_field_has_help_and_a_unique_flag():
     assert all(f.help and f.flag.startswith("--") for f in fields)
     assert {"--method", "--sparsity", "--model", "--data", "--optimizer", "--lr", "--epochs", "--batch-size",
             "--update-every", "--seed"} <= set(flags)
+
+
+def test_pattern_is_in_the_run_identity_only_when_set_and_sets_the_target_sparsity():
+    base = ExperimentConfig().with_overrides({"sparse.method": "rigl"})
+    patterned = base.with_overrides({"sparse.pattern": "2:4"})
+    assert "sparse.pattern" not in base.non_default() and base.sparse.target_sparsity() == 0.9
+    assert patterned.non_default()["sparse.pattern"] == "2:4" and patterned.config_hash() != base.config_hash()
+    assert patterned.sparse.target_sparsity() == 0.5  # sparse.sparsity left at its default: the pattern's
+    assert patterned.with_overrides({"sparse.sparsity": 0.75}).sparse.target_sparsity() == 0.75  # refused later
+    assert parse_text("sparse.pattern", "1:4") == "1:4"
+    for bad in ("2:2", "2/4", " 2:4"):
+        with pytest.raises(ConfigError, match="sparse.pattern=.* is not allowed: expected 'N:M'"):
+            base.with_overrides({"sparse.pattern": bad})
+
+
+def test_build_passes_the_pattern_and_refuses_a_sparsity_that_contradicts_it():
+    from sparsetrain.experiment.build import build_experiment
+    from sparsetrain.nm import NMPattern
+
+    tiny = {"data.name": "synthetic", "data.options": {"n_train": 64, "n_test": 16, "input_shape": [1, 12]},
+            "model.name": "mlp", "model.options": {"hidden": [16]}, "train.epochs": 1, "sparse.method": "srste",
+            "sparse.pattern": "1:4"}
+    exp = build_experiment(ExperimentConfig().with_overrides(tiny))
+    assert exp.sparsifier.pattern == NMPattern(1, 4) and exp.sparsifier.sparsity == 0.75
+    with pytest.raises(ConfigError, match="sparsity=0.6 is not allowed with pattern='1:4'"):
+        build_experiment(ExperimentConfig().with_overrides({**tiny, "sparse.sparsity": 0.6}))
+    with pytest.raises(ConfigError, match="sparse.options.pattern='2:4' is not allowed: set sparse.pattern"):
+        build_experiment(ExperimentConfig().with_overrides({**tiny, "sparse.options.pattern": "2:4"}))

@@ -9,7 +9,7 @@ import torch
 
 from sparsetrain.experiment import ConfigError, ExperimentConfig, RunDir, Trainer, TrainerCallback, TrainingInterrupted
 from sparsetrain.experiment.checkpoint import load_checkpoint
-from sparsetrain.experiment.flops import dense_gradient_steps
+from sparsetrain.analysis.flops import dense_gradient_steps
 
 
 def tiny(method="granet", **extra):

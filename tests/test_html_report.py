@@ -1,4 +1,5 @@
-"""The HTML report: one self-contained page for runs, lottery runs and a reproduction study, rendered in a real
+"""The HTML report: one self-contained page for runs, lottery runs and a reproduction study, built from real
+command-line runs (``sparsetrain reproduce --tiny``, then ``sparsetrain report --html``) and rendered in a real
 headless Chromium (Debian's ``chromium`` package; skipped where it is not installed)."""
 
 import json
@@ -10,15 +11,11 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from helpers import TinyMLP, watch_topology
-from sparsetrain import RigL
 from sparsetrain.cli import main
-from sparsetrain.experiment.html_report import markdown_html, render_html_report, write_html_report
+from sparsetrain.studies.html_report import markdown_html, render_html_report, write_html_report
 from sparsetrain.experiment.rundir import find_runs
-from sparsetrain.experiment.topology_log import append_event
 
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(name)), None)
@@ -28,17 +25,14 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromi
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """``reproduce --tiny`` (harness runs, an IMP lottery run, a plasticity study, reproduction.md) and one run with
-    a topology.jsonl; the page written beside them."""
+    """``reproduce --tiny`` (harness runs, an IMP lottery run, a plasticity study, reproduction.md; the dynamic
+    runs log their topology updates), then ``report --html``: the page written beside them."""
     root = tmp_path_factory.mktemp("html")
     assert main(["reproduce", "--tiny", "--runs-dir", str(root / "runs"), "--out", str(root / "runs" / "results"),
-                 "--workers", "1", "--no-plasticity"]) == 0
+                 "--workers", "1"]) == 0
+    page = root / "report" / "index.html"
+    assert main(["report", "--runs-dir", str(root / "runs"), "--html", str(page)]) == 0
     rigl = next(r for r in find_runs(root / "runs" / "tiny") if r.path.parent.name.startswith("rigl"))
-    torch.manual_seed(0)
-    _, events = watch_topology(RigL, TinyMLP(), steps=40, update_every=5, sparsity=0.8)
-    for event in events:
-        append_event(rigl.topology_file, event)
-    page = write_html_report(root / "runs", root / "report" / "index.html")
     return root, page, rigl
 
 
@@ -57,9 +51,11 @@ def test_page_is_self_contained_and_complete(study):
     assert "<h2>Lottery run: synthetic-mlp-" in text and "<h2>Study: " in text
     assert "<h3>Reproduction benchmark (tiny)</h3>" in text
     images = _images(text)
-    # per run: curves, density, layers (+ topology and itop for the run with events); the recipe's accuracy vs
-    # sparsity; the lottery curve; the study's embedded plot
-    assert len(images) == 6 * 3 + 2 + 1 + 1 + 1
+    dynamic = [r for r in runs if r.topology_file.exists()]
+    assert sorted(r.path.parent.name.split("-")[0] for r in dynamic) == ["gmp", "granet", "rigl"]
+    # per run: curves, density, layers, and topology and itop for the runs with topology updates; the recipe's
+    # accuracy vs sparsity; the lottery curve; the study's two embedded plots (accuracy, plasticity)
+    assert len(images) == 6 * 3 + 3 * 2 + 1 + 1 + 2
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert "<script" not in text and "http://" not in text and "https://" not in text
     assert f"{rigl.name}: topology.png" in text and f"{rigl.name}: itop.png" in text
@@ -79,6 +75,19 @@ def test_markdown_subset():
     assert rendered.count("<ul>") == 2 and "<li>nested</li>" in rendered
     assert '<td class="txt">x&lt;y</td><td class="num">1.5</td>' in rendered
     assert "[image not found: missing.png]" in markdown_html("![plot](missing.png)", Path("/nonexistent"))
+
+
+def test_report_html_of_one_study_or_lottery_directory(study, capsys):
+    root, _, _ = study
+    for source, heading in ((root / "runs" / "results", "<h2>Study: "),
+                            (root / "runs" / "tiny" / "imp", "<h2>Lottery run: synthetic-mlp-")):
+        page = root / "report" / f"{source.name}.html"
+        assert main(["report", "--runs-dir", str(source), "--html", str(page)]) == 0
+        assert capsys.readouterr().out.strip() == str(page)
+        text = page.read_text()
+        assert text.count("<h2>") == 1 and heading in text and "<h2>Recipe" not in text
+    assert main(["report", "--runs-dir", str(root), "--html", str(root)]) == 2
+    assert "is a directory" in capsys.readouterr().err
 
 
 def test_empty_and_missing_sources(tmp_path):
@@ -120,8 +129,9 @@ def test_every_image_loads_in_chromium(study, tmp_path):
     expected = len(_images(page.read_text()))
     result = _browser_check(page, tmp_path)
     assert result["images"] == expected and result["broken"] == []
-    # per run: per-layer and per-epoch tables; the recipe's runs; the lottery levels; the study's accuracy and cost
-    assert result["tables"] == 6 * 2 + 1 + 1 + 2 and result["rows"] > 20
+    # per run: per-layer and per-epoch tables; the recipe's runs; the lottery levels; the study's accuracy, cost
+    # and plasticity
+    assert result["tables"] == 6 * 2 + 1 + 1 + 3 and result["rows"] > 20
 
     shot = tmp_path / "page.png"
     _chromium("--window-size=1280,2400", f"--screenshot={shot}", page.as_uri(), profile=tmp_path / "profile")

@@ -72,8 +72,9 @@ def _lightning_run(root: Path, method: str, max_epochs: int, ckpt_path: Path | N
     checkpoints = pl.callbacks.ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_epochs=1,
                                                filename="{epoch}-{step}")
     trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, accumulate_grad_batches=ACCUMULATE,
-                         callbacks=[callback, checkpoints], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=root, num_sanity_val_steps=0)
+                         callbacks=[callback, checkpoints], logger=pl.loggers.CSVLogger(root, name="csv"),
+                         log_every_n_steps=4, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=root, num_sanity_val_steps=0)
     module = Module()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's advice on num_workers etc.
@@ -90,8 +91,9 @@ def test_lightning_callback_counts_optimizer_steps_and_resumes(tmp_path: Path, m
     assert trainer.global_step == 24 == sparsifier.step_count
     assert sparsifier.total_steps == 24  # trainer.estimated_stepping_batches: optimizer steps, not batches
     _assert_exact(sparsifier)
-    logged = trainer.callback_metrics["sparsetrain/sparsity"]  # logged at the last topology update
+    logged = trainer.callback_metrics["train/sparsity"]  # logged with pl_module.log at every step
     assert float(logged) == pytest.approx(sparsifier.current_sparsity(), abs=1e-6)
+    _check_lightning_csv(trainer, sparsifier, first_step=1)
 
     # The callback's state is inside Lightning's checkpoint, and loads weights-only.
     first = tmp_path / "a" / "epoch=0-step=8.ckpt"
@@ -108,6 +110,36 @@ def test_lightning_callback_counts_optimizer_steps_and_resumes(tmp_path: Path, m
     for (name, p), (_, q) in zip(module.named_parameters(), module_b.named_parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
     assert list(callback_b.sparsifier.masks) == ["net.0.weight", "net.2.weight", "net.4.weight"]
+    _check_lightning_csv(trainer_b, callback_b.sparsifier, first_step=17)  # the resumed run logs on from step 17
+
+
+def _check_lightning_csv(trainer, sparsifier, first_step):
+    """Read back what the callback logged, from Lightning's CSVLogger file (metrics.csv)."""
+    import csv
+
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+
+    def logged(key):
+        return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+
+    # every topology update at its own step, though log_every_n_steps is 4
+    updates = [s for s in range(first_step, 25) if sparsifier.is_update_step(s)]
+    assert [step for step, _ in logged("topology/churn")] == updates
+    masks = sparsifier.masks
+    if updates:  # (RigL's last update, at step 15, comes before the resumed run's steps)
+        assert logged("density/net.2.weight")[-1][1] == pytest.approx(float(masks["net.2.weight"].float().mean()))
+        assert logged("topology/itop")[-1][1] == pytest.approx(sparsifier.itop_rate())
+    assert len(updates) >= 2 or first_step > 1
+    assert all(0.0 <= share <= 1.0 for _, share in logged("grad_share/net.0.weight"))
+    # per-step scalars through pl_module.log, written every log_every_n_steps as the module's own
+    assert [step for step, _ in logged("train/lr")] == [s for s in range(first_step, 25) if (s + 1) % 4 == 0]
+    assert logged("train/loss") and logged("train/sparsity")[-1][1] == pytest.approx(sparsifier.current_sparsity())
+    # the active weights' magnitudes once per epoch (8 optimizer steps)
+    medians = logged("weights/net.0.weight/median")
+    assert [step for step, _ in medians] == [s for s in (8, 16, 24) if s >= first_step]
+    active = sparsifier.params["net.0.weight"].detach()[masks["net.0.weight"]].abs().double()
+    assert medians[-1][1] == pytest.approx(float(active.quantile(0.5)))
 
 
 def test_lightning_callback_rejects_bad_arguments() -> None:
@@ -171,6 +203,7 @@ def test_hf_trainer_callback_counts_optimizer_steps_and_resumes(tmp_path: Path, 
     assert trainer.state.global_step == 24 == sparsifier.step_count  # 48 batches, accumulate 2
     assert sparsifier.total_steps == 24
     _assert_exact(sparsifier)
+    _check_hf_log_history(trainer, sparsifier)
     saved = load_checkpoint(tmp_path / "a" / "checkpoint-12" / "sparsifier.pt")
     assert saved["step"] == 12 and saved["method"] == method
 
@@ -184,6 +217,62 @@ def test_hf_trainer_callback_counts_optimizer_steps_and_resumes(tmp_path: Path, 
         assert torch.equal(mask, callback_b.sparsifier.masks[name]), name
     for (name, p), (_, q) in zip(model.named_parameters(), model_b.named_parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+def _check_hf_log_history(trainer, sparsifier):
+    """What the callback added to the Trainer's log records (``trainer.state.log_history``)."""
+    history = trainer.state.log_history
+
+    def logged(key):
+        return [(r["step"], r[key]) for r in history if key in r]
+
+    updates = [s for s in range(1, 25) if sparsifier.is_update_step(s)]
+    assert [step for step, _ in logged("topology/churn")] == updates and len(updates) >= 4
+    for record in history:
+        if "topology/churn" in record:  # the Trainer's own record of that step, with its loss
+            assert "loss" in record and 0.0 <= record["grad_share/net.0.weight"] <= 1.0
+    masks = sparsifier.masks
+    assert logged("density/net.2.weight")[-1][1] == pytest.approx(float(masks["net.2.weight"].float().mean()))
+    assert logged("topology/itop")[-1][1] == pytest.approx(sparsifier.itop_rate())
+    assert logged("train/sparsity")[-1][1] == pytest.approx(sparsifier.current_sparsity())
+    medians = logged("weights/net.0.weight/median")  # 8 optimizer steps per epoch
+    assert [step for step, _ in medians] == [8, 16, 24]
+    active = sparsifier.params["net.0.weight"].detach()[masks["net.0.weight"]].abs().double()
+    assert medians[-1][1] == pytest.approx(float(active.quantile(0.5)))
+
+
+def test_hf_figures_reach_callbacks_after_it_and_those_it_is_moved_ahead_of(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from sparsetrain.integrations.huggingface import SparsifierTrainerCallback
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+    class Recorder(transformers.TrainerCallback):  # stands for a report_to integration
+        def __init__(self):
+            self.keys = set()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.keys |= set(logs or {})
+
+    x, y = _data()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=12,
+                                          learning_rate=0.05, optim="sgd", logging_steps=1000, report_to=[],
+                                          use_cpu=True, disable_tqdm=True, save_strategy="no")
+    before, callback, after = Recorder(), SparsifierTrainerCallback("rigl", sparsity=0.8, update_every=3), Recorder()
+    trainer = transformers.Trainer(model=_HFNet(), args=args, train_dataset=[{"x": x[i], "labels": y[i]}
+                                                                             for i in range(len(x))],
+                                   callbacks=[before, callback, after])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    assert "topology/churn" in after.keys and "topology/churn" not in before.keys
+    trainer.callback_handler.callbacks.remove(callback)  # as the module docstring shows
+    trainer.callback_handler.callbacks.insert(0, callback)
+    before.keys = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    assert "topology/churn" in before.keys and "train/sparsity" in before.keys
 
 
 def test_hf_resume_without_sparsifier_state_is_a_clear_error(tmp_path: Path) -> None:

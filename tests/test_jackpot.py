@@ -114,3 +114,34 @@ def test_mask_iou() -> None:
     b = {"x": torch.tensor([True, False, True, False])}
     assert mask_iou(a, b) == pytest.approx(1 / 3)
     assert mask_iou(a, a) == 1.0
+
+
+def test_jackpot_under_a_pattern_searches_nm_masks_and_swaps_within_groups() -> None:
+    from sparsetrain.nm import is_nm, nm_mask
+
+    net = trained_net()
+    masks, info = find_jackpot(net, None, data(), steps=12, lr=0.5, max_changes_per_step=8, pattern="2:4")
+    assert is_nm(masks["0.weight"], "2:4") and is_nm(masks["4.weight"], "2:4")
+    assert sum(info["changes_per_step"]) > 0 and max(info["changes_per_step"]) <= 8
+    free, _ = find_jackpot(net, 0.5, data(), steps=12, lr=0.5, pattern="2:4")
+    assert is_nm(free["0.weight"], "2:4")
+    start, _ = find_jackpot(net, None, data(), steps=0, pattern="2:4")
+    assert torch.equal(start["0.weight"], nm_mask(net.get_parameter("0.weight").detach().abs(), "2:4"))
+    with pytest.raises(ValueError, match="sparsity=0.8 is not allowed with pattern='2:4'"):
+        find_jackpot(net, 0.8, data(), pattern="2:4")
+
+
+def test_restrict_changes_pairs_entries_of_the_same_group() -> None:
+    from sparsetrain.nm import NMPattern, is_nm, nm_mask
+    from sparsetrain.selection import Groups
+
+    g = torch.Generator().manual_seed(0)
+    scores = {"w": torch.rand(4, 16, generator=g)}
+    current = {"w": nm_mask(torch.rand(4, 16, generator=g), "2:4")}
+    target = {"w": nm_mask(scores["w"], "2:4")}
+    moved = int((current["w"] ^ target["w"]).sum())
+    for cap in (2, 6, 10):
+        new, flipped = restrict_changes(current, target, scores, cap, groups={"w": Groups(NMPattern(2, 4), 1)})
+        assert is_nm(new["w"], "2:4") and flipped == min(cap // 2 * 2, moved)
+    unpaired, _ = restrict_changes(current, target, scores, 6)  # without groups, swaps cross groups here
+    assert int(unpaired["w"].sum()) == 32 and not is_nm(unpaired["w"], "2:4")

@@ -72,3 +72,15 @@ def test_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, case):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sparsetrain: error:")
+
+
+def test_jackpot_cli_searches_an_nm_mask(run_dir, capsys) -> None:
+    from sparsetrain.nm import is_nm
+
+    assert main(["jackpot", str(run_dir), "--pattern", "2:4", "--steps", "3", "--batches", "2"]) == 0
+    out = run_dir / "jackpot-2of4"
+    masks = torch.load(out / "masks.pt", weights_only=True)
+    record = json.loads((out / "jackpot.json").read_text())
+    assert record["pattern"] == "2:4" and record["sparsity"] == 0.5
+    assert all(is_nm(m, "2:4") or bool(m.all()) for m in masks.values())
+    assert any(is_nm(m, "2:4") and not bool(m.all()) for m in masks.values())

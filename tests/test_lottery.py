@@ -1,4 +1,4 @@
-"""Lottery tickets: IMP counts, rewinding, controls, and the on-disk pipeline (files, resume)."""
+"""Lottery tickets: IMP counts, rewinding, controls, and the on-disk pipeline of Trainer runs (files, resume)."""
 
 from __future__ import annotations
 
@@ -10,34 +10,29 @@ import pytest
 import torch
 from torch import nn
 
+from sparsetrain.checkpoint_io import load_checkpoint as load
+from sparsetrain.experiment import ExperimentConfig, Trainer, TrainerCallback
 from sparsetrain.lottery import (
-    LotteryConfig,
-    curve_table,
     layer_rates,
     level_count,
-    lottery_curve,
-    make_train_fn,
     next_count,
     prune_round,
     random_mask_like,
     rewind,
-    run_lottery,
     snapshot,
 )
-from sparsetrain.lottery.rewind import load
+from sparsetrain.studies.lottery import (
+    LotteryConfig,
+    curve_table,
+    lottery_curve,
+    run_lottery,
+)
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
     """Hidden tensor of 125 * 25 = 5^5 weights, output tensor of 25 * 40 = 1000 weights."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(125, 25), nn.ReLU(), nn.Linear(25, 40))
-
-
-def toy_data(n: int = 64, n_in: int = 6, classes: int = 3, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, n_in, generator=g)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
-    return [(x[i:i + 16], y[i:i + 16] % classes) for i in range(0, n, 16)]
 
 
 def small_net(seed: int = 0) -> nn.Sequential:
@@ -135,59 +130,74 @@ def test_random_control_keeps_per_layer_counts_and_differs() -> None:
     assert all(torch.equal(control[n], random_mask_like(masks, seed=3)[n]) for n in masks)
 
 
-# -- the pipeline on disk --------------------------------------------------------------------------------------
+# -- the pipeline on disk: every stage a Trainer run ----------------------------------------------------------
 
-class Recorder:
-    """A train function that records every call and trains with the real default loop."""
+def recipe(epochs: int = 2, **extra: Any) -> ExperimentConfig:
+    """Synthetic data with 6 inputs and 3 classes, 4 steps per epoch; an MLP 6-16-3 (96 and 48 pruned weights)."""
+    overrides = {"data.name": "synthetic", "data.options.n_train": 64, "data.options.n_test": 32,
+                 "data.options.input_shape": [1, 6], "data.options.num_classes": 3, "model.name": "mlp",
+                 "model.options.hidden": [16], "train.epochs": epochs, "train.batch_size": 16, "optim.lr": 0.05,
+                 "train.eval_batch_size": 32}
+    overrides.update(extra)
+    return ExperimentConfig().with_overrides(overrides)
 
-    def __init__(self, data: list, steps: int = 8, fail_at: str | None = None) -> None:
-        self.inner = make_train_fn(data, data, steps=steps, lr=0.05)
-        self.calls: list[tuple[str, int, dict[str, torch.Tensor]]] = []
+
+class Recorder(TrainerCallback):
+    """Records the stages that train (``on_stage``) and each stage's weights when its training starts."""
+
+    def __init__(self, root: Path, fail_at: str | None = None) -> None:
+        self.root = root
         self.fail_at = fail_at
+        self.stages: list[str] = []
+        self.starts: dict[str, dict[str, torch.Tensor]] = {}
 
-    def __call__(self, model: nn.Module, masks: Any, level_dir: Path, **kwargs: Any) -> dict[str, Any]:
-        tag = str(Path(level_dir.parent.name) / level_dir.name)
+    def on_stage(self, run_dir: Path, kept: float, steps: int) -> None:
+        tag = run_dir.relative_to(self.root).as_posix()
         if tag == self.fail_at:
             raise KeyboardInterrupt("stopped")
-        self.calls.append((tag, kwargs.get("start_step", 0), snapshot(model)))
-        return self.inner(model, masks, level_dir, **kwargs)
+        self.stages.append(tag)
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.starts[trainer.run.path.relative_to(self.root).as_posix()] = snapshot(trainer.exp.model)
 
 
 def test_two_round_run_writes_the_expected_files_and_resumes(tmp_path: Path) -> None:
-    data = toy_data()
     config = LotteryConfig(rounds=2, prune_rate=0.5, output_rate=0.25)
-    first = Recorder(data, fail_at=f"{tmp_path.name}/level_2")
+    first = Recorder(tmp_path, fail_at="level_2/run")
     with pytest.raises(KeyboardInterrupt):  # the run is killed when level 2 starts training
-        run_lottery(small_net(), config, first, tmp_path)
-    assert [c[0].split("/")[-1] for c in first.calls] == ["level_0", "level_1", "reinit", "random"]
+        run_lottery(recipe(), config, tmp_path, callback=first, on_stage=first.on_stage)
+    assert first.stages == ["level_0/run", "level_1/run", "level_1/reinit", "level_1/random"]
 
-    second = Recorder(data)
-    rows = run_lottery(small_net(seed=9), config, second, tmp_path)  # other init: init.pt wins on resume
-    assert [c[0].split("/")[-1] for c in second.calls] == ["level_2", "reinit", "random"]
+    second = Recorder(tmp_path)
+    rows = run_lottery(recipe(), config, tmp_path, callback=second, on_stage=second.on_stage)
+    assert second.stages == ["level_2/run", "level_2/reinit", "level_2/random"]
     for level in range(3):
         where = tmp_path / f"level_{level}"
-        for name in ("masks.pt", "sparsity.json", "sparsity.txt", "metrics.json", "model.pt"):
+        for name in ("masks.pt", "sparsity.json", "sparsity.txt", "run/summary.json", "run/checkpoint.pt"):
             assert (where / name).is_file(), where / name
         for control in ("reinit", "random"):
-            assert ((where / control / "metrics.json").is_file()) == (level > 0)
-    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "init.pt", "rewind.pt", "level_0", "level_1",
-                                                     "level_2"}
+            assert ((where / control / "summary.json").is_file()) == (level > 0)
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "experiment.yaml", "level_0", "level_1",
+                                                     "level_2", "curve.md", "curve.png"}
     assert not list(tmp_path.rglob("*.tmp"))
 
-    # Level 2 started from the rewind point (the saved init) under its mask.
-    init = load(tmp_path / "init.pt")
+    # Level 2 started from the rewind point (the dense run's state before its first step) under its mask.
+    init = load(tmp_path / "level_0" / "run" / "checkpoints" / "step_0.pt")["model"]
     masks2 = load(tmp_path / "level_2" / "masks.pt")
-    start = second.calls[0][2]
+    start = second.starts["level_2/run"]
     for name, mask in masks2.items():
         assert torch.equal(start[name][mask], init[name][mask])
         assert bool((start[name][~mask] == 0).all())
+    branch = json.loads((tmp_path / "level_2" / "run" / "branch.json").read_text())
+    assert branch["source"]["take"] == ["data", "model", "position"] and branch["step"] == 0
     # Counts: 1st layer 96 -> 48 -> 24, output 48 -> 36 -> 27.
-    assert counts(masks2) == {"0.weight": 24, "3.weight": 27}
+    assert counts(masks2) == {"layers.0.weight": 24, "layers.2.weight": 27}
     report = json.loads((tmp_path / "level_2" / "sparsity.json").read_text())
     assert report["nonzeros"] == 51 and report["numel"] == 144
-    assert counts(load(tmp_path / "level_2" / "random" / "masks.pt")) == counts(masks2)
-    reinit_start = second.calls[1][2]
-    assert not torch.equal(reinit_start["0.weight"], start["0.weight"])
+    assert counts(load(tmp_path / "level_2" / "random_masks.pt")) == counts(masks2)
+    assert counts(load(tmp_path / "level_2" / "random" / "masks.pt")) == counts(masks2)  # trained with it, fixed
+    reinit_start = second.starts["level_2/reinit"]
+    assert not torch.equal(reinit_start["layers.0.weight"], start["layers.0.weight"])
 
     assert [r["level"] for r in rows] == [0, 1, 2]
     assert rows[2]["remaining"] == pytest.approx(51 / 144)
@@ -195,43 +205,74 @@ def test_two_round_run_writes_the_expected_files_and_resumes(tmp_path: Path) -> 
     assert rows == lottery_curve(tmp_path)
     assert "| 2 | 35.42% |" in curve_table(rows)
 
-    third = Recorder(data)
-    run_lottery(small_net(), config, third, tmp_path)  # everything done: nothing retrains
-    assert third.calls == []
+    third = Recorder(tmp_path)
+    run_lottery(recipe(), config, tmp_path, on_stage=third.on_stage)  # everything done: nothing retrains
+    assert third.stages == []
     with pytest.raises(ValueError, match="prune_rate"):
-        run_lottery(small_net(), LotteryConfig(rounds=2, prune_rate=0.3, output_rate=0.25), third, tmp_path)
+        run_lottery(recipe(), LotteryConfig(rounds=2, prune_rate=0.3, output_rate=0.25), tmp_path)
+    with pytest.raises(ValueError, match="another recipe"):  # other init (train.seed): the run is not resumed
+        run_lottery(recipe(**{"train.seed": 9}), config, tmp_path)
 
 
-def test_rewind_to_step_k_saves_the_weights_after_k_steps(tmp_path: Path) -> None:
+def test_rewind_to_step_k_keeps_the_dense_run_after_k_steps(tmp_path: Path) -> None:
     k = 3
+    run_lottery(recipe(), LotteryConfig(rounds=1, rewind_step=k, controls=()), tmp_path / "lottery", plots=False)
+    saved = load(tmp_path / "lottery" / "level_0" / "run" / "checkpoints" / f"step_{k}.pt")
+    assert saved["step"] == k
+    alone = Trainer(recipe().dense_baseline(), run_dir=tmp_path / "dense", keep_steps=(k,), plots=False)
+    alone.fit_until(step=k)
+    expected = load(alone.run.kept_checkpoint(k))
+    for name, value in expected["model"].items():  # the weights after k steps of the dense run, bit for bit
+        assert torch.equal(saved["model"][name], value), name
+    level = json.loads((tmp_path / "lottery" / "level_1" / "run" / "summary.json").read_text())
+    assert level["branch"]["step"] == k and level["total_steps"] == 8  # it trains the remaining 8 - k steps
+    records = [json.loads(line) for line in
+               (tmp_path / "lottery" / "level_1" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8]
 
-    def train(model: nn.Module, masks: Any, level_dir: Path, *, start_step: int = 0, on_step: Any = None
-              ) -> dict[str, Any]:
-        history = getattr(train, "history", [])
-        for step in range(start_step, 6):
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(1.0)
-                    for name, mask in masks.items():
-                        if model.get_parameter(name) is p:
-                            p.mul_(mask)
-            if on_step is not None:
-                on_step(step + 1, model)
-        history.append((level_dir.name, start_step))
-        train.history = history  # type: ignore[attr-defined]
-        return {"accuracy": 0.0}
 
-    model = small_net()
-    init = snapshot(model)
-    run_lottery(model, LotteryConfig(rounds=1, rewind_step=k, controls=()), train, tmp_path)
-    saved = load(tmp_path / "rewind.pt")
-    expected = init["0.weight"].clone()
-    for _ in range(k):
-        expected += 1.0
-    assert torch.equal(saved["0.weight"], expected)
-    assert torch.equal(saved["1.running_mean"], init["1.running_mean"])  # buffers saved as they were
-    assert train.history == [("level_0", 0), ("level_1", k)]  # type: ignore[attr-defined]
-    assert all(torch.equal(v, init[n]) for n, v in model.state_dict().items())  # caller's model untouched
+class KillAt(TrainerCallback):
+    """Raises after optimizer step ``step`` of the run in ``run_dir`` (a kill mid-level)."""
+
+    def __init__(self, run_dir: Path, step: int) -> None:
+        self.run_dir, self.step = run_dir, step
+
+    def on_step(self, trainer: Trainer) -> None:
+        if trainer.run.path == self.run_dir and trainer.step == self.step:
+            raise KeyboardInterrupt(f"killed at step {self.step}")
+
+
+def _fingerprint(root: Path) -> dict[str, Any]:
+    """Every stage's final masks and per-epoch metrics (wall time left out)."""
+    out = {}
+    for masks in sorted(root.rglob("run/masks.pt")) + sorted(root.rglob("reinit/masks.pt")):
+        records = [json.loads(line) for line in (masks.parent / "metrics.jsonl").read_text().splitlines()]
+        out[masks.parent.relative_to(root).as_posix()] = (
+            {n: m.tolist() for n, m in load(masks).items()}, [{k: v for k, v in r.items() if k != "time"}
+                                                               for r in records])
+    return out
+
+
+def test_a_level_killed_mid_level_resumes_mid_level_to_the_same_result(tmp_path: Path) -> None:
+    config = LotteryConfig(rounds=1, prune_rate=0.5, controls=("reinit",), rewind_step=2)
+    whole = run_lottery(recipe(epochs=3), config, tmp_path / "whole", plots=False)
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):  # level 1 starts at step 2; killed at step 10, in its third epoch
+        run_lottery(recipe(epochs=3), config, killed, callback=KillAt(killed / "level_1" / "run", 10), plots=False)
+    assert not (killed / "level_1" / "run" / "summary.json").exists()
+    assert load(killed / "level_1" / "run" / "checkpoint.pt")["step"] == 8  # the end of its second epoch
+    resumed = run_lottery(recipe(epochs=3), config, killed, plots=False)
+    summary = json.loads((killed / "level_1" / "run" / "summary.json").read_text())
+    assert summary["resumed"] is True  # it continued from step 8, not from the level's start
+    assert resumed == whole
+    assert _fingerprint(killed) == _fingerprint(tmp_path / "whole")
+
+
+def test_a_lottery_directory_of_the_old_layout_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "level_0").mkdir()
+    (tmp_path / "level_0" / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="older sparsetrain"):
+        run_lottery(recipe(), LotteryConfig(rounds=1), tmp_path)
 
 
 # -- the command line ------------------------------------------------------------------------------------------
@@ -248,15 +289,84 @@ def test_cli_lottery_runs_the_harness_recipe_and_skips_finished_stages(tmp_path:
     first = capsys.readouterr()
     assert "training level_0" in first.err and "training level_1/random" in first.err
     (run,) = tmp_path.glob("lottery-*/seed_0")
-    for name in ("config.json", "experiment.yaml", "init.pt", "rewind.pt", "curve.md", "curve.png",
-                 "level_0/metrics.json", "level_1/masks.pt", "level_1/metrics.json", "level_1/random/metrics.json"):
+    for name in ("config.json", "experiment.yaml", "level_0/run/checkpoints/step_2.pt", "curve.md", "curve.png",
+                 "level_0/run/summary.json", "level_1/masks.pt", "level_1/run/summary.json",
+                 "level_1/random/summary.json"):
         assert (run / name).is_file(), name
     assert not (run / "level_1" / "reinit").exists()
-    metrics = json.loads((run / "level_1" / "metrics.json").read_text())
-    assert metrics["steps"] == 4 - 2  # 128 samples / 32 per batch = 4 steps, rewound to step 2
+    metrics = json.loads((run / "level_1" / "run" / "summary.json").read_text())
+    assert metrics["total_steps"] - metrics["branch"]["step"] == 4 - 2  # 128 / 32 = 4 steps, rewound to step 2
     assert "| 1 | " in first.out and "| 0 | 100.00% |" in first.out
 
     assert main(args) == 0  # everything done: nothing retrains
     assert "training" not in capsys.readouterr().err
     assert main([*args, "--method", "rigl"]) == 2
     assert "sparse section is not used" in capsys.readouterr().err
+
+
+# -- N:M ---------------------------------------------------------------------------------------------------------
+
+def test_imp_under_a_pattern_applies_the_rate_to_each_groups_count_down_to_n() -> None:
+    from sparsetrain.nm import is_nm, nm_layouts, nm_mask
+    from sparsetrain.masks import select_prunable
+
+    model = nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 8))
+    params = select_prunable(model)
+    layouts = nm_layouts(model, params, "1:8")
+    weights = {n: p.detach() for n, p in params.items()}
+    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    seen = []
+    for _ in range(6):  # 8 -> 6 -> 4 -> 3 -> 2 -> 1 -> 1 at p = 0.2 (each round removes ceil(0.2 n) >= 1)
+        previous = masks
+        masks = prune_round(weights, masks, {n: 0.2 for n in masks}, pattern="1:8", layouts=layouts)
+        n = int(masks["0.weight"].sum()) * 8 // masks["0.weight"].numel()
+        seen.append(n)
+        assert is_nm(masks["0.weight"], f"{n}:8") and is_nm(masks["2.weight"], f"{n}:8")
+        expected = nm_mask(weights["0.weight"].abs(), f"{n}:8", eligible=previous["0.weight"])
+        assert torch.equal(masks["0.weight"], expected)
+    assert seen == [6, 4, 3, 2, 1, 1]
+    one_shot = prune_round(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()},
+                           {n: 0.2 for n in weights}, pattern="1:8", layouts=layouts, levels=3)
+    assert counts(one_shot) == {"0.weight": 3 * 16 * 24 // 8, "2.weight": 3 * 24 * 8 // 8}
+    with pytest.raises(ValueError, match="scope='layer'"):
+        prune_round(weights, masks, {n: 0.2 for n in masks}, scope="global", pattern="1:8", layouts=layouts)
+
+
+def test_lottery_config_pattern_is_checked_and_left_out_of_unstructured_configs() -> None:
+    assert "pattern" not in LotteryConfig().to_dict()
+    assert LotteryConfig.from_dict(LotteryConfig().to_dict()) == LotteryConfig()
+    config = LotteryConfig(pattern=" 2 : 4")
+    assert config.pattern == "2:4" and LotteryConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="scope='global' is not allowed with pattern='2:4'"):
+        LotteryConfig(pattern="2:4", scope="global")
+    with pytest.raises(ValueError, match="pattern='3:3' is not allowed"):
+        LotteryConfig(pattern="3:3")
+
+
+def test_lottery_run_under_a_pattern_keeps_the_pattern_in_tickets_and_the_random_control(tmp_path: Path) -> None:
+    from sparsetrain.nm import is_nm
+
+    config = LotteryConfig(rounds=2, prune_rate=0.5, output_rate=None, pattern="1:4")
+    run_lottery(recipe(epochs=1), config, tmp_path, plots=False)
+    first, last = list(load(tmp_path / "level_1" / "masks.pt"))  # the MLP 6-16-3: weights of 6 and 16 inputs
+    for level, n in ((1, 2), (2, 1)):  # 4 -> 2 -> 1 of every 4 at p = 0.5
+        ticket = load(tmp_path / f"level_{level}" / "masks.pt")
+        control = load(tmp_path / f"level_{level}" / "random_masks.pt")
+        assert is_nm(ticket[last], f"{n}:4") and is_nm(control[last], f"{n}:4")
+        assert not torch.equal(ticket[last], control[last])
+        assert bool(ticket[first].all()) and bool(control[first].all())  # 6 inputs: kept dense
+
+
+def test_cli_lottery_takes_a_pattern(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from sparsetrain.cli import main
+    from sparsetrain.nm import is_nm
+
+    monkeypatch.chdir(tmp_path)
+    args = ["lottery", "--data", "synthetic", "--data-option", "n_train=64", "--data-option", "n_test=32",
+            "--data-option", "input_shape=[1, 8]", "--data-option", "num_classes=3", "--model", "mlp",
+            "--model-option", "hidden=[16]", "--epochs", "1", "--batch-size", "16", "--rounds", "1",
+            "--prune-rate", "0.5", "--output-rate", "none", "--controls", "--pattern", "1:4", "--no-progress"]
+    assert main(args) == 0
+    (ticket_file,) = tmp_path.glob("runs/lottery-*/seed_0/level_1/masks.pt")
+    assert all(is_nm(mask, "2:4") for mask in load(ticket_file).values())  # 4 -> 2 of every 4 at p = 0.5
+    assert "1:4" in json.loads((ticket_file.parents[1] / "config.json").read_text())["pattern"]

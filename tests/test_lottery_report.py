@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sparsetrain.cli import main
-from sparsetrain.lottery.report import (
+from sparsetrain.studies.lottery.report import (
     find_lottery_runs,
     format_lottery_rows,
     lottery_rows,
@@ -36,14 +36,14 @@ def test_report_lists_every_level_of_a_lottery_run_with_its_controls(runs, capsy
     assert all(r["run"] == f"{run.parent.name}/{run.name}" for r in rows)
     for row in rows:
         level = run / f"level_{row['level']}"
-        ticket = json.loads((level / "metrics.json").read_text())["accuracy"]
+        ticket = json.loads((level / "run" / "summary.json").read_text())["final_acc"]
         sparsity = json.loads((level / "sparsity.json").read_text())
         assert float(row["ticket"]) == pytest.approx(ticket)
         assert float(row["remaining"]) == pytest.approx(sparsity["nonzeros"] / sparsity["numel"])
         assert row["reinit"] == ""  # not run
     assert float(rows[0]["remaining"]) == 1.0 and rows[0]["random"] == ""
     assert 0.4 < float(rows[1]["remaining"]) < 0.7  # half of the hidden layer, a tenth of the output layer
-    random = json.loads((run / "level_1" / "random" / "metrics.json").read_text())["accuracy"]
+    random = json.loads((run / "level_1" / "random" / "summary.json").read_text())["final_acc"]
     assert float(rows[1]["random"]) == pytest.approx(random)
 
 

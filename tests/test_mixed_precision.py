@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import sparsetrain
+from helpers import run_with_scaler
 from sparsetrain.optim_state import state_tensors
 
 TOTAL = 60
@@ -182,3 +183,12 @@ def test_overflow_at_a_pruned_position_without_scaler_keeps_the_weight_zero() ->
     optimizer.step()
     sparsifier.step()
     assert float(model[0].weight.detach()[pruned]) == 0.0
+
+
+def test_a_fused_optimizer_under_grad_scaler_takes_the_same_steps_as_without_it() -> None:
+    """GradScaler gives a fused optimizer the scale (the gradients stay scaled): the masked fused step must not run
+    on them, so the weights match an unscaled run."""
+    plain, scaled = (run_with_scaler("static", True, flag, sparsity=0.5) for flag in (False, True))
+    _check_pruned_exactly_zero(scaled, scaled.optimizer)
+    for a, b in zip(plain.model.parameters(), scaled.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

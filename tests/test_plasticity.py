@@ -9,20 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from sparsetrain.analysis.plasticity import (
+from sparsetrain import GraNet
+from sparsetrain.analysis.plasticity import format_plasticity, magnitude_masks
+from sparsetrain.cli import main
+from sparsetrain.experiment import ExperimentConfig, Trainer
+from sparsetrain.experiment.checkpoint import load_checkpoint
+from sparsetrain.studies.plasticity import (
     PlasticityCell,
     PlasticityStudy,
-    Regenerating,
     default_prune_epochs,
-    format_plasticity,
     lr_decay_epochs,
-    magnitude_masks,
     plasticity_cells,
     run_plasticity,
 )
-from sparsetrain.cli import main
-from sparsetrain.experiment import ExperimentConfig
-from sparsetrain.experiment.checkpoint import load_checkpoint
 
 
 def tiny(**extra):
@@ -87,7 +86,7 @@ def test_regeneration_keeps_each_layer_count_and_moves_the_mask():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     params = {"0.weight": model[0].weight, "2.weight": model[2].weight}
     masks = magnitude_masks(params, 0.75, "layer")
-    sparsifier = Regenerating(model, optimizer, masks=masks, total_steps=20, update_every=5)
+    sparsifier = GraNet(model, optimizer, masks=masks, total_steps=20, update_every=5, prune_end=0)
     start = {n: m.clone() for n, m in sparsifier.masks.items()}
     assert sparsifier.current_sparsity() == pytest.approx(0.75)
     for _ in range(10):
@@ -142,14 +141,16 @@ def test_dense_checkpoints_are_the_dense_run_at_t(study):
     dense_dir = next((out / "runs").glob("dense-*/seed_0"))
     first = [json.loads(line) for line in (dense_dir / "metrics.jsonl").read_text().splitlines()]
     for t in (1, 3):
-        state = load_checkpoint(out / "dense_checkpoints" / f"epoch_{t}.pt")
+        path = PlasticityStudy(tiny(), out, regrow_every=2).dense_checkpoint(t)
+        assert path == dense_dir / "checkpoints" / f"step_{4 * t}.pt"  # kept by the dense run itself
+        state = load_checkpoint(path)
         assert state["epoch"] == t and state["step"] == 4 * t
         assert state["sparsifier"] is None and first[t - 1]["step"] == state["step"]
 
 
 def test_fixed_cell_pruned_exactly_the_smallest_dense_weights(study):
     out, _ = study
-    state = load_checkpoint(out / "dense_checkpoints" / "epoch_3.pt")
+    state = load_checkpoint(next((out / "runs").glob("dense-*/seed_0/checkpoints/step_12.pt")))
     expected = magnitude_masks({k: v for k, v in state["model"].items() if v.dim() >= 2}, 0.9, "global")
     masks = torch.load(out / "cells" / "t3-r0.9-fixed" / "masks.pt", weights_only=True)
     assert set(masks) == set(expected)
@@ -177,14 +178,32 @@ def test_missing_checkpoint_after_the_dense_run_finished_is_recreated(study, tmp
     config = tiny()
     fresh = PlasticityStudy(config, tmp_path, regrow_every=2)
     fresh.train_dense([1])
-    assert not fresh.checkpoint_path(2).exists()
-    fresh.train_dense([1, 2])  # the dense run is finished: it is trained again in a scratch directory
-    saved = load_checkpoint(fresh.checkpoint_path(2))
-    original = load_checkpoint(out / "dense_checkpoints" / "epoch_1.pt")
-    assert saved["step"] == 8 and not (tmp_path / "scratch").exists()
-    again = load_checkpoint(fresh.checkpoint_path(1))
-    for key, value in original["model"].items():
-        assert torch.equal(value, again["model"][key])  # the same computation, bit for bit
+    assert not fresh.dense_run.kept_checkpoint(8).exists()
+    fresh.train_dense([1, 2])  # the dense run is finished: replayed from its checkpoint after epoch 1
+    saved = load_checkpoint(fresh.dense_run.kept_checkpoint(8))
+    assert saved["step"] == 8 and not (fresh.dense_run.path / "replay").exists()
+    original = load_checkpoint(next((out / "runs").glob("dense-*/seed_0/checkpoints/step_4.pt")))
+    again = load_checkpoint(fresh.dense_run.kept_checkpoint(4))
+    direct = Trainer(config.dense_baseline(), run_dir=tmp_path / "direct", plots=False)
+    direct.fit_until(step=8)
+    straight = load_checkpoint(direct.run.checkpoint_file)
+    for key, value in original["model"].items():  # the same computation, bit for bit
+        assert torch.equal(value, again["model"][key])
+        assert torch.equal(straight["model"][key], saved["model"][key])
+
+
+def test_a_cell_before_the_dense_run_trains_the_dense_run_only_to_its_epoch(study, tmp_path):
+    out, rows = study
+    fresh = PlasticityStudy(tiny(), tmp_path, regrow_every=2)
+    row = fresh.train_cell(PlasticityCell(1, 0.5, False))  # the dense run trains to epoch 1 and stops there
+    assert fresh.dense_run.status() == "interrupted" and row["dense_acc"] is None
+    assert load_checkpoint(fresh.dense_run.checkpoint_file)["step"] == 4
+    assert row["acc"] == rows[0]["acc"]  # the same cell as the study's
+    fresh.train_dense([1])  # resumes the dense run from epoch 1 to the end
+    theirs = next((out / "runs").glob("dense-*/seed_0/metrics.jsonl")).read_text().splitlines()
+    mine = fresh.dense_run.metrics_file.read_text().splitlines()
+    assert [{k: v for k, v in json.loads(line).items() if k != "time"} for line in mine] == \
+        [{k: v for k, v in json.loads(line).items() if k != "time"} for line in theirs]
 
 
 def test_format_plasticity_rejects_unknown_formats():

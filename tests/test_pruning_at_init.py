@@ -208,3 +208,53 @@ def test_argument_errors_name_the_argument() -> None:
         prune_at_init(model, "random", 0.5, rounds=0)
     with pytest.raises(ValueError, match="batches=2"):
         prune_at_init(model, "snip", 0.5, tiny_data(), batches=2)
+
+
+# -- N:M -------------------------------------------------------------------------------------------------------
+
+def _nm_net(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 4))
+
+
+def test_one_shot_magnitude_nm_is_the_n_largest_magnitudes_of_every_group() -> None:
+    from sparsetrain.nm import nm_mask
+
+    model = _nm_net()
+    masks = prune_at_init(model, "magnitude", pattern="2:4")
+    for name, param in select_prunable(model).items():
+        expected = nm_mask(param.detach().abs(), "2:4") if name != "4.weight" else torch.ones_like(param, dtype=bool)
+        assert torch.equal(masks[name], expected), name  # 4.weight: 6 inputs, not a multiple of 4: kept dense
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "synflow", "random"])
+def test_every_score_goes_through_the_pattern(method: str) -> None:
+    from sparsetrain.nm import is_nm
+
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    masks = prune_at_init(_nm_net(), method, data=(x, y), pattern="1:4")
+    assert is_nm(masks["0.weight"], "1:4") and is_nm(masks["2.weight"], "1:4") and bool(masks["4.weight"].all())
+
+
+def test_synflow_under_a_pattern_decays_n_round_by_round() -> None:
+    from sparsetrain.init_pruning.prune import _round_budget
+    from sparsetrain.nm import NMPattern, nm_layouts
+
+    model = _nm_net()
+    layouts = nm_layouts(model, select_prunable(model), "1:4")
+    ns = [(_round_budget(layouts, NMPattern(1, 4), d, {}).groups.get("0.weight")) for d in
+          round_densities(0.25, 6)]
+    assert [g.pattern.n if g is not None else 4 for g in ns] == [4, 3, 2, 2, 2, 1]  # ceil(4 * 0.25^(k/6)), >= N
+
+
+def test_pattern_refuses_another_sparsity_a_scope_and_pinned_sparsities() -> None:
+    model = _nm_net()
+    with pytest.raises(ValueError, match="sparsity=0.9 is not allowed with pattern='2:4'"):
+        prune_at_init(model, "magnitude", 0.9, pattern="2:4")
+    with pytest.raises(ValueError, match="not allowed with pattern='2:4'"):
+        prune_at_init(model, "magnitude", pattern="2:4", scope="layer")
+    with pytest.raises(ValueError, match="pinned for '0.weight'"):
+        prune_at_init(model, "magnitude", pattern="2:4", sparsity_overrides={"0.weight": 0.3})
+    assert bool(prune_at_init(model, "magnitude", 0.5, pattern="2:4", dense_first=True)["0.weight"].all())
+    with pytest.raises(TypeError, match="give sparsity"):
+        prune_at_init(model, "magnitude")

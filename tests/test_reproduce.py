@@ -11,7 +11,7 @@ import pytest
 
 from sparsetrain.cli import main
 from sparsetrain.experiment import RunDir
-from sparsetrain.experiment.reproduce import (
+from sparsetrain.studies.reproduce import (
     METHOD_LABELS,
     SETTINGS,
     imp_levels,
@@ -20,7 +20,7 @@ from sparsetrain.experiment.reproduce import (
     plan_jobs,
     run_config,
 )
-from sparsetrain.experiment.reproduce_report import Cell, check_claims
+from sparsetrain.studies.reproduce_report import Cell, check_claims
 
 
 def test_full_grid_is_the_one_asked_for():
@@ -113,8 +113,11 @@ def test_reproduce_tiny_end_to_end(tiny_run, capsys):
             assert float(row["sparsity"]) == pytest.approx(0.8, abs=0.02)
             assert float(row["train_flops_ratio"]) < 1.0
     imp = next(r for r in rows if r["method"] == "imp")
-    (level,) = Path(runs / "imp").glob("*/seed_0/level_1/metrics.json")
-    assert float(imp["acc_mean"]) == pytest.approx(json.loads(level.read_text())["accuracy"])
+    (level,) = Path(runs / "imp").glob("*/seed_0/level_1/run/summary.json")
+    assert float(imp["acc_mean"]) == pytest.approx(json.loads(level.read_text())["final_acc"])
+    recipe = RunDir(level.parent).read_config()  # IMP trains with the recipe of every other row
+    dense = RunDir.for_config(runs, run_config(bench, setting, "dense", 0.0, 0)).read_config()
+    assert recipe.optim == dense.optim and recipe.train == dense.train and recipe.optim.nesterov
     snip = RunDir.for_config(runs, run_config(bench, setting, "snip", 0.8, 0)).read_config()
     assert snip.sparse.options["init"] == "snip"
 

@@ -118,3 +118,49 @@ def test_a_distribution_given_without_a_scope_means_the_layer_scope():
     assert resolve_scope("layer", None, **defaults) == ("layer", "uniform")
     with pytest.raises(ValueError, match=r"distribution='erk' is not allowed with scope='global'"):
         resolve_scope("global", "erk", **defaults)
+
+
+# -- the N:M axis ------------------------------------------------------------------------------------------------
+
+def test_nm_budget_selects_n_of_every_m_and_keeps_the_tensors_that_cannot_follow_it_whole():
+    from sparsetrain.nm import NMLayout, nm_mask
+    from sparsetrain.selection import Groups, nm_budget
+
+    layouts = {"a": NMLayout("a", (6, 8), 1), "b": NMLayout("b", (8, 4), 0), "c": NMLayout("c", (5, 6), 1, "odd")}
+    wanted = nm_budget(layouts, "2:4")
+    assert wanted.groups == {"a": Groups(wanted.groups["a"].pattern, 1), "b": Groups(wanted.groups["b"].pattern, 0)}
+    assert wanted.counts == {"c": 30} and wanted.global_count is None
+    g = torch.Generator().manual_seed(0)
+    scores = {n: torch.randn(layout.shape, generator=g) for n, layout in layouts.items()}  # any sign
+    masks = keep_top(scores, wanted)
+    assert torch.equal(masks["a"], nm_mask(scores["a"], "2:4", dim=1))
+    assert torch.equal(masks["b"], nm_mask(scores["b"], "2:4", dim=0))
+    assert bool(masks["c"].all())
+    # eligible: only eligible entries are kept, a group with fewer than N eligible keeps just those
+    eligible = {n: torch.rand(layout.shape, generator=g) > 0.4 for n, layout in layouts.items()}
+    pruned = keep_top(scores, wanted, eligible=eligible)
+    assert all(bool((pruned[n] & ~eligible[n]).sum() == 0) for n in layouts)
+    assert torch.equal(pruned["a"], nm_mask(scores["a"], "2:4", dim=1, eligible=eligible["a"]))
+    # only 0 (dense) can be pinned
+    assert nm_budget(layouts, "2:4", fixed={"a": 0.0}).counts == {"a": 48, "c": 30}
+    with pytest.raises(ValueError, match="a sparsity of 0.5 pinned for 'a' is not allowed with pattern='2:4'"):
+        nm_budget(layouts, "2:4", fixed={"a": 0.5})
+
+
+def test_random_masks_under_a_pattern_are_random_n_of_m_and_seeded():
+    from torch import nn
+
+    from sparsetrain.masks import random_masks, select_prunable
+    from sparsetrain.nm import is_nm, nm_layouts
+
+    model = nn.Sequential(nn.Linear(8, 12), nn.Linear(12, 6), nn.Linear(6, 3))
+    params = select_prunable(model)
+    layouts = nm_layouts(model, params, "1:4")
+    draw = lambda seed: random_masks(params, 0.9, "erk", torch.Generator().manual_seed(seed), pattern="1:4",
+                                     layouts=layouts)
+    masks = draw(0)
+    assert is_nm(masks["0.weight"], "1:4") and is_nm(masks["1.weight"], "1:4") and bool(masks["2.weight"].all())
+    assert all(torch.equal(masks[n], draw(0)[n]) for n in masks)
+    assert not torch.equal(masks["0.weight"], draw(1)["0.weight"])
+    with pytest.raises(ValueError, match="needs layouts"):
+        random_masks(params, 0.9, "erk", torch.Generator(), pattern="1:4")

@@ -9,9 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sparsetrain import SET, RigL
+import math
+
+import sparsetrain.sparsifier as sparsifier_module
+from sparsetrain import GMP, SET, GraNet, RigL
 from helpers import watch_topology
-from sparsetrain.topology import LayerTopology, TopologyEvent, TopologySubscribers, topology_event
+from sparsetrain.topology import LayerTopology, TopologyEvent, TopologySubscribers, capture_masks, topology_event
 
 
 def test_hand_counted_example():
@@ -132,3 +135,113 @@ def test_subscribers_publish_remove_and_copy():
     subscribers.subscribe(broken)
     with pytest.raises(OSError, match="disk full"):
         subscribers.publish(event)
+
+
+# -- published by the sparsifier -----------------------------------------------------------------------------------
+def _rigl_fraction(step):  # RigL's f(t) with alpha 0.3, final 0, T_end = 0.75 * 60 = 45
+    return 0.15 * (1 + math.cos(math.pi * step / 45))
+
+
+def _gmp_target(step):  # cubic from 0 to 0.8 between steps 0 and 30
+    return 0.8 * (1 - (1 - min(step, 30) / 30) ** 3)
+
+
+@pytest.mark.parametrize("method, options, fraction, target", [
+    (RigL, {}, _rigl_fraction, lambda step: 0.8),
+    (GMP, {"prune_end": 30}, lambda step: None, _gmp_target),
+    (GraNet, {"prune_end": 30, "drop_fraction": 0.4, "drop_fraction_final": 0.1},
+     lambda step: 0.1 + 0.15 * (1 + math.cos(math.pi * step / 60)), _gmp_target),
+])
+def test_published_events_match_a_record_taken_by_hand(method, options, fraction, target):
+    """Two identical runs: one subscribed, one recorded by hand around ``step()`` (masks copied before, gradients
+    cloned, the schedule computed from the papers' formulas). Same events, and the subscription changes nothing."""
+    batch = (torch.randn(32, 20), torch.randint(0, 10, (32,)))
+    runs = []
+    for subscribed in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 10))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sparsifier = method(model, optimizer, total_steps=60, update_every=10, sparsity=0.8, **options)
+        events = []
+        if subscribed:
+            sparsifier.subscribe(events.append)
+        for _ in range(60):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(batch[0]), batch[1]).backward()
+            optimizer.step()
+            before, grads = capture_masks(sparsifier.masks), {n: p.grad.clone() for n, p in sparsifier.params.items()}
+            if sparsifier.step() and not subscribed:
+                step = sparsifier.step_count
+                events.append(topology_event(step, before, sparsifier.masks, sparsifier.ever_active, grads=grads,
+                                             drop_fraction=fraction(step), target_sparsity=target(step)))
+        runs.append((events, [p.detach().clone() for p in model.parameters()]))
+    (published, weights), (by_hand, reference) = runs
+    assert len(published) == len(by_hand) >= 3
+    for ours, theirs in zip(published, by_hand, strict=True):
+        assert ours.step == theirs.step
+        for name, layer in ours.layers.items():
+            expected = theirs.layers[name]
+            for key in ("numel", "active", "dropped", "grown"):
+                assert getattr(layer, key) == getattr(expected, key)
+            for key in ("churn", "itop", "drop_fraction", "target_sparsity", "grad_share"):
+                assert getattr(layer, key) == pytest.approx(getattr(expected, key))
+    assert all(torch.equal(a, b) for a, b in zip(weights, reference))
+
+
+def test_granet_prune_only_update_has_no_drop_fraction():
+    """GraNet without regrowth after pruning: the off-grid update at prune_end only prunes."""
+    _, events = watch_topology(GraNet, nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5)), steps=60,
+                               update_every=10, sparsity=0.8, prune_end=25, regrow_after_pruning=False)
+    assert [e.step for e in events] == [10, 20, 25]
+    assert events[1].layers["0.weight"].drop_fraction is not None and events[1].grown > 0
+    assert events[-1].layers["0.weight"].drop_fraction is None and events[-1].grown == 0
+    assert events[-1].layers["0.weight"].target_sparsity == pytest.approx(0.8)
+
+
+def test_nobody_listening_copies_nothing(monkeypatch):
+    """Without subscribers (none yet, or all removed) an update neither copies the masks nor computes an event."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("called with nobody listening")
+
+    monkeypatch.setattr(sparsifier_module, "capture_masks", forbidden)
+    monkeypatch.setattr(sparsifier_module, "topology_event", forbidden)
+    model = nn.Sequential(nn.Linear(20, 5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = RigL(model, optimizer, total_steps=100, update_every=10, sparsity=0.8)
+
+    def train(steps):
+        changed = 0
+        for _ in range(steps):
+            optimizer.zero_grad()
+            model(torch.randn(4, 20)).sum().backward()
+            optimizer.step()
+            changed += sparsifier.step()
+        return changed
+
+    assert train(20) == 2
+    sparsifier.subscribe(lambda event: None).remove()
+    assert train(10) == 1
+    sparsifier.subscribe(lambda event: None)
+    with pytest.raises(AssertionError, match="nobody listening"):
+        train(10)
+
+
+def test_copies_start_without_subscribers():
+    sparsifier, events = watch_topology(RigL, nn.Sequential(nn.Linear(20, 5)), steps=20, update_every=5,
+                                        sparsity=0.8)
+    assert len(events) == 2 and len(sparsifier.subscribers) == 1
+    for copied in (copy.deepcopy(sparsifier), pickle.loads(pickle.dumps(sparsifier))):
+        assert not copied.subscribers and len(sparsifier.subscribers) == 1
+        copied.subscribe(events.append)  # a copy can be watched on its own
+        assert len(copied.subscribers) == 1 and len(sparsifier.subscribers) == 1
+
+
+def test_a_skipped_update_publishes_nothing():
+    sparsifier, events = watch_topology(RigL, nn.Sequential(nn.Linear(20, 5)), steps=9, update_every=10,
+                                        sparsity=0.8)
+    model, optimizer = sparsifier.model, sparsifier.optimizer
+    optimizer.zero_grad()
+    model(torch.randn(4, 20)).sum().backward()
+    model[0].weight.grad[0, 0] = float("nan")
+    optimizer.step()
+    assert sparsifier.step() is False and events == []

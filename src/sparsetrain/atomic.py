@@ -6,8 +6,8 @@ is ``fsync``'ed so the rename itself survives a power cut. A reader sees the old
 half-written one, whatever kills the process (even SIGKILL); a crash leaves at most a temporary file, which
 :func:`remove_temp_files` clears.
 
-The one exception is a log that grows line by line (``metrics.jsonl``): :func:`append_line` appends and fsyncs,
-and its reader drops a torn last line.
+The one exception is a log that grows line by line (``metrics.jsonl``, ``topology.jsonl``): :func:`append_line`
+appends (and fsyncs, unless the caller syncs later with :func:`sync_file`), and its reader drops a torn last line.
 
 Test hook: the environment variable ``SPARSETRAIN_TEST_WRITE_DELAY`` (seconds) makes every atomic write sleep
 between its temporary file and the rename, so crash tests can kill a process inside that window.
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = ["TEMP_SUFFIX", "WRITE_DELAY_ENV", "append_line", "atomic_write", "copy_file", "remove_temp_files",
-           "replace_durably", "write_bytes", "write_figure", "write_json", "write_text"]
+           "replace_durably", "sync_file", "write_bytes", "write_figure", "write_json", "write_text"]
 
 #: Test-only: seconds each atomic write sleeps between its temporary file and the rename.
 WRITE_DELAY_ENV = "SPARSETRAIN_TEST_WRITE_DELAY"
@@ -33,18 +33,22 @@ WRITE_DELAY_ENV = "SPARSETRAIN_TEST_WRITE_DELAY"
 TEMP_SUFFIX = ".tmp"
 
 
+def _umask_mode() -> int:
+    """0666 less the process umask: the mode a file created with ``open(path, "w")`` gets."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 def _fsync_directory(directory: Path) -> None:
     """Make a rename durable; not possible on every platform (Windows), so best effort."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
+        sync_file(directory)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def replace_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
@@ -86,6 +90,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any],
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; files get the mode open() would give them
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -169,15 +174,34 @@ def write_figure(figure: Any, path: str | os.PathLike[str], **savefig: Any) -> P
                                                               **savefig))
 
 
-def append_line(line: str, path: str | os.PathLike[str]) -> None:
+def append_line(line: str, path: str | os.PathLike[str], *, sync: bool = True) -> None:
     """Append ``line`` and a newline to ``path`` (created if missing) and fsync it.
 
     Appending is not atomic: a crash can leave a torn last line, which the file's reader must drop.
+
+    Args:
+        line: the text, without its newline.
+        path: the file.
+        sync: fsync now. False leaves the line in the operating system's cache (it survives the process being
+            killed, not a power cut) for a caller that calls :func:`sync_file` before anything depends on it.
     """
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line + "\n")
         handle.flush()
-        os.fsync(handle.fileno())
+        if sync:
+            os.fsync(handle.fileno())
+
+
+def sync_file(path: str | os.PathLike[str]) -> None:
+    """fsync ``path`` if it exists (a file's lines appended with ``sync=False``, or a directory's entries)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_temp_files(directory: str | os.PathLike[str]) -> list[Path]:

@@ -267,8 +267,11 @@ class DenseMaskEnforcer(MaskEnforcer):
                                    "each topology update comes one step late and the run's last update is never "
                                    "masked)")
         if closure is None:
-            # GradScaler hands fused optimizers the scale: the gradients are still scaled, leave them to torch.
-            self._prepare_gradients(fusable="grad_scale" not in kwargs and "found_inf" not in kwargs)
+            # GradScaler hands fused optimizers the scale (as keyword arguments, or since torch 2.4 as the optimizer's
+            # grad_scale / found_inf attributes): the gradients are still scaled, leave them to torch.
+            scaled = any(key in kwargs or getattr(optimizer, key, None) is not None
+                         for key in ("grad_scale", "found_inf"))
+            self._prepare_gradients(fusable=not scaled)
             return None
 
         # With a closure (Lightning, LBFGS) the gradients only exist once the closure has run inside step().

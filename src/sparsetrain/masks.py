@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .selection import Budget, budget, keep_top
+from .nm import NMLayout, NMPattern
+from .selection import Budget, budget, keep_top, nm_budget
 from .tables import Column, render
 
 __all__ = [
@@ -206,18 +207,28 @@ def random_masks(
     *,
     scope: str = "layer",
     fixed: Mapping[str, float] | None = None,
+    pattern: NMPattern | str | None = None,
+    layouts: Mapping[str, NMLayout] | None = None,
 ) -> dict[str, Tensor]:
-    """Random masks with exact counts: per tensor from ``distribution``, or ``scope="global"``.
+    """Random masks with exact counts: per tensor from ``distribution``, or ``scope="global"``, or N:M.
 
     Scores are drawn on the CPU from ``generator`` (so every device and every rank draws the same mask) and
     the mask is moved to the parameter's device. In the global scope the unpinned tensors' counts come from one
     draw over all of them together (so each tensor's density is uniform in expectation), then each tensor draws
-    its mask with its count, as in the layer scope.
+    its mask with its count, as in the layer scope. With a ``pattern`` (and the ``layouts`` of
+    :func:`sparsetrain.nm.nm_layouts`) every patterned tensor keeps N random entries of every M (static N:M) and
+    ``sparsity``, ``distribution`` and ``scope`` are not used (:func:`sparsetrain.selection.nm_budget`).
     """
     shapes = {n: tuple(p.shape) for n, p in params.items()}
-    wanted = budget(shapes, sparsity, distribution=distribution, scope=scope, fixed=fixed)
+    if pattern is not None:
+        if layouts is None:
+            raise ValueError(f"pattern={str(pattern)!r} needs layouts (sparsetrain.nm.nm_layouts) for the reduction "
+                             "dims")
+        wanted = nm_budget({n: layouts[n] for n in params}, pattern, fixed=fixed)
+    else:
+        wanted = budget(shapes, sparsity, distribution=distribution, scope=scope, fixed=fixed)
     counts = dict(wanted.counts)
-    pooled = [n for n in shapes if n not in counts]
+    pooled = [n for n in shapes if n not in counts and n not in wanted.groups]
     if pooled:
         sizes = [math.prod(shapes[n]) for n in pooled]
         draw = torch.rand(sum(sizes), generator=generator)
@@ -226,7 +237,8 @@ def random_masks(
     masks = {}
     for name, param in params.items():
         scores = torch.rand(shapes[name], generator=generator)
-        masks[name] = keep_top({name: scores}, Budget({name: counts[name]}))[name].to(param.device)
+        one = Budget(groups={name: wanted.groups[name]}) if name in wanted.groups else Budget({name: counts[name]})
+        masks[name] = keep_top({name: scores}, one)[name].to(param.device)
     return masks
 
 
@@ -242,12 +254,13 @@ def apply_masks(params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> No
 
 @dataclass(frozen=True)
 class LayerSparsity:
-    """One tensor's row of a :class:`SparsityReport`."""
+    """One tensor's row of a :class:`SparsityReport` (``note``: e.g. the N:M pattern it follows, or why not)."""
 
     name: str
     shape: tuple[int, ...]
     numel: int
     nonzeros: int
+    note: str = ""
 
     @property
     def sparsity(self) -> float:
@@ -277,7 +290,7 @@ class SparsityReport:
         return {
             "layers": [
                 {"name": l.name, "shape": list(l.shape), "numel": l.numel, "nonzeros": l.nonzeros,
-                 "sparsity": l.sparsity}
+                 "sparsity": l.sparsity, **({"note": l.note} if l.note else {})}
                 for l in self.layers
             ],
             "numel": self.numel,
@@ -286,17 +299,20 @@ class SparsityReport:
         }
 
     def __str__(self) -> str:
-        rows = [(l.name, "x".join(map(str, l.shape)), l.numel, l.nonzeros, l.sparsity) for l in self.layers]
-        rows.append(("total", "", self.numel, self.nonzeros, self.sparsity))
-        return render([Column("tensor", align="left"), Column("shape", align="left"), Column("numel", format=","),
-                       Column("nonzeros", format=","), Column("sparsity", format=".4f")], rows)
+        notes = any(l.note for l in self.layers)
+        rows = [(l.name, "x".join(map(str, l.shape)), l.numel, l.nonzeros, l.sparsity, *((l.note,) if notes else ()))
+                for l in self.layers]
+        rows.append(("total", "", self.numel, self.nonzeros, self.sparsity, *(("",) if notes else ())))
+        columns = [Column("tensor", align="left"), Column("shape", align="left"), Column("numel", format=","),
+                   Column("nonzeros", format=","), Column("sparsity", format=".4f")]
+        return render(columns + ([Column("note", align="left")] if notes else []), rows)
 
 
 @torch.no_grad()
-def sparsity_report(params: Mapping[str, Tensor]) -> SparsityReport:
-    """Measure each tensor's nonzeros from its values."""
+def sparsity_report(params: Mapping[str, Tensor], notes: Mapping[str, str] | None = None) -> SparsityReport:
+    """Measure each tensor's nonzeros from its values; ``notes`` (name -> text) go into the rows."""
     return SparsityReport([
-        LayerSparsity(name, tuple(p.shape), p.numel(), int(torch.count_nonzero(p)))
+        LayerSparsity(name, tuple(p.shape), p.numel(), int(torch.count_nonzero(p)), (notes or {}).get(name, ""))
         for name, p in params.items()
     ])
 

@@ -53,6 +53,7 @@ from .topk import topk_mask
 
 __all__ = [
     "NMPattern",
+    "check_pattern",
     "NMLayout",
     "NMLayerReport",
     "NMReport",
@@ -113,6 +114,19 @@ class NMPattern:
 
     def __str__(self) -> str:
         return f"{self.n}:{self.m}"
+
+
+def check_pattern(name: str, value: object) -> str:
+    """Validate an option that names an N:M pattern; return it spelled ``"N:M"`` (``" 2 : 4"`` -> ``"2:4"``).
+
+    Raises:
+        ValueError: not ``"N:M"`` with integers ``1 <= N < M`` (the message names the option).
+    """
+    try:
+        return str(NMPattern.parse(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not allowed: expected 'N:M' with integers 1 <= N < M, e.g. '2:4' or "
+                         "'1:4'") from None
 
 
 def reduction_dim(module: nn.Module, local_name: str) -> int:
@@ -226,25 +240,34 @@ def from_groups(groups: Tensor, shape: tuple[int, ...], dim: int) -> Tensor:
 
 def _group_ranks(scores: Tensor, eligible: Tensor | None = None) -> Tensor:
     """Each entry's rank in its group (row of ``[groups, m]``), 0 = best: eligible first, then the higher score,
-    then the lower index. Pure element-wise comparisons, so identical on every device; ``-0.0 == 0.0``."""
+    then the lower index. Pure element-wise comparisons, so identical on every device; ``-0.0 == 0.0``.
+
+    One comparison per pair of columns (``m (m - 1) / 2`` passes over a column, not ``m`` over the whole tensor):
+    for ``j < i``, entry ``j`` beats entry ``i`` when it is eligible and ``i`` is not, or both are alike and
+    ``s_j >= s_i`` (the lower index wins a tie); otherwise ``i`` beats ``j``. SR-STE ranks every weight at every
+    step, so this is its hot loop.
+    """
     m = scores.shape[1]
-    index = torch.arange(m, device=scores.device)
-    ranks = torch.zeros(scores.shape, dtype=torch.int16 if m < 2**15 else torch.int32, device=scores.device)
-    for j in range(m):
-        other = scores[:, j : j + 1]
-        beats = other > scores
-        ties = (other == scores) & (index > j)  # the lower index j wins a tie
-        if eligible is None:
-            ranks += beats | ties
-        else:
-            other_eligible = eligible[:, j : j + 1]
-            same = other_eligible == eligible
-            ranks += (other_eligible & ~eligible) | (same & (beats | ties))
-    return ranks
+    dtype = torch.uint8 if m < 2**8 else torch.int32
+    columns = scores.unbind(1)
+    allowed = None if eligible is None else eligible.unbind(1)
+    # rank_j starts at the number of later columns and loses one for each later column it beats
+    ranks = [torch.full((scores.shape[0],), m - 1 - j, dtype=dtype, device=scores.device) for j in range(m)]
+    for i in range(1, m):
+        for j in range(i):
+            beats = columns[j] >= columns[i]
+            if allowed is not None:
+                beats = (allowed[j] & ~allowed[i]) | ((allowed[j] == allowed[i]) & beats)
+            won = beats.to(dtype)
+            ranks[i] += won
+            ranks[j] -= won
+    return torch.stack(ranks, dim=1)
 
 
 def _check_finite_order(scores: Tensor, what: str) -> None:
-    if scores.is_floating_point() and bool(torch.isnan(scores).any()):
+    # One reduction first (SR-STE checks every weight at every step): a sum is NaN whenever an entry is (and when
+    # +inf meets -inf), and only then are the entries looked at.
+    if scores.is_floating_point() and bool(torch.isnan(scores.sum())) and bool(torch.isnan(scores).any()):
         raise ValueError(f"{what} contain NaN: N:M ranks are undefined (did training diverge?)")
 
 

@@ -194,14 +194,14 @@ def declared(cls: type) -> OptionSet:
     return OptionSet(cls.__name__, merged.values())
 
 
-def describe(methods: Mapping[str, type] | None = None, *, exclude: Iterable[str] = (), fmt: str = "text") -> str:
+def describe(methods: Mapping[str, type], *, exclude: Iterable[str] = (), fmt: str = "text") -> str:
     """Every method's declared options, for ``--help`` (text) or the docs (markdown).
 
     The options every method shares (the base class's) come first, once; each method then lists its own options
     and the shared ones whose default it changes.
 
     Args:
-        methods: name -> method class; default ``sparsetrain.METHODS``.
+        methods: name -> method class, e.g. ``sparsetrain.METHODS`` (the registry sits above this module).
         exclude: option names left out (e.g. :data:`sparsetrain.experiment.build.RESERVED_METHOD_OPTIONS`, which
             a config sets through its own fields).
         fmt: "text" (one line per option, indented under its method) or "markdown" (a table per method).
@@ -211,10 +211,6 @@ def describe(methods: Mapping[str, type] | None = None, *, exclude: Iterable[str
     """
     from .sparsifier import Sparsifier
 
-    if methods is None:
-        from . import METHODS
-
-        methods = METHODS
     if fmt not in ("text", "markdown"):
         raise ValueError(f"fmt={fmt!r} is not allowed; choose one of 'text', 'markdown'")
     exclude = tuple(exclude)

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["cubic_sparsity", "cosine_decay", "UpdateCadence", "check_point", "resolve_step"]
+__all__ = ["cubic_sparsity", "cosine_decay", "UpdateCadence", "StructureDecay", "decay_stages", "check_point",
+           "resolve_step"]
 
 
 def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int) -> float:
@@ -66,6 +67,69 @@ class UpdateCadence:
         if self.end is not None and step > self.end:
             return False
         return (step - self.start) % self.every == 0
+
+
+def decay_stages(n: int, m: int) -> tuple[int, ...]:
+    """The N of each stage of a sparse structure decay from dense to N:M: ``M-1``, then ``M/2, M/4, ...`` while
+    above ``n``, then ``n`` (Kao et al. 2022; e.g. 1:16 gives 15, 8, 4, 2, 1; 2:4 gives 3, 2; 3:8 gives 7, 4, 3).
+
+    Args:
+        n / m: the target pattern's N and M (``1 <= n < m``).
+
+    Returns:
+        The strictly decreasing N of every stage, ending at ``n``.
+    """
+    stages = [m - 1]
+    half = m // 2
+    while half > n:
+        if half < stages[-1]:
+            stages.append(half)
+        half //= 2
+    if stages[-1] != n:
+        stages.append(n)
+    return tuple(stages)
+
+
+@dataclass(frozen=True)
+class StructureDecay:
+    """Sparse structure decay (Kao et al. 2022, *Training Recipe for N:M Structured Sparsity with Decaying Pruning
+    Mask*): the pattern goes from dense to N:M through sparser and sparser N:M stages, each for an equal share
+    of the pruning window.
+
+    Stage ``k`` (1-based, of ``K = len(ns)``) keeps ``ns[k-1]`` of every M from step ``start + round(k (end -
+    start) / K)``; before the first stage the tensor holds ``initial`` of every M (M: dense). So the last stage,
+    the target, starts exactly at ``end``, as the cubic schedule reaches its final sparsity there.
+
+    Attributes:
+        m: the group size.
+        initial: N in force before the first stage (``m`` for a dense start).
+        ns: N of each stage, strictly decreasing, each below ``initial``.
+        start / end: the pruning window ``t0`` / ``t_f`` in steps.
+    """
+
+    m: int
+    initial: int
+    ns: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        """The step at which each stage starts."""
+        k = len(self.ns)
+        return tuple(self.start + round(i * (self.end - self.start) / k) for i in range(1, k + 1))
+
+    def n_at(self, step: int) -> int:
+        """N in force at ``step`` (``initial`` before the first stage)."""
+        current = self.initial
+        for n, begin in zip(self.ns, self.starts):
+            if step >= begin:
+                current = n
+        return current
+
+    def __call__(self, step: int) -> bool:
+        """Whether a stage starts at ``step`` (an update step)."""
+        return step in self.starts
 
 
 def check_point(name: str, value: Any) -> int | float:

@@ -11,6 +11,12 @@ Two words describe the choice, and they are separate:
 overrides, dense first/last layers), and :func:`keep_top` keeps the top scores under them, with exact counts and
 ties broken towards the lowest index (:mod:`sparsetrain.topk`). Random masks, gradual magnitude pruning, pruning
 at initialisation, lottery-ticket rounds, jackpots and plasticity's one-shot pruning all call these two.
+
+An **N:M pattern** (:mod:`sparsetrain.nm`) is one more axis of the budget: :func:`nm_budget` puts the tensors that
+can follow the pattern in :attr:`Budget.groups` (keep N of every M consecutive entries along the reduction
+dimension) and keeps the others whole, and :func:`keep_top` selects those tensors with
+:func:`sparsetrain.nm.nm_mask`, with the same tie rule. Scope and distribution have no meaning under a pattern:
+every patterned tensor sits at sparsity ``1 - N/M``.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ import torch
 from torch import Tensor
 
 from .distributions import allocate
+from .nm import NMLayout, NMPattern, nm_mask
 from .topk import global_topk_masks, topk_mask
 from .validation import check_choice
 
-__all__ = ["SCOPES", "Budget", "budget", "keep_top", "check_scope", "resolve_scope"]
+__all__ = ["SCOPES", "Budget", "Groups", "budget", "nm_budget", "keep_top", "check_scope", "resolve_scope"]
 
 #: How entries are ranked: each tensor on its own, or all tensors together.
 SCOPES = ("layer", "global")
@@ -65,17 +72,33 @@ def resolve_scope(scope: str | None, distribution: str | None, *, default_scope:
 
 
 @dataclass(frozen=True)
+class Groups:
+    """Keep ``pattern.n`` of every ``pattern.m`` consecutive entries along ``dim`` (an N:M pattern).
+
+    Attributes:
+        pattern: the N:M pattern.
+        dim: the tensor's reduction dimension (:func:`sparsetrain.nm.reduction_dim`).
+    """
+
+    pattern: NMPattern
+    dim: int = 1
+
+
+@dataclass(frozen=True)
 class Budget:
-    """How many entries to keep: ``counts`` per tensor, and ``global_count`` over every other tensor together.
+    """How many entries to keep: ``counts`` per tensor, N of every M in ``groups``' tensors, and ``global_count``
+    over every other tensor together.
 
     Attributes:
         counts: name -> entries kept in that tensor, ranked on its own.
-        global_count: entries kept over the tensors without a count, ranked together (None: every tensor has
-            a count).
+        global_count: entries kept over the tensors without a count or groups, ranked together (None: every
+            tensor has one).
+        groups: name -> :class:`Groups`: the tensor keeps N of every M along its reduction dim.
     """
 
     counts: Mapping[str, int] = field(default_factory=dict)
     global_count: int | None = None
+    groups: Mapping[str, Groups] = field(default_factory=dict)
 
 
 def budget(
@@ -111,6 +134,38 @@ def budget(
     return Budget(counts, round((1.0 - sparsity) * pooled))
 
 
+def nm_budget(layouts: Mapping[str, NMLayout], pattern: NMPattern | str, *,
+              fixed: Mapping[str, float] | None = None) -> Budget:
+    """The budget of an N:M pattern: every tensor that can follow it keeps N of every M along its reduction dim;
+    a tensor that cannot (:attr:`~sparsetrain.nm.NMLayout.dense_reason`) or is pinned dense keeps every entry.
+
+    Args:
+        layouts: name -> :class:`~sparsetrain.nm.NMLayout` (:func:`sparsetrain.nm.nm_layouts`).
+        pattern: the pattern.
+        fixed: name -> pinned sparsity; under a pattern only 0 (kept dense) can be pinned.
+
+    Returns:
+        The :class:`Budget` (``counts`` for the dense tensors, ``groups`` for the patterned ones).
+
+    Raises:
+        ValueError: a tensor pinned at a sparsity other than 0.
+    """
+    pattern = NMPattern.parse(pattern)
+    counts: dict[str, int] = {}
+    groups: dict[str, Groups] = {}
+    for name, layout in layouts.items():
+        pinned = (fixed or {}).get(name)
+        if pinned is not None and pinned != 0.0:
+            raise ValueError(f"a sparsity of {pinned!r} pinned for {name!r} is not allowed with pattern='{pattern}': "
+                             f"a patterned tensor is at 1 - N/M = {pattern.sparsity:g}; only 0 (kept dense) can be "
+                             "pinned")
+        if layout.patterned and pinned is None:
+            groups[name] = Groups(pattern, layout.dim)
+        else:
+            counts[name] = math.prod(layout.shape)
+    return Budget(counts, None, groups)
+
+
 @torch.no_grad()
 def keep_top(
     scores: Mapping[str, Tensor],
@@ -120,16 +175,18 @@ def keep_top(
 ) -> dict[str, Tensor]:
     """Bool masks keeping the highest ``scores`` under ``budget``, with exact counts.
 
-    Each tensor in ``budget.counts`` keeps that many of its own entries; the others keep ``budget.global_count``
-    entries together (one threshold). Ties go to the lowest index: the mapping's order, then each tensor's flat
-    order. Counts are clamped to what exists.
+    Each tensor in ``budget.counts`` keeps that many of its own entries; each tensor in ``budget.groups`` keeps N
+    of every M along its reduction dim (:func:`sparsetrain.nm.nm_mask`; ties to the lowest index in the group);
+    the others keep ``budget.global_count`` entries together (one threshold). Ties go to the lowest index: the
+    mapping's order, then each tensor's flat order. Counts are clamped to what exists.
 
     Args:
         scores: name -> score tensor (higher = keep); the global pool must sit on one device.
         budget: what to keep (:func:`budget`, or a :class:`Budget` built from counts).
         eligible: optional name -> bool tensor: only eligible entries can be kept (scores must then be
-            non-negative). Pruning never adds: a tensor (or the pool) whose count is not below its eligible
-            count keeps its eligible mask as it is.
+            non-negative, except in ``groups``' tensors). Pruning never adds: a tensor (or the pool) whose count is
+            not below its eligible count keeps its eligible mask as it is, and a group with fewer than N eligible
+            entries keeps just those.
 
     Returns:
         name -> bool mask, in the order of ``scores``.
@@ -138,13 +195,16 @@ def keep_top(
         ValueError: tensors without a count and no ``global_count``, or a global pool on several devices.
     """
     masks: dict[str, Tensor] = {}
+    for name, groups in budget.groups.items():
+        masks[name] = nm_mask(scores[name], groups.pattern, dim=groups.dim,
+                              eligible=None if eligible is None else eligible[name])
     for name, count in budget.counts.items():
         if eligible is None:
             masks[name] = topk_mask(scores[name], count)
             continue
         active = int(torch.count_nonzero(eligible[name]))
         masks[name] = topk_mask(scores[name], count, eligible[name], active) if count < active else eligible[name]
-    pooled = [name for name in scores if name not in budget.counts]
+    pooled = [name for name in scores if name not in budget.counts and name not in budget.groups]
     if pooled:
         if budget.global_count is None:
             raise ValueError(f"keep_top: no count for {', '.join(pooled[:5])}: give every tensor a count or a "

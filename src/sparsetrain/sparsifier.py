@@ -18,9 +18,13 @@ Like torch.ao.pruning's ``BaseSparsifier``, a sparsifier is its state (``masks``
    (:mod:`sparsetrain.enforcement`) hooks the optimizer.
 
 A method subclass declares its options (``options``, ``option_defaults``) and implements :meth:`setup`,
-:meth:`initial_masks`, :meth:`is_update_step` and :meth:`update`; it never overrides ``__init__``. Steps are
-counted in optimizer steps (see :mod:`sparsetrain.enforcement`); a topology update whose gradients are not finite
-is skipped.
+:meth:`initial_masks`, :meth:`is_update_step` and :meth:`update` (and :meth:`schedule_at` when it has schedules);
+it never overrides ``__init__``. Steps are counted in optimizer steps (see :mod:`sparsetrain.enforcement`); a
+topology update whose gradients are not finite is skipped.
+
+Every topology update can be watched: ``sparsifier.subscribe(callback)`` calls ``callback(event)`` with a
+:class:`~sparsetrain.topology.TopologyEvent` after each update (see :mod:`sparsetrain.topology`). With nobody
+subscribed an update step costs one extra truth test; ordinary steps cost nothing.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .distributions import DISTRIBUTIONS, allocate, check_distribution
 from .enforcement import DenseMaskEnforcer, MaskEnforcer
+from .itop import pooled_itop
 from .masks import (
     SparsityReport,
     random_masks,
@@ -44,8 +50,10 @@ from .masks import (
     sparsity_report,
     warn_collapsed,
 )
+from .nm import NMLayout, NMPattern, check_pattern, nm_layouts, nm_report
 from .options import REQUIRED, Option, OptionSet, declared
-from .selection import SCOPES, check_scope, resolve_scope
+from .selection import SCOPES, Budget, check_scope, nm_budget, resolve_scope
+from .topology import TopologyCallback, TopologySubscribers, capture_masks, topology_event
 from .validation import check_bool, check_bool_masks, check_int, check_positive_int, check_sparsity
 
 __all__ = ["Sparsifier"]
@@ -102,6 +110,10 @@ class Sparsifier:
             exclude then) and give the default ``sparsity``. Methods at a fixed sparsity keep the masks' counts (a
             ``sparsity`` given too is the run's nominal target, as a config's ``sparse.sparsity``); gradual
             methods start from the masks' sparsity and prune towards ``sparsity``.
+        pattern: ``"N:M"`` (e.g. ``"2:4"``): every group of M consecutive weights along each tensor's reduction
+            dimension keeps exactly N (:mod:`sparsetrain.nm`); ``sparsity`` is then ``1 - N/M`` (given or not),
+            ``distribution`` and ``scope`` may not be given, and tensors whose reduction dimension is not a multiple
+            of M are kept dense (logged at attach and noted in :meth:`report`). None: unstructured.
     """
 
     method: ClassVar[str] = "base"
@@ -136,6 +148,10 @@ class Sparsifier:
         Option("masks", None, "start from these masks (name -> bool tensor); they name the tensors to sparsify "
                "and give the default sparsity", "mapping", _check_masks, "parameter name -> bool tensor", none=True,
                stored=False),
+        Option("pattern", None, "N:M structured sparsity: every group of M consecutive weights along a tensor's "
+               "reduction dim keeps N; sparsity is then 1 - N/M (none: unstructured)", "str", check_pattern,
+               "'N:M' with integers 1 <= N < M, e.g. 2:4", none=True,
+               reference="Mishra et al. 2021; Zhou et al. 2021"),
     )
     #: name -> default: this class's defaults for options declared by a base.
     option_defaults: ClassVar[Mapping[str, Any]] = {}
@@ -173,8 +189,15 @@ class Sparsifier:
                                                                    exclude=values["exclude"])
         else:
             self.params = self._select_masked(given_masks, values)
-            if values["sparsity"] is REQUIRED:
+            if values["sparsity"] is REQUIRED and values["pattern"] is None:
                 values["sparsity"] = sparsity_report(given_masks).sparsity
+        #: Under an N:M pattern: the pattern and every sparsified tensor's layout (its reduction dim, or why it is
+        #: kept dense); None and {} otherwise.
+        self.pattern: NMPattern | None = None if values["pattern"] is None else NMPattern.parse(values["pattern"])
+        self.layouts: dict[str, NMLayout] = {}
+        if self.pattern is not None:
+            values["sparsity"] = self._pattern_sparsity(values["sparsity"])
+            self.layouts = nm_layouts(model, self.params, self.pattern)
         for name, value in values.items():
             if value is REQUIRED:
                 raise TypeError(f"{type(self).__name__}: {name} is required" +
@@ -184,7 +207,7 @@ class Sparsifier:
             values["distribution"] if "distribution" in options else None,
             default_scope=self.default_scope(values), default_distribution=values["distribution"])
         for name, option in declaration.items():
-            if option.stored:
+            if option.stored and name != "pattern":
                 setattr(self, name, values[name])
         self.config: dict[str, Any] = {name: values[name] for name, option in declaration.items() if option.stored}
         self.fixed = resolve_overrides(list(self.params), values["sparsity_overrides"],
@@ -200,11 +223,57 @@ class Sparsifier:
         self._collapsed: set[str] = set()
         self.masks: dict[str, Tensor] = {}
         self.ever_active: dict[str, Tensor] = {}
-        self.enforcer: MaskEnforcer = DenseMaskEnforcer(self.params, optimizer, self,
-                                                         mask_gradients=values["mask_gradients"],
-                                                         fused_step=values["fused_step"])
+        #: Who is told about every topology update (:meth:`subscribe`); never copied with the sparsifier.
+        self.subscribers = TopologySubscribers()
+        self.enforcer: MaskEnforcer = self.build_enforcer(values)
+        if self.pattern is not None:
+            self._check_pattern_inputs(given_masks)
         self.setup()
         self.attach()
+
+    def build_enforcer(self, values: Mapping[str, Any]) -> MaskEnforcer:
+        """The mask enforcer of this method (default: bool masks over dense weights, pruned weights at zero)."""
+        return DenseMaskEnforcer(self.params, self.optimizer, self, mask_gradients=values["mask_gradients"],
+                                 fused_step=values["fused_step"])
+
+    def _pattern_sparsity(self, sparsity: Any) -> float:
+        """The sparsity under the pattern: ``1 - N/M``; a different one given is refused."""
+        assert self.pattern is not None
+        if sparsity is not REQUIRED and abs(sparsity - self.pattern.sparsity) > 1e-9:
+            raise ValueError(f"{type(self).__name__}: sparsity={sparsity!r} is not allowed with pattern="
+                             f"'{self.pattern}': its sparsity is 1 - N/M = {self.pattern.sparsity:g} (leave sparsity "
+                             "out)")
+        return self.pattern.sparsity
+
+    def _check_pattern_inputs(self, given_masks: Mapping[str, Tensor] | None) -> None:
+        """Refuse what a pattern leaves without meaning (scope, distribution), pinned sparsities other than 0, and
+        given masks that do not follow the pattern."""
+        assert self.pattern is not None
+        where = f"{type(self).__name__} with pattern='{self.pattern}'"
+        for name in ("scope", "distribution"):
+            if name in self.given:
+                raise ValueError(f"{where}: {name}={self.config[name]!r} is not allowed: every patterned tensor "
+                                 "keeps N of every M (leave scope and distribution out)")
+        try:
+            self.nm_budget()
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if given_masks is not None:
+            report = nm_report(given_masks, self.layouts, self.pattern)
+            dense = [name for name in report.dense if not bool(given_masks[name].all())]
+            if not report.follows or dense:
+                off = [layer.layout.name for layer in report.layers if layer.status == "violates"] + dense
+                raise ValueError(f"{where}: masks[{off[0]!r}] does not follow the pattern (every group of "
+                                 f"{self.pattern.m} must keep {self.pattern.n}; a tensor that cannot follow it must be "
+                                 "all True)")
+
+    def nm_budget(self, pattern: NMPattern | None = None) -> Budget:
+        """The budget of ``pattern`` (default: this sparsifier's) over the sparsified tensors: N of every M in each
+        patterned tensor, the tensors kept dense whole (:func:`sparsetrain.selection.nm_budget`)."""
+        chosen = pattern or self.pattern
+        if chosen is None:
+            raise ValueError(f"{type(self).__name__} has no pattern")
+        return nm_budget(self.layouts, chosen, fixed=self.fixed)
 
     def _select_masked(self, masks: Mapping[str, Tensor], values: Mapping[str, Any]) -> dict[str, nn.Parameter]:
         """The tensors given masks name, once the masks are checked to fit them."""
@@ -237,6 +306,12 @@ class Sparsifier:
         """Change ``self.masks`` for step ``step``; return positions whose weights and state restart at 0."""
         return {}
 
+    def schedule_at(self, step: int) -> dict[str, float | None]:
+        """The schedule values in force at update step ``step``, for its topology event: ``drop_fraction`` (None
+        when the method drops nothing at that step) and ``target_sparsity``. Default: no drop fraction, the
+        constant ``sparsity``."""
+        return {"drop_fraction": None, "target_sparsity": self.sparsity}
+
     # -- attach: the one place with side effects ------------------------------------------------------------------
     def attach(self) -> None:
         """Draw (or take) the initial masks, zero the pruned weights and their optimizer state, hook the optimizer."""
@@ -252,6 +327,12 @@ class Sparsifier:
         self._warn_collapsed()
         logger.info("%s: %d tensors sparsified, sparsity %.4f at step 0", type(self).__name__, len(self.masks),
                     self.current_sparsity())
+        if self.pattern is not None:
+            dense = {name: note for name, note in self._pattern_notes().items() if note != str(self.pattern)}
+            logger.info("%s: pattern %s on %d of %d tensors; kept dense: %s", type(self).__name__, self.pattern,
+                        len(self.masks) - len(dense), len(self.masks),
+                        "; ".join(f"{name} ({note.removeprefix('kept dense: ')})" for name, note in dense.items())
+                        or "none")
 
     def _warn_collapsed(self) -> None:
         """Warn (once per tensor) about tensors whose mask keeps no weight: the layer passes nothing on."""
@@ -261,11 +342,12 @@ class Sparsifier:
 
     # -- shared helpers for subclasses ----------------------------------------------------------------------------
     def random_masks(self, sparsity: float, distribution: str | None = None, *, scope: str | None = None,
-                     fixed: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+                     fixed: Mapping[str, float] | None = None, pattern: NMPattern | None = None) -> dict[str, Tensor]:
         """Random masks with exact counts (see :func:`sparsetrain.masks.random_masks`); defaults: this
-        sparsifier's distribution, scope and pinned tensors."""
+        sparsifier's distribution, scope, pinned tensors and pattern (N random entries of every M)."""
         return random_masks(self.params, sparsity, distribution or self.distribution, self.generator,
-                            scope=scope or self.scope, fixed=self.fixed if fixed is None else fixed)
+                            scope=scope or self.scope, fixed=self.fixed if fixed is None else fixed,
+                            pattern=pattern or self.pattern, layouts=self.layouts)
 
     def allocation(self, sparsity: float, distribution: str | None = None) -> dict[str, int]:
         """Nonzeros per tensor at ``sparsity`` under a distribution in the layer scope (overrides pinned)."""
@@ -301,18 +383,46 @@ class Sparsifier:
             self.step_count += 1
         if self.is_update_step(self.step_count):
             if enforcer.gradients_finite():
+                # A method may edit its masks in place: keep the old ones only when someone will compare them.
+                before = capture_masks(self.masks) if self.subscribers else None
                 reset = self.update(self.step_count)
                 for name, mask in self.masks.items():
                     self.ever_active[name] |= mask
                 # One pass zeroes both the inactive positions and the newly grown ones (weights and state).
                 enforcer.apply(self.masks, also_zero=reset)
                 self._warn_collapsed()
+                if before is not None:
+                    self._publish(before)
                 return True
             logger.warning("step %d: non-finite (or overflowing) gradients, topology update skipped", self.step_count)
             enforcer.apply(self.masks, refresh=False)
         elif missed or enforcer.masks_every_step:
             enforcer.apply(self.masks, refresh=False)
         return False
+
+    def subscribe(self, callback: TopologyCallback) -> RemovableHandle:
+        """Call ``callback(event)`` after every topology update, with its :class:`~sparsetrain.topology.TopologyEvent`.
+
+        The callback runs inside :meth:`step`, after the weights and optimizer state follow the new masks; its
+        exceptions propagate. Subscriptions are not copied with the sparsifier (``deepcopy``, pickling).
+
+        Args:
+            callback: takes the event; its return value is ignored.
+
+        Returns:
+            A handle whose ``remove()`` unsubscribes it.
+
+        Raises:
+            TypeError: ``callback`` is not callable.
+        """
+        return self.subscribers.subscribe(callback)
+
+    def _publish(self, before: Mapping[str, Tensor]) -> None:
+        """Tell the subscribers what the update at this step did (the gradients are still the dense ones it saw)."""
+        step = self.step_count
+        grads = {name: param.grad for name, param in self.params.items()}
+        self.subscribers.publish(topology_event(step, before, self.masks, self.ever_active, grads=grads,
+                                                **self.schedule_at(step)))
 
     def apply_masks(self, refresh: bool = True, also_zero: Mapping[str, Tensor] | None = None) -> None:
         """Zero the weights and the optimizer state outside the masks (see :meth:`MaskEnforcer.apply`).
@@ -331,13 +441,20 @@ class Sparsifier:
         return 1.0 - sum(int(torch.count_nonzero(m)) for m in self.masks.values()) / total
 
     def itop_rate(self) -> float:
-        """In-time over-parameterization rate: fraction of sparsified weights ever active so far."""
-        total = sum(m.numel() for m in self.ever_active.values())
-        return sum(int(torch.count_nonzero(m)) for m in self.ever_active.values()) / total
+        """In-time over-parameterization rate: fraction of sparsified weights ever active so far
+        (:func:`sparsetrain.itop.pooled_itop` of :attr:`ever_active`)."""
+        return pooled_itop(self.ever_active)
 
     def report(self) -> SparsityReport:
-        """Per-tensor shape, nonzeros and sparsity measured from the weights."""
-        return sparsity_report(self.params)
+        """Per-tensor shape, nonzeros and sparsity measured from the weights; under a pattern each tensor's note
+        says whether it follows the pattern or is kept dense (and why)."""
+        return sparsity_report(self.params, notes=self._pattern_notes() if self.pattern is not None else None)
+
+    def _pattern_notes(self) -> dict[str, str]:
+        """name -> the pattern, or why the tensor is kept dense."""
+        groups = self.nm_budget().groups
+        return {name: str(self.pattern) if name in groups else
+                f"kept dense: {layout.dense_reason or 'pinned dense'}" for name, layout in self.layouts.items()}
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -428,12 +545,14 @@ class Sparsifier:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["generator"] = self.generator.get_state()
+        # Subscribers belong to the live object (loggers, open files): a copy starts with none.
+        state.pop("subscribers", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         generator = torch.Generator()
         generator.set_state(state["generator"])
-        self.__dict__.update({**state, "generator": generator})
+        self.__dict__.update({**state, "generator": generator, "subscribers": TopologySubscribers()})
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer | None, params: Mapping[str, nn.Parameter]) -> None:

@@ -1,7 +1,10 @@
 """Drop-and-regrow as a pure function of masks and scores (pruning is :func:`sparsetrain.selection.keep_top`).
 
 It returns new masks and never touches weights or optimizer state; the sparsifier applies the result. That
-keeps each step testable on its own and lets methods compose it like their papers' algorithm boxes.
+keeps each step testable on its own and lets methods compose it like their papers' algorithm boxes. Under an
+N:M pattern the swap happens *within groups* (:func:`sparsetrain.nm.nm_drop_and_grow`): the tensor drops its
+``k`` lowest-scoring active weights wherever they are, and every group regrows as many as it lost, so every group
+still holds exactly N after the update.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from .nm import nm_drop_and_grow
+from .selection import Groups
 from .topk import drop_and_grow
 
 __all__ = ["REGROW_MODES", "regrow", "swap_count"]
@@ -35,8 +40,12 @@ def regrow(
     *,
     mode: str = "keep",
     rounding: str = "floor",
+    groups: Mapping[str, Groups] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Per tensor, drop ``fraction`` of the active weights with the lowest drop score and grow as many.
+
+    A tensor in ``groups`` follows an N:M pattern: it drops its lowest-scoring active weights (the same count)
+    and each group regrows as many as it dropped (:func:`sparsetrain.nm.nm_drop_and_grow`), so the pattern holds.
 
     ``mode`` decides the fate of a weight dropped and regrown in the same update:
     "keep" (the official RigL and GraNet code: it is a candidate for growth and, if regrown, keeps its value
@@ -56,9 +65,12 @@ def regrow(
             new_masks[name] = mask
             continue
         scores = grow_scores(name) if callable(grow_scores) else grow_scores[name]
-        new_mask, kept = drop_and_grow(
-            mask, drop_scores[name], scores, n_swap, forbid=mask if mode == "forbid" else None, n_active=n_active
-        )
+        forbid = mask if mode == "forbid" else None
+        if groups is not None and name in groups:
+            new_mask, kept = nm_drop_and_grow(mask, drop_scores[name], scores, n_swap, groups[name].pattern,
+                                              dim=groups[name].dim, forbid=forbid)
+        else:
+            new_mask, kept = drop_and_grow(mask, drop_scores[name], scores, n_swap, forbid=forbid, n_active=n_active)
         new_masks[name] = new_mask
         reset[name] = new_mask & ~kept if mode == "zero" else new_mask & ~mask
     return new_masks, reset

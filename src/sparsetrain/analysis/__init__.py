@@ -1,12 +1,11 @@
-"""Tools to look inside sparse training: mask overlap, update sparsity, FLOPs, the ITOP rate and pruning plasticity.
+"""Tools to look inside sparse training: mask overlap, update sparsity, FLOPs, the ITOP rate, pruning plasticity.
 
 Masks are ``dict[str, torch.BoolTensor]`` keyed by fully-qualified parameter name, as everywhere in
-sparsetrain. Every function here is pure (no training state is touched) and works on CPU and device
-tensors. The plasticity study (:mod:`sparsetrain.analysis.plasticity`) trains through the experiment harness,
-so its names are imported on first use.
+sparsetrain. Every function here is pure: a function of masks, weights and checkpoints (no training state is
+touched, nothing is trained), on CPU and device tensors. This package imports only the core; the studies that
+train (the plasticity study, the lottery) are :mod:`sparsetrain.studies`. The ITOP rate lives in the core
+(:mod:`sparsetrain.itop`, the sparsifier reports it) and is re-exported here.
 """
-
-from typing import Any
 
 from sparsetrain.analysis.compare import Comparison, compare_masks, compare_updates
 from sparsetrain.analysis.flops import (
@@ -17,8 +16,18 @@ from sparsetrain.analysis.flops import (
     inference_flops,
     training_flops,
 )
-from sparsetrain.analysis.itop import ItopTracker, itop_rate
-from sparsetrain.analysis.overlap import OverlapReport, OverlapRow, iou, mask_overlap, masks_from_state_dict
+from sparsetrain.analysis.overlap import (
+    OverlapReport,
+    OverlapRow,
+    iou,
+    mask_overlap,
+    masks_from_state_dict,
+)
+from sparsetrain.analysis.plasticity import (
+    format_plasticity,
+    magnitude_masks,
+    plot_plasticity,
+)
 from sparsetrain.analysis.sources import common_names, load_masks, load_weights
 from sparsetrain.analysis.update_sparsity import (
     UpdateRow,
@@ -28,6 +37,7 @@ from sparsetrain.analysis.update_sparsity import (
     update_rank,
     update_sparsity,
 )
+from sparsetrain.itop import ItopTracker, itop_by_layer, itop_rate
 
 __all__ = [
     "Comparison",
@@ -40,34 +50,23 @@ __all__ = [
     "TrainingFlopsReport",
     "UpdateRow",
     "UpdateSparsityReport",
-    "PlasticityCell",
-    "PlasticityStudy",
     "changed_masks",
     "common_names",
     "compare_masks",
     "compare_updates",
+    "format_plasticity",
     "inference_flops",
     "iou",
+    "itop_by_layer",
     "itop_rate",
     "load_masks",
     "load_weights",
     "magnitude_masks",
     "mask_overlap",
     "masks_from_state_dict",
-    "run_plasticity",
+    "plot_plasticity",
     "training_flops",
     "update_overlap",
     "update_rank",
     "update_sparsity",
 ]
-
-_PLASTICITY = ("PlasticityCell", "PlasticityStudy", "magnitude_masks", "run_plasticity")
-
-
-def __getattr__(name: str) -> Any:
-    # The plasticity study imports the experiment harness, which imports sparsetrain: load it on first use.
-    if name in _PLASTICITY:
-        from sparsetrain.analysis import plasticity
-
-        return getattr(plasticity, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

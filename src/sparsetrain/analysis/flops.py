@@ -15,6 +15,9 @@ The CPU flash-attention kernel, missing from torch's FLOP registry, is counted l
 (``4 * b * heads * s_q * s_k * d`` for ``d``-dim heads, ignoring causal masking).
 FlopCounterMode's own per-module counts (a module's count includes its children's) are kept in the
 report as ``module_flops``.
+
+:func:`run_flops` gives both for a finished run's ``summary.json``: the density history of its topology updates,
+and the steps whose backward pass needed the dense weight gradient (:func:`dense_gradient_steps`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ __all__ = [
     "LayerTrainingFlops",
     "TrainingFlopsReport",
     "training_flops",
+    "dense_gradient_steps",
+    "run_flops",
 ]
 
 logger = logging.getLogger(__name__)
@@ -516,3 +521,78 @@ def training_flops(
         batch_size=batch_size,
         dense_grad_steps=len(grad_steps),
     )
+
+
+_GROWS_BY_GRADIENT = ("rigl", "granet")
+_DENSE_GRADIENT_EVERY_STEP = ("snfs", "srste")
+
+
+def dense_gradient_steps(method: str, update_steps: Sequence[int], total_steps: int) -> list[int]:
+    """0-based indices of a run's steps whose backward computed the dense weight gradient.
+
+    Gradient-based growth needs it: RigL and GraNet at their update steps, SNFS at every step (its momentum is of
+    the dense gradient).
+
+    Args:
+        method: the sparse method name.
+        update_steps: 1-based optimizer steps after which the topology changed.
+        total_steps: steps in the run.
+
+    Returns:
+        Sorted step indices in ``[0, total_steps)``.
+    """
+    if method in _DENSE_GRADIENT_EVERY_STEP:
+        return list(range(total_steps))
+    if method in _GROWS_BY_GRADIENT:
+        # The update after optimizer step s reads the gradient of step s, index s - 1.
+        return sorted({s - 1 for s in update_steps if 1 <= s <= total_steps})
+    return []
+
+
+def run_flops(model: nn.Module, input_shape: Sequence[int], *, token_inputs: bool, masks: Mapping[str, Tensor],
+              density_history: Sequence[tuple[int, Mapping[str, float]]], total_steps: int,
+              dense_grad_steps: Sequence[int], batch_size: int) -> dict[str, Any] | None:
+    """Inference and training FLOPs of a finished run, for its ``summary.json``; None if they cannot be counted.
+
+    Args:
+        model: the trained model (masks applied).
+        input_shape: one sample's shape (no batch dimension).
+        token_inputs: the inputs are int64 token ids.
+        masks: final masks by parameter name.
+        density_history: ``[(start_step, {name: density}), ...]`` from step 0.
+        total_steps: optimizer steps of the run.
+        dense_grad_steps: see :func:`dense_gradient_steps`.
+        batch_size: training batch size.
+
+    Returns:
+        ``{"inference_dense", "inference_sparse", "inference_ratio", "training", "training_dense",
+        "training_ratio", "dense_grad_steps", "layers"}`` (FLOPs per sample for inference, whole run for
+        training; ``layers`` maps each weight to its ``{"inference_dense", "inference_sparse", "training",
+        "training_dense"}``), or None when the model cannot be counted (logged; a finished run is never lost
+        over its FLOPs).
+    """
+    try:
+        report = inference_flops(model, (1, *input_shape), masks or None,
+                                 input_dtype=torch.long if token_inputs else None)
+        training = training_flops(report.dense_by_layer(), density_history, total_steps,
+                                  dense_grad_steps=dense_grad_steps, batch_size=batch_size)
+    except Exception as exc:  # FLOPs are a nice-to-have: never lose a finished run over them
+        logger.warning("FLOPs not counted: %s: %s", type(exc).__name__, exc)
+        return None
+    inference_rows = report.by_name()
+    layers = {
+        row.name: {"inference_dense": inference_rows[row.name].dense_flops,
+                   "inference_sparse": inference_rows[row.name].sparse_flops,
+                   "training": row.training_flops, "training_dense": row.dense_training_flops}
+        for row in training.rows
+    }
+    return {
+        "inference_dense": report.dense_total,
+        "inference_sparse": report.sparse_total,
+        "inference_ratio": report.sparse_ratio,
+        "training": training.total,
+        "training_dense": training.dense_total,
+        "training_ratio": training.ratio,
+        "dense_grad_steps": list(dense_grad_steps),
+        "layers": layers,
+    }

@@ -2,13 +2,13 @@
 
 Accepted sources (a path, file or directory):
 
-* a harness run directory (``runs/<method>-<hash>/seed_<n>``): ``masks.pt`` for masks, ``checkpoint.pt``'s model
-  for weights; a plasticity cell directory has the same files;
-* a lottery level directory (``level_<L>``, or its ``reinit/`` / ``random/`` control): ``masks.pt``, and
-  ``model.pt`` (the weights after training) for weights;
-* a file: ``masks.pt`` (``{name: bool tensor}``), a harness ``checkpoint.pt`` (masks from its sparsifier state,
-  weights from its ``model``), or any saved state dict (``model.pt``, ``init.pt``, ``rewind.pt``,
-  ``epoch_<t>.pt``...), whose masks are its nonzero weights (tensors with at least 2 dims).
+* a run directory (``runs/<method>-<hash>/seed_<n>``, and every study's runs: a lottery level's ``run/``,
+  ``reinit/`` and ``random/``, a plasticity cell): ``masks.pt`` for masks, ``checkpoint.pt``'s model for weights;
+* a lottery level directory (``level_<L>``): ``masks.pt``, its ticket (no weights: they are in ``level_<L>/run``);
+* a file: ``masks.pt`` (``{name: bool tensor}``), a run checkpoint (``checkpoint.pt``, a kept
+  ``checkpoints/step_<n>.pt``: masks from its sparsifier state, weights from its ``model``), or any saved state
+  dict (``model.pt``, a lottery control's ``reinit_weights.pt``...), whose masks are its nonzero weights (tensors
+  with at least 2 dims).
 
 Files are read with ``torch.load(..., weights_only=True)`` onto the CPU: no pickled code runs.
 """

@@ -11,7 +11,7 @@ or config value exits with status 2 and one line, ``sparsetrain: error: <field>=
 Ctrl-C or SIGTERM writes a checkpoint and exits with 130 / 143, and rerunning the same command resumes.
 
 This package parses and dispatches: one module per command (``HELP``, ``DESCRIPTION``, ``add_arguments`` and a
-thin ``run``), the command bodies in the library (:mod:`sparsetrain.experiment`, :mod:`sparsetrain.lottery`,
+thin ``run``), the command bodies in the library (:mod:`sparsetrain.experiment`, :mod:`sparsetrain.studies`,
 :mod:`sparsetrain.analysis`), and the terminal (errors, notes, progress) in :mod:`sparsetrain.cli.terminal`.
 """
 
@@ -72,8 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
-        logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        verbose = getattr(args, "verbose", False)
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                             format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
+        # MLflow (train --log mlflow) configures its own loggers at INFO when imported; the same rule for it
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
         args.argv = list(sys.argv[1:] if argv is None else argv)
         return int(args.func(args))
     except (CliError, ConfigError, CheckpointError, DirectoryLocked, ReadError) as exc:

@@ -11,8 +11,9 @@ from .terminal import CliError, output_file
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
 HELP = "mask overlap (IoU, Hamming) of two runs, or update sparsity between two checkpoints"
-DESCRIPTION = ("A and B are run directories (runs/<name>/seed_<n>), lottery level directories (level_<L>, "
-               "level_<L>/reinit), masks.pt files, checkpoint.pt files or saved state dicts. Without --update: "
+DESCRIPTION = ("A and B are run directories (runs/<name>/seed_<n>), lottery levels (level_<L>: its ticket; "
+               "level_<L>/run, level_<L>/reinit: run directories), masks.pt files, checkpoint.pt files or saved "
+               "state dicts. Without --update: "
                "the overlap of their masks per layer and in total (IoU, Hamming distance, and the IoU two "
                "random masks of the same sizes would have). With --update: the update sparsity from A "
                "(before) to B (after): the fraction of each tensor that changed (beyond --atol) and the rank "

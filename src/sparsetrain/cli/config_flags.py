@@ -34,7 +34,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(info.flag, dest=dest, action="append", default=None, metavar="KEY=VALUE",
                                help=f"{info.help}; repeatable, values are YAML (default: none)")
         elif origin is list:
-            group.add_argument(info.flag, dest=dest, nargs="+", default=None, metavar="X", help=help_text)
+            group.add_argument(info.flag, dest=dest, nargs="+", default=None, metavar=info.name.upper(),
+                               help=help_text)
         else:
             try:
                 choices = info.allowed()

@@ -30,18 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-layer sparsity in the layer scope (default: uniform)")
     parser.add_argument("--scope", choices=("layer", "global"), default=None,
                         help="rank each layer on its own, or all layers together (default: layer)")
+    parser.add_argument("--pattern", default=None, metavar="N:M",
+                        help="search an N:M mask (e.g. 2:4; the sparsity is then 1 - N/M) (default: unstructured)")
     parser.add_argument("--device", default=None, help="overrides the run's train.device (default: the run's)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages (default: warnings only)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Search the jackpot and print its accuracy beside the magnitude mask's."""
-    from sparsetrain.lottery.jackpot_run import run_jackpot
+    from sparsetrain.studies.jackpot import run_jackpot
 
     try:
         record = run_jackpot(args.run_dir, sparsity=args.sparsity, steps=args.steps, lr=args.lr,
                              max_changes=args.max_changes, batches=args.batches, distribution=args.distribution,
-                             scope=args.scope, device=args.device)
+                             scope=args.scope, pattern=args.pattern, device=args.device)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
     gain = record["accuracy_after"] - record["accuracy_before"]

@@ -14,8 +14,11 @@ __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 HELP = "lottery tickets: iterative magnitude pruning with rewinding, and its controls"
 DESCRIPTION = ("Iterative magnitude pruning (Frankle & Carbin 2019; rewinding to step k: Frankle et al. 2020) "
                "on the data/model/optim/train recipe of the config, in <runs-dir>/lottery-<hash>/seed_<n>/"
-               "level_<k>/ (masks.pt, sparsity.json, metrics.json; controls in reinit/ and random/). A "
-               "stopped run resumes at the stage it was in. The sparse section plays no part.")
+               "level_<k>/ (masks.pt, the ticket, and sparsity.json; run/, the level's training run; the "
+               "controls' runs in reinit/ and random/). Every stage is an ordinary training run: a stopped "
+               "lottery run resumes where it stopped, mid-level. The sparse section plays no part, except "
+               "--pattern N:M: every level is then an N:M pattern (each round applies the rate to the groups' "
+               "counts, down to N).")
 RAW_DESCRIPTION = True  # --help prints the description unwrapped
 
 
@@ -35,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="no per-level lines on stderr (default: shown)")
     group.add_argument("-v", "--verbose", action="store_true",
                        help="log INFO messages (default: warnings only)")
-    lottery = parser.add_argument_group("lottery (sparsetrain.lottery.LotteryConfig)")
+    lottery = parser.add_argument_group("lottery (sparsetrain.studies.LotteryConfig)")
     lottery.add_argument("--rounds", type=int, default=3, help="pruning rounds after the dense level 0 (default: 3)")
     lottery.add_argument("--prune-rate", type=float, default=0.2,
                          help="fraction of the remaining weights pruned per round (default: 0.2)")
@@ -57,39 +60,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """One lottery run per seed; prints each run's curve."""
-    from sparsetrain.lottery import curve_table
-    from sparsetrain.lottery.experiment import lottery_dir, run_experiment_lottery
+    from sparsetrain.studies.lottery import curve_table, lottery_dir, run_lottery
 
     base = resolve_config(args)
-    given_sparse = {k: v for k, v in base.non_default(hashed_only=False).items() if k.startswith("sparse.")}
+    given_sparse = {k: v for k, v in base.non_default(hashed_only=False).items()
+                    if k.startswith("sparse.") and k != "sparse.pattern"}
     if given_sparse:
         raise CliError(f"{', '.join(sorted(given_sparse))}: the sparse section is not used by lottery runs (IMP "
-                       "chooses the masks); use --prune-rate, --rounds, --scope instead")
+                       "chooses the masks); use --prune-rate, --rounds, --scope (and --pattern) instead")
+    pattern = base.sparse.pattern
+    base = base.with_overrides({"sparse.pattern": None})
     if args.print_config:
         print(base.canonical().to_yaml(), end="")
         return 0
     for seed in parse_seeds(args, base.train.seed):
         config = base.with_overrides({"train.seed": seed})
-        lottery = _lottery_config(args, seed)
+        lottery = _lottery_config(args, seed, pattern)
         out = lottery_dir(args.runs_dir, config, lottery)
+        if args.progress:
+            note(f"lottery run in {out} ({lottery.rounds} rounds); finished stages are skipped")
 
-        def started(out: Path) -> None:
+        def training(run_dir: Path, kept: float, steps: int, out: Path = out) -> None:
             if args.progress:
-                note(f"lottery run in {out} ({lottery.rounds} rounds); finished stages are skipped")
-
-        def training(level_dir: Path, kept: float, steps: int, out: Path = out) -> None:
-            if args.progress:
-                note(f"{out.parent.name}/{out.name}: training {level_dir.relative_to(out)} "
+                note(f"{out.parent.name}/{out.name}: training {run_dir.relative_to(out).as_posix()} "
                      f"({kept:.2%} of weights, {steps} steps)")
 
-        out, rows = run_experiment_lottery(config, lottery, args.runs_dir, on_start=started, on_level=training)
+        rows = run_lottery(config, lottery, out, on_stage=training)
         print(f"lottery run {out} (test accuracy vs weights remaining):")
         print(curve_table(rows))
     return 0
 
 
-def _lottery_config(args: argparse.Namespace, seed: int) -> Any:
-    from sparsetrain.lottery import LotteryConfig
+def _lottery_config(args: argparse.Namespace, seed: int, pattern: str | None = None) -> Any:
+    from sparsetrain.studies.lottery import LotteryConfig
 
     output_rate: float | None
     if str(args.output_rate).lower() == "none":
@@ -103,6 +106,7 @@ def _lottery_config(args: argparse.Namespace, seed: int) -> Any:
     try:
         return LotteryConfig(rounds=args.rounds, prune_rate=args.prune_rate, output_rate=output_rate,
                              output_layer=args.output_layer, scope=args.scope, rewind_step=args.rewind_step,
-                             one_shot=args.one_shot, controls=tuple(args.controls), seed=seed)
+                             one_shot=args.one_shot, controls=tuple(args.controls), seed=seed,
+                             pattern=pattern)
     except (ValueError, TypeError) as exc:
         raise CliError(f"lottery: {exc}") from None

@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the study; print its table and the files written."""
-    from sparsetrain.analysis.plasticity import PlasticityStudy, default_prune_epochs, format_plasticity, run_plasticity
+    from sparsetrain.analysis.plasticity import format_plasticity
+    from sparsetrain.studies.plasticity import PlasticityStudy, default_prune_epochs, run_plasticity
     from sparsetrain.experiment import TrainingInterrupted
 
     config = resolve_config(args).dense_baseline()

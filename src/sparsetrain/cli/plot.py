@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sparsetrain.experiment.plots import plot_runs
     from sparsetrain.experiment.rundir import find_runs
-    from sparsetrain.lottery.report import plot_lottery_runs
+    from sparsetrain.studies.lottery.report import plot_lottery_runs
 
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():

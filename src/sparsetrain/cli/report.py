@@ -1,4 +1,5 @@
-"""``sparsetrain report``: the table of finished runs, and of lottery levels, under a runs directory."""
+"""``sparsetrain report``: the table of finished runs, and of lottery levels, under a runs directory; or, with
+``--html OUT``, one self-contained page for a runs directory or a study."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ HELP = "print a table of finished runs"
 DESCRIPTION = ("A table of the finished runs under --runs-dir. Columns: "
                + "; ".join(f"{k}: {d}" for k, d in COLUMNS) + ". Then one row per finished level of each "
                "lottery run (lottery-<hash>/seed_<n>): accuracy of the ticket and its controls against the "
-               "weights remaining.")
+               "weights remaining. With --html OUT: one self-contained HTML page instead (no network; plots "
+               "embedded) for a runs directory or a study directory (reproduce, plasticity, lottery): the tables, "
+               "the plots, each run's config and links to its files, grouped by recipe.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,17 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", action="store_true",
                         help="also print each run's per-layer table: final density, ITOP rate, inference and "
                              "training FLOPs beside dense (default: false)")
+    parser.add_argument("--html", metavar="OUT", default=None,
+                        help="write one self-contained HTML page to OUT instead of printing the tables: every "
+                             "finished run, lottery run and study report under --runs-dir (a runs, reproduce, "
+                             "plasticity or lottery directory) with its tables, plots, config and file links, "
+                             "grouped by recipe (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the tables (and write them to ``--output``)."""
     from sparsetrain.experiment.report import aggregate_rows, collect_rows, format_layers, format_rows, layer_rows
     from sparsetrain.experiment.rundir import find_runs, readable_summaries
-    from sparsetrain.lottery.report import format_lottery_rows, lottery_rows
+    from sparsetrain.studies.lottery.report import format_lottery_rows, lottery_rows
 
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():
         raise CliError(f"--runs-dir={args.runs_dir!r}: no such directory")
+    if args.html is not None:
+        return _write_html(runs_dir, Path(args.html))
     output = output_file("--output", args.output) if args.output else None
     rows = collect_rows(runs_dir)
     lottery = lottery_rows(runs_dir)
@@ -61,4 +71,15 @@ def run(args: argparse.Namespace) -> int:
     print(text, end="")
     if output is not None:
         write_text(text, output)
+    return 0
+
+
+def _write_html(runs_dir: Path, out: Path) -> int:
+    """``--html OUT``: write the page and print its path."""
+    from sparsetrain.studies.html_report import write_html_report
+
+    if out.is_dir():
+        raise CliError(f"--html={str(out)!r} is a directory; give the page's file name, e.g. {out / 'report.html'}")
+    output_file("--html", str(out))  # its folder exists
+    print(write_html_report(runs_dir, out))
     return 0

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train the grid's unfinished jobs (a line per job), then write the report; status 1 if a job failed."""
     from sparsetrain.experiment.lock import DirectoryLock
-    from sparsetrain.experiment.reproduce import SETTINGS
+    from sparsetrain.studies.reproduce import SETTINGS
 
     if args.workers < 1:
         raise CliError(f"argument --workers: {args.workers} is not allowed: expected an int >= 1")
@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, setting: Any, runs_dir: Path) -> int:
-    from sparsetrain.experiment.reproduce import plan_jobs, run_jobs
-    from sparsetrain.experiment.reproduce_report import record_invocation, write_report
+    from sparsetrain.studies.reproduce import plan_jobs, run_jobs
+    from sparsetrain.studies.reproduce_report import record_invocation, write_report
 
     out = Path(args.out) if args.out else (Path("docs/results") if setting.name == "full" else runs_dir / "results")
     start = time.monotonic()

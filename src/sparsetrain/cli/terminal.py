@@ -102,7 +102,7 @@ def fmt_default(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):
-        return " ".join(map(str, value)) or "[]"
+        return " ".join(map(str, value)) or "none"
     if isinstance(value, dict):
         return "{}" if not value else ", ".join(f"{k}={v}" for k, v in value.items())
     return str(value)

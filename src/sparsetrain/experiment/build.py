@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 #: Sparsifier arguments that have their own config field (sparse.options may not set them).
 RESERVED_METHOD_OPTIONS = {"sparsity": "sparse.sparsity", "total_steps": "train.epochs",
                            "update_every": "sparse.update_every", "distribution": "sparse.distribution",
-                           "scope": "sparse.scope", "seed": "train.seed"}
+                           "scope": "sparse.scope", "seed": "train.seed", "pattern": "sparse.pattern"}
 
 
 @dataclass
@@ -152,8 +152,10 @@ def build_sparsifier(config: ExperimentConfig, model: nn.Module, optimizer: torc
                           "(a run's masks.pt)")
     if isinstance(masks_file, str):
         sparse = dataclasses.replace(sparse, options={**sparse.options, "masks": load_masks_file(masks_file)})
-    kwargs: dict[str, Any] = dict(sparsity=sparse.sparsity, total_steps=total_steps,
+    kwargs: dict[str, Any] = dict(sparsity=sparse.target_sparsity(), total_steps=total_steps,
                                   update_every=sparse.update_every, seed=config.train.seed, **sparse.options)
+    if sparse.pattern is not None:
+        kwargs["pattern"] = sparse.pattern
     if sparse.distribution is not None:
         kwargs["distribution"] = sparse.distribution
     if sparse.scope is not None:
@@ -179,7 +181,7 @@ def method_options_help() -> str:
     own = ", ".join(f"{name} ({path})" for name, path in RESERVED_METHOD_OPTIONS.items())
     return (f"method options (--method-option NAME=VALUE, or sparse.options in a config; masks=PATH reads a run's "
             f"masks.pt; init_data is the run's training set). Set through their own fields instead: {own}.\n"
-            + describe(exclude=(*RESERVED_METHOD_OPTIONS, "init_data")))
+            + describe(sparsetrain.METHODS, exclude=(*RESERVED_METHOD_OPTIONS, "init_data")))
 
 
 def load_masks_file(path: str) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ import yaml
 
 from sparsetrain.distributions import DISTRIBUTIONS
 from sparsetrain.identity import identity_hash
+from sparsetrain.nm import NMPattern
 from sparsetrain.reading import ReadError, load_yaml_text
 from sparsetrain.selection import SCOPES
 
@@ -119,6 +120,20 @@ MAX_THREADS = 1024
 MAX_SEED = 2**63 - 1
 
 
+def _trackers(kinds: list[str]) -> bool:
+    from .loggers import LOGGERS
+
+    return len(set(kinds)) == len(kinds) and all(kind in LOGGERS for kind in kinds)
+
+
+def _is_pattern(v: str) -> bool:
+    """``"N:M"`` spelled as the run identity keeps it (no spaces: one spelling, one run name)."""
+    try:
+        return str(NMPattern.parse(v)) == v
+    except ValueError:
+        return False
+
+
 def _nonneg(v: float) -> bool:
     return v >= 0
 
@@ -195,8 +210,20 @@ class SparseConfig:
                                "(none: the method's default)", flag="--sparse-scope", choices=SCOPES)
     update_every: int = option(100, "ΔT: optimizer steps between topology updates",
                                check=_between(1, MAX_UPDATE_EVERY))
+    pattern: str | None = option(None, "N:M structured sparsity, e.g. 2:4: every group of M consecutive weights along "
+                                 "a layer's reduction dim keeps N; sparse.sparsity at its default then means 1 - N/M "
+                                 "(none: unstructured)", check=(_is_pattern, "'N:M' with integers 1 <= N < M, e.g. "
+                                                                            "2:4"))
     options: dict[str, Any] = option({}, "method-specific keyword arguments (e.g. initial_sparsity, drop_fraction)",
                                      flag="--method-option")
+
+    def target_sparsity(self) -> float:
+        """The sparsity the method trains to: ``sparsity``, or with a ``pattern`` and ``sparsity`` left at its
+        default, the pattern's ``1 - N/M`` (a sparsity given that differs from it is refused by the method)."""
+        default = next(f.default for f in dataclasses.fields(self) if f.name == "sparsity")
+        if self.pattern is not None and self.sparsity == default:
+            return NMPattern.parse(self.pattern).sparsity
+        return self.sparsity
 
 
 @dataclass
@@ -220,6 +247,9 @@ class TrainConfig:
                                  check=_between(1, MAX_THREADS, "none or an int"), hashed=False)
     num_workers: int = option(0, "DataLoader worker processes", check=_between(0, MAX_WORKERS), hashed=False)
     deterministic: bool = option(True, "torch.use_deterministic_algorithms (warn only)", hashed=False)
+    log: list[str] = option([], "experiment trackers the run also logs to: tensorboard (event files in "
+                            "<run>/tensorboard), mlflow (<runs-dir>/mlflow.db); each needs the extra of its name",
+                            check=(_trackers, "tensorboard and/or mlflow, each once"), hashed=False)
 
 
 SECTIONS: dict[str, type] = {

@@ -18,22 +18,25 @@ directory, continuing the same tracker run when the run resumes.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from sparsetrain.atomic import write_text
 
 from .rundir import RunDir
+from .tracking import RunTracker, histogram_scalars
 
-__all__ = ["LOGGERS", "RunLogger", "TensorBoardLogger", "MLflowLogger", "open_logger"]
+__all__ = ["LOGGERS", "RunLogger", "TensorBoardLogger", "MLflowLogger", "open_logger", "open_tracker",
+           "check_installed", "discard_logs"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +76,28 @@ class RunLogger(ABC):
         self.close()
 
 
+_TENSORBOARD_DIR = "tensorboard"
+_MLFLOW_RUN_ID = "mlflow_run_id"
+#: The packages each backend needs (the extra of the same name installs them).
+_PACKAGES = {"tensorboard": ("tensorboard",), "mlflow": ("mlflow", "sqlalchemy")}
+
+
 def _missing(package: str, extra: str) -> ImportError:
     return ImportError(f"{extra} logging needs the {package!r} package: pip install 'sparsetrain[{extra}]'")
+
+
+def check_installed(kind: str) -> None:
+    """Check, without importing it, that the ``kind`` backend's packages are installed.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+        ImportError: a package is missing; the message names the extra to install.
+    """
+    if kind not in LOGGERS:
+        raise ValueError(f"kind={kind!r} is not allowed; choose one of {', '.join(map(repr, LOGGERS))}")
+    for package in _PACKAGES[kind]:
+        if importlib.util.find_spec(package) is None:
+            raise _missing(package, kind)
 
 
 class TensorBoardLogger(RunLogger):
@@ -119,10 +142,6 @@ class TensorBoardLogger(RunLogger):
 
     def close(self) -> None:
         self._writer.close()
-
-
-#: Quantiles of a histogram logged as MLflow metrics.
-_QUANTILES = (("min", 0.0), ("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("max", 1.0))
 
 
 class MLflowLogger(RunLogger):
@@ -176,19 +195,21 @@ class MLflowLogger(RunLogger):
             self.flush()
 
     def log_histogram(self, tag: str, values: Tensor, step: int) -> None:
-        values = values.detach().flatten().double().cpu()
-        if not values.numel():
-            return
-        q = torch.quantile(values, torch.tensor([p for _, p in _QUANTILES], dtype=torch.float64)).tolist()
-        summary = {f"{tag}/{name}": value for (name, _), value in zip(_QUANTILES, q)}
-        summary[f"{tag}/mean"] = float(values.mean())
-        self.log_scalars(summary, step)
+        self.log_scalars(histogram_scalars(tag, values), step)
 
     def log_config(self, params: Mapping[str, Scalar]) -> None:
+        """Log the parameters this MLflow run does not hold yet. MLflow never changes a logged parameter: a
+        resumed run whose unhashed fields changed (device, threads) keeps the first values, with a warning."""
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
         self.flush()
-        items = [self._param(key, str(value)[:MAX_PARAM_VAL_LENGTH]) for key, value in params.items()]
+        logged = self._client.get_run(self.run_id).data.params
+        values = {key: str(value)[:MAX_PARAM_VAL_LENGTH] for key, value in params.items()}
+        changed = sorted(key for key, value in values.items() if key in logged and logged[key] != value)
+        if changed:
+            logger.warning("MLflow run %s keeps its first values of %s (MLflow parameters cannot change)",
+                           self.run_id, ", ".join(changed))
+        items = [self._param(key, value) for key, value in values.items() if key not in logged]
         for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self.run_id, params=items[start:start + MAX_PARAMS_TAGS_PER_BATCH])
 
@@ -235,14 +256,48 @@ def open_logger(kind: str, run: RunDir, *, resume_step: int | None = None,
         ValueError: an unknown ``kind``.
         ImportError: the backend's package is not installed.
     """
-    if kind not in LOGGERS:
-        raise ValueError(f"kind={kind!r} is not allowed; choose one of {', '.join(map(repr, LOGGERS))}")
+    check_installed(kind)
     run.path.mkdir(parents=True, exist_ok=True)
     if kind == "tensorboard":
-        return TensorBoardLogger(run.path / "tensorboard", purge_step=None if resume_step is None else resume_step + 1)
-    uri = tracking_uri or f"sqlite:///{(run.path.parent.parent / 'mlflow.db').resolve()}"
-    id_file = run.path / "mlflow_run_id"
+        return TensorBoardLogger(run.path / _TENSORBOARD_DIR,
+                                 purge_step=None if resume_step is None else resume_step + 1)
+    uri = tracking_uri or mlflow_store(run.path.parent.parent)
+    id_file = run.path / _MLFLOW_RUN_ID
     run_id = id_file.read_text().strip() if resume_step is not None and id_file.exists() else None
     mlflow_logger = MLflowLogger(uri, run_name=run.name, run_id=run_id or None)
     write_text(mlflow_logger.run_id + "\n", id_file)
     return mlflow_logger
+
+
+def mlflow_store(runs_dir: str | Path) -> str:
+    """The MLflow tracking URI of a runs directory: its SQLite store ``<runs_dir>/mlflow.db``."""
+    return f"sqlite:///{(Path(runs_dir) / 'mlflow.db').resolve()}"
+
+
+def open_tracker(kinds: Sequence[str], run: RunDir, *, resume_step: int | None = None,
+                 runs_dir: str | Path | None = None) -> RunTracker:
+    """A :class:`~.tracking.RunTracker` over one logger per kind (see :func:`open_logger`); a failure to open one
+    closes those already open.
+
+    Args:
+        kinds: backends of :data:`LOGGERS` (none: a tracker that logs nothing).
+        run: the run directory.
+        resume_step: the checkpoint's step when the run resumes, else None.
+        runs_dir: where the MLflow store lives (default: the run directory's grandparent).
+    """
+    loggers: list[RunLogger] = []
+    try:
+        for kind in kinds:
+            loggers.append(open_logger(kind, run, resume_step=resume_step,
+                                       tracking_uri=mlflow_store(runs_dir) if runs_dir is not None else None))
+    except BaseException:
+        RunTracker(loggers).close()
+        raise
+    return RunTracker(loggers)
+
+
+def discard_logs(run: RunDir) -> None:
+    """Forget what earlier sessions of ``run`` logged (a restart): its TensorBoard event files, and its MLflow run
+    id, so that the restarted run gets a new MLflow run (the old one stays in the store)."""
+    shutil.rmtree(run.path / _TENSORBOARD_DIR, ignore_errors=True)
+    (run.path / _MLFLOW_RUN_ID).unlink(missing_ok=True)

@@ -115,14 +115,15 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def append_metrics(path: str | Path, record: Mapping[str, Any]) -> None:
+def append_metrics(path: str | Path, record: Mapping[str, Any], *, sync: bool = True) -> None:
     """Append one record as a JSON line and fsync it.
 
     Args:
         path: the metrics.jsonl file.
         record: the epoch's metrics.
+        sync: fsync now (see :func:`sparsetrain.atomic.append_line`).
     """
-    append_line(json.dumps(jsonable(record), sort_keys=False), path)
+    append_line(json.dumps(jsonable(record), sort_keys=False), path, sync=sync)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -6,9 +6,9 @@ backend is changed, nothing opens a window, and it works on a machine without a 
 Per run (in the run directory): ``curves.png`` (loss and accuracy per epoch), ``density.png`` (the density of
 the sparsified weights over optimizer steps, overall and per layer) and ``layers.png`` (final density per
 layer, measured from the weights); with a ``topology.jsonl``, ``topology.png`` (per-layer density and churn at
-every topology update, as heatmaps over optimizer steps) and ``itop.png`` (the ITOP rate over steps). Across runs: ``accuracy_vs_sparsity.png`` (final test accuracy against
-target sparsity, one line per method, mean ± std over seeds, the dense baseline as a dashed line; one panel
-per recipe).
+every topology update, as heatmaps over optimizer steps) and ``itop.png`` (the ITOP rate over steps). Across
+runs: ``accuracy_vs_sparsity.png`` (final test accuracy against target sparsity, one line per method and N:M
+pattern, mean ± std over seeds, the dense baseline as a dashed line; one panel per recipe).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from sparsetrain.atomic import write_figure
 from sparsetrain.topology import TopologyEvent
 
+from .report import method_label
 from .rundir import RunDir, readable_summaries
 from .topology_log import read_events
 
@@ -248,7 +249,7 @@ def plot_run(run: RunDir, *, summary: Mapping[str, Any] | None = None,
     records = records if records is not None else run.read_metrics()
     if summary is None:
         raise ValueError(f"{run.path}: the run has not finished (no summary.json)")
-    title = (f"{summary['method']} @ {summary['target_sparsity']:.2f} sparsity, {summary['model']} on "
+    title = (f"{method_label(summary)} @ {summary['target_sparsity']:.2f} sparsity, {summary['model']} on "
              f"{summary['data']} (seed {summary['seed']})")
     dense = summary.get("dense") or {}
     out = Path(out_dir) if out_dir is not None else run.path
@@ -290,7 +291,7 @@ def plot_accuracy_vs_sparsity(summaries: Iterable[Mapping[str, Any]], path: str 
         if s.get("final_acc") is None:
             continue
         key = (str(s["data"]), str(s["model"]), f"recipe {s['recipe']}" if s.get("recipe") else "")
-        groups[key][s["method"]][float(s["target_sparsity"])].append(float(s["final_acc"]))
+        groups[key][method_label(s)][float(s["target_sparsity"])].append(float(s["final_acc"]))
     panels = sorted(groups) or [("no runs", "", "")]
     fig = _figure((FIGSIZE[0], FIGSIZE[1] * max(1, len(panels)) if len(panels) > 1 else FIGSIZE[1]))
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]

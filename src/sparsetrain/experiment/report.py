@@ -1,7 +1,7 @@
 """The table of runs: one row per finished run (or per experiment, averaged over seeds), as text, markdown or CSV.
 
-Columns: run, method, model, data, recipe, seed, target sparsity, the sparsity of the masks and the fraction of
-weights exactly zero (the masked ones plus active weights that happen to be 0), final test accuracy, best accuracy
+Columns: run, method, N:M pattern, model, data, recipe, seed, target sparsity, the sparsity of the masks and the
+fraction of weights exactly zero (the masked ones plus active weights that happen to be 0), final test accuracy, best accuracy
 (the test accuracy at the epoch of best validation accuracy), the dense baseline's final test accuracy, the
 inference and training FLOPs as fractions of dense (when the summary has them), the ITOP rate, steps and wall
 time. Rows are grouped by recipe (the config without its sparse section): only the runs of one recipe compare.
@@ -21,13 +21,14 @@ from sparsetrain.tables import FORMATS, Column, render
 from .config import ConfigError
 from .rundir import RunDir, dense_reference, find_runs, readable_summaries
 
-__all__ = ["COLUMNS", "collect_rows", "aggregate_rows", "format_rows", "FORMATS", "layer_rows", "format_layers",
-           "format_results", "describe_sparsity"]
+__all__ = ["COLUMNS", "method_label", "collect_rows", "aggregate_rows", "format_rows", "FORMATS", "layer_rows",
+           "format_layers", "format_results", "describe_sparsity"]
 
 #: (column, description) in display order.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("run", "run directory (<method>-<hash>)"),
     ("method", "sparse-training method"),
+    ("pattern", "N:M pattern (- : unstructured; shown in tables only when some run has one)"),
     ("model", "model"),
     ("data", "dataset"),
     ("recipe", "hash of the recipe, the config without its sparse section (runs of one recipe compare)"),
@@ -46,6 +47,15 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+def method_label(summary: Mapping[str, Any]) -> str:
+    """A run's method as tables and plots name it: ``"rigl"``, or ``"rigl 2:4"`` under an N:M pattern."""
+    pattern = summary.get("pattern")
+    return f"{summary['method']} {pattern}" if pattern else str(summary["method"])
+
+
+_TEXT_COLUMNS = ("run", "method", "pattern", "model", "data", "recipe")
+
+
 def _row(run: RunDir, summary: Mapping[str, Any], runs_dir: Path) -> dict[str, Any]:
     dense = summary.get("dense")
     mask_sparsity = summary.get("mask_sparsity")
@@ -60,6 +70,7 @@ def _row(run: RunDir, summary: Mapping[str, Any], runs_dir: Path) -> dict[str, A
     return {
         "run": run.path.parent.name,
         "method": summary.get("method"),
+        "pattern": summary.get("pattern"),
         "model": summary.get("model"),
         "data": summary.get("data"),
         "recipe": run.recipe(dict(summary)),
@@ -144,7 +155,9 @@ def format_rows(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
     if fmt == "csv":
         extra = [k for k in ("final_acc_std", "best_acc_std") if any(k in r for r in rows)]
         return render(keys + extra, rows, fmt)
-    columns = [Column(k, align="left" if i < 5 else "right") for i, k in enumerate(keys)]
+    if not any(row.get("pattern") for row in rows):  # the pattern column only when some run has one
+        keys.remove("pattern")
+    columns = [Column(k, align="left" if k in _TEXT_COLUMNS else "right") for k in keys]
     return render(columns, [[_cell(k, row) for k in keys] for row in rows], fmt)
 
 
@@ -239,7 +252,7 @@ def format_results(results: Sequence[Mapping[str, Any]], runs_dir: str | Path) -
     lines = [f"results (test accuracy; runs in {runs_dir}/):"]
     dense = {r.get("seed"): r for r in results if r.get("method") == "dense"}
     for r in results:
-        lines.append(f"  {r['method']:<8} sparsity {describe_sparsity(r)}  final {num(r.get('final_acc'))}  "
+        lines.append(f"  {method_label(r):<8} sparsity {describe_sparsity(r)}  final {num(r.get('final_acc'))}  "
                      f"best {num(r.get('best_acc'))}  {r['wall_time']:.1f}s  {r['run']}")
     for r in results:
         if r.get("method") == "dense":
@@ -247,6 +260,6 @@ def format_results(results: Sequence[Mapping[str, Any]], runs_dir: str | Path) -
         ref = dense.get(r.get("seed")) or {}
         ref_acc = ref.get("final_acc", (r.get("dense") or {}).get("final_acc"))
         if ref_acc is not None and r.get("final_acc") is not None:
-            lines.append(f"{r['method']} at {r['target_sparsity']:.0%} sparsity: {r['final_acc']:.4f} vs dense "
+            lines.append(f"{method_label(r)} at {r['target_sparsity']:.0%} sparsity: {r['final_acc']:.4f} vs dense "
                          f"{ref_acc:.4f} ({r['final_acc'] - ref_acc:+.4f}), seed {r.get('seed')}")
     return "\n".join(lines)

@@ -8,10 +8,11 @@ from typing import Any
 
 from torch import Tensor
 
+from sparsetrain.analysis.flops import dense_gradient_steps, run_flops
+from sparsetrain.itop import itop_by_layer
+
 from .build import Experiment
 from .config import DENSE
-from .flops import dense_gradient_steps, run_flops
-from .itop import itop_by_layer
 from .metrics import best_epoch, write_summary
 from .rundir import RunDir
 from .trace import DensityTrace, run_report
@@ -56,7 +57,8 @@ def run_summary(exp: Experiment, run: RunDir, *, masks: Mapping[str, Tensor], ch
         "seed": config.train.seed,
         "config_hash": config.config_hash(),
         "recipe": config.dense_baseline().config_hash(),
-        "target_sparsity": 0.0 if config.sparse.method == DENSE else config.sparse.sparsity,
+        "target_sparsity": 0.0 if config.sparse.method == DENSE else config.sparse.target_sparsity(),
+        "pattern": None if config.sparse.method == DENSE else config.sparse.pattern,
         "sparsity": report.sparsity,
         "mask_sparsity": trace.last_sparsity,
         "final_acc": last.get("test_acc"),
@@ -67,7 +69,7 @@ def run_summary(exp: Experiment, run: RunDir, *, masks: Mapping[str, Tensor], ch
         "max_test_acc": max((r["test_acc"] for r in records if r.get("test_acc") is not None), default=None),
         "final_train_loss": last.get("train_loss"),
         "itop_rate": exp.sparsifier.itop_rate() if exp.sparsifier is not None else None,
-        "itop_layers": itop_by_layer(exp.sparsifier),
+        "itop_layers": itop_by_layer(exp.sparsifier.ever_active if exp.sparsifier is not None else None),
         "epochs": config.train.epochs,
         "total_steps": exp.total_steps,
         "wall_time": wall_time,

@@ -18,7 +18,7 @@ from sparsetrain.masks import sparsity_report
 
 from .build import Experiment
 
-__all__ = ["DensityTrace", "run_masks", "run_report"]
+__all__ = ["DensityTrace", "run_masks", "run_report", "run_weights"]
 
 
 def run_masks(exp: Experiment) -> dict[str, Tensor]:
@@ -26,6 +26,15 @@ def run_masks(exp: Experiment) -> dict[str, Tensor]:
     if exp.sparsifier is not None:
         return {n: m.detach().cpu().clone() for n, m in exp.sparsifier.masks.items()}
     return {n: (p.detach() != 0).cpu() for n, p in sparsetrain.select_prunable(exp.model).items()}
+
+
+def run_weights(exp: Experiment) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The sparsified tensors and their masks, on their device (for a dense run: the prunable tensors and their
+    nonzero patterns)."""
+    if exp.sparsifier is not None:
+        return dict(exp.sparsifier.params), dict(exp.sparsifier.masks)
+    params = sparsetrain.select_prunable(exp.model)
+    return dict(params), {n: p.detach() != 0 for n, p in params.items()}
 
 
 def run_report(exp: Experiment) -> sparsetrain.SparsityReport:

@@ -14,14 +14,20 @@ requested steps or epochs (``checkpoints/step_<n>.pt``, never rotated, readable 
 without finishing (:meth:`Trainer.fit_until`), and give its checkpoint at any step with the least training
 (:meth:`Trainer.checkpoint_at`: a run past that step is replayed from its nearest earlier checkpoint).
 
+What the topology does is recorded as it happens: every topology update appends one line to ``topology.jsonl``
+(:mod:`.topology_log`), and with ``train.log`` the run's figures also go to TensorBoard and/or MLflow
+(:mod:`.tracking`: scalars per step, topology figures per update, epoch metrics and weight histograms per epoch,
+the config as hyperparameters); a resumed run continues the same logs.
+
 One process per run: the process that trains a run holds an OS-level lock on its directory (see :mod:`.lock`)
 from before its first write until it is done; a second process on the same run raises
 :class:`~.lock.DirectoryLocked` naming the holder's PID and writes nothing. The kernel drops the lock of a killed
 process, so a resume is never blocked.
 
 Crash safety: every file is written atomically (temporary file, fsync, rename), the checkpoint keeps its
-predecessor as ``checkpoint.prev.pt``, and a resume truncates ``metrics.jsonl`` to the checkpointed epochs, so a
-run killed at any moment (SIGKILL included) resumes to the same masks and metrics as an uninterrupted one. A
+predecessor as ``checkpoint.prev.pt``, and a resume truncates ``metrics.jsonl`` to the checkpointed epochs and
+``topology.jsonl`` to the checkpointed step, so a run killed at any moment (SIGKILL included) resumes to the same
+masks and metrics as an uninterrupted one. A
 checkpoint that cannot be read is reported in one warning naming the file, set aside as ``checkpoint.bad.pt``,
 and the run resumes from ``checkpoint.prev.pt``. Anything wrong with the inputs of a resume (an unreadable or
 foreign checkpoint, a different config or branch) raises before a file is touched.
@@ -35,28 +41,30 @@ There is no gradient accumulation: one minibatch, one optimizer step.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from sparsetrain.atomic import remove_temp_files, replace_durably, write_text
+from sparsetrain.atomic import remove_temp_files, replace_durably, sync_file, write_text
 from sparsetrain.checkpoint_io import CheckpointError, save_checkpoint
 from sparsetrain.distributed import assert_masks_identical, masks_checksum
+from sparsetrain.itop import itop_by_layer
+from sparsetrain.topology import TopologyEvent
 
 from .branch import Branch, check_branch_record, read_branch_record, start_branch, write_branch_record
 from .build import Experiment, attach_sparsifier, build_experiment
 from .checkpoint import capture_rng, restore_rng
 from .config import DENSE, ConfigError, ExperimentConfig
-from .itop import itop_by_layer
+from .loggers import check_installed, discard_logs, open_tracker
 from .lock import DirectoryLock, DirectoryLocked
 from .metrics import RunningSums, append_metrics, evaluate, truncate_metrics
 from .rundir import RunDir, dense_reference
@@ -77,7 +85,9 @@ from .run_state import (
 )
 from .signals import StopRequest, TrainingInterrupted
 from .summary import run_summary, write_run_outputs
-from .trace import DensityTrace, run_masks, run_report
+from .topology_log import append_event, truncate_events
+from .trace import DensityTrace, run_masks, run_report, run_weights
+from .tracking import RunTracker
 
 __all__ = ["Trainer", "TrainerCallback", "CHECKPOINT_VERSION"]
 
@@ -166,6 +176,7 @@ class Trainer:
         self._sparsity = 0.0
         self._trace = DensityTrace()
         self._damaged: list[Path] = []
+        self._tracker = RunTracker()  # the session's loggers (train.log), open while training
         self._saved_step: int | None = None
         self._trained = False  # this object's experiment has trained (a fresh start must build it again)
         self._lock = DirectoryLock(self.run.path, f"run {self.run.path}")
@@ -183,11 +194,17 @@ class Trainer:
         """Build data, model, optimizer and sparsifier, and a branch's starting point (idempotent).
 
         Raises:
-            ConfigError: the config is rejected by the data, model or method; the run directory holds a
-                different config, or a different branch; or the branch's source does not fit.
+            ConfigError: the config is rejected by the data, model or method; a tracker of ``train.log`` is not
+                installed; the run directory holds a different config, or a different branch; or the branch's
+                source does not fit.
             CheckpointError: the branch's source cannot be read.
         """
         if self.exp is None:
+            for kind in self.config.train.log:
+                try:
+                    check_installed(kind)
+                except ImportError as exc:
+                    raise ConfigError(f"train.log={self.config.train.log!r}: {exc}") from None
             self._check_run_dir()
             self._build(source=not (self.run.checkpoint_file.exists() or self.run.previous_checkpoint_file.exists()))
         return self.exp
@@ -214,6 +231,8 @@ class Trainer:
             else:  # as the branch started: the sparsifier's schedules span what they spanned then
                 attach_sparsifier(exp, (read_branch_record(self.run) or {}).get("sparsifier_total_steps"))
             self.exp = exp
+        if self.exp.sparsifier is not None and self.exp.parallel.is_main:
+            self.exp.sparsifier.subscribe(self._record_topology)
         # A fresh run starts from the generator states right after the build, whatever ran in between.
         self._rng_after_build = capture_rng()
         self._trained = False
@@ -325,7 +344,7 @@ class Trainer:
                     return kept
             return self._replay(target)
 
-    @contextmanager
+    @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the run directory's lock (re-entrant; in a data-parallel run rank 0 holds it for every rank).
 
@@ -358,8 +377,9 @@ class Trainer:
         shutil.rmtree(where, ignore_errors=True)  # a replay cut short is started again (it is short)
         logger.info("%s: replaying from step %d to keep the checkpoint at step %d", self.run.name,
                     nearest[0] if nearest is not None else 0, target)
-        replay = Trainer(self.config, run_dir=where, branch=branch, keep_steps=(target,), callback=self.callback,
-                         plots=False)
+        # a replay reproduces a state; it logs nothing to the trackers (its topology.jsonl goes with its directory)
+        replay = Trainer(self.config.with_overrides({"train.log": []}), run_dir=where, branch=branch,
+                         keep_steps=(target,), callback=self.callback, plots=False)
         replay.fit_until(step=target)
         kept = self.run.kept_checkpoint(target)
         kept.parent.mkdir(parents=True, exist_ok=True)
@@ -398,13 +418,16 @@ class Trainer:
             write_text(self.config.to_yaml(), self.run.config_file)
             if kind == "resume":
                 kept = truncate_metrics(self.run.metrics_file, self.epoch)
+                truncate_events(self.run.topology_file, self.step)
                 logger.info("resuming %s at step %d (epoch %d, %d metric records)", self.run.name, self.step,
                             self.epoch, kept)
             else:
                 # A restart forgets the old run at once: a crash before the first new checkpoint must not resume it.
-                for old in (self.run.checkpoint_file, self.run.previous_checkpoint_file, self.run.metrics_file):
+                for old in (self.run.checkpoint_file, self.run.previous_checkpoint_file, self.run.metrics_file,
+                            self.run.topology_file):
                     old.unlink(missing_ok=True)
                 shutil.rmtree(self.run.checkpoints_dir, ignore_errors=True)
+                discard_logs(self.run)
         if kind != "resume":
             self._begin()
         par.barrier()
@@ -435,7 +458,7 @@ class Trainer:
         assert exp is not None
         self._clock = time.perf_counter()
         self._trained = True
-        with StopRequest() as stop:
+        with StopRequest() as stop, self._tracking():
             self.callback.on_start(self)
             if self.step in self._keep and not self.run.kept_checkpoint(self.step).exists():
                 self._save_checkpoint(rolling=False)  # e.g. step 0, before the first step
@@ -448,6 +471,25 @@ class Trainer:
                 if exp.parallel.any(stop.requested):
                     raise TrainingInterrupted(stop.signal_name or "SIGINT", self.step, self.epoch,
                                               self.run.checkpoint_file)
+
+    @contextlib.contextmanager
+    def _tracking(self) -> Iterator[None]:
+        """The loggers of ``train.log`` (rank 0), open for one training session and closed however it ends."""
+        exp = self.exp
+        assert exp is not None
+        kinds = self.config.train.log if exp.parallel.is_main else []
+        self._tracker = open_tracker(kinds, self.run, resume_step=self.resumed_from, runs_dir=self.runs_dir)
+        try:
+            self._tracker.log_config(self.config.to_dict())
+            yield
+        finally:
+            tracker, self._tracker = self._tracker, RunTracker()
+            tracker.close()
+
+    def _record_topology(self, event: TopologyEvent) -> None:
+        """A topology update of this run (rank 0): one line of topology.jsonl, and its figures to the loggers."""
+        append_event(self.run.topology_file, event, sync=False)  # synced before the next checkpoint
+        self._tracker.log_topology(event)
 
     def _train_epoch(self, stop: StopRequest, until: int | None = None) -> bool:
         """Train the rest of the epoch; False when it stopped part-way at step ``until``."""
@@ -507,6 +549,7 @@ class Trainer:
                 assert_masks_identical(exp.sparsifier, group=exp.parallel.control)
         exp.scheduler.step()
         self._running.add(loss, logits, targets)
+        self._tracker.log_step(self.step, loss, self._lr, self._sparsity)
 
     def _end_epoch(self) -> dict[str, Any]:
         exp = self.exp
@@ -521,11 +564,12 @@ class Trainer:
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
             "sparsity": self.measured_sparsity(), "mask_sparsity": self._sparsity, "lr": self._lr,
             "itop_rate": exp.sparsifier.itop_rate() if exp.sparsifier is not None else None,
-            "itop_layers": itop_by_layer(exp.sparsifier),
+            "itop_layers": itop_by_layer(exp.sparsifier.ever_active if exp.sparsifier is not None else None),
             "time": self.elapsed(),
         }
         if exp.parallel.is_main:
             append_metrics(self.run.metrics_file, record)
+            self._tracker.log_epoch(record, *run_weights(exp))
         self._batch_in_epoch = 0
         self._running = RunningSums(exp.device)
         self._save_checkpoint()  # and the kept one, if this step is asked for
@@ -576,6 +620,7 @@ class Trainer:
             self._saved_step = self.step
         if not exp.parallel.is_main:
             return
+        sync_file(self.run.topology_file)  # every update up to this step on disk before the checkpoint is
         if rolling:
             save_checkpoint(state, self.run.checkpoint_file, keep_previous=self.run.previous_checkpoint_file)
             logger.debug("checkpoint at step %d written to %s", self.step, self.run.checkpoint_file)

@@ -5,7 +5,7 @@
 ``Static(..., init="snip", init_data=loader)``.
 """
 
-from .data import collect_batches
+from ..batches import collect_batches
 from .grasp import GRASP_TEMPERATURE, grasp_scores
 from .prune import INIT_METHODS, SCHEDULES, prune_at_init, round_densities, warn_collapsed
 from .snip import mean_gradient, snip_scores

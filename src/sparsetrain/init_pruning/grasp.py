@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .snip import LossFn, mean_gradient, model_output
+from ..batches import model_output
+from .snip import LossFn, mean_gradient
 
 __all__ = ["grasp_scores", "GRASP_TEMPERATURE"]
 

@@ -6,12 +6,19 @@ the pruned weights of the copy, repeat. With one round (the default for every me
 papers' single-shot pruning; SynFlow runs 100 rounds on the exponential schedule ``d_k = d^(k/n)``. Counts are
 exact (:mod:`sparsetrain.topk`), weights pruned in one round never come back, and the caller's model is never
 modified.
+
+Under an N:M pattern every round keeps, in every group of M along a tensor's reduction dimension, the
+``N_k = max(N, ceil(M d_k))`` best-scoring of the entries left (:func:`sparsetrain.selection.nm_budget`): one round
+is one-shot N:M pruning by the method's score (with ``"magnitude"``, what NVIDIA's ASP and torch.ao's 2:4
+sparsifier do), and SynFlow's iterative schedule becomes a decaying N that reaches N:M at the last round.
+Tensors that cannot follow the pattern are kept dense.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -19,13 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..batches import collect_batches
 from ..distributions import check_distribution
 from ..masks import resolve_overrides, select_prunable, warn_collapsed
+from ..nm import NMPattern, check_pattern, nm_layouts
 from ..scores import random_scores
-from ..selection import budget, check_scope, keep_top, resolve_scope
+from ..selection import Budget, budget, check_scope, keep_top, nm_budget, resolve_scope
 from ..topk import NEG_INF
 from ..validation import check_choice, check_int, check_sparsity
-from .data import collect_batches
 from .grasp import GRASP_TEMPERATURE, grasp_scores
 from .snip import LossFn, snip_scores
 from .synflow import linearize, ones_input, synflow_scores
@@ -56,10 +64,20 @@ def round_densities(density: float, rounds: int, schedule: str = "exponential") 
     return values
 
 
-def _check_args(method: str, sparsity: Any, rounds: Any, schedule: str) -> tuple[str, float, int]:
+
+def _check_args(method: str, sparsity: Any, rounds: Any, schedule: str,
+                pattern: NMPattern | None) -> tuple[str, float, int]:
     if not isinstance(method, str) or method.lower() not in INIT_METHODS:
         raise ValueError(f"method={method!r} is not allowed; choose one of {', '.join(map(repr, INIT_METHODS))}")
     method = method.lower()
+    if pattern is not None:
+        if sparsity is not None and (not isinstance(sparsity, (int, float)) or
+                                     abs(sparsity - pattern.sparsity) > 1e-9):
+            raise ValueError(f"prune_at_init({method!r}): sparsity={sparsity!r} is not allowed with pattern="
+                             f"'{pattern}': its sparsity is 1 - N/M = {pattern.sparsity:g} (leave sparsity out)")
+        sparsity = pattern.sparsity
+    elif sparsity is None:
+        raise TypeError(f"prune_at_init({method!r}): give sparsity (or an N:M pattern)")
     sparsity = check_sparsity("sparsity", sparsity)
     if rounds is None:
         rounds = 100 if method == "synflow" else 1
@@ -87,7 +105,7 @@ def _synflow_input(data: Any, input_shape: Sequence[int] | None, device: torch.d
 def prune_at_init(
     model: nn.Module,
     method: str,
-    sparsity: float,
+    sparsity: float | None = None,
     data: Any = None,
     *,
     scope: str | None = None,
@@ -104,6 +122,7 @@ def prune_at_init(
     dense_first: bool = False,
     dense_last: bool = False,
     seed: int = 0,
+    pattern: str | None = None,
 ) -> dict[str, Tensor]:
     """Masks chosen at initialisation, before any training (SNIP, GraSP, SynFlow, magnitude, random).
 
@@ -123,7 +142,8 @@ def prune_at_init(
     Args:
         model: the network at initialisation.
         method: one of "snip", "grasp", "synflow", "magnitude", "random".
-        sparsity: target sparsity over the selected tensors, in [0, 1).
+        sparsity: target sparsity over the selected tensors, in [0, 1) (with a pattern: ``1 - N/M``, may be left
+            out).
         data: a ``DataLoader`` (or any iterable) of ``(inputs, targets)`` batches, or one such pair. Needed by
             SNIP and GraSP; SynFlow reads only the input shape and dtype from it (if ``input_shape`` is None).
         scope: "global" (default, as the papers: one ranking over all layers) or "layer" (top-k within each layer,
@@ -138,6 +158,8 @@ def prune_at_init(
         include / exclude: parameter names or regexes, as :func:`sparsetrain.masks.select_prunable`.
         sparsity_overrides / dense_first / dense_last: pinned per-tensor sparsities, as the sparsifiers.
         seed: seeds the random scores and any randomness of the forward passes (dropout).
+        pattern: ``"N:M"``: keep N of every M along each tensor's reduction dim (module docstring); scope and
+            distribution may not be given then, and sparsity overrides may only pin tensors dense (0).
 
     Returns:
         name -> bool mask, keyed and ordered like ``select_prunable(model, include=..., exclude=...)``, each on
@@ -148,7 +170,11 @@ def prune_at_init(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    method, sparsity, rounds = _check_args(method, sparsity, rounds, schedule)
+    nm = None if pattern is None else NMPattern.parse(check_pattern("pattern", pattern))
+    method, sparsity, rounds = _check_args(method, sparsity, rounds, schedule, nm)
+    if nm is not None and (scope is not None or distribution is not None):
+        raise ValueError(f"prune_at_init({method!r}): scope={scope!r} / distribution={distribution!r} are not "
+                         f"allowed with pattern='{nm}': every patterned tensor keeps N of every M (leave them out)")
     scope, distribution = resolve_scope(
         None if scope is None else check_scope(scope),
         None if distribution is None else check_distribution(distribution),
@@ -161,6 +187,9 @@ def prune_at_init(
     names = list(selected)
     fixed = resolve_overrides(names, sparsity_overrides, dense_first=dense_first, dense_last=dense_last)
     device = next(iter(selected.values())).device
+    layouts = {} if nm is None else nm_layouts(model, selected, nm)
+    if nm is not None:
+        nm_budget(layouts, nm, fixed=fixed)  # refuses pinned sparsities other than 0 before any scoring
 
     score_round = _scorer(model, method, names, data, batches, loss_fn, input_shape, temperature, seed, device)
     masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in selected.items()}
@@ -177,11 +206,25 @@ def prune_at_init(
                     raise ValueError(f"{method}: the score of {name!r} has NaN entries (round {k}); check the "
                                      "model's output and the loss")
             keep = {name: keep[name].masked_fill(~masks[name], NEG_INF) for name in names}
-            masks = keep_top(keep, budget(keep, 1.0 - density, distribution=distribution, scope=scope, fixed=pinned))
+            if nm is None:
+                wanted = budget(keep, 1.0 - density, distribution=distribution, scope=scope, fixed=pinned)
+            else:
+                wanted = _round_budget(layouts, nm, density, fixed)
+            masks = keep_top(keep, wanted, eligible=None if nm is None else masks)
             logger.debug("%s round %d/%d: density %.6f", method, k, rounds, density)
     warn_collapsed(masks, f"prune_at_init({method!r}, sparsity={sparsity})")
-    logger.info("prune_at_init: %s, sparsity %.4f, scope %s, %d round(s)", method, sparsity, scope, rounds)
+    logger.info("prune_at_init: %s, sparsity %.4f, %s, %d round(s)", method, sparsity,
+                f"scope {scope}" if nm is None else f"pattern {nm}", rounds)
     return {name: masks[name].to(selected[name].device) for name in names}
+
+
+def _round_budget(layouts: Mapping[str, Any], pattern: NMPattern, density: float,
+                  fixed: Mapping[str, float]) -> Budget:
+    """A round's N:M budget: ``N_k = max(N, ceil(M * density))`` of every M (no pruning while ``N_k = M``)."""
+    n = max(pattern.n, math.ceil(pattern.m * density - 1e-9))
+    if n >= pattern.m:
+        return Budget({name: math.prod(layout.shape) for name, layout in layouts.items()})
+    return nm_budget(layouts, NMPattern(n, pattern.m), fixed=fixed)
 
 
 def _scorer(

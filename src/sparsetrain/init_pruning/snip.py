@@ -17,23 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..batches import model_output
+
 __all__ = ["snip_scores", "mean_gradient", "LossFn"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def model_output(model: nn.Module, inputs: Tensor) -> Tensor:
-    """The model's output tensor (the first element if it returns a tuple, ``.logits`` if it has one)."""
-    out = model(inputs)
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    raise TypeError(f"the model returned a {type(out).__name__}; expected a tensor, a tuple starting with one, "
-                    "or an object with .logits")
 
 
 def mean_gradient(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .snip import model_output
+from ..batches import model_output
 
 __all__ = ["synflow_scores", "linearize", "ones_input"]
 

@@ -19,7 +19,7 @@ from ..masks import select_prunable
 from ..optim_state import state_tensors
 from ..sparsifier import Sparsifier
 
-__all__ = ["resolve_method", "unwrap_optimizer", "check_total_steps", "build_sparsifier"]
+__all__ = ["resolve_method", "unwrap_optimizer", "check_total_steps", "build_sparsifier", "weight_summaries"]
 
 
 def resolve_method(method: str | type[Sparsifier]) -> type[Sparsifier]:
@@ -99,3 +99,14 @@ def build_sparsifier(
                 buffer.copy_(saved)
     sparsifier.apply_masks()
     return sparsifier
+
+
+def weight_summaries(sparsifier: Sparsifier) -> dict[str, float]:
+    """The histograms of the active weights' magnitudes per tensor, as scalars (``weights/<name>/median``, ...):
+    what :mod:`sparsetrain.experiment.tracking` logs per epoch, for framework loggers that only take scalars."""
+    from ..experiment.tracking import active_magnitudes, histogram_scalars
+
+    values: dict[str, float] = {}
+    for tag, magnitudes in active_magnitudes(sparsifier.params, sparsifier.masks).items():
+        values.update(histogram_scalars(tag, magnitudes))
+    return values

@@ -21,6 +21,19 @@ What it does, event by event:
   optimizer steps), while ``state.global_step`` counts them: the two differ by the number of skipped steps.
 - ``on_save`` (after the Trainer wrote ``checkpoint-<global_step>``): write ``sparsifier.pt`` into it (main
   process only, atomically).
+- ``on_step_end`` / ``on_epoch_end`` / ``on_log`` (``log_metrics``): the figures of
+  :mod:`sparsetrain.experiment.tracking` go into the Trainer's own log records (the ``logs`` of ``on_log`` and
+  the same record of ``state.log_history``): ``train/sparsity`` in every record (the Trainer logs ``loss`` and
+  ``learning_rate`` itself); each topology update's figures (``density/<tensor>``, ``churn/<tensor>``, ...
+  ``topology/itop``), for which the callback asks the Trainer to log at the update's step; and at each epoch's
+  end the active weights' magnitudes per tensor as quantile scalars (``weights/<tensor>/median``, ...).
+
+The Trainer calls its callbacks in order, its ``report_to`` integrations (TensorBoard, MLflow, W&B...) first, so
+they have already written a record when this callback adds to it. To send the figures to them too, move the
+callback ahead of them once the Trainer is built::
+
+    trainer.callback_handler.callbacks.remove(callback)
+    trainer.callback_handler.callbacks.insert(0, callback)
 
 Requires ``transformers`` and ``accelerate`` (the Trainer's own dependency).
 """
@@ -40,7 +53,8 @@ except ImportError as err:  # pragma: no cover - depends on what is installed
 
 from ..checkpoint_io import load_checkpoint, save_checkpoint
 from ..sparsifier import Sparsifier
-from ._common import build_sparsifier, check_total_steps, resolve_method, unwrap_optimizer
+from ..topology import TopologyEvent
+from ._common import build_sparsifier, check_total_steps, resolve_method, unwrap_optimizer, weight_summaries
 
 __all__ = ["SparsifierTrainerCallback", "STATE_FILE"]
 
@@ -60,6 +74,8 @@ class SparsifierTrainerCallback(TrainerCallback):
         total_steps: optimizer steps in the run; default ``state.max_steps``.
         resume_from: checkpoint directory to read ``sparsifier.pt`` from when the Trainer resumes; default
             ``<output_dir>/checkpoint-<global_step>`` (what ``resume_from_checkpoint=True`` picks).
+        log_metrics: add the sparsity, each topology update's figures and the per-epoch weight summaries to the
+            Trainer's log records (see the module docstring; default True).
         **options: keyword arguments of the method (``sparsity`` is required), e.g. ``update_every``, ``seed``.
 
     Attributes:
@@ -72,6 +88,7 @@ class SparsifierTrainerCallback(TrainerCallback):
         *,
         total_steps: int | None = None,
         resume_from: str | os.PathLike[str] | None = None,
+        log_metrics: bool = True,
         **options: Any,
     ) -> None:
         self.method = resolve_method(method)
@@ -82,7 +99,10 @@ class SparsifierTrainerCallback(TrainerCallback):
         self.total_steps = total_steps
         self.resume_from = Path(resume_from) if resume_from is not None else None
         self.options = dict(options)
+        self.log_metrics = bool(log_metrics)
         self.sparsifier: Sparsifier | None = None
+        self._sparsity: float | None = None
+        self._figures: dict[str, float | None] = {}  # waiting for the Trainer's next log record
 
     def _resume_state(self, args: TrainingArguments, state: TrainerState) -> dict[str, Any] | None:
         if state.global_step <= 0:
@@ -111,13 +131,43 @@ class SparsifierTrainerCallback(TrainerCallback):
         resume = self._resume_state(args, state)
         self.sparsifier = build_sparsifier(self.method, model, unwrap_optimizer(optimizer), total, self.options,
                                            resume)
+        self._sparsity, self._figures = self.sparsifier.current_sparsity(), {}
+        if self.log_metrics:
+            self.sparsifier.subscribe(self._on_topology)
         if resume is not None:
             logger.info("resumed %s at step %d", self.method.__name__, self.sparsifier.step_count)
 
     def on_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                           **kwargs: Any) -> None:
-        if self.sparsifier is not None:
-            self.sparsifier.step()
+        if self.sparsifier is not None and self.sparsifier.step():
+            self._sparsity = self.sparsifier.current_sparsity()  # counted when the masks change, not every step
+
+    def _on_topology(self, event: TopologyEvent) -> None:
+        from ..experiment.tracking import topology_scalars
+
+        self._figures.update(topology_scalars(event))
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        if self._figures:  # a topology update at this step: the Trainer logs it at this step
+            control.should_log = True
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        if self.sparsifier is not None and self.log_metrics:
+            self._figures.update(weight_summaries(self.sparsifier))
+            control.should_log = True
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if self.sparsifier is None or not self.log_metrics or logs is None:
+            return
+        figures = {"train/sparsity": self._sparsity, **self._figures}
+        figures = {name: value for name, value in figures.items() if value is not None}
+        self._figures = {}
+        logs.update(figures)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(figures)  # the Trainer's copy of this record
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> None:

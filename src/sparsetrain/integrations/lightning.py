@@ -16,7 +16,15 @@ What it does, hook by hook:
 - ``on_train_batch_end``: ``sparsifier.step()``. The sparsifier counts real ``optimizer.step()`` calls itself,
   so batches that only accumulate gradients (``accumulate_grad_batches``) and steps skipped by a ``GradScaler``
   do nothing; the gradients are still there at this point (Lightning zeroes them at the next step), as RigL
-  and GraNet need.
+  and GraNet need. Then the figures of :mod:`sparsetrain.experiment.tracking` are logged (``log_metrics``):
+  after every optimizer step ``train/loss`` (the batch's, when ``training_step`` returns it), ``train/lr`` and
+  ``train/sparsity`` with ``pl_module.log`` (written every ``log_every_n_steps``, as the module's own metrics);
+  after every topology update its figures (``density/<tensor>``, ``churn/<tensor>``, ... ``topology/itop``)
+  through each of ``trainer.loggers`` at the update's step. Those go to the loggers directly because
+  ``pl_module.log`` only writes on ``log_every_n_steps`` boundaries, under the boundary's step and with the last
+  value, which would misplace or drop updates off that grid.
+- ``on_train_epoch_end``: the active weights' magnitudes per tensor as quantile scalars
+  (``weights/<tensor>/median``, ...) through the loggers (Lightning's loggers take scalars).
 - ``state_dict`` / ``load_state_dict``: the sparsifier's state goes into Lightning's own checkpoint, so
   ``ckpt_path=...`` resumes masks, schedule position and generator; the restored weights and optimizer state
   are kept (see :func:`sparsetrain.integrations._common.build_sparsifier`).
@@ -41,7 +49,8 @@ except ImportError:  # pragma: no cover - depends on what is installed
             from err
 
 from ..sparsifier import Sparsifier
-from ._common import build_sparsifier, check_total_steps, resolve_method, unwrap_optimizer
+from ..topology import TopologyEvent
+from ._common import build_sparsifier, check_total_steps, resolve_method, unwrap_optimizer, weight_summaries
 
 __all__ = ["SparsifierCallback"]
 
@@ -56,8 +65,8 @@ class SparsifierCallback(pl.Callback):
             Sparsifier subclass.
         total_steps: optimizer steps in the run; default ``trainer.estimated_stepping_batches``.
         optimizer_index: which of ``trainer.optimizers`` the method hooks (default 0).
-        log_metrics: log ``sparsetrain/sparsity`` and ``sparsetrain/itop`` with ``pl_module.log`` after each
-            topology update (default True).
+        log_metrics: log the per-step scalars, each topology update's figures and the per-epoch weight
+            summaries (see the module docstring; default True).
         **options: keyword arguments of the method (``sparsity`` is required), e.g. ``update_every``, ``seed``.
 
     Attributes:
@@ -87,6 +96,8 @@ class SparsifierCallback(pl.Callback):
         self.options = dict(options)
         self.sparsifier: Sparsifier | None = None
         self._pending: dict[str, Any] | None = None
+        self._events: list[TopologyEvent] = []
+        self._sparsity: float | None = None
 
     @property
     def state_key(self) -> str:
@@ -104,6 +115,9 @@ class SparsifierCallback(pl.Callback):
         total = self.total_steps or check_total_steps(trainer.estimated_stepping_batches,
                                                       "trainer.estimated_stepping_batches")
         self.sparsifier = build_sparsifier(self.method, pl_module, optimizer, total, self.options, self._pending)
+        self._sparsity, self._events = None, []
+        if self.log_metrics:
+            self.sparsifier.subscribe(self._events.append)  # logged by on_train_batch_end, at the event's step
         if self._pending is not None:
             logger.info("resumed %s at step %d", self.method.__name__, self.sparsifier.step_count)
         self._pending = None
@@ -112,10 +126,33 @@ class SparsifierCallback(pl.Callback):
                            batch_idx: int) -> None:
         if self.sparsifier is None:
             return
-        changed = self.sparsifier.step()
-        if changed and self.log_metrics:
-            pl_module.log("sparsetrain/sparsity", self.sparsifier.current_sparsity(), on_step=True, on_epoch=False)
-            pl_module.log("sparsetrain/itop", self.sparsifier.itop_rate(), on_step=True, on_epoch=False)
+        before = self.sparsifier.step_count
+        if self.sparsifier.step() or self._sparsity is None:
+            self._sparsity = self.sparsifier.current_sparsity()  # counted when the masks change, not every step
+        if not self.log_metrics or self.sparsifier.step_count == before:  # no optimizer step: nothing to log
+            return
+        from ..experiment.tracking import step_scalars, topology_scalars
+
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        lr = self.sparsifier.optimizer.param_groups[0]["lr"] if self.sparsifier.optimizer is not None else None
+        for name, value in step_scalars(loss.detach() if hasattr(loss, "detach") else None, lr,
+                                        self._sparsity).items():
+            if value is not None:
+                pl_module.log(name, value, on_step=True, on_epoch=False)
+        events = list(self._events)
+        self._events.clear()
+        for event in events:
+            self._to_loggers(trainer, topology_scalars(event), event.step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.sparsifier is not None and self.log_metrics:
+            self._to_loggers(trainer, weight_summaries(self.sparsifier), self.sparsifier.step_count)
+
+    @staticmethod
+    def _to_loggers(trainer: pl.Trainer, values: dict[str, float | None], step: int) -> None:
+        metrics = {name: float(value) for name, value in values.items() if value is not None}
+        for logger_ in trainer.loggers:
+            logger_.log_metrics(metrics, step=step)
 
     def state_dict(self) -> dict[str, Any]:
         if self.sparsifier is not None:

@@ -1,25 +1,22 @@
-"""Lottery tickets: iterative magnitude pruning with rewinding and its controls, and lottery jackpots.
+"""Lottery tickets, the algorithms: iterative magnitude pruning's counts and rounds, rewinding, the controls' masks
+and weights, and lottery jackpots. Pure functions of masks, weights and models; nothing here trains or writes.
 
-* :func:`run_lottery` — IMP rounds on disk (Frankle & Carbin 2019; Frankle et al. 2020), resumable.
-* :func:`make_train_fn` — a default training loop for it; :func:`experiment_lottery` — the model and a train
-  function from the harness's ``ExperimentConfig`` (what ``sparsetrain lottery`` runs).
-* :func:`lottery_curve` / :func:`curve_table` / :func:`plot_curve` — accuracy vs weights remaining.
+* :func:`prune_round` / :func:`next_count` / :func:`level_count` / :func:`level_counts` / :func:`layer_rates` —
+  which weights each IMP round keeps (Frankle & Carbin 2019).
+* :func:`snapshot` / :func:`rewind` / :func:`reinitialize` — the rewind point and a fresh initialisation.
+* :func:`random_mask_like` — the random-mask control.
 * :func:`find_jackpot` — a mask found in a trained model without weight updates (Chen et al. 2021).
+
+The lottery *study* (IMP levels and controls trained on disk, resumable, and its curves) is
+:mod:`sparsetrain.studies.lottery`.
 """
 
-from .config import CONTROLS, SCOPES, LotteryConfig
 from .controls import random_mask_like
-from .experiment import experiment_lottery
-from .imp import layer_rates, level_count, level_counts, next_count, prune_round
+from .imp import layer_rates, level_count, level_counts, next_count, pattern_groups, prune_round
 from .jackpot import find_jackpot, mask_iou, restrict_changes
-from .results import curve_table, lottery_curve, plot_curve
 from .rewind import reinitialize, rewind, snapshot
-from .runner import level_dir, run_lottery
-from .train import TrainFn, evaluate, make_train_fn
 
 __all__ = [
-    "LotteryConfig", "SCOPES", "CONTROLS", "run_lottery", "level_dir", "make_train_fn", "TrainFn", "evaluate",
-    "lottery_curve", "curve_table", "plot_curve", "prune_round", "next_count", "level_count", "level_counts",
-    "layer_rates", "rewind", "snapshot", "reinitialize", "random_mask_like", "find_jackpot", "restrict_changes",
-    "mask_iou", "experiment_lottery",
+    "prune_round", "next_count", "level_count", "level_counts", "layer_rates", "pattern_groups", "rewind", "snapshot",
+    "reinitialize", "random_mask_like", "find_jackpot", "restrict_changes", "mask_iou",
 ]

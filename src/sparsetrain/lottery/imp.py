@@ -7,6 +7,11 @@ the rule is applied round per round, as OpenLTH does: a tensor with ``c`` remain
 every round (e.g. ``n = 5^k * m`` and ``p = 0.2``) and is within ``k`` weights of it otherwise. In the "global"
 scope (:mod:`sparsetrain.selection`) the same rule applies to the total over all tensors but the output layer,
 ranked by one threshold.
+
+Under an N:M pattern (``LotteryConfig.pattern``) the same rule applies to each group's count instead of the
+tensor's: a tensor whose groups keep ``n`` of M keeps ``max(N, n - ceil(p n))`` after a round (2:4 at p = 0.2:
+dense, 3:4, 2:4, 2:4, ...), every group by its own magnitudes among its survivors, so each level is a pattern and
+the last ones are N:M. Tensors that cannot follow the pattern are kept dense.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..selection import Budget, check_scope, keep_top
+from ..nm import NMLayout, NMPattern
+from ..selection import Budget, Groups, check_scope, keep_top
 from ..updates import swap_count
 
-__all__ = ["next_count", "level_count", "level_counts", "prune_round", "layer_rates"]
+__all__ = ["next_count", "level_count", "level_counts", "prune_round", "layer_rates", "pattern_groups"]
 
 
 def next_count(count: int, rate: float) -> int:
@@ -65,6 +71,8 @@ def prune_round(
     scope: str = "layer",
     separate: tuple[str, ...] = (),
     levels: int = 1,
+    pattern: NMPattern | str | None = None,
+    layouts: Mapping[str, NMLayout] | None = None,
 ) -> dict[str, Tensor]:
     """Masks after ``levels`` rounds of magnitude pruning from ``masks`` (one round in IMP; k in one-shot).
 
@@ -78,10 +86,18 @@ def prune_round(
             threshold at their common rate; ``separate`` ones, the output layer, are pruned on their own).
         separate: tensors pruned on their own in the global scope.
         levels: how many rounds' worth of weights to remove at once.
+        pattern: an N:M pattern (module docstring): the rule applies to each group's count, down to N; the layer
+            scope only.
+        layouts: with a pattern, name -> :class:`~sparsetrain.nm.NMLayout` (:func:`sparsetrain.nm.nm_layouts`).
 
     Returns:
         name -> new bool mask.
     """
+    if pattern is not None:
+        if check_scope(scope) != "layer" or layouts is None:
+            raise ValueError(f"prune_round with pattern={str(pattern)!r} needs scope='layer' and the layouts")
+        return keep_top({name: weights[name].detach().abs() for name in masks},
+                        _pattern_round(masks, rates, levels, NMPattern.parse(pattern), layouts), eligible=masks)
     counts = {name: level_count(int(torch.count_nonzero(m)), rates[name], levels) for name, m in masks.items()}
     magnitudes = {name: weights[name].detach().abs() for name in masks}
     if check_scope(scope) == "layer":
@@ -94,3 +110,33 @@ def prune_round(
     global_count = level_count(active, pooled_rates.pop(), levels) if pooled else None
     own = {name: counts[name] for name in masks if name not in pooled}
     return keep_top(magnitudes, Budget(own, global_count), eligible=masks)
+
+
+def pattern_groups(masks: Mapping[str, Tensor], pattern: NMPattern | str,
+                   layouts: Mapping[str, NMLayout]) -> dict[str, Groups]:
+    """The :class:`~sparsetrain.selection.Groups` each patterned tensor of ``masks`` follows now: ``n:M`` with ``n``
+    its count per group (tensors kept dense, or still whole, have none)."""
+    pattern = NMPattern.parse(pattern)
+    groups = {}
+    for name, mask in masks.items():
+        n = int(torch.count_nonzero(mask)) * pattern.m // mask.numel()
+        if layouts[name].patterned and n < pattern.m:
+            groups[name] = Groups(NMPattern(n, pattern.m), layouts[name].dim)
+    return groups
+
+
+def _pattern_round(masks: Mapping[str, Tensor], rates: Mapping[str, float], levels: int, pattern: NMPattern,
+                   layouts: Mapping[str, NMLayout]) -> Budget:
+    """Each patterned tensor's groups keep ``max(N, level_count(n, rate, levels))`` of M; the others stay whole."""
+    now = pattern_groups(masks, pattern, layouts)
+    counts: dict[str, int] = {}
+    groups: dict[str, Groups] = {}
+    for name, mask in masks.items():
+        n = pattern.m
+        if layouts[name].patterned:
+            n = max(pattern.n, level_count(now[name].pattern.n if name in now else pattern.m, rates[name], levels))
+        if n < pattern.m:
+            groups[name] = Groups(NMPattern(n, pattern.m), layouts[name].dim)
+        else:
+            counts[name] = int(torch.count_nonzero(mask))
+    return Budget(counts, None, groups)

@@ -8,7 +8,9 @@ of a weight gets ``dL/d(w ⊙ m) · w``. Only the scores are trained. The **shor
 entries may flip per step: after each score update the new top-k is compared with the current mask; the
 entries to add (by score, highest first) are paired with the entries to remove (lowest first) within each
 ranking pool, each pair's gain is the score difference, and only the ``max_changes_per_step // 2`` swaps with
-the largest gains are applied (a swap flips two entries and keeps the count exact).
+the largest gains are applied (a swap flips two entries and keeps the count exact). Under an N:M pattern
+(``pattern="2:4"``) the mask is the N:M top of the scores (:func:`sparsetrain.nm.nm_mask`) and swaps pair entries of
+the same group, so every group keeps N.
 
 The masked forward is ``torch.func.functional_call`` on a deep copy: the caller's model is never modified.
 Deviations: the paper's schedule (cosine learning rate over epochs) is left to the caller's ``lr``/``steps``;
@@ -28,14 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..batches import cycle_batches, model_output
 from ..distributions import check_distribution
-from ..init_pruning.prune import warn_collapsed
-from ..init_pruning.snip import model_output
-from ..masks import select_prunable
-from ..selection import budget, check_scope, keep_top, resolve_scope
+from ..masks import select_prunable, warn_collapsed
+from ..nm import as_groups, check_pattern, nm_layouts
+from ..selection import Groups, budget, check_scope, keep_top, nm_budget, resolve_scope
 from ..topk import topk_mask
 from ..validation import check_choice, check_int, check_number, check_sparsity
-from .train import _cycle
 
 __all__ = ["find_jackpot", "restrict_changes", "mask_iou"]
 
@@ -60,6 +61,7 @@ def restrict_changes(
     scores: Mapping[str, Tensor],
     max_changes: int | None,
     pools: list[list[str]] | None = None,
+    groups: Mapping[str, Groups] | None = None,
 ) -> tuple[dict[str, Tensor], int]:
     """Move ``current`` towards ``target`` by at most ``max_changes`` flipped entries (the short restriction).
 
@@ -72,6 +74,8 @@ def restrict_changes(
         scores: name -> learned scores.
         max_changes: entries that may flip (None: no limit, the result is ``target``).
         pools: the ranking pools.
+        groups: name -> N:M :class:`~sparsetrain.selection.Groups` of a one-tensor pool: its entries are paired
+            within each group (the masks keep N per group).
 
     Returns:
         ``(new_masks, flipped)`` with ``flipped`` the number of entries that changed.
@@ -94,6 +98,10 @@ def restrict_changes(
             continue
         add = add[score[add].argsort(descending=True, stable=True)]
         remove = remove[score[remove].argsort(stable=True)]
+        if groups is not None and len(pool) == 1 and pool[0] in groups:
+            group_of = _group_ids(current[pool[0]].shape, groups[pool[0]])
+            add = add[group_of[add].argsort(stable=True)]  # each group's adds and removes, in score order
+            remove = remove[group_of[remove].argsort(stable=True)]
         gains.append(score[add] - score[remove])
         where.extend((pool_index, a, r) for a, r in zip(add.tolist(), remove.tolist(), strict=True))
     new = {n: current[n].clone() for n in names}
@@ -113,6 +121,14 @@ def restrict_changes(
                     break
                 position -= size
     return new, 2 * len(chosen)
+
+
+def _group_ids(shape: torch.Size, groups: Groups) -> Tensor:
+    """The N:M group of every flat position of a tensor of ``shape`` (:func:`sparsetrain.nm.as_groups`'s rows)."""
+    positions = as_groups(torch.arange(shape.numel()).reshape(shape), groups.dim, groups.pattern.m)
+    group_of = torch.empty(shape.numel(), dtype=torch.long)
+    group_of[positions.reshape(-1)] = torch.arange(positions.shape[0]).repeat_interleave(groups.pattern.m)
+    return group_of
 
 
 def _masked_eval(net: nn.Module, weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], data: Any,
@@ -157,7 +173,7 @@ def _batches(data: Any) -> Iterable[Any]:
 
 def find_jackpot(
     model: nn.Module,
-    sparsity: float,
+    sparsity: float | None,
     data: Any,
     *,
     steps: int = 100,
@@ -173,6 +189,7 @@ def find_jackpot(
     exclude: str | Iterable[str] | None = None,
     train_mode: bool = False,
     seed: int = 0,
+    pattern: str | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Search a mask at ``sparsity`` in a trained model without updating any weight (Chen et al. 2021).
 
@@ -195,6 +212,8 @@ def find_jackpot(
         include / exclude: which tensors are masked, as :func:`sparsetrain.masks.select_prunable`.
         train_mode: run the search forward passes in train mode (default eval: pre-trained BN statistics).
         seed: seeds the randomness of the forward passes (dropout in train mode).
+        pattern: ``"N:M"``: search an N:M mask (N of every M along each tensor's reduction dim; ``sparsity``
+            1 - N/M, may be passed as None; no scope or distribution); tensors that cannot follow it stay dense.
 
     Returns:
         ``(masks, info)``: name -> bool mask (keyed like ``select_prunable``), and ``info`` with
@@ -204,6 +223,16 @@ def find_jackpot(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if pattern is not None:
+        pattern = check_pattern("pattern", pattern)
+        if scope is not None or distribution is not None:
+            raise ValueError(f"find_jackpot: scope={scope!r} / distribution={distribution!r} are not allowed with "
+                             f"pattern={pattern!r}: every patterned tensor keeps N of every M (leave them out)")
+        n, m = map(int, pattern.split(":"))
+        if sparsity is not None and abs(sparsity - (1 - n / m)) > 1e-9:
+            raise ValueError(f"find_jackpot: sparsity={sparsity!r} is not allowed with pattern={pattern!r}: its "
+                             f"sparsity is 1 - N/M = {1 - n / m:g}")
+        sparsity = 1 - n / m
     check_sparsity("sparsity", sparsity)
     check_int("steps", steps, 0)
     check_number("lr", lr, "(0, inf)")
@@ -221,12 +250,16 @@ def find_jackpot(
     net = copy.deepcopy(model)
     for p in net.parameters():
         p.requires_grad_(False)
-    names = list(select_prunable(net, include=include, exclude=exclude))
+    selected = select_prunable(net, include=include, exclude=exclude)
+    names = list(selected)
     params = dict(net.named_parameters())
     weights = {n: params[n].detach() for n in names}
     scores = {n: weights[n].abs().float().clone().requires_grad_(True) for n in names}
     pools = _pools(names, scope)
-    wanted = budget(scores, float(sparsity), distribution=distribution, scope=scope)
+    if pattern is None:
+        wanted = budget(scores, float(sparsity), distribution=distribution, scope=scope)
+    else:
+        wanted = nm_budget(nm_layouts(net, selected, pattern), pattern)
     magnitude = keep_top({n: s.detach() for n, s in scores.items()}, wanted)
     masks = {n: m.clone() for n, m in magnitude.items()}
     eval_batches = _batches(data if eval_data is None else eval_data)
@@ -238,7 +271,7 @@ def find_jackpot(
     else:
         opt = torch.optim.Adam(list(scores.values()), lr=lr)
     net.train(train_mode)
-    batches = _cycle(_batches(data))
+    batches = cycle_batches(_batches(data))
     changes: list[int] = []
     device = _device(weights)
     cuda = [device.index or 0] if device.type == "cuda" else []
@@ -256,7 +289,7 @@ def find_jackpot(
             opt.step()
             target = keep_top({n: s.detach() for n, s in scores.items()}, wanted)
             masks, flipped = restrict_changes(masks, target, {n: s.detach() for n, s in scores.items()},
-                                              max_changes_per_step, pools)
+                                              max_changes_per_step, pools, wanted.groups)
             changes.append(flipped)
     after = _masked_eval(net, weights, masks, eval_batches, loss_fn)
     warn_collapsed(masks, f"find_jackpot(sparsity={sparsity})")
@@ -264,7 +297,7 @@ def find_jackpot(
         "accuracy_before": before["accuracy"], "loss_before": before["loss"],
         "accuracy_after": after["accuracy"], "loss_after": after["loss"],
         "iou_with_magnitude": mask_iou(masks, magnitude), "changes_per_step": changes, "steps": steps,
-        "scope": scope, "distribution": distribution,
+        "scope": scope, "distribution": distribution, "pattern": pattern,
         "scores": {n: s.detach().clone() for n, s in scores.items()},
     }
     logger.info("find_jackpot: accuracy %.4f -> %.4f, IoU with the magnitude mask %.4f", before["accuracy"],

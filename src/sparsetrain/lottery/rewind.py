@@ -9,16 +9,14 @@ saved values bit for bit.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..masks import apply_masks
 
-__all__ = ["snapshot", "rewind", "reinitialize", "load"]
+__all__ = ["snapshot", "rewind", "reinitialize"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +24,6 @@ logger = logging.getLogger(__name__)
 def snapshot(model: nn.Module) -> dict[str, Tensor]:
     """A CPU copy of the model's ``state_dict`` (the rewind point)."""
     return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
-
-
-def load(path: str | os.PathLike[str]) -> Any:
-    """``torch.load`` of a file this package wrote (tensors and plain containers only), onto the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @torch.no_grad()

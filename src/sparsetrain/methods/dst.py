@@ -15,6 +15,11 @@ of the gradient momentum. Deviation: the momentum is the sparsifier's own expone
 gradient (``beta`` = 0.9), updated before every optimizer step, because the optimizer's own buffers are kept at
 zero at inactive positions; SNFS's momentum-based redistribution of counts across layers is not implemented
 (counts per layer stay fixed, as in RigL).
+
+Under an N:M pattern (``pattern="2:4"``) the initial mask keeps N random entries of every M, and every update
+swaps *within groups* (:func:`sparsetrain.nm.nm_drop_and_grow`): a layer drops its ``k`` smallest magnitudes
+wherever they are and each group regrows, by the method's growth score, as many as it dropped, so every group
+holds exactly N after every update (``k`` counted as above).
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ class DynamicSparse(Sparsifier):
         """``f(t) = drop_fraction_final + (alpha - final)/2 (1 + cos(pi t / T_end))``."""
         return cosine_decay(step, self.drop_fraction, self.drop_fraction_final, self.stop_at)
 
+    def schedule_at(self, step: int) -> dict[str, float | None]:
+        return {"drop_fraction": self.current_drop_fraction(step), "target_sparsity": self.sparsity}
+
     def is_update_step(self, step: int) -> bool:
         return self.cadence(step)
 
@@ -82,7 +90,7 @@ class DynamicSparse(Sparsifier):
     def update(self, step: int) -> dict[str, Tensor]:
         self.masks, reset = regrow(
             self.masks, magnitude_scores(self.params), self.grow_scores(), self.current_drop_fraction(step),
-            mode=self.regrow_mode, rounding="floor",
+            mode=self.regrow_mode, rounding="floor", groups=None if self.pattern is None else self.nm_budget().groups,
         )
         return reset
 

@@ -7,6 +7,18 @@ global threshold (``scope="global"``, GraNet's baseline). No regrowth.
 
 Deviation: the step ``prune_end`` is always an update step, even off the ΔT grid, so the final sparsity is
 reached exactly at ``prune_end``.
+
+**Under an N:M pattern** (``pattern="2:4"``) global or per-layer magnitude pruning to a cubic schedule of
+sparsities cannot hold: a patterned tensor's density is N/M, and an intermediate density must itself be a pattern.
+The schedule is then the *sparse structure decay* of Kao et al. 2022 (*Training Recipe for N:M Structured Sparsity
+with Decaying Pruning Mask*; the stages follow the authors' code: dense, (M-1):M, then M/2, M/4, ... down to N, so
+2:4 goes dense -> 3:4 -> 2:4 and 1:8 goes dense -> 7:8 -> 4:8 -> 2:8 -> 1:8), each stage an equal share of the
+window ``[prune_start, prune_end]`` (:class:`~sparsetrain.schedules.StructureDecay`): at the start of a stage every
+group keeps its N largest magnitudes among its survivors. ``initial_sparsity`` must then be 0 (dense start) or the
+sparsity of one stage (a random mask at that stage, e.g. 0.5 for 2:4: no pruning left, GraNet-ST's regrowth only).
+Deviation from Kao et al.: their mask is recomputed from the dense weights at every step (pruned weights may come
+back, as in SR-STE); here, as in GMP, a pruned weight stays pruned. Their *pruning mask decay* (pruned weights
+multiplied by a factor decaying to 0) is not implemented.
 """
 
 from __future__ import annotations
@@ -16,7 +28,8 @@ from torch import Tensor
 from ..distributions import DISTRIBUTIONS, check_distribution
 from ..masks import sparsity_report
 from ..options import Option
-from ..schedules import UpdateCadence, check_point, cubic_sparsity, resolve_step
+from ..nm import NMPattern
+from ..schedules import StructureDecay, UpdateCadence, check_point, cubic_sparsity, decay_stages, resolve_step
 from ..scores import magnitude_scores
 from ..selection import budget, keep_top
 from ..sparsifier import Sparsifier
@@ -42,6 +55,8 @@ class GMP(Sparsifier):
             ``masks=`` it is the masks' sparsity, and ``sparsity`` is the target pruned towards.
         prune_start / prune_end: ``t0`` / ``t_f``, as steps (int) or fractions of ``total_steps`` (float).
         init_distribution: allocation of the random initial mask when ``initial_sparsity > 0``.
+
+    With ``pattern`` the schedule is Kao et al.'s sparse structure decay (module docstring).
     """
 
     method = "gmp"
@@ -62,7 +77,9 @@ class GMP(Sparsifier):
         if self.inputs.get("masks") is not None:
             if "initial_sparsity" in self.given:
                 raise ValueError("initial_sparsity is set by masks=... (their sparsity): leave it out")
-            self.initial_sparsity = self.config["initial_sparsity"] = sparsity_report(self.inputs["masks"]).sparsity
+            masks = self.inputs["masks"]
+            given = self.pattern.sparsity if self.pattern is not None else sparsity_report(masks).sparsity
+            self.initial_sparsity = self.config["initial_sparsity"] = given
         if self.initial_sparsity > self.sparsity:
             raise ValueError(f"initial_sparsity={self.initial_sparsity!r} must not exceed sparsity={self.sparsity!r}")
         prune_start, prune_end = self.prune_start, self.prune_end
@@ -75,8 +92,42 @@ class GMP(Sparsifier):
             raise ValueError(f"prune_end={prune_end!r} is step 0, before the first optimizer step: pruning must "
                              "end at a step >= 1 (or set initial_sparsity=sparsity)")
         self.prune_cadence = UpdateCadence(self.update_every, self.prune_start, self.prune_end, include_end=True)
+        self.decay: StructureDecay | None = None
+        if self.pattern is not None:
+            self.decay = self.prune_cadence = self._structure_decay(self.pattern)
+
+    def _structure_decay(self, pattern: NMPattern) -> StructureDecay:
+        """The stages from ``initial_sparsity`` to the pattern (refusing a start that is not one of them)."""
+        stages = decay_stages(pattern.n, pattern.m)
+        if "init_distribution" in self.given:
+            raise ValueError(f"{type(self).__name__}: init_distribution={self.init_distribution!r} is not allowed "
+                             f"with pattern='{pattern}': a random start keeps N of every M")
+        starts = {0.0: pattern.m, **{1.0 - n / pattern.m: n for n in stages}}
+        initial = next((n for s, n in starts.items() if abs(s - self.initial_sparsity) < 1e-9), None)
+        if initial is None:
+            allowed = ", ".join(f"{s:g}" for s in starts)
+            raise ValueError(f"{type(self).__name__}: initial_sparsity={self.initial_sparsity!r} is not allowed with "
+                             f"pattern='{pattern}': the structure decay starts dense or at a stage; choose one of "
+                             f"{allowed}")
+        return StructureDecay(pattern.m, initial, tuple(n for n in stages if n < initial), self.prune_start,
+                              self.prune_end)
+
+    def stage_pattern(self, step: int) -> NMPattern | None:
+        """Under a pattern: the N:M stage in force at ``step`` (None while dense, and without a pattern)."""
+        if self.decay is None:
+            return None
+        n = self.decay.n_at(step)
+        return None if n == self.decay.m else NMPattern(n, self.decay.m)
 
     def initial_masks(self) -> dict[str, Tensor]:
+        if self.decay is not None:
+            m, initial = self.decay.m, self.decay.initial
+            masks = super().initial_masks() if initial == m else self.random_masks(self.sparsity,
+                                                                                   pattern=NMPattern(initial, m))
+            stage = self.stage_pattern(0)  # a stage that starts at step 0 (a window of a few steps) prunes now
+            if stage is not None and stage.n < initial:
+                masks = keep_top(magnitude_scores(self.params), self.nm_budget(stage), eligible=masks)
+            return masks
         if self.initial_sparsity == 0.0:
             return super().initial_masks()
         # Pinned tensors start where prune() starts them, min(s_i, their own target), and reach it by magnitude.
@@ -84,8 +135,13 @@ class GMP(Sparsifier):
         return self.random_masks(self.initial_sparsity, self.init_distribution, scope="layer", fixed=start)
 
     def target_sparsity(self, step: int) -> float:
-        """``s_t`` of the cubic schedule at ``step``."""
+        """``s_t`` of the cubic schedule at ``step`` (under a pattern: ``1 - N/M`` of the stage in force)."""
+        if self.decay is not None:
+            return 1.0 - self.decay.n_at(step) / self.decay.m
         return cubic_sparsity(step, self.initial_sparsity, self.sparsity, self.prune_start, self.prune_end)
+
+    def schedule_at(self, step: int) -> dict[str, float | None]:
+        return {"drop_fraction": None, "target_sparsity": self.target_sparsity(step)}
 
     def is_update_step(self, step: int) -> bool:
         return self.prune_cadence(step)
@@ -95,7 +151,13 @@ class GMP(Sparsifier):
         return {}
 
     def prune(self, step: int) -> None:
-        """Prune by magnitude to the schedule's sparsity at ``step`` (pinned tensors follow their own target)."""
+        """Prune by magnitude to the schedule's sparsity at ``step`` (pinned tensors follow their own target);
+        under a pattern, every group to the N of the stage in force."""
+        if self.decay is not None:
+            stage = self.stage_pattern(step)
+            if stage is not None:
+                self.masks = keep_top(magnitude_scores(self.params), self.nm_budget(stage), eligible=self.masks)
+            return
         s_t = self.target_sparsity(step)
         span = self.sparsity - self.initial_sparsity
         progress = (s_t - self.initial_sparsity) / span if span > 0 else 1.0

@@ -16,6 +16,12 @@ form; ``initial_sparsity > 0`` (e.g. 0.5) starts from an ERK random mask ("GraNe
 ``distribution`` such as "uniform") is the paper's uniform variant (per-layer pruning instead of one global
 threshold).
 
+Under an N:M pattern the pruning follows the sparse structure decay (see :class:`~sparsetrain.methods.gmp.GMP`)
+and the regrowth happens *within groups* (:func:`sparsetrain.nm.nm_drop_and_grow`): each layer drops its
+``ceil(r_t * active)`` smallest magnitudes wherever they are and every group regrows as many as it lost, by
+gradient magnitude, so the stage's N:M holds after every update. GraNet-ST under a pattern
+(``initial_sparsity`` = the pattern's sparsity) is regrowth within groups from a random N:M mask.
+
 Counting and tie choices follow the official code: the number dropped is ``ceil(r_t * active)``; a weight
 dropped in an update may be regrown in the same update and then keeps its value (``regrow_mode="keep"``;
 "zero" restarts it at zero, "forbid" excludes it).
@@ -70,6 +76,10 @@ class GraNet(GMP):
         """``r_t``: cosine decay from ``drop_fraction`` to ``drop_fraction_final`` over the run."""
         return cosine_decay(step, self.drop_fraction, self.drop_fraction_final, self.total_steps)
 
+    def schedule_at(self, step: int) -> dict[str, float | None]:
+        return {"drop_fraction": self.current_drop_fraction(step) if self.regrow_cadence(step) else None,
+                "target_sparsity": self.target_sparsity(step)}
+
     def is_update_step(self, step: int) -> bool:
         return self.prune_cadence(step) or self.regrow_cadence(step)
 
@@ -78,8 +88,10 @@ class GraNet(GMP):
             self.prune(step)
         if not self.regrow_cadence(step):
             return {}
+        stage = self.stage_pattern(step)
         self.masks, reset = regrow(
             self.masks, magnitude_scores(self.params), gradient_scores(self.params),
             self.current_drop_fraction(step), mode=self.regrow_mode, rounding="ceil",
+            groups=None if stage is None else self.nm_budget(stage).groups,
         )
         return reset

@@ -2,7 +2,10 @@
 
 The control of the dynamic sparse training literature (e.g. Evci et al. 2020, "Static"). Masks given with the base
 option ``masks=...`` are used as they are; ``init="snip"|"grasp"|"synflow"|"magnitude"|"random"`` chooses them by
-pruning at initialisation (:func:`sparsetrain.init_pruning.prune_at_init`).
+pruning at initialisation (:func:`sparsetrain.init_pruning.prune_at_init`). Under an N:M pattern the random mask
+keeps N random entries of every M (static N:M), and ``init`` scores go through the pattern (one-shot magnitude N:M
+as NVIDIA's ASP and torch.ao's 2:4 sparsifier, with ``init="magnitude"``, then fine-tuning is this method's
+training).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ __all__ = ["Static"]
 
 #: prune_at_init arguments that Static sets from its own options.
 _INIT_OWN_OPTIONS = {"distribution", "scope", "include", "exclude", "sparsity_overrides", "dense_first",
-                     "dense_last", "seed", "sparsity", "method", "data", "model"}
+                     "dense_last", "seed", "sparsity", "method", "data", "model", "pattern"}
 
 
 def _check_init_options(name: str, value: Any) -> dict[str, Any]:
@@ -66,9 +69,13 @@ class Static(Sparsifier):
     def initial_masks(self) -> dict[str, Tensor]:
         if self.init is None:
             return self.random_masks(self.sparsity)
+        if self.pattern is not None:  # N of every M in each group: neither scope nor distribution applies
+            allocation: dict[str, Any] = {"pattern": str(self.pattern)}
+        else:
+            allocation = {"scope": self.scope,
+                          "distribution": self.distribution if self.scope == "layer" else None}
         return prune_at_init(
-            self.model, self.init, self.sparsity, self.inputs["init_data"], scope=self.scope,
-            distribution=self.distribution if self.scope == "layer" else None, include=self.include,
+            self.model, self.init, self.sparsity, self.inputs["init_data"], include=self.include,
             exclude=self.exclude, sparsity_overrides=self.sparsity_overrides, dense_first=self.dense_first,
-            dense_last=self.dense_last, seed=self.seed, **(self.inputs["init_options"] or {}),
+            dense_last=self.dense_last, seed=self.seed, **allocation, **(self.inputs["init_options"] or {}),
         )

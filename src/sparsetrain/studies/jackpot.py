@@ -17,17 +17,26 @@ from typing import Any
 
 import torch
 
-from ..atomic import write_json
-from ..checkpoint_io import save_checkpoint
-from .jackpot import find_jackpot
+from sparsetrain.atomic import write_json
+from sparsetrain.checkpoint_io import save_checkpoint
+from sparsetrain.experiment.build import build_experiment
+from sparsetrain.experiment.checkpoint import load_checkpoint
+from sparsetrain.experiment.config import DENSE
+from sparsetrain.experiment.rundir import RunDir
+from sparsetrain.lottery.jackpot import find_jackpot
+from sparsetrain.nm import NMPattern
 
 __all__ = ["jackpot_dir", "run_jackpot"]
 
 logger = logging.getLogger(__name__)
 
 
-def jackpot_dir(run_dir: str | Path, sparsity: float) -> Path:
-    """``<run_dir>/jackpot-<sparsity>`` (sparsity written with ``%g``, e.g. ``jackpot-0.9``)."""
+def jackpot_dir(run_dir: str | Path, sparsity: float, pattern: str | None = None) -> Path:
+    """``<run_dir>/jackpot-<sparsity>`` (sparsity written with ``%g``, e.g. ``jackpot-0.9``), or
+    ``<run_dir>/jackpot-<N>of<M>`` for an N:M search (e.g. ``jackpot-2of4``)."""
+    if pattern is not None:
+        parsed = NMPattern.parse(pattern)
+        return Path(run_dir) / f"jackpot-{parsed.n}of{parsed.m}"
     return Path(run_dir) / f"jackpot-{sparsity:g}"
 
 
@@ -41,6 +50,7 @@ def run_jackpot(
     batches: int | None = None,
     distribution: str | None = None,
     scope: str | None = None,
+    pattern: str | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
     """Search a jackpot mask in the trained weights of a harness run and write it next to the run.
@@ -54,6 +64,7 @@ def run_jackpot(
         batches: use only the first this many training batches (cycled); None: the whole training split.
         distribution: "uniform" (default), "er" or "erk"; scope: "layer" (default) or "global" (as
             :func:`find_jackpot`).
+        pattern: ``"N:M"``: search an N:M mask (the sparsity is then 1 - N/M; swaps pair within groups).
         device: overrides the run's ``train.device`` (default: the run's own).
 
     Returns:
@@ -65,11 +76,6 @@ def run_jackpot(
         FileNotFoundError: ``run_dir`` is not a directory or holds no ``checkpoint.pt``.
         ValueError: a bad option (``ConfigError`` for a config the data or model rejects).
     """
-    from ..experiment.build import build_experiment
-    from ..experiment.checkpoint import load_checkpoint
-    from ..experiment.config import DENSE
-    from ..experiment.rundir import RunDir
-
     path = Path(run_dir)
     if not path.is_dir():
         raise FileNotFoundError(f"run_dir={str(run_dir)!r}: no such directory")
@@ -91,10 +97,13 @@ def run_jackpot(
         raise ValueError(f"{run.checkpoint_file}: no 'model' state dict in this checkpoint")
     exp.model.load_state_dict(state["model"])
     train_batches = list(itertools.islice(iter(exp.train_loader), batches))
-    masks, info = find_jackpot(exp.model, sparsity, train_batches, steps=steps, lr=lr,
-                               max_changes_per_step=max_changes, distribution=distribution, scope=scope,
-                               eval_data=exp.test_loader, seed=config.train.seed)
-    out = jackpot_dir(path, sparsity)
+    masks, info = find_jackpot(exp.model, None if pattern is not None else sparsity, train_batches, steps=steps,
+                               lr=lr, max_changes_per_step=max_changes, distribution=distribution, scope=scope,
+                               pattern=pattern, eval_data=exp.test_loader, seed=config.train.seed)
+    if pattern is not None:
+        parsed = NMPattern.parse(pattern)
+        sparsity = 1.0 - parsed.n / parsed.m  # the pattern's; layers it cannot hold stay dense (mask_sparsity)
+    out = jackpot_dir(path, sparsity, pattern)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint({n: m.cpu() for n, m in masks.items()}, out / "masks.pt")
     kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
@@ -102,7 +111,7 @@ def run_jackpot(
     record: dict[str, Any] = {
         "run": run.name, "checkpoint_step": state.get("step"), "run_finished": run.status() == "finished",
         "sparsity": sparsity, "mask_sparsity": 1.0 - kept / total if total else 0.0, "steps": steps, "lr": lr,
-        "max_changes": max_changes, "batches": len(train_batches),
+        "max_changes": max_changes, "batches": len(train_batches), "pattern": pattern,
         "distribution": info["distribution"], "scope": info["scope"],
         "accuracy_before": info["accuracy_before"], "loss_before": info["loss_before"],
         "accuracy_after": info["accuracy_after"], "loss_after": info["loss_after"],

@@ -1,6 +1,6 @@
 """Reading the reproduction benchmark back: mean ± std tables, accuracy-vs-sparsity plots, and the claims checked.
 
-:func:`collect` reads the finished cells of a :class:`~sparsetrain.experiment.reproduce.ReproSetting` from its
+:func:`collect` reads the finished cells of a :class:`~sparsetrain.studies.reproduce.ReproSetting` from its
 runs directory (harness summaries and IMP lottery levels); :func:`aggregate` averages over seeds;
 :func:`check_claims` tests the claims of MISSION.md §5 on the means (GraNet >= GMP at high sparsity;
 GraNet-ST > RigL > SET > static; during-training methods > pruning at init; IMP tickets > their random
@@ -22,11 +22,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sparsetrain.analysis.plasticity import format_plasticity, plot_plasticity
 from sparsetrain.atomic import write_figure, write_json, write_text
+from sparsetrain.experiment import RunDir
 from sparsetrain.tables import Column, render
 
-from .reproduce import METHOD_LABELS, ReproSetting, imp_dir, imp_levels, plasticity_study, run_config
-from .rundir import RunDir
+from .lottery import lottery_curve
+from .plasticity import lr_decay_epochs
+from .reproduce import (
+    METHOD_LABELS,
+    ReproSetting,
+    grid_runs,
+    imp_dir,
+    imp_levels,
+    imp_rate,
+    plasticity_study,
+    run_config,
+)
 
 __all__ = ["Cell", "collect", "aggregate", "Claim", "check_claims", "accuracy_table", "cost_table", "csv_table",
            "plot_benchmark", "write_report", "record_invocation", "machine_info"]
@@ -69,25 +81,18 @@ def collect(setting: ReproSetting, runs_dir: str | Path) -> dict[str, dict[tuple
     levels = imp_levels(setting)
     for bench in setting.benchmarks:
         cells: dict[tuple[str, float], Cell] = defaultdict(Cell)
-        for method in setting.methods:
-            if method == "imp":
+        for _, method, sparsity, seed in grid_runs(setting, bench):
+            summary = RunDir.for_config(runs_dir, run_config(bench, setting, method, sparsity, seed)).read_summary()
+            if summary is None:
                 continue
-            for sparsity in ([0.0] if method == "dense" else setting.sparsities):
-                for seed in setting.seeds:
-                    summary = RunDir.for_config(runs_dir, run_config(bench, setting, method, sparsity, seed)) \
-                        .read_summary()
-                    if summary is None:
-                        continue
-                    cell = cells[(method, sparsity)]
-                    _add(cell.acc, summary.get("final_acc"))
-                    _add(cell.sparsity, summary.get("sparsity"))
-                    flops = summary.get("flops") or {}
-                    _add(cell.train_flops, flops.get("training_ratio"))
-                    _add(cell.inf_flops, flops.get("inference_ratio"))
-                    _add(cell.itop, summary.get("itop_rate"))
+            cell = cells[(method, sparsity)]
+            _add(cell.acc, summary.get("final_acc"))
+            _add(cell.sparsity, summary.get("sparsity"))
+            flops = summary.get("flops") or {}
+            _add(cell.train_flops, flops.get("training_ratio"))
+            _add(cell.inf_flops, flops.get("inference_ratio"))
+            _add(cell.itop, summary.get("itop_rate"))
         if "imp" in setting.methods:
-            from sparsetrain.lottery import lottery_curve
-
             for seed in setting.seeds:
                 where = imp_dir(runs_dir, bench, setting, seed)
                 rows = {r["level"]: r for r in lottery_curve(where)} if where.is_dir() else {}
@@ -354,14 +359,9 @@ def machine_info() -> dict[str, Any]:
 
 def _total_train_time(setting: ReproSetting, runs_dir: Path) -> float:
     total = 0.0
-    for bench in setting.benchmarks:
-        for method in setting.methods:
-            if method == "imp":
-                continue
-            for s in ([0.0] if method == "dense" else setting.sparsities):
-                for seed in setting.seeds:
-                    summary = RunDir.for_config(runs_dir, run_config(bench, setting, method, s, seed)).read_summary()
-                    total += float((summary or {}).get("wall_time") or 0.0)
+    for bench, method, sparsity, seed in grid_runs(setting):
+        summary = RunDir.for_config(runs_dir, run_config(bench, setting, method, sparsity, seed)).read_summary()
+        total += float((summary or {}).get("wall_time") or 0.0)
     return total
 
 
@@ -405,8 +405,6 @@ def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Pat
     Returns:
         The paths written.
     """
-    from sparsetrain.analysis.plasticity import format_plasticity, lr_decay_epochs, plot_plasticity
-
     runs_dir, out = Path(runs_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = collect(setting, runs_dir)
@@ -432,12 +430,10 @@ def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Pat
              f"Accuracy is the test accuracy after the last epoch; {len(setting.seeds)} seed(s) "
              f"({', '.join(map(str, setting.seeds))}), mean ± sample standard deviation.", ""]
     if "imp" in setting.methods:
-        from .reproduce import imp_rate
-
         levels = imp_levels(setting)
         lines += [f"IMP: {setting.imp_rounds} rounds, each pruning {100 * imp_rate(setting):.2f}% of the remaining "
-                  "weights by one global magnitude threshold, rewinding to initialisation; each round trains the "
-                  "same epochs and schedule as the other runs (plain momentum, not Nesterov). Targets are read at "
+                  "weights by one global magnitude threshold, rewinding to initialisation; each level trains with "
+                  "the recipe above (a Trainer run, as every other row). Targets are read at "
                   "levels " + ", ".join(f"{100 * s:g}% -> level {lv}" for s, lv in levels.items())
                   + " (measured sparsity after '@'). The control retrains the ticket's mask from a fresh random "
                   "initialisation.", ""]

@@ -1,5 +1,11 @@
 """Reading a lottery run back: accuracy (or any metric) against the fraction of weights remaining, for the
-ticket and its controls, as rows, a markdown table, or a plot."""
+ticket and its controls, as rows, a markdown table, or a plot.
+
+A level counts once its ticket's run has finished: ``level_<L>/sparsity.json`` (the ticket's size) and
+``level_<L>/run/summary.json``; its controls are read from ``reinit/summary.json`` and ``random/summary.json``
+(see :mod:`.runner` for the layout). The metric is a key of a run's summary (default ``final_acc``, the test
+accuracy after the last epoch).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_figure
-from ..reading import ReadError, read_json
-from ..tables import Column, render
+from sparsetrain.atomic import write_figure
+from sparsetrain.reading import ReadError, read_json
+from sparsetrain.tables import Column, render
 
 __all__ = ["lottery_curve", "curve_table", "plot_curve"]
 
@@ -26,25 +32,25 @@ def _read(path: Path) -> dict[str, Any] | None:
     return value
 
 
-def lottery_curve(run_dir: str | os.PathLike[str], metric: str = "accuracy") -> list[dict[str, Any]]:
+def lottery_curve(run_dir: str | os.PathLike[str], metric: str = "final_acc") -> list[dict[str, Any]]:
     """One row per level whose ticket finished training, in level order.
 
     Args:
-        run_dir: a directory written by :func:`~sparsetrain.lottery.run_lottery`.
-        metric: the metrics key to report (default "accuracy").
+        run_dir: a directory written by :func:`~sparsetrain.studies.lottery.run_lottery`.
+        metric: the summary key to report (default "final_acc": the test accuracy after the last epoch).
 
     Returns:
         Rows ``{"level", "remaining" (fraction of pruned-tensor weights kept), "kept", "numel", "ticket",
         "reinit", "random"}``; a control that was not run (or not finished) is None, as is a metric the
-        train function did not return.
+        summary does not hold.
 
     Raises:
-        ReadError: a level's metrics.json or sparsity.json cannot be read.
+        ReadError: a level's summary.json or sparsity.json cannot be read.
     """
     rows = []
     levels = sorted((int(m.group(1)), p) for p in Path(run_dir).iterdir() if (m := _LEVEL.match(p.name)))
     for level, path in levels:
-        metrics = _read(path / "metrics.json")
+        metrics = _read(path / "run" / "summary.json")
         report = _read(path / "sparsity.json")
         if metrics is None or report is None:
             continue
@@ -56,7 +62,7 @@ def lottery_curve(run_dir: str | os.PathLike[str], metric: str = "accuracy") -> 
             "ticket": metrics.get(metric),
         }
         for control in ("reinit", "random"):
-            found = _read(path / control / "metrics.json")
+            found = _read(path / control / "summary.json")
             row[control] = None if found is None else found.get(metric)
         rows.append(row)
     return rows

@@ -2,7 +2,7 @@
 
 A lottery run is ``<runs_dir>/lottery-<hash>/seed_<n>/`` holding ``level_<k>`` directories (as written by
 ``sparsetrain lottery``); each finished level is one row: accuracy of the ticket and of its controls against the
-fraction of weights remaining (:func:`~sparsetrain.lottery.lottery_curve`).
+fraction of weights remaining (:func:`~sparsetrain.studies.lottery.lottery_curve`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..reading import ReadError
-from ..tables import Column, render
+from sparsetrain.reading import ReadError
+from sparsetrain.tables import Column, render
+
 from .results import lottery_curve, plot_curve
 
 __all__ = ["LOTTERY_COLUMNS", "find_lottery_runs", "format_lottery_rows", "lottery_rows", "lottery_run_rows",
@@ -41,7 +42,7 @@ def find_lottery_runs(runs_dir: str | Path) -> list[Path]:
             if p.is_dir() and any(q.is_dir() for q in p.glob("level_*"))]
 
 
-def lottery_run_rows(path: str | Path, metric: str = "accuracy") -> list[dict[str, Any]]:
+def lottery_run_rows(path: str | Path, metric: str = "final_acc") -> list[dict[str, Any]]:
     """One row per finished level of the lottery run in ``path`` (``<name>/seed_<n>``), keyed by
     :data:`LOTTERY_COLUMNS` (a control not run is None)."""
     path = Path(path)
@@ -50,12 +51,12 @@ def lottery_run_rows(path: str | Path, metric: str = "accuracy") -> list[dict[st
             for row in lottery_curve(path, metric)]
 
 
-def lottery_rows(runs_dir: str | Path, metric: str = "accuracy") -> list[dict[str, Any]]:
+def lottery_rows(runs_dir: str | Path, metric: str = "final_acc") -> list[dict[str, Any]]:
     """One row per finished level of every lottery run under ``runs_dir``.
 
     Args:
         runs_dir: the runs directory.
-        metric: the metrics key reported (default "accuracy", the test split).
+        metric: the summary key reported (default "final_acc", the test accuracy after the last epoch).
 
     Returns:
         Rows keyed by :data:`LOTTERY_COLUMNS` (a control not run is None), by run then level.
@@ -89,7 +90,7 @@ def _accuracy(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def plot_lottery_runs(runs_dir: str | Path, metric: str = "accuracy") -> list[Path]:
+def plot_lottery_runs(runs_dir: str | Path, metric: str = "final_acc") -> list[Path]:
     """Write ``curve.png`` (ticket and controls against weights remaining) into every lottery run with a finished
     level; returns the written paths."""
     written = []
@@ -100,6 +101,6 @@ def plot_lottery_runs(runs_dir: str | Path, metric: str = "accuracy") -> list[Pa
             logger.warning("%s/%s: curve.png not written: %s", path.parent.name, path.name, exc)
             continue
         if rows:
-            written.append(plot_curve(rows, path / "curve.png", metric,
+            written.append(plot_curve(rows, path / "curve.png",
                                       title=f"{path.parent.name}/{path.name}: ticket and controls"))
     return written

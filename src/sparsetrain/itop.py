@@ -1,4 +1,4 @@
-"""In-time over-parameterization (ITOP) rate of a dynamic sparse run.
+"""In-time over-parameterization (ITOP) rate of a dynamic sparse run: the one home of the rate.
 
 Liu, Yin, Mocanu & Pechenizkiy, *Do We Actually Need Dense Over-Parameterization? In-Time
 Over-Parameterization in Sparse Training*, ICML 2021: the ITOP rate is the fraction of all (maskable)
@@ -7,6 +7,11 @@ at its density; a dynamic run that explores many connections approaches 1.
 
 The rate counts only the tensors that appear in the masks: weights that are never masked (biases, norm
 parameters) are not part of ``N``, as in the paper.
+
+Who reads it: a sparsifier keeps the union of its masks (``Sparsifier.ever_active``) and reports
+:func:`pooled_itop` of it (``Sparsifier.itop_rate()``); the trainer writes :func:`itop_by_layer` beside it in
+``metrics.jsonl`` and ``summary.json``; :class:`ItopTracker` and :func:`itop_rate` compute the same rate from
+masks saved over time (they are also :mod:`sparsetrain.analysis`'s).
 """
 
 from __future__ import annotations
@@ -15,13 +20,37 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from sparsetrain.analysis._common import check_bool_masks, check_same_layout
+from .validation import check_bool_masks, check_same_layout
 
-__all__ = ["ItopTracker", "itop_rate"]
+__all__ = ["ItopTracker", "itop_rate", "itop_by_layer", "pooled_itop"]
 
 logger = logging.getLogger(__name__)
+
+
+def itop_by_layer(ever_active: Mapping[str, Tensor] | None) -> dict[str, float] | None:
+    """``{name: fraction of the tensor's positions ever active}`` (0.0 for an empty tensor), in the dict's order.
+
+    Args:
+        ever_active: ``{parameter name: bool tensor}`` of the positions active at least once (e.g.
+            ``Sparsifier.ever_active``), or None (a dense run).
+
+    Returns:
+        The per-tensor rates, or None for None.
+    """
+    if ever_active is None:
+        return None
+    return {name: int(torch.count_nonzero(mask)) / mask.numel() if mask.numel() else 0.0
+            for name, mask in ever_active.items()}
+
+
+def pooled_itop(ever_active: Mapping[str, Tensor]) -> float:
+    """The ITOP rate of all tensors together: positions ever active over all positions (0.0 without any)."""
+    numel = sum(mask.numel() for mask in ever_active.values())
+    active = sum(int(torch.count_nonzero(mask)) for mask in ever_active.values())
+    return active / numel if numel else 0.0
 
 
 class ItopTracker:
@@ -82,7 +111,9 @@ class ItopTracker:
     def per_layer(self) -> dict[str, float]:
         """Return ``{name: fraction of the tensor's positions ever active}`` (0.0 for an empty tensor)."""
         self._require_updates()
-        return {k: (v.sum().item() / v.numel() if v.numel() else 0.0) for k, v in self._ever_active.items()}
+        rates = itop_by_layer(self._ever_active)
+        assert rates is not None
+        return rates
 
     def rate(self) -> float:
         """Return the ITOP rate: positions ever active over all positions of all tracked tensors.
@@ -91,9 +122,7 @@ class ItopTracker:
             RuntimeError: no masks were given yet.
         """
         self._require_updates()
-        numel = sum(v.numel() for v in self._ever_active.values())
-        active = sum(int(v.sum().item()) for v in self._ever_active.values())
-        return active / numel if numel else 0.0
+        return pooled_itop(self._ever_active)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the tracker's state: ``{"ever_active": {name: bool tensor}, "num_updates": int}``."""

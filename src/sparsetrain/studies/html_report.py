@@ -16,7 +16,8 @@ What is found under the given directories (searched a few levels deep):
 * **lottery runs** (a directory holding ``level_<k>`` directories): the table of ticket and controls against the
   weights remaining, the curve, the config and files.
 
-The tables come from the report functions of the command line (:mod:`.report`, :mod:`sparsetrain.lottery.report`)
+The tables come from the report functions of the command line (:mod:`sparsetrain.experiment.report`,
+:mod:`sparsetrain.studies.lottery.report`)
 in their markdown form, rendered by a small converter that knows the markdown those functions and the study
 reports write (headings, paragraphs, lists, pipe tables, images, ``code`` and ``**bold**``).
 """
@@ -38,17 +39,18 @@ from pathlib import Path
 from typing import Any
 
 from sparsetrain.atomic import write_text
+from sparsetrain.experiment.config import ConfigError
+from sparsetrain.experiment.report import collect_rows, format_layers, format_rows, layer_rows
+from sparsetrain.experiment.rundir import RunDir
 
-from .config import ConfigError
-from .report import collect_rows, format_layers, format_rows, layer_rows
-from .rundir import RunDir
+from .lottery import format_lottery_rows, lottery_curve, lottery_run_rows, plot_curve
 
 __all__ = ["write_html_report", "render_html_report"]
 
 logger = logging.getLogger(__name__)
 
 #: Directory names never searched: a run's or study's internals.
-_SKIP = {"tensorboard", "mlartifacts", "dense_checkpoints", "cells", "reinit", "random", "__pycache__"}
+_SKIP = {"tensorboard", "mlartifacts", "masks", "cells", "reinit", "random", "__pycache__"}
 _DEPTH = 5
 _STUDY_FILES = ("reproduction.md", "plasticity.md")
 #: A run's plots in the order shown (others after them, by name).
@@ -248,7 +250,7 @@ def _recipe(run: RunDir) -> tuple[str, str]:
 def _run_plots(run: RunDir, summary: Mapping[str, Any], scratch: Path) -> list[Path]:
     pngs = {p.name: p for p in run.path.glob("*.png")}
     if "curves.png" not in pngs:  # a run trained without plots: draw them for the page only
-        from .plots import plot_run
+        from sparsetrain.experiment.plots import plot_run
 
         out = scratch / _slug(run.name)
         out.mkdir(parents=True, exist_ok=True)
@@ -280,7 +282,7 @@ def _run_section(run: RunDir, summary: Mapping[str, Any], page_dir: Path, scratc
 
 
 def _recipe_sections(runs: Sequence[RunDir], page_dir: Path, scratch: Path) -> list[str]:
-    from .plots import plot_accuracy_vs_sparsity
+    from sparsetrain.experiment.plots import plot_accuracy_vs_sparsity
 
     by_path = {r.path.resolve(): r for r in runs}
     rows_by_run: dict[Path, dict[str, Any]] = {}
@@ -313,9 +315,6 @@ def _recipe_sections(runs: Sequence[RunDir], page_dir: Path, scratch: Path) -> l
 
 
 def _lottery_section(path: Path, page_dir: Path, scratch: Path) -> str:
-    from sparsetrain.lottery.report import format_lottery_rows, lottery_run_rows
-    from sparsetrain.lottery.results import lottery_curve, plot_curve
-
     rows = lottery_run_rows(path)
     name = f"{path.parent.name}/{path.name}"
     parts = [f'<section id="lottery-{_slug(name)}"><h2>Lottery run: {_esc(name)}</h2>']

@@ -11,8 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..selection import SCOPES, check_scope
-from ..validation import check_bool, check_int, check_number
+from sparsetrain.nm import check_pattern
+from sparsetrain.selection import SCOPES, check_scope
+from sparsetrain.validation import check_bool, check_int, check_number
 
 __all__ = ["LotteryConfig", "SCOPES", "CONTROLS"]
 
@@ -42,14 +43,18 @@ class LotteryConfig:
             "global" (one magnitude threshold over all tensors but the output layer, as OpenLTH's default;
             the output layer is pruned on its own at ``output_rate``).
         rewind_step: rewind survivors to their values at step 0 (initialisation, Frankle & Carbin) or at
-            optimizer step k of the dense run (Frankle et al. 2020).
+            optimizer step k of the dense run (Frankle et al. 2020); the levels start at that step, with the
+            learning-rate schedule and data order of the dense run there.
         one_shot: level k prunes the dense level-0 weights straight to level k's counts, instead of pruning
             the weights retrained at level k-1.
         controls: which controls to train at each level >= 1: "reinit", "random".
         include / exclude: which tensors are pruned, as :func:`sparsetrain.masks.select_prunable`.
-        seed: seeds training (each stage seeds the global generator from it) and the controls.
-        notes: free-form JSON-able record of the training recipe (saved with the config and compared on
-            resume, so a run is never continued with another recipe; the runner does not read it).
+        seed: seeds the controls (the random mask and the re-initialisation); training is seeded by the
+            recipe's ``train.seed``.
+        notes: free-form JSON-able notes (saved with the config and compared on resume; the runner does not read
+            them). The recipe itself is saved as ``experiment.yaml`` and checked on resume.
+        pattern: ``"N:M"``: every level is an N:M pattern, each round applying the rate to the groups' counts
+            down to N (:mod:`sparsetrain.lottery.imp`); layer scope only. None: unstructured.
     """
 
     rounds: int = 3
@@ -64,6 +69,7 @@ class LotteryConfig:
     exclude: tuple[str, ...] | None = None
     seed: int = 0
     notes: Mapping[str, Any] = field(default_factory=dict)
+    pattern: str | None = None
 
     def __post_init__(self) -> None:
         check_int("rounds", self.rounds, 0)
@@ -87,6 +93,11 @@ class LotteryConfig:
                 object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         check_int("seed", self.seed, -(2**63))
         object.__setattr__(self, "notes", dict(self.notes))
+        if self.pattern is not None:
+            object.__setattr__(self, "pattern", check_pattern("pattern", self.pattern))
+            if self.scope != "layer":
+                raise ValueError(f"scope={self.scope!r} is not allowed with pattern={self.pattern!r}: under a pattern "
+                                 "each group is pruned on its own; use scope='layer'")
 
     def check_run(self, names: Sequence[str], total_steps: int) -> None:
         """Check the options whose meaning depends on the model and the run, before anything is trained.
@@ -108,8 +119,9 @@ class LotteryConfig:
                              f"steps; rewind to a step in [0, {total_steps - 1}]")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-able form (tuples as lists); ``pattern`` only when set, so unstructured runs keep their names."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k != "pattern" or v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LotteryConfig:

@@ -4,9 +4,9 @@ A *setting* (:data:`SETTINGS`: "full", "quick", "tiny") fixes the grid: which (d
 sparsities and seeds, and one training recipe shared by every run. Each cell of the grid is an ordinary
 harness run (:class:`~sparsetrain.experiment.Trainer`, its own run directory under ``<runs_dir>/<setting>/``),
 so a rerun skips finished cells and resumes interrupted ones. Iterative magnitude pruning (IMP) is a lottery
-run (:func:`sparsetrain.lottery.run_lottery`) per seed, resumable by level; the plasticity study
-(:mod:`sparsetrain.analysis.plasticity`) is resumable by cell. Jobs run in at most ``workers`` processes,
-each on one torch thread.
+run (:func:`sparsetrain.studies.lottery.run_lottery`) per seed, and the plasticity study
+(:mod:`sparsetrain.studies.plasticity`) one more study: both are Trainer runs too (levels, controls and cells
+are branches), resumable mid-run. Jobs run in at most ``workers`` processes, each on one torch thread.
 
 Methods and how they map to configs (:func:`method_overrides`): ``dense``; ``gmp`` (Zhu & Gupta 2017, per layer);
 ``granet`` (s_i = 0) and ``granet_st`` (s_i = 0.5, Liu et al. 2021); ``rigl`` (Evci et al. 2020); ``set`` (Mocanu
@@ -17,8 +17,9 @@ initialisation, with the random re-initialisation control).
 IMP prunes a constant fraction ``p = 1 - (1 - s_max)^(1/R)`` of the remaining weights per round (one global
 magnitude threshold, R rounds), so level R lands exactly on the largest sparsity ``s_max`` and the other
 target sparsities are read at the nearest level (:func:`imp_levels`); the measured sparsity is reported.
-Its training loop is :func:`sparsetrain.lottery.make_train_fn`: the same optimizer, learning rate, weight decay,
-batch size, steps and cosine schedule as the harness runs, but plain (not Nesterov) momentum.
+Every level trains with the recipe of every other row (:func:`base_overrides`: SGD with Nesterov momentum, the
+same learning rate, weight decay, batch size, epochs and cosine schedule), so the table compares methods, not
+recipes.
 """
 
 from __future__ import annotations
@@ -26,19 +27,20 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsetrain.identity import identity_hash
+from sparsetrain.experiment import ExperimentConfig, RunDir, Trainer
 
-from .config import ExperimentConfig
+from .lottery import LotteryConfig, lottery_identity, run_lottery
+from .plasticity import PlasticityCell, PlasticityStudy, plasticity_cells
 
 __all__ = ["Benchmark", "PlasticityPlan", "ReproSetting", "SETTINGS", "METHOD_LABELS", "Job", "method_overrides",
-           "run_config", "imp_rate", "imp_levels", "plan_jobs", "run_job", "run_jobs", "imp_dir", "method_label",
-           "plasticity_config", "plasticity_study"]
+           "run_config", "grid_runs", "imp_rate", "imp_levels", "imp_lottery", "plan_jobs", "run_job", "run_jobs",
+           "imp_dir", "method_label", "plasticity_config", "plasticity_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class Benchmark:
 
 @dataclass(frozen=True)
 class PlasticityPlan:
-    """The plasticity study of a setting (see :func:`sparsetrain.analysis.plasticity.run_plasticity`).
+    """The plasticity study of a setting (see :func:`sparsetrain.studies.plasticity.run_plasticity`).
 
     Attributes:
         benchmark: key of the benchmark it runs on.
@@ -217,6 +219,18 @@ def run_config(bench: Benchmark, setting: ReproSetting, method: str, sparsity: f
     return ExperimentConfig().with_overrides(overrides).canonical()
 
 
+def grid_runs(setting: ReproSetting, bench: Benchmark | None = None) -> Iterator[tuple[Benchmark, str, float, int]]:
+    """Every harness run of the grid (of one benchmark, if given) as ``(benchmark, method, sparsity, seed)``, in
+    table order: dense once, at sparsity 0; IMP left out (a lottery run, :func:`imp_dir`)."""
+    for each in setting.benchmarks if bench is None else (bench,):
+        for method in setting.methods:
+            if method == "imp":
+                continue
+            for sparsity in ([0.0] if method == "dense" else setting.sparsities):
+                for seed in setting.seeds:
+                    yield each, method, sparsity, seed
+
+
 def method_label(config: ExperimentConfig) -> str:
     """The :data:`METHOD_LABELS` key of a harness config (inverse of :func:`method_overrides`)."""
     sparse = config.sparse
@@ -239,20 +253,16 @@ def imp_levels(setting: ReproSetting) -> dict[float, int]:
             for s in setting.sparsities}
 
 
-def _lottery_config(bench: Benchmark, setting: ReproSetting, seed: int) -> Any:
-    from sparsetrain.lottery import LotteryConfig
-
-    recipe = {"data": bench.data, "data_options": dict(bench.data_options), "model": bench.model,
-              "model_options": dict(bench.model_options), "epochs": setting.epochs,
-              "batch_size": setting.batch_size, "lr": setting.lr, "momentum": 0.9, "weight_decay": 5e-4,
-              "lr_schedule": "cosine"}
+def imp_lottery(setting: ReproSetting, seed: int) -> LotteryConfig:
+    """IMP's lottery options: ``imp_rounds`` rounds at :func:`imp_rate`, one global threshold, rewinding to
+    initialisation, the re-initialisation control."""
     return LotteryConfig(rounds=setting.imp_rounds, prune_rate=imp_rate(setting), output_rate=None, scope="global",
-                         controls=("reinit",), seed=seed, notes=recipe)
+                         controls=("reinit",), seed=seed)
 
 
 def imp_dir(runs_dir: str | Path, bench: Benchmark, setting: ReproSetting, seed: int) -> Path:
-    """``<runs_dir>/imp/<bench key>-<hash of the recipe>/seed_<n>``."""
-    digest = identity_hash(_lottery_config(bench, setting, 0).to_dict(), compact=False)
+    """``<runs_dir>/imp/<bench key>-<hash of the recipe and the lottery options>/seed_<n>``."""
+    digest = lottery_identity(run_config(bench, setting, "dense", 0.0, seed), imp_lottery(setting, seed))
     return Path(runs_dir) / "imp" / f"{bench.key}-{digest}" / f"seed_{seed}"
 
 
@@ -298,20 +308,13 @@ def plan_jobs(setting: ReproSetting, runs_dir: str | Path, *, plasticity: bool =
                                 {"setting": setting.name, "bench": bench.key, "seed": seed,
                                  "runs_dir": str(runs_dir)}))
     grid: list[Job] = []
-    for bench in setting.benchmarks:
-        for method in setting.methods:
-            if method == "imp":
-                continue
-            for sparsity in ([0.0] if method == "dense" else setting.sparsities):
-                for seed in setting.seeds:
-                    config = run_config(bench, setting, method, sparsity, seed)
-                    job = Job("train", f"{bench.key} {method} {sparsity:g} seed {seed}",
-                              {"config": config.to_dict(), "runs_dir": str(runs_dir)})
-                    (jobs if method == "dense" else grid).append(job)
+    for bench, method, sparsity, seed in grid_runs(setting):
+        config = run_config(bench, setting, method, sparsity, seed)
+        job = Job("train", f"{bench.key} {method} {sparsity:g} seed {seed}",
+                  {"config": config.to_dict(), "runs_dir": str(runs_dir)})
+        (jobs if method == "dense" else grid).append(job)
     jobs += grid
     if plan is not None:
-        from sparsetrain.analysis.plasticity import plasticity_cells
-
         for cell in plasticity_cells(plan.prune_epochs, plan.rates, plan.regeneration):
             jobs.append(Job("plasticity-cell", f"plasticity: {cell.name}",
                             {"setting": setting.name, "runs_dir": str(runs_dir), "cell": asdict(cell)}))
@@ -329,40 +332,29 @@ def plasticity_config(setting: ReproSetting) -> ExperimentConfig:
     return ExperimentConfig().with_overrides(overrides).canonical()
 
 
-def plasticity_study(setting: ReproSetting, runs_dir: str | Path) -> Any:
-    """The :class:`~sparsetrain.analysis.plasticity.PlasticityStudy` of ``setting``.
+def plasticity_study(setting: ReproSetting, runs_dir: str | Path) -> PlasticityStudy:
+    """The :class:`~sparsetrain.studies.plasticity.PlasticityStudy` of ``setting``.
 
     It lives in ``runs_dir/plasticity/<dense run name>-dt<ΔT>``, named by its recipe, so a changed recipe starts a
     new study instead of clashing with the old one.
     """
-    from sparsetrain.analysis.plasticity import PlasticityStudy
-
     config = plasticity_config(setting)
     name = f"{config.run_name()}-dt{setting.update_every}"
     return PlasticityStudy(config, Path(runs_dir) / "plasticity" / name, regrow_every=setting.update_every)
 
 
 def _train_imp(payload: Mapping[str, Any]) -> dict[str, Any]:
-    from sparsetrain.lottery import make_train_fn, run_lottery
-
-    from .build import build_experiment
-
     setting = SETTINGS[payload["setting"]]
     bench = setting.benchmark(payload["bench"])
     seed = int(payload["seed"])
-    exp = build_experiment(run_config(bench, setting, "dense", 0.0, seed))
-    train_fn = make_train_fn(exp.train_loader, exp.test_loader, steps=exp.total_steps, lr=setting.lr,
-                             optimizer="sgd", momentum=0.9, weight_decay=5e-4, lr_schedule="cosine")
-    rows = run_lottery(exp.model, _lottery_config(bench, setting, seed), train_fn,
-                       imp_dir(payload["runs_dir"], bench, setting, seed))
+    rows = run_lottery(run_config(bench, setting, "dense", 0.0, seed), imp_lottery(setting, seed),
+                       imp_dir(payload["runs_dir"], bench, setting, seed), plots=False)
     return {"levels": len(rows)}
 
 
 def _output_dir(job: Job) -> Path:
     """The directory a job writes into."""
     if job.kind == "train":
-        from .rundir import RunDir
-
         return RunDir.for_config(job.payload["runs_dir"], ExperimentConfig.from_dict(job.payload["config"])).path
     setting = SETTINGS[job.payload["setting"]]
     if job.kind == "imp":
@@ -397,16 +389,12 @@ def run_job(job: Job) -> dict[str, Any]:
 
 def _run(job: Job) -> dict[str, Any]:
     if job.kind == "train":
-        from .trainer import Trainer
-
         config = ExperimentConfig.from_dict(job.payload["config"])
         summary = Trainer(config, job.payload["runs_dir"], plots=False).fit()
         return {"final_acc": summary.get("final_acc")}
     if job.kind == "imp":
         return _train_imp(job.payload)
     if job.kind in ("plasticity-dense", "plasticity-cell"):
-        from sparsetrain.analysis.plasticity import PlasticityCell
-
         setting = SETTINGS[job.payload["setting"]]
         plan = setting.plasticity
         assert plan is not None

@@ -1,21 +1,24 @@
-"""Minibatches for the data-driven scores (SNIP, GraSP): take ``batches`` batches from a loader, once.
+"""Minibatches and model outputs for the code that runs a model outside the training loop.
 
-Scores accumulate over several ordinary minibatches, so no single forward pass ever sees more than one batch.
-The batches are collected once (a shuffling ``DataLoader`` would give different batches on a second pass, and
-GraSP needs two passes over the same batches).
+* :func:`collect_batches`: the data-driven scores (SNIP, GraSP) take ``batches`` batches from a loader, once.
+  Scores accumulate over several ordinary minibatches, so no single forward pass ever sees more than one batch;
+  the batches are collected once (a shuffling ``DataLoader`` would give different batches on a second pass, and
+  GraSP needs two passes over the same batches).
+* :func:`cycle_batches`: batches forever, for a search that runs a fixed number of steps (lottery jackpots).
+* :func:`model_output`: the output tensor of any model (a tensor, a tuple starting with one, or ``.logits``).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["collect_batches"]
+__all__ = ["collect_batches", "cycle_batches", "model_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +77,32 @@ def collect_batches(data: Any, batches: int, device: torch.device | str | None =
     if device is not None:
         taken = [(x.to(device), y.to(device)) for x, y in taken]
     return taken
+
+
+def cycle_batches(data: Iterable[Any]) -> Iterator[Any]:
+    """Batches of ``data`` forever; each pass re-iterates it (so a shuffling loader reshuffles).
+
+    Raises:
+        ValueError: ``data`` yields no batch.
+    """
+    while True:
+        empty = True
+        for batch in data:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("data yielded no batch")
+
+
+def model_output(model: nn.Module, inputs: Tensor) -> Tensor:
+    """The model's output tensor (the first element if it returns a tuple, ``.logits`` if it has one)."""
+    out = model(inputs)
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise TypeError(f"the model returned a {type(out).__name__}; expected a tensor, a tuple starting with one, "
+                    "or an object with .logits")
