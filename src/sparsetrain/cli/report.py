@@ -80,6 +80,5 @@ def _write_html(runs_dir: Path, out: Path) -> int:
 
     if out.is_dir():
         raise CliError(f"--html={str(out)!r} is a directory; give the page's file name, e.g. {out / 'report.html'}")
-    output_file("--html", str(out))  # its folder exists
     print(write_html_report(runs_dir, out))
     return 0
