@@ -412,9 +412,8 @@ def cli_cases() -> list[Case]:
 
 
 def _damage_lottery(ws: Path) -> None:
-    for path in (ws / RUNS["lottery"]).rglob("metrics.json"):
-        path.write_text("{oops")
-        break
+    """Cut short the summary (the metrics) of the lottery's first ticket run: the file its curve reads."""
+    (ws / RUNS["lottery"] / "level_1" / "run" / "summary.json").write_text("{oops")
 
 
 # -- API cases ---------------------------------------------------------------------------------------------------
@@ -980,11 +979,15 @@ def main() -> int:
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="the source tree to attack (default: this "
                                                                        "checkout's src)")
     parser.add_argument("--jobs", type=int, default=2, help="cases run side by side (default: 2)")
-    parser.add_argument("--only", default=None, help="run only cases whose name contains this text")
+    parser.add_argument("--only", nargs="+", default=None, help="run only cases whose name contains one of these "
+                                                                 "texts")
     parser.add_argument("--safe", action="store_true", help="skip the cases that may harm the machine when the "
                                                              "code under test accepts them (for old code)")
     parser.add_argument("--no-doc", action="store_true", help="print only; do not write docs/benchmarks")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--update", type=Path, default=None,
+                        help="the --json of an earlier full pass: the cases run now replace theirs, and the table "
+                             "(which names the cases rerun) covers them all")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="adversarial-"))
     scratch.chmod(0o755)
@@ -995,7 +998,7 @@ def main() -> int:
         make_template(template, env)
         cases = cli_cases() + api_cases()
         if args.only:
-            cases = [c for c in cases if args.only in c.name]
+            cases = [c for c in cases if any(text in c.name for text in args.only)]
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
             results = list(pool.map(lambda c: run_case(c, template, scratch, env, args.safe), cases))
     finally:
@@ -1003,6 +1006,10 @@ def main() -> int:
             if mount.is_mount():
                 subprocess.run(["umount", "-l", str(mount)], capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
+    if args.update:
+        fresh = {r["name"]: {**r, "rerun": True} for r in results}
+        results = [fresh.get(r["name"], r) for r in json.loads(args.update.read_text())]
+    rerun = [r["name"] for r in results if r.get("rerun")]
     counts = Counter(r["outcome"] for r in results)
     rows = [(i + 1, r["name"], r["outcome"], r.get("detail", "").replace("|", "/").replace("\n", " "))
             for i, r in enumerate(results)]
@@ -1018,8 +1025,11 @@ def main() -> int:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from _common import table, write_doc
 
-        body = (f"{len(results)} cases: {summary}.\n\n" + __doc__.split("\n\n")[1].replace("\n", " ") + "\n\n" +
-                table(["#", "case", "outcome", "detail"], rows))
+        note = (f"A full pass (`python benchmarks/adversarial.py --json FILE`), then the cases named here rerun after "
+                f"fixes (this command, `--update FILE`): {'; '.join(rerun)}.\n\n"
+                if rerun else "")
+        body = (f"{len(results)} cases: {summary}.\n\n" + note + __doc__.split("\n\n")[1].replace("\n", " ") +
+                "\n\n" + table(["#", "case", "outcome", "detail"], rows))
         write_doc("adversarial", "Adversarial pass: bad inputs, broken files, faults, API misuse", body)
     return 0
 

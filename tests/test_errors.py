@@ -245,6 +245,11 @@ def _float_masks_assigned(cwd):
     optimizer.step()
 
 
+def _meta_masks(cwd):
+    sparsetrain.Static(*_model_and_optimizer(), total_steps=10,
+                       masks={"0.weight": torch.ones(8, 4, dtype=torch.bool, device="meta")})
+
+
 def _without_mlflow(cwd, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
 
@@ -348,6 +353,9 @@ CASES = {
     91: (_step_after_export, None),
     92: (_state_of_another_sparsity, None),
     93: (_float_masks_assigned, None),
+    94: (_train("--config", "nul.yaml"), _write_bytes("nul.yaml", b"train:\x00 {}\n")),
+    95: (["jackpot", "<finished-run>", "--steps", "1000000000000"], None),
+    96: (_meta_masks, None),
 }
 _RUNS: dict[str, str] = {}
 

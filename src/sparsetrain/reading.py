@@ -138,9 +138,10 @@ def load_yaml_text(text: str, source: str = "YAML") -> Any:
     """
     if len(text) > MAX_YAML_BYTES:
         raise ReadError(f"{source}: {len(text)} characters is too large for YAML here (at most {MAX_YAML_BYTES})")
-    loader = _BoundedLoader(text)
-    loader.source = source
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader refuses characters YAML does not allow (NUL, ...) here
+        loader.source = source
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None)
@@ -153,4 +154,5 @@ def load_yaml_text(text: str, source: str = "YAML") -> Any:
     except RecursionError:
         raise ReadError(f"{source}: not valid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
