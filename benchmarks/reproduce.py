@@ -1,9 +1,11 @@
-"""Reproduction benchmark: every sparse-training method of MISSION.md §5 at 90/95/98 % sparsity, 3 seeds.
+"""Reproduction benchmark: the comparisons of the GraNet, RigL and lottery-ticket papers at 90/95/98 % sparsity,
+3 seeds.
 
-The same code as ``sparsetrain reproduce`` (:mod:`sparsetrain.studies.reproduce`): dense, GMP, GraNet
-(s_i = 0 and 0.5), RigL, SET, SNFS, static ERK, SNIP, GraSP, SynFlow and IMP on MNIST-1D (cnn1d, a 512-512 MLP)
-and the packaged MNIST subset (LeNet-300-100), plus a small pruning-plasticity study; mean ± std tables,
-accuracy-vs-sparsity plots and the claims checked, written to docs/results/. Every cell is a run directory under
+The same code as ``sparsetrain reproduce`` (:mod:`sparsetrain.studies.reproduce`): dense, GMP (per layer and
+global), GraNet (s_i = 0 and 0.5), RigL (and RigL trained 3x the epochs), SET, SNFS, static ERK, SNIP, GraSP,
+SynFlow and IMP on MNIST-1D (cnn1d, a 512-512 MLP) and the packaged MNIST subset (LeNet-300-100), plus the
+pruning-plasticity study (3 seeds, with its learning-rate control); mean ± std tables, accuracy-vs-sparsity plots
+and the claims checked like with like, written to docs/results/. Every cell is a run directory under
 runs/reproduce/<setting>/, so a rerun skips what has finished (and resumes what was interrupted).
 
 Run from the repository root (about an hour on 2 idle cores; longer when the machine is shared):

@@ -1,6 +1,7 @@
-"""Truly sparse training: the full training step with TrainableSparseLinear against dense, sparselab and SparseProp.
+"""Truly sparse training: the full training step on sparse storage against dense, sparselab and SparseProp.
 
-Times the whole step (forward, backward, SGD with momentum, and RigL's topology update every ΔT = 100 steps) of
+Times the whole step (forward, backward, SGD with momentum, ``sparsifier.step()`` with its topology update every
+ΔT = 100 steps) of
 
 * an MLP 784-4096-4096-10 at batch 128, every Linear sparse, and
 * the GPT-style model of ``sparsetrain.models.gpt`` (d_model 512, 2 blocks, 64 tokens, batch 16), the Linear
@@ -11,11 +12,13 @@ at 90/95/98/99% sparsity, on 1 and 2 threads, as a ratio to the dense step measu
 the ideal ratio (the density). Each thread count runs in its own process (``OMP_NUM_THREADS`` must be set before the
 OpenMP libraries load). Implementations, interleaved repeat by repeat so that drift on a shared machine hits all:
 
-* dense: ``nn.Linear``;
-* sparsetrain: :class:`sparsetrain.sparse.TrainableSparseLinear`; on update steps RigL's drop-and-grow emulated with
-  its pieces: keep the largest |w|, grow the inactive positions with the largest dense |gradient|, computed one
-  layer at a time in row blocks (``dense_grad``, ``topk_positions``), applied with ``replace`` (grown weights and
-  their momentum start at 0);
+* dense: ``nn.Linear``, no sparsifier;
+* sparsetrain: the library's methods on sparse storage (``backend="sparse"``: every sparsified Linear held by a
+  :class:`~sparsetrain.sparse.TrainableSparseLinear`), uniform per-layer sparsity, ``total_steps`` 10^6 so that the
+  schedules stay at their start (the largest drop fractions, the costliest updates): **RigL** (drop fraction 0.3,
+  growth by the dense gradient, computed one layer at a time in row blocks on update steps only), **SET** (random
+  growth), **Static** (no update) and **GraNet-ST** (``initial_sparsity`` = the sparsity: its global magnitude
+  pruning keeps the count, its gradient regrowth swaps r_t = 0.5 of each layer);
 * sparselab 0.2.2: ``sparselab.SparseLinear`` with its own ``sparselab.RigL`` (drop fraction 0.3, update_freq 100);
 * SparseProp (``sparseprop`` 0.1.14): ``sparseprop.modules.SparseLinear``; it has no regrowth, so its rows are
   static sparse training (no topology update at all).
@@ -36,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -51,7 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = (0.9, 0.95, 0.98, 0.99)
 UPDATE_EVERY = 100
 DROP_FRACTION = 0.3  # RigL's initial drop fraction (alpha), the largest of its cosine schedule: the costliest updates
-IMPLEMENTATIONS = ("dense", "sparsetrain", "sparselab", "sparseprop")
+METHODS = ("rigl", "set", "static", "granet-st")
+METHOD_NAMES = {"rigl": "RigL", "set": "SET", "static": "Static", "granet-st": "GraNet-ST"}
+IMPLEMENTATIONS = ("dense", *METHODS, "sparselab", "sparseprop")
 PEERS = {"sparselab": "sparselab 0.2.2", "sparseprop": "SparseProp (sparseprop 0.1.14)"}
 
 
@@ -96,33 +100,6 @@ def random_mask(shape: tuple[int, int], sparsity: float, seed: int):  # noqa: AN
     return mask.view(shape)
 
 
-def rigl_update(layers: list, optimizer, fraction: float) -> None:  # noqa: ANN001
-    """RigL's drop-and-grow on each TrainableSparseLinear, one layer at a time, the dense gradient in row blocks."""
-    import torch
-
-    from sparsetrain.sparse.topology import topk_positions
-    from sparsetrain.topk import topk_mask
-
-    for layer in layers:
-        n_swap = math.floor(fraction * layer.nnz)
-        keep = topk_mask(layer.weight_values.detach().abs(), layer.nnz - n_swap)
-        kept = layer.flat_indices()[keep]
-        block_rows = max(1, (1 << 18) // layer.in_features)
-
-        def blocks(layer=layer, kept=kept, block_rows=block_rows):  # noqa: ANN001, ANN202
-            for r0 in range(0, layer.out_features, block_rows):
-                r1 = min(r0 + block_rows, layer.out_features)
-                grad = layer.dense_grad(slice(r0, r1)).view(-1)
-                start, end = r0 * layer.in_features, r1 * layer.in_features
-                lo, hi = torch.searchsorted(kept, torch.tensor([start, end])).tolist()
-                grad[kept[lo:hi] - start] = float("nan")  # kept weights cannot grow
-                yield start, grad
-
-        layer.replace(keep, topk_positions(blocks(), n_swap, absolute=True), optimizer)
-        layer.clear_grad_inputs()
-        layer.keep_grad_inputs = False
-
-
 def shape_stub(linear):  # noqa: ANN001, ANN201
     """A stand-in with a Linear's shapes and bias but no product: times the rest of the model (GPT's ideal)."""
     from torch import nn
@@ -140,27 +117,41 @@ def shape_stub(linear):  # noqa: ANN001, ANN201
     return Stub()
 
 
+def sparsifier(method: str, model, optimizer, sparsity: float, names: list[str]):  # noqa: ANN001, ANN201
+    """The library's method on sparse storage, its schedules at their start (see the module docstring)."""
+    import sparsetrain
+
+    common = dict(sparsity=sparsity, total_steps=10**6, update_every=UPDATE_EVERY, include=names, backend="sparse",
+                  seed=0)
+    if method == "rigl":
+        return sparsetrain.RigL(model, optimizer, drop_fraction=DROP_FRACTION, distribution="uniform", **common)
+    if method == "set":
+        return sparsetrain.SET(model, optimizer, drop_fraction=DROP_FRACTION, distribution="uniform", **common)
+    if method == "static":
+        return sparsetrain.Static(model, optimizer, distribution="uniform", **common)
+    # GraNet's own scope (global) for its pruning; its random start uniform per layer like the others.
+    return sparsetrain.GraNet(model, optimizer, initial_sparsity=sparsity, init_distribution="uniform", **common)
+
+
 def make_trainer(impl: str, case: str, sparsity: float) -> Callable[[], bool] | None:
     """A closure running one training step (True on a topology-update step), or None if the peer is missing."""
     import torch
     from torch import nn
-
-    from sparsetrain.sparse import TrainableSparseLinear
 
     model, x, y, slots = build_case(case)
     layers = []
     sparselab, sparseprop = _peer("sparselab"), _peer("sparseprop")
     if impl in ("sparselab", "sparseprop") and (sparselab if impl == "sparselab" else sparseprop) is None:
         return None
+    names = [f"{name}.weight" for name, module in model.named_modules()
+             if any(module is getattr(parent, attr) for parent, attr in slots)]
     for index, (parent, name) in enumerate(slots):
         linear = getattr(parent, name)
-        if impl == "dense":
+        if impl == "dense" or impl in METHODS:
             continue
         mask = random_mask(tuple(linear.weight.shape), sparsity, seed=index)
         if impl == "stub":
             new = shape_stub(linear)
-        elif impl == "sparsetrain":
-            new = TrainableSparseLinear.from_linear(linear, mask)
         elif impl == "sparselab":
             new = sparselab.SparseLinear(linear.in_features, linear.out_features, bias=True, sparsity=sparsity)
         else:
@@ -170,27 +161,24 @@ def make_trainer(impl: str, case: str, sparsity: float) -> Callable[[], bool] | 
         setattr(parent, name, new)
         layers.append(new)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    algorithm = None
+    algorithm = ours = None
     if impl == "sparselab":
         algorithm = sparselab.RigL(sparsity=sparsity, drop_fraction=DROP_FRACTION, update_freq=UPDATE_EVERY, seed=0)
         model.apply(algorithm)
+    if impl in METHODS:
+        ours = sparsifier(impl, model, optimizer, sparsity, names)
     count = 0
 
     def step() -> bool:
         nonlocal count
         count += 1
-        update = count % UPDATE_EVERY == 0 and impl in ("sparsetrain", "sparselab")
-        if update and impl == "sparsetrain":
-            for layer in layers:
-                layer.keep_grad_inputs = True
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
-        if update and impl == "sparsetrain":
-            rigl_update(layers, optimizer, DROP_FRACTION)
+        updated = ours.step() if ours is not None else count % UPDATE_EVERY == 0 and algorithm is not None
         if algorithm is not None:
             algorithm.step()
         optimizer.zero_grad(set_to_none=True)
-        return update
+        return updated
 
     return step
 
@@ -255,11 +243,12 @@ def child_memory(args: argparse.Namespace) -> None:
 
     import torch
 
-    from sparsetrain.sparse import sddmm, spmm, topology
+    from sparsetrain import streaming_topk
+    from sparsetrain.sparse import sddmm, spmm
 
     torch.set_num_threads(args.threads)
     # Imports, the native libraries and the peers are loaded before the baseline; kernel buffers are not.
-    spmm.native_available(), sddmm.native_available(), topology._load(), _peer("sparselab"), _peer("sparseprop")
+    spmm.native_available(), sddmm.native_available(), streaming_topk._load(), _peer("sparselab"), _peer("sparseprop")
     probe = torch.zeros(1, requires_grad=True)
     probe.grad = torch.zeros(1)
     torch.optim.SGD([probe], lr=0.1, momentum=0.9).step()  # the optimizer's first use imports ~70 MB of modules
@@ -277,6 +266,106 @@ def child_memory(args: argparse.Namespace) -> None:
         step()
     peak = _rss_kib("VmHWM")
     print(json.dumps({"model_mib": (built - before) / 1024, "peak_mib": (peak - before) / 1024}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Break-even: where does sparse storage beat a dense Linear? (the rule of backend="auto")
+# ---------------------------------------------------------------------------------------------------------------
+
+BREAK_EVEN_SHAPES = ((128, 128), (256, 256), (512, 512), (784, 300), (1024, 1024), (4096, 4096))
+BREAK_EVEN_DENSITIES = (0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+
+
+def child_breakeven(args: argparse.Namespace) -> None:
+    """One Linear layer's training step (forward, ReLU, backward, SGD with momentum), batch 128: dense
+    ``nn.Linear`` against a TrainableSparseLinear at each density."""
+    import torch
+    from torch import nn
+
+    from sparsetrain.sparse import TrainableSparseLinear
+
+    torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.clock == "thread" and args.threads == 1 else time.perf_counter
+
+    def seconds(layer: nn.Module, x, steps: int) -> float:  # noqa: ANN001
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.01, momentum=0.9)
+
+        def window() -> float:
+            start = clock()
+            for _ in range(steps):
+                torch.relu(layer(x)).sum().backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            return (clock() - start) / steps
+
+        window()
+        return statistics.median(window() for _ in range(args.repeats))
+
+    results = {}
+    for n_in, n_out in BREAK_EVEN_SHAPES:
+        torch.manual_seed(0)
+        x = torch.randn(128, n_in, requires_grad=True)
+        linear = nn.Linear(n_in, n_out)
+        steps = max(3, int(2e7 / (n_in * n_out)))
+        dense = seconds(linear, x, steps)
+        row = {}
+        for density in BREAK_EVEN_DENSITIES:
+            mask = random_mask((n_out, n_in), 1 - density, seed=0)
+            row[density] = seconds(TrainableSparseLinear.from_linear(linear, mask), x, steps) / dense
+        results[f"{n_in}x{n_out}"] = {"dense_ms": dense * 1e3, "ratios": row}
+        print(f"[break-even] {n_in}x{n_out}: {row}", file=sys.stderr, flush=True)
+    print(json.dumps({"breakeven": results}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where the time goes at 99%: the parts of the MLP's 4096 x 4096 layer
+# ---------------------------------------------------------------------------------------------------------------
+
+FLOOR_SPARSITIES = (0.99, 0.9999)
+
+
+def child_floor(args: argparse.Namespace) -> None:
+    """The pieces of one step of the MLP's middle layer (4096 x 4096, batch 128, 1 thread), best of 7 windows."""
+    import torch
+    from torch import nn
+
+    from sparsetrain.sparse import TrainableSparseLinear
+    from sparsetrain.sparse import trainable
+
+    torch.set_num_threads(1)
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
+
+    def best_ms(fn: Callable[[], object], n: int = 100) -> float:
+        fn()
+        times = []
+        for _ in range(7):
+            start = clock()
+            for _ in range(n):
+                fn()
+            times.append((clock() - start) / n)
+        return min(times) * 1e3
+
+    results = {}
+    torch.manual_seed(0)
+    x, dy = torch.randn(128, 4096), torch.randn(128, 4096)
+    linear = nn.Linear(4096, 4096)
+    for sparsity in FLOOR_SPARSITIES:
+        layer = TrainableSparseLinear.from_linear(linear, random_mask((4096, 4096), sparsity, seed=0))
+        layout, values, bias = layer._layout(), layer.weight_values.detach(), layer.bias.detach()
+        results[str(sparsity)] = {
+            "forward product (+ bias)": best_ms(lambda: trainable._product(x, layout.crow, layout.col, values, bias,
+                                                                          4096)),
+            "input gradient (W.T product)": best_ms(lambda: trainable._product(
+                dy, layout.t_crow, layout.t_rows, trainable._transpose_values(values, layout), None, 4096)),
+            "weight gradient (SDDMM)": best_ms(lambda: trainable._values_grad(x, dy, layout, torch.float32)),
+            "ReLU forward": best_ms(lambda: torch.relu(x)),
+            "ReLU backward": best_ms(lambda: torch.ops.aten.threshold_backward(dy, x, 0)),
+            "bias gradient": best_ms(lambda: dy.sum(0)),
+            "dense gradient for growth (RigL update steps)": best_ms(lambda: [
+                dy[:, r:r + 64].t() @ x for r in range(0, 4096, 64)], 3),
+        }
+        print(f"[floor] {sparsity}: {results[str(sparsity)]}", file=sys.stderr, flush=True)
+    print(json.dumps({"floor": results}))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -371,12 +460,15 @@ def main() -> None:
                         help="wall time, or (1-thread runs only) CPU time of the calling thread")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--no-conv", action="store_true", help="skip the convolution measurement")
+    parser.add_argument("--no-breakeven", action="store_true", help="skip the single-layer break-even measurement")
     parser.add_argument("--quick", action="store_true", help="MLP only, 1 thread, 1 repeat, no memory, no conv")
     parser.add_argument("--doc", default="sparse_training", help="write docs/benchmarks/<DOC>.md")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--memory-impl", help=argparse.SUPPRESS)
     parser.add_argument("--conv", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--breakeven", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steps % UPDATE_EVERY:
         parser.error(f"--steps must be a multiple of {UPDATE_EVERY}, got {args.steps}")
@@ -387,11 +479,16 @@ def main() -> None:
             child_memory(args)
         elif args.conv:
             child_conv(args)
+        elif args.breakeven:
+            child_breakeven(args)
+        elif args.floor:
+            child_floor(args)
         else:
             child_timing(args)
         return
     if args.quick:
-        args.case, args.threads, args.repeats, args.no_memory, args.no_conv = ["mlp"], [1], 1, True, True
+        args.case, args.threads, args.repeats = ["mlp"], [1], 1
+        args.no_memory = args.no_conv = args.no_breakeven = True
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import table, write_doc
 
@@ -399,10 +496,12 @@ def main() -> None:
     load_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
     timing = {threads: run_child(args, threads, ["--case", *args.case]) for threads in args.threads}
     sections = [
-        f"Step = forward + backward + SGD (momentum 0.9) + RigL's topology update every ΔT = {UPDATE_EVERY} steps "
-        f"(drop fraction {DROP_FRACTION}, the largest of RigL's schedule), for the implementations that update; "
-        f"{args.steps} consecutive steps per sparse window (so every window holds {args.steps // UPDATE_EVERY} "
-        f"update), {args.dense_steps} per dense window; median of {args.repeats} windows, implementations "
+        f"Step = forward + backward + SGD (momentum 0.9) + `sparsifier.step()`, whose topology update runs every "
+        f"ΔT = {UPDATE_EVERY} steps (RigL and SET: drop fraction {DROP_FRACTION}, the largest of RigL's schedule; "
+        "GraNet-ST: global magnitude pruning at the count it has, then gradient regrowth of r_t = 0.5), for the "
+        f"implementations that update; {args.steps} consecutive steps per sparse window (so every window holds "
+        f"{args.steps // UPDATE_EVERY} update), {args.dense_steps} per dense window; median of {args.repeats} "
+        "windows, implementations "
         "interleaved window by window in one process per thread count; ratio = median step / median dense step of "
         "the same process. Clock: "
         + ("CPU time of the calling thread on 1 thread (`--clock thread`: time preempted by other jobs is not "
@@ -424,23 +523,23 @@ def main() -> None:
                 median = {impl: statistics.median(s["step"]) for impl, s in samples.items()}
                 dense = median["dense"]
                 ratio = {impl: median[impl] / dense if impl in median else None for impl in IMPLEMENTATIONS}
-                updates = samples["sparsetrain"]["update"]
+                updates = samples["rigl"]["update"]
                 if case == "mlp" and threads == 1:
-                    ratios_1[sparsity] = ratio["sparsetrain"]
+                    ratios_1[sparsity] = ratio["rigl"]
                 ideal = f"{1 - sparsity:.2f}"
                 if "stub" in median:  # the rest of the model stays dense: ideal = rest + density x sparse part
                     rest = median["stub"] / dense
                     ideal += f" ({rest + (1 - sparsity) * (1 - rest):.2f})"
-                rows.append([f"{sparsity:.0%}", ideal, f"**{fmt_ratio(ratio['sparsetrain'])}**",
-                             fmt_ratio(ratio["sparselab"]), fmt_ratio(ratio["sparseprop"]), f"{dense * 1e3:.1f}",
-                             f"{median['sparsetrain'] * 1e3:.2f}",
+                rows.append([f"{sparsity:.0%}", ideal, f"**{fmt_ratio(ratio['rigl'])}**",
+                             *(fmt_ratio(ratio[m]) for m in METHODS[1:]), fmt_ratio(ratio["sparselab"]),
+                             fmt_ratio(ratio["sparseprop"]), f"{dense * 1e3:.1f}", f"{median['rigl'] * 1e3:.2f}",
                              f"{statistics.median(updates) * 1e3:.0f}" if updates else "n/a",
                              *(f"{median[p] * 1e3:.2f}" if p in median else "n/a" for p in PEERS)])
             sections.append(
                 f"## {title}, {threads} thread(s)\n\n" + preface
-                + table(["sparsity", "ideal (density)", "sparsetrain", "sparselab", "SparseProp (static)",
-                         "dense ms", "sparsetrain ms", "sparsetrain update step ms", "sparselab ms",
-                         "SparseProp ms"], rows))
+                + table(["sparsity", "ideal (density)", "RigL", *(METHOD_NAMES[m] for m in METHODS[1:]),
+                         "sparselab (RigL)", "SparseProp (static)", "dense ms", "RigL ms", "RigL update step ms",
+                         "sparselab ms", "SparseProp ms"], rows))
     if 1 in timing and "mlp" in args.case:
         targets = {0.9: 0.25, 0.95: 0.14, 0.99: 0.04}
         lines = []
@@ -450,15 +549,23 @@ def main() -> None:
             got = ratios_1[sparsity]
             peers_beaten = all(
                 timing[t]["timing"][f"mlp/{s}"].get(p) is None
-                or statistics.median(timing[t]["timing"][f"mlp/{s}"]["sparsetrain"]["step"])
+                or statistics.median(timing[t]["timing"][f"mlp/{s}"]["rigl"]["step"])
                 < statistics.median(timing[t]["timing"][f"mlp/{s}"][p]["step"])
                 for t in timing for s in args.sparsities for p in PEERS)
-            lines.append(f"- {sparsity:.0%}: {got:.3f}x dense, target <= {goal}x: {'met' if got <= goal else 'MISSED'}")
-        lines.append(f"- faster than every installed peer at every sparsity and thread count: "
-                     f"{'yes' if peers_beaten else 'NO'}")
-        sections.insert(1, "## Targets (MLP, 1 thread, update steps included)\n\n" + "\n".join(lines))
+            lines.append(f"- {sparsity:.0%}: RigL {got:.3f}x dense, target <= {goal}x: "
+                         f"{'met' if got <= goal else 'MISSED'}")
+        installed = [p for p in PEERS if any(p in timing[t]["timing"][f"mlp/{s}"] for t in timing
+                                             for s in args.sparsities)]
+        lines.append(f"- RigL (updates included) faster than every installed peer ({', '.join(installed)}) at every "
+                     f"sparsity and thread count: {'yes' if peers_beaten else 'NO'}" if installed else
+                     "- peers: none installed in this run, so this run does not compare them (see the install "
+                     "commands above)")
+        sections.insert(1, "## Targets (MLP, 1 thread, RigL with its update steps)\n\n" + "\n".join(lines))
     if not args.no_memory:
         sections.append(memory_section(args, table))
+    if not args.no_breakeven:
+        sections.append(breakeven_section(args, table))
+        sections.append(floor_section(args, table))
     if not args.no_conv:
         sections.append(conv_section(args, table))
     sections.append(f"Wall time of this run: {time.perf_counter() - started:.0f} s; load average at the end: "
@@ -466,7 +573,7 @@ def main() -> None:
     write_doc(args.doc, "Truly sparse training: step time and memory against dense and the peers",
               INSTALL + "\n\n" + "\n\n".join(sections) + "\n\n" + NOTES)
     if ratios_1:
-        print("MLP step ratio to dense, 1 thread: "
+        print("MLP step ratio to dense (RigL on sparse storage), 1 thread: "
               + ", ".join(f"{s:.0%} {ratios_1[s]:.3f}" for s in (0.9, 0.95, 0.99) if s in ratios_1))
 
 
@@ -487,18 +594,51 @@ def memory_section(args: argparse.Namespace, table: Callable) -> str:
     for sparsity in args.sparsities:
         for impl in IMPLEMENTATIONS[1:]:
             result = results.get(f"{impl}/{sparsity}")
+            label = f"sparsetrain {METHOD_NAMES[impl]}" if impl in METHODS else impl
             if result is None:
-                rows.append([impl, f"{sparsity:.0%}", "not installed", "", ""])
+                rows.append([label, f"{sparsity:.0%}", "not installed", "", ""])
                 continue
-            rows.append([impl, f"{sparsity:.0%}", f"{result['model_mib']:.1f}", f"{result['peak_mib']:.1f}",
+            rows.append([label, f"{sparsity:.0%}", f"{result['model_mib']:.1f}", f"{result['peak_mib']:.1f}",
                          f"{result['peak_mib'] / dense:.3f}"])
+    target = ""
+    if results.get("rigl/0.95") is not None:
+        got = results["rigl/0.95"]["peak_mib"] / dense
+        target = f"Target: peak at 95% <= 0.3x dense: RigL {got:.3f}x, {'met' if got <= 0.3 else 'MISSED'}.\n\n"
     return ("## Peak memory (MLP, 1 thread)\n\nOne process per row: memory above the resident set before the model "
             f"was built; *model* = after building it and its optimizer, *peak* = the most resident during "
             f"{UPDATE_EVERY + 1} training steps (one topology update included; the peak is reset after the build, "
             "so a peer that builds its sparse layer from a dense one is not charged for that transient). glibc is "
             "told to unmap freed blocks (`MALLOC_MMAP_THRESHOLD_=65536`, `MALLOC_TRIM_THRESHOLD_=0`) so the "
-            "resident set follows live memory. The dense row is the same for every sparsity.\n\n"
+            "resident set follows live memory. The dense row is the same for every sparsity.\n\n" + target
             + table(["implementation", "sparsity", "model MiB", "peak MiB", "peak / dense peak"], rows))
+
+
+def breakeven_section(args: argparse.Namespace, table: Callable) -> str:
+    """Sparse storage against a dense Linear, one layer, 1 thread: the measurement behind backend="auto"."""
+    from sparsetrain.sparse.backend import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS
+
+    result = run_child(args, 1, ["--breakeven"])["breakeven"]
+    rows = [[shape, f"{values['dense_ms']:.2f}", *(f"{values['ratios'][str(d)]:.2f}" for d in BREAK_EVEN_DENSITIES)]
+            for shape, values in result.items()]
+    return ("## Break-even: one Linear layer (the rule of `backend=\"auto\"`)\n\n"
+            "Forward, ReLU, backward (input and weight gradients) and SGD with momentum of one layer, batch 128, "
+            "1 thread: TrainableSparseLinear's step time over dense `nn.Linear`'s (below 1 = sparse storage is "
+            f"faster). `backend=\"auto\"` holds a float32 CPU Linear sparse at density <= {AUTO_MAX_DENSITY} with "
+            f"at least {AUTO_MIN_WEIGHTS:,} weights, where every row measured here was at least about 20% faster; "
+            "the masked-dense path (bool masks, fused optimizer step) costs about what dense does.\n\n"
+            + table(["in x out", "dense ms", *(f"density {d}" for d in BREAK_EVEN_DENSITIES)], rows))
+
+
+def floor_section(args: argparse.Namespace, table: Callable) -> str:
+    """The pieces of the MLP's middle layer at 99% (and nearly empty), 1 thread."""
+    result = run_child(args, 1, ["--floor"])["floor"]
+    names = list(next(iter(result.values())))
+    rows = [[name, *(f"{result[str(s)][name]:.3f}" for s in FLOOR_SPARSITIES)] for name in names]
+    return ("## Where the time goes at 99% (the MLP's 4096 x 4096 layer, batch 128, 1 thread)\n\n"
+            "Milliseconds per call, best of 7 windows. Each product packs its dense operand (batch x 4096) and writes "
+            "a dense result, whatever the density: the 99.99% column (1,678 weights) is that fixed cost. The dense "
+            "gradient is what RigL's update steps add, once per ΔT = 100 steps, for this layer alone.\n\n"
+            + table(["piece", *(f"{s:.2%} sparse" for s in FLOOR_SPARSITIES)], rows))
 
 
 def conv_section(args: argparse.Namespace, table: Callable) -> str:
@@ -533,21 +673,22 @@ PYTHONPATH=src .bench-venv/bin/python benchmarks/sparse_training.py
 
 NOTES = """Notes:
 
-- sparsetrain's sparse layers keep only their active weights: values, their gradient and momentum, and int32 CSR
-  indices of W and W.T (the transpose's structure and permutation are rebuilt on each topology update). On update
-  steps RigL's dense gradient is computed one layer at a time in row blocks of about 2^18 entries
-  (`TrainableSparseLinear.dense_grad`) and the grown positions are selected over the blocks
-  (`sparsetrain.sparse.topology.topk_positions`), so the dense gradient of a layer is never held whole.
+- sparsetrain's rows are the library's own methods, `sparsetrain.RigL/SET/Static/GraNet(..., backend="sparse")`, in a
+  plain loop (`loss.backward(); optimizer.step(); sparsifier.step()`): each Linear keeps only its active weights
+  (values, their gradient and momentum, int32 CSR indices of W and W.T). On RigL's and GraNet's update steps the
+  layers keep their inputs and output gradients during the backward; the update computes each layer's dense gradient
+  in row blocks of 2^18 scores (at least 64 rows), one layer at a time, and selects the grown positions over the
+  blocks, so no layer's dense gradient is held whole. SET and Static never keep them.
 - sparselab's RigL keeps a copy of every layer's input and output gradient at every step (its hooks) and updates row
   by row in Python; SparseProp has no regrowth, so its rows carry no topology update at all.
 - The masks are uniform random at every layer (the same per-layer sparsity for every implementation); sparselab draws
   its own random mask at the same sparsity.
-- Where the time goes at high sparsity: each sparse product packs its dense operand transposed and writes a dense
-  result, and the step keeps its dense element-wise work (ReLU, bias gradients, loss) and Python/autograd overhead.
-  With almost no weights left (`--sparsities 0.9999 --case mlp --threads 1`) the MLP step, RigL's updates included,
-  still cost 4.3 ms (2.4% of dense; measured once while developing, not in the run above), more than half of the 99%
-  step: RigL's dense gradient alone (two GEMMs of the dense layers' size every ΔT = 100 steps, RigL's own
-  accounting) is about 0.4 ms per step.
+- At 99% the step is no longer proportional to the density: every sparse product packs its dense operand and writes
+  a dense result, and ReLU, the bias gradients and the loss stay dense (see "Where the time goes"); RigL adds its
+  dense gradient (RigL's own accounting) on each update step. Ideas measured and left out: packing each operand once
+  for the three products (slower: the packs of a whole batch leave the cache), and fusing ReLU into the layer (it
+  would save the ReLU forward pass, about 0.2 ms of a 4096-wide layer's step, at the price of rewriting the model's
+  ReLU modules).
 - Each thread count runs with `OMP_NUM_THREADS` set to it, so the peers' OpenMP kernels use the same number of
   threads as torch; left unset, their kernels would use every core even in the 1-thread rows."""
 

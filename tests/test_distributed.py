@@ -9,6 +9,7 @@ checker catching exactly that).
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ def _run_scenario(name: str, out: Path) -> dict[str, Any]:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     import sparsetrain
+    from sparsetrain.sparse.backend import distributed_data_parallel
     from sparsetrain.checkpoint_io import load_checkpoint, save_checkpoint
     from sparsetrain.distributed import MaskDivergenceError, assert_masks_identical, masks_checksum, rank
     from sparsetrain.nm import nm_report
@@ -54,20 +56,26 @@ def _run_scenario(name: str, out: Path) -> dict[str, Any]:
     me = rank()
     started = time.perf_counter()
     synced = name != "granet_no_ddp"
+    sparse = name.endswith("_sparse")
     # With DDP: different initial weights per rank (DDP must broadcast rank 0's). The unsynchronised control
     # starts identical, so only its unsynchronised gradients can make the masks diverge.
     torch.manual_seed(100 + me if synced else 100)
     model = _model()
-    ddp = DDP(model) if synced else None
-    forward = ddp if synced else model
-    optimizer = (torch.optim.Adam(model.parameters(), lr=3e-3) if name == "rigl_accumulate"
+    ddp = DDP(model) if synced and not sparse else None
+    optimizer = (torch.optim.Adam(model.parameters(), lr=3e-3) if name.startswith("rigl_accumulate")
                  else torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4))
     common = dict(sparsity=0.85, total_steps=STEPS, update_every=UPDATE_EVERY, seed=7)
+    if sparse:  # sparse storage swaps the weights for their values: DDP wraps the model after the sparsifier
+        common["backend"] = "sparse"
     if name in ("granet_module", "granet_no_ddp"):
         sparsifier = sparsetrain.GraNet(model, optimizer, prune_end=0.5, **common)
+    elif name == "granet_st_sparse":
+        sparsifier = sparsetrain.GraNet(model, optimizer, prune_end=0.5, initial_sparsity=0.5, **common)
     elif name == "set_wrapper":
         sparsifier = sparsetrain.SET(ddp, optimizer, stop_at=1.0, **common)  # built on the DDP wrapper itself
-    elif name == "rigl_accumulate":
+    elif name == "set_sparse":
+        sparsifier = sparsetrain.SET(model, optimizer, stop_at=1.0, **common)
+    elif name.startswith("rigl_accumulate"):
         sparsifier = sparsetrain.RigL(model, optimizer, stop_at=1.0, **common)
     elif name == "rigl_nm":  # N:M: every group regrows what it dropped
         sparsifier = sparsetrain.RigL(model, optimizer, stop_at=1.0, pattern="2:4", total_steps=STEPS,
@@ -76,13 +84,17 @@ def _run_scenario(name: str, out: Path) -> dict[str, Any]:
         sparsifier = sparsetrain.SRSTE(model, optimizer, pattern="2:4", total_steps=STEPS, seed=7)
     else:
         raise ValueError(name)
+    if sparse:
+        ddp = distributed_data_parallel(model)
+    forward = ddp if synced else model
 
     # Each rank its own data shard, labelled by one shared teacher.
     teacher = torch.randn(20, 5, generator=torch.Generator().manual_seed(0))
     data = torch.Generator().manual_seed(1000 + me)
-    micro_batches = 2 if name == "rigl_accumulate" else 1
+    micro_batches = 2 if name.startswith("rigl_accumulate") else 1
     update_steps: list[int] = []
     hashes: list[str] = []
+    index_hashes: list[str] = []
     diverged_at = None
     divergence_message = ""
     for _ in range(STEPS):
@@ -96,11 +108,22 @@ def _run_scenario(name: str, out: Path) -> dict[str, Any]:
             else:
                 loss.backward()
         optimizer.step()
+        if sparse and sparsifier.is_update_step(sparsifier.enforcer.optimizer_steps):
+            # GraNet's pruning resizes the values: DDP (which holds their gradient accumulators) must be gone first
+            ddp = forward = None
+            gc.collect()
         changed = sparsifier.step()
         optimizer.zero_grad(set_to_none=True)
+        if sparse and forward is None:
+            ddp = forward = distributed_data_parallel(model)
         if changed:
             update_steps.append(sparsifier.step_count)
             hashes.append(masks_checksum(sparsifier))
+            if sparse:  # the index sets themselves, not only the masks built from them
+                digest = hashlib.blake2b(digest_size=16)
+                for layer in sparsifier.enforcer.layers.values():
+                    digest.update(layer.flat_indices().numpy().tobytes())
+                index_hashes.append(digest.hexdigest())
             try:
                 assert_masks_identical(sparsifier)
             except MaskDivergenceError as err:
@@ -109,7 +132,7 @@ def _run_scenario(name: str, out: Path) -> dict[str, Any]:
                 break
 
     result: dict[str, Any] = {
-        "update_steps": update_steps, "hashes": hashes, "diverged_at": diverged_at,
+        "update_steps": update_steps, "hashes": hashes, "index_hashes": index_hashes, "diverged_at": diverged_at,
         "divergence_message": divergence_message, "step_count": sparsifier.step_count,
         "expected_update_steps": [t for t in range(1, STEPS + 1) if sparsifier.is_update_step(t)],
         "names": sorted(sparsifier.masks), "params_checksum": _params_checksum(model),
@@ -158,7 +181,10 @@ def _worker_main() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # the tests (run under pytest)
 # ---------------------------------------------------------------------------------------------------------------
-SCENARIOS = ["granet_module", "set_wrapper", "rigl_accumulate", "granet_no_ddp", "rigl_nm", "srste_nm"]
+SCENARIOS = ["granet_module", "set_wrapper", "rigl_accumulate", "granet_no_ddp", "rigl_nm", "srste_nm",
+             "rigl_accumulate_sparse", "set_sparse", "granet_st_sparse"]
+SYNCED = ["granet_module", "set_wrapper", "rigl_accumulate", "rigl_accumulate_sparse", "set_sparse",
+          "granet_st_sparse"]
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +205,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], d
     return ranks[0], ranks[1], out
 
 
-@pytest.mark.parametrize("scenario", ["granet_module", "set_wrapper", "rigl_accumulate"])
+@pytest.mark.parametrize("scenario", SYNCED)
 def test_masks_bit_identical_on_every_rank_after_every_update(ddp_run, scenario: str) -> None:
     rank0, rank1, _ = (ddp_run[0][scenario], ddp_run[1][scenario], ddp_run[2])
     assert rank0["diverged_at"] is None and rank1["diverged_at"] is None
@@ -192,6 +218,14 @@ def test_masks_bit_identical_on_every_rank_after_every_update(ddp_run, scenario:
     assert rank0["final_checksum"] == rank1["final_checksum"] == rank0["hashes"][-1]
     assert rank0["sparsity"] == pytest.approx(0.85, abs=2e-3)
     assert rank0["measured_sparsity"] >= rank0["sparsity"]  # pruned weights are exactly zero on the weights
+    if scenario.endswith("_sparse"):
+        assert rank0["index_hashes"] == rank1["index_hashes"] and len(rank0["index_hashes"]) == len(rank0["hashes"])
+
+
+def test_sparse_storage_under_ddp_trains_like_masked_dense_storage(ddp_run) -> None:
+    dense, sparse = ddp_run[0]["rigl_accumulate"], ddp_run[0]["rigl_accumulate_sparse"]
+    assert dense["update_steps"] == sparse["update_steps"]
+    assert abs(dense["loss"] - sparse["loss"]) < 0.05  # same recipe, same data: the same training, up to rounding
 
 
 @pytest.mark.parametrize("scenario", ["rigl_nm", "srste_nm"])
@@ -211,7 +245,7 @@ def test_nm_masks_bit_identical_on_every_rank_and_every_group_holds_n(ddp_run, s
     assert rank0["sparsity"] == 0.5 and rank0["measured_sparsity"] >= 0.5
 
 
-@pytest.mark.parametrize("scenario", ["granet_module", "set_wrapper", "rigl_accumulate", "rigl_nm", "srste_nm"])
+@pytest.mark.parametrize("scenario", [*SYNCED, "rigl_nm", "srste_nm"])
 def test_saved_sparsifier_state_matches_every_rank(ddp_run, scenario: str) -> None:
     from sparsetrain.checkpoint_io import load_checkpoint
     from sparsetrain.distributed import masks_checksum

@@ -43,7 +43,7 @@ def test_gradient_callbacks_see_each_steps_dense_gradient_before_masking():
     optimizer = make_optimizer("sgd", model)
     sp = sparsetrain.Static(model, optimizer, sparsity=0.8, total_steps=10)
     seen = []
-    sp.enforcer.on_gradients(lambda params: seen.append({n: p.grad.clone() for n, p in params.items()}))
+    sp.enforcer.on_gradients(lambda grads: seen.append({n: g.clone() for n, g in grads.items()}))
     for t in range(3):
         x, y = make_batch("mlp", t)
         nn.functional.cross_entropy(model(x), y).backward()

@@ -258,6 +258,22 @@ def _rigl_pattern_with_a_scope(cwd):
     sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", scope="global", total_steps=100)
 
 
+def _lottery_linear_without_final(cwd):
+    sparsetrain.studies.LotteryConfig(schedule="linear")
+
+
+def _lottery_rounds_and_targets(cwd):
+    sparsetrain.studies.LotteryConfig(sparsities=(0.5, 0.8), rounds=3)
+
+
+def _rigl_pattern_on_sparse_storage(cwd):
+    sparsetrain.RigL(*_model_and_optimizer(), pattern="2:4", total_steps=100, backend="sparse")
+
+
+def _sparse_storage_without_optimizer(cwd):
+    sparsetrain.RigL(_model_and_optimizer()[0], None, sparsity=0.9, total_steps=100, backend="sparse")
+
+
 #: row number -> (argv or API callable, set-up or None); the rows' inputs and messages live in docs/errors.md.
 CASES = {
     1: (_train("--sparsity", "1.2"), None),
@@ -325,37 +341,47 @@ CASES = {
     63: (_train("--method", "rigl", "--pattern", "2:2"), None),
     64: (_train("--method", "rigl", "--pattern", "2:4", "--sparsity", "0.75"), None),
     65: (_rigl_pattern_with_a_scope, None),
-    66: (_resume(), _locked_by_another_process),
-    67: (_train("--config", "latin1.yaml"), _write_bytes("latin1.yaml", "# café\ntrain: {epochs: 1}\n".encode("latin-1"))),
-    68: (_train("--config", "laughs.yaml"), _write("laughs.yaml", "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n")),
-    69: (_train("--config", "dup.yaml"), _write("dup.yaml", "train:\n  epochs: 1\n  epochs: 2\n")),
-    70: (_train("--config", "adir"), _mkdir("adir")),
-    71: (_train("--config", "/dev/zero"), None),
-    72: (_train("--config", "big.yaml"), _write("big.yaml", "#" * (2 << 20) + "\n")),
-    73: (_train("--epochs", "99999999999999999999999999"), None),
-    74: (_train("--batch-size", "1000000000000"), None),
-    75: (_train("--num-workers", "1000000"), None),
-    76: (_train("--seeds", "100000000000000000000"), None),
-    77: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1", "--rewind-step", "1000"], None),
-    78: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1", "--output-layer", "nosuch"], None),
-    79: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1000000000"], None),
-    80: (["report", "--runs-dir", "runs", "--output", "adir"], _mkdir("adir")),
-    81: (["report", "--runs-dir", "runs", "--output", "no/such/table.md"], None),
-    82: (["plot", "--runs-dir", "runs", "--out", "afile"], _write("afile", "")),
-    83: (["train", *T, "--runs-dir", "afile/runs"], _write("afile", "")),
-    84: (["train", "--resume", "<interrupted-run>"], _run_config_not_utf8),
-    85: (_train(*FINISHED), _damaged_summary),
-    86: (["train", *T, "--runs-dir", "ro/runs"], _read_only_runs_dir),
-    87: (_two_sparsifiers_one_optimizer, None),
-    88: (_two_sparsifiers_one_parameter, None),
-    89: (_optimizer_of_another_model, None),
-    90: (_step_before_optimizer_step, None),
-    91: (_step_after_export, None),
-    92: (_state_of_another_sparsity, None),
-    93: (_float_masks_assigned, None),
-    94: (_train("--config", "nul.yaml"), _write_bytes("nul.yaml", b"train:\x00 {}\n")),
-    95: (["jackpot", "<finished-run>", "--steps", "1000000000000"], None),
-    96: (_meta_masks, None),
+    66: (_train("--model", "nosuch_module:make"), None),
+    67: (_train("--method", "rigl", "--method-option", "sparse_init=he"), None),
+    68: (["lottery", "--sparsities", "0.5", "0.4", "--runs-dir", "runs", "--no-progress"], None),
+    69: (["lottery", "--schedule", "linear", "--prune-rate", "0.3", "--runs-dir", "runs", "--no-progress"], None),
+    70: (["lottery", "--rewind-step", "10", "--rank-step", "5", "--runs-dir", "runs", "--no-progress"], None),
+    71: (_lottery_linear_without_final, None),
+    72: (_lottery_rounds_and_targets, None),
+    73: (_rigl_pattern_on_sparse_storage, None),
+    74: (_train("--method", "rigl", "--pattern", "2:4", "--backend", "sparse"), None),
+    75: (_sparse_storage_without_optimizer, None),
+    76: (_resume(), _locked_by_another_process),
+    77: (_train("--config", "latin1.yaml"), _write_bytes("latin1.yaml", "# café\ntrain: {epochs: 1}\n".encode("latin-1"))),
+    78: (_train("--config", "laughs.yaml"), _write("laughs.yaml", "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n")),
+    79: (_train("--config", "dup.yaml"), _write("dup.yaml", "train:\n  epochs: 1\n  epochs: 2\n")),
+    80: (_train("--config", "adir"), _mkdir("adir")),
+    81: (_train("--config", "/dev/zero"), None),
+    82: (_train("--config", "big.yaml"), _write("big.yaml", "#" * (2 << 20) + "\n")),
+    83: (_train("--epochs", "99999999999999999999999999"), None),
+    84: (_train("--batch-size", "1000000000000"), None),
+    85: (_train("--num-workers", "1000000"), None),
+    86: (_train("--seeds", "100000000000000000000"), None),
+    87: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1", "--rewind-step", "1000"], None),
+    88: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1", "--output-layer", "nosuch"], None),
+    89: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1000000000"], None),
+    90: (["report", "--runs-dir", "runs", "--output", "adir"], _mkdir("adir")),
+    91: (["report", "--runs-dir", "runs", "--output", "no/such/table.md"], None),
+    92: (["plot", "--runs-dir", "runs", "--out", "afile"], _write("afile", "")),
+    93: (["train", *T, "--runs-dir", "afile/runs"], _write("afile", "")),
+    94: (["train", "--resume", "<interrupted-run>"], _run_config_not_utf8),
+    95: (_train(*FINISHED), _damaged_summary),
+    96: (["train", *T, "--runs-dir", "ro/runs"], _read_only_runs_dir),
+    97: (_two_sparsifiers_one_optimizer, None),
+    98: (_two_sparsifiers_one_parameter, None),
+    99: (_optimizer_of_another_model, None),
+    100: (_step_before_optimizer_step, None),
+    101: (_step_after_export, None),
+    102: (_state_of_another_sparsity, None),
+    103: (_float_masks_assigned, None),
+    104: (_train("--config", "nul.yaml"), _write_bytes("nul.yaml", b"train:\x00 {}\n")),
+    105: (["jackpot", "<finished-run>", "--steps", "1000000000000"], None),
+    106: (_meta_masks, None),
 }
 _RUNS: dict[str, str] = {}
 

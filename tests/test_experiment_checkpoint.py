@@ -10,7 +10,14 @@ import torch
 from sparsetrain.atomic import write_text
 from sparsetrain.checkpoint_io import save_checkpoint
 from sparsetrain.experiment.checkpoint import capture_rng, load_checkpoint, restore_rng
-from sparsetrain.experiment.metrics import append_metrics, best_epoch, truncate_metrics
+from sparsetrain.experiment.metrics import (
+    BEST_BY_LAST,
+    BEST_BY_VAL,
+    append_metrics,
+    best_by,
+    best_epoch,
+    truncate_metrics,
+)
 from sparsetrain.experiment.optim import lr_factor
 
 
@@ -75,8 +82,14 @@ def test_best_epoch_uses_validation_accuracy_earliest_on_ties():
     records = [{"epoch": 1, "val_acc": 0.5, "test_acc": 0.9}, {"epoch": 2, "val_acc": 0.7, "test_acc": 0.6},
                {"epoch": 3, "val_acc": 0.7, "test_acc": 0.8}]
     assert best_epoch(records)["epoch"] == 2
-    assert best_epoch([{"epoch": 1, "val_acc": None, "test_acc": 0.4},
-                       {"epoch": 2, "val_acc": None, "test_acc": 0.3}])["epoch"] == 1
+    assert best_by(records) == BEST_BY_VAL
+
+
+def test_without_a_validation_split_best_is_the_last_epoch_never_the_test_sets_best():
+    records = [{"epoch": 1, "val_acc": None, "test_acc": 0.4}, {"epoch": 2, "val_acc": None, "test_acc": 0.3}]
+    assert best_epoch(records)["epoch"] == 2
+    assert best_by(records) == BEST_BY_LAST
+    assert best_epoch([]) is None
 
 
 def test_lr_factor_known_values():

@@ -44,18 +44,20 @@ def test_page_is_self_contained_and_complete(study):
     root, page, rigl = study
     text = page.read_text()
     runs = list(find_runs(root / "runs" / "tiny"))
-    assert len(runs) == 6
+    assert len(runs) == 8  # dense and 7 sparse rows of the tiny grid
     for run in runs:
         assert f'id="run-{run.path.parent.name}-seed_0"' in text
-    assert text.count("<h2>Recipe: synthetic / mlp") == 1  # every harness run shares one recipe
+    # every harness run shares one recipe but rigl_3x, trained 3x the epochs
+    assert text.count("<h2>Recipe: synthetic / mlp") == 2
     assert "<h2>Lottery run: synthetic-mlp-" in text and "<h2>Study: " in text
     assert "<h3>Reproduction benchmark (tiny)</h3>" in text
     images = _images(text)
     dynamic = [r for r in runs if r.topology_file.exists()]
-    assert sorted(r.path.parent.name.split("-")[0] for r in dynamic) == ["gmp", "granet", "rigl"]
-    # per run: curves, density, layers, and topology and itop for the runs with topology updates; the recipe's
-    # accuracy vs sparsity; the lottery curve; the study's two embedded plots (accuracy, plasticity)
-    assert len(images) == 6 * 3 + 3 * 2 + 1 + 1 + 2
+    # GMP per layer and global, GraNet, RigL and RigL 3x
+    assert sorted(r.path.parent.name.split("-")[0] for r in dynamic) == ["gmp", "gmp", "granet", "rigl", "rigl"]
+    # per run: curves, density, layers, and topology and itop for the runs with topology updates; the two
+    # recipes' accuracy vs sparsity; the lottery curve; the study's embedded plots
+    assert len(images) == 8 * 3 + len(dynamic) * 2 + 2 + 1 + 2
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert "<script" not in text and "http://" not in text and "https://" not in text
     assert f"{rigl.name}: topology.png" in text and f"{rigl.name}: itop.png" in text
@@ -125,13 +127,16 @@ def _browser_check(page, tmp_path):
 
 @needs_chromium
 def test_every_image_loads_in_chromium(study, tmp_path):
-    _, page, _ = study
+    root, page, _ = study
     expected = len(_images(page.read_text()))
     result = _browser_check(page, tmp_path)
     assert result["images"] == expected and result["broken"] == []
-    # per run: per-layer and per-epoch tables; the recipe's runs; the lottery levels; the study's accuracy, cost
-    # and plasticity
-    assert result["tables"] == 6 * 2 + 1 + 1 + 3 and result["rows"] > 20
+    # per run: per-layer and per-epoch tables; the two recipes' runs; the lottery levels; every table of the
+    # study's reproduction.md (verdicts, accuracy, best per family, cost, plasticity)
+    study_tables = sum(line.startswith("|---") for line in
+                       (root / "runs" / "results" / "reproduction.md").read_text().splitlines())
+    assert study_tables >= 5
+    assert result["tables"] == 8 * 2 + 2 + 1 + study_tables and result["rows"] > 20
 
     shot = tmp_path / "page.png"
     _chromium("--window-size=1280,2400", f"--screenshot={shot}", page.as_uri(), profile=tmp_path / "profile")

@@ -28,6 +28,24 @@ def test_stable_across_key_order_and_blind_to_default_values():
         identity_hash({}, length=0)
 
 
+def test_a_changed_default_renames_only_the_runs_it_changes():
+    """sparse_init's default became fan_in after runs were named under none: a run that starts sparse gets a new
+    name (its old directory, trained with the dense initialisation, is never reused); spelling out the old
+    behaviour keeps the old name; runs the option does not act on keep theirs."""
+    base = ExperimentConfig()
+
+    def name(method, **options):
+        return base.with_overrides({"sparse.method": method, "sparse.options": options}).run_name()
+
+    for method, old in (("rigl", "rigl-33a41dfd"), ("set", "set-8f8a76c8"), ("static", "static-ab9dd024"),
+                        ("snfs", "snfs-59a4f4a1")):  # the names at 0.2.0, before the option existed
+        assert name(method, sparse_init="none") == old
+        assert name(method) == name(method, sparse_init="fan_in") != old
+    assert name("granet") == name("granet", sparse_init="none") == "granet-44136fa3"  # dense start: nothing acts
+    assert name("granet", initial_sparsity=0.5) != name("granet", initial_sparsity=0.5, sparse_init="none")
+    assert name("srste") == "srste-ed90a8e4" != name("srste", sparse_init="fan_in")  # SR-STE keeps none
+
+
 def test_existing_directory_names_do_not_change():
     config = ExperimentConfig()
     assert config.run_name() == "granet-44136fa3" and config.dense_baseline().run_name() == "dense-90654191"

@@ -200,6 +200,7 @@ def test_hf_trainer_callback_counts_optimizer_steps_and_resumes(tmp_path: Path, 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     trainer, callback, model = _hf_run(tmp_path / "a", method)
     sparsifier = callback.sparsifier
+    assert sparsifier.sparse_init == "none"  # a Hugging Face model is usually pretrained: never rescaled by default
     assert trainer.state.global_step == 24 == sparsifier.step_count  # 48 batches, accumulate 2
     assert sparsifier.total_steps == 24
     _assert_exact(sparsifier)

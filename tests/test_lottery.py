@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from sparsetrain.experiment import ExperimentConfig, Trainer, TrainerCallback
 from sparsetrain.lottery import (
     layer_rates,
     level_count,
+    level_sparsities,
     next_count,
     prune_round,
+    prune_to_sparsity,
     random_mask_like,
     rewind,
     snapshot,
@@ -304,6 +307,149 @@ def test_cli_lottery_runs_the_harness_recipe_and_skips_finished_stages(tmp_path:
     assert "sparse section is not used" in capsys.readouterr().err
 
 
+# -- rounds by target sparsity, biases pruned with their weights, ranking at a chosen step ----------------------
+
+def test_existing_lottery_runs_keep_their_names() -> None:
+    """The options added later are left out of the identity while at their defaults: the directories named before
+    them (these hashes were computed before the options existed) are found again."""
+    from sparsetrain.studies.lottery import lottery_identity
+
+    base = ExperimentConfig()
+    assert lottery_identity(base, LotteryConfig()) == "c6f34f89"
+    assert lottery_identity(base, LotteryConfig(rounds=5, prune_rate=0.5427, output_rate=None, scope="global",
+                                                controls=("reinit",))) == "480d2844"
+    assert lottery_identity(base, LotteryConfig(rewind_step=10, one_shot=True)) == "a19a374d"
+    assert lottery_identity(base, LotteryConfig(prune_biases=True)) != "c6f34f89"
+    assert lottery_identity(base.with_overrides({"model.name": "mine:make"}), LotteryConfig()) != "c6f34f89"
+
+
+def test_schedules_give_each_levels_sparsity() -> None:
+    assert level_sparsities("geometric", 3) is None
+    assert level_sparsities("linear", 4, final_sparsity=0.8) == pytest.approx((0.2, 0.4, 0.6, 0.8))
+    assert level_sparsities("targets", 2, sparsities=(0.5, 0.9)) == (0.5, 0.9)
+    config = LotteryConfig(sparsities=[0.5, 0.75, 0.9])
+    assert (config.schedule, config.rounds, config.prune_rate) == ("targets", 3, None)
+    assert LotteryConfig(final_sparsity=0.9).schedule == "linear"
+    assert (LotteryConfig().prune_rate, LotteryConfig().rounds) == (0.2, 3)
+    assert LotteryConfig.from_dict(config.to_dict()) == config
+
+
+def reference_unit_top(weights: dict[str, torch.Tensor], members: tuple[str, ...], keep: int) -> dict:
+    """The ``keep`` largest |values| of the members' entries concatenated (ties to the lowest index)."""
+    flat = torch.cat([weights[m].abs().reshape(-1) for m in members])
+    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))[:keep]
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+    chosen[order] = True
+    out, start = {}, 0
+    for m in members:
+        n = weights[m].numel()
+        out[m] = chosen[start:start + n].view_as(weights[m])
+        start += n
+    return out
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_a_bias_is_ranked_with_its_weight_in_one_vector(scope: str) -> None:
+    model = mlp()
+    with torch.no_grad():  # make some biases large, so that they compete with the weights
+        model[0].bias.mul_(4.0)
+    weights = {n: p.detach() for n, p in model.named_parameters()}
+    units = {"0.weight": ("0.weight", "0.bias"), "2.weight": ("2.weight", "2.bias")}
+    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    rates = layer_rates(["0.weight", "2.weight"], 0.5, 0.25, None)
+    new = prune_round(weights, masks, rates, scope=scope, separate=("2.weight",), units=units)
+    assert set(new) == set(weights)  # masks stay per tensor, biases included
+    out_keep = next_count(25 * 40 + 40, 0.25)
+    assert torch.equal(torch.cat([new["2.weight"].reshape(-1), new["2.bias"]]),
+                       torch.cat([v.reshape(-1) for v in reference_unit_top(weights, units["2.weight"],
+                                                                            out_keep).values()]))
+    first = reference_unit_top(weights, units["0.weight"], next_count(125 * 25 + 25, 0.5))
+    assert all(torch.equal(new[n], first[n]) for n in units["0.weight"])  # one pooled unit = the layer's unit
+    assert 0 < int(new["0.bias"].sum()) < 25  # some biases were pruned and some kept, ranked with the weights
+
+
+def test_target_sparsities_give_exact_counts_per_tensor_and_pooled() -> None:
+    model = mlp()
+    weights = {n: p.detach() for n, p in model.named_parameters() if p.dim() == 2}
+    dense = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    layer = prune_to_sparsity(weights, dense, 0.6, separate={"2.weight": 900})
+    assert counts(layer) == {"0.weight": round(0.4 * 3125), "2.weight": 900}
+    pooled = prune_to_sparsity(weights, dense, 0.6, scope="global")
+    assert sum(counts(pooled).values()) == round(0.4 * 4125)
+    again = prune_to_sparsity(weights, layer, 0.8)  # from a sparser mask: only its active weights can stay
+    assert all(bool((again[n] <= layer[n]).all()) for n in weights)
+    assert counts(again) == {"0.weight": 625, "2.weight": 200}
+
+
+def test_a_target_schedule_with_biases_and_ranking_at_a_step_on_disk(tmp_path: Path) -> None:
+    """Levels at 50% then 75% of the pooled weights and biases (output layer at its own 25% per round), each
+    ranked by the previous level's weights at step 2 (kept as a checkpoint there), no validation split."""
+    config = LotteryConfig(sparsities=(0.5, 0.75), scope="global", output_rate=0.25, prune_biases=True,
+                           rank_step=2, rewind_step=1, controls=("random",))
+    recipe_ = recipe(**{"data.val_fraction": 0.0, "optim.lr": 0.5})
+    run_lottery(recipe_, config, tmp_path, plots=False)
+    for level in (0, 1, 2):
+        assert (tmp_path / f"level_{level}" / "run" / "checkpoints" / "step_2.pt").is_file()
+    masks1, masks2 = load(tmp_path / "level_1" / "masks.pt"), load(tmp_path / "level_2" / "masks.pt")
+    assert set(masks1) == {"layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"}
+    hidden = ("layers.0.weight", "layers.0.bias")
+    assert sum(int(masks2[n].sum()) for n in hidden) == round(0.25 * (96 + 16))  # the pooled target
+    assert sum(int(masks2[n].sum()) for n in ("layers.2.weight", "layers.2.bias")) == level_count(48 + 3, 0.25, 2)
+    # level 2 is level 1's mask pruned by level 1's weights at step 2, not by its final weights
+    at_step = load(tmp_path / "level_1" / "run" / "checkpoints" / "step_2.pt")["model"]
+    final = load(tmp_path / "level_1" / "run" / "checkpoint.pt")["model"]
+    units = {"layers.0.weight": hidden, "layers.2.weight": ("layers.2.weight", "layers.2.bias")}
+    own = {"layers.2.weight": level_count(51, 0.25, 2)}
+    expected = prune_to_sparsity(at_step, masks1, 0.75, scope="global", separate=own, units=units)
+    assert all(torch.equal(masks2[n], expected[n]) for n in masks2)
+    by_final = prune_to_sparsity(final, masks1, 0.75, scope="global", separate=own, units=units)
+    assert not all(torch.equal(masks2[n], by_final[n]) for n in masks2)  # the step made a difference
+    summary = json.loads((tmp_path / "level_2" / "run" / "summary.json").read_text())
+    assert summary["best_by"] == "last epoch (no validation split)" and summary["final_val_acc"] is None
+    trained = load(tmp_path / "level_2" / "run" / "masks.pt")
+    assert torch.equal(trained["layers.0.bias"], masks2["layers.0.bias"])  # the bias mask held during training
+
+
+def test_a_missing_rank_checkpoint_is_replayed_to_the_same_ticket(tmp_path: Path) -> None:
+    config = LotteryConfig(rounds=1, prune_rate=0.5, rank_step=3, controls=())
+    run_lottery(recipe(), config, tmp_path / "whole", plots=False)
+    run_lottery(recipe(), config, tmp_path / "replayed", stop_after=0, plots=False)
+    (tmp_path / "replayed" / "level_0" / "run" / "checkpoints" / "step_3.pt").unlink()
+    run_lottery(recipe(), config, tmp_path / "replayed", plots=False)
+    whole, replayed = load(tmp_path / "whole" / "level_1" / "masks.pt"), load(tmp_path / "replayed" / "level_1" /
+                                                                            "masks.pt")
+    assert all(torch.equal(whole[n], replayed[n]) for n in whole)
+    assert (tmp_path / "replayed" / "level_0" / "run" / "checkpoints" / "step_3.pt").is_file()
+
+
+def test_cli_lottery_on_a_users_model_with_biases_and_no_validation_split(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    from sparsetrain.cli import main
+
+    (tmp_path / "lottery_user_model.py").write_text(
+        "from torch import nn\n\n"
+        "def build(input_shape, num_classes, width=16):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[-1], width), nn.ReLU(),\n"
+        "                         nn.Linear(width, num_classes))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    args = ["lottery", "--data", "synthetic", "--data-option", "n_train=128", "--data-option", "n_test=64",
+            "--data-option", "input_shape=[1, 12]", "--model", "lottery_user_model:build", "--model-option",
+            "width=8", "--epochs", "1", "--batch-size", "32", "--val-fraction", "0", "--sparsities", "0.5",
+            "--prune-biases", "--controls", "reinit", "--runs-dir", "runs", "--no-progress"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "no validation split" in err
+    (run,) = Path("runs").glob("lottery-*/seed_0")
+    masks = load(run / "level_1" / "masks.pt")
+    assert set(masks) == {"1.weight", "1.bias", "3.weight", "3.bias"}
+    assert sum(int(masks[n].sum()) for n in ("1.weight", "1.bias")) == round(0.5 * (12 * 8 + 8))
+    summary = json.loads((run / "level_1" / "reinit" / "summary.json").read_text())
+    assert summary["model"] == "lottery_user_model:build"
+    assert json.loads((run / "config.json").read_text())["sparsities"] == [0.5]
+
+
 # -- N:M ---------------------------------------------------------------------------------------------------------
 
 def test_imp_under_a_pattern_applies_the_rate_to_each_groups_count_down_to_n() -> None:
@@ -370,3 +516,12 @@ def test_cli_lottery_takes_a_pattern(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (ticket_file,) = tmp_path.glob("runs/lottery-*/seed_0/level_1/masks.pt")
     assert all(is_nm(mask, "2:4") for mask in load(ticket_file).values())  # 4 -> 2 of every 4 at p = 0.5
     assert "1:4" in json.loads((ticket_file.parents[1] / "config.json").read_text())["pattern"]
+
+
+@pytest.mark.parametrize("extra, refused", [({"sparsities": (0.5, 0.8)}, "schedule='targets'"),
+                                            ({"final_sparsity": 0.8}, "schedule='linear'"),
+                                            ({"prune_biases": True}, "prune_biases=True")])
+def test_a_pattern_refuses_what_it_cannot_follow(extra, refused):
+    """An N:M lottery runs the geometric schedule on weights only: target schedules and biases are refused by name."""
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        LotteryConfig(pattern="2:4", **extra)

@@ -28,6 +28,7 @@ REPRESENTATIVE_SHAPES: dict[str, tuple[int, ...]] = {
     "vgg19": (3, 8, 8),
     "resnet18": (3, 8, 8),
     "resnet50": (3, 8, 8),
+    "wrn": (3, 8, 8),
     "gpt": (2, 12),
 }
 
@@ -81,6 +82,9 @@ def test_forward_shape_and_backward_reaches_every_parameter(name: str, request: 
         ("vgg16", (3, 32, 32), 10, {}, 14_728_266),
         ("resnet18", (3, 32, 32), 10, {}, 11_173_962),
         ("resnet18", (3, 224, 224), 1000, {}, 11_689_512),  # torchvision's ImageNet ResNet-18
+        ("wrn", (3, 32, 32), 10, {}, 1_079_642),  # WRN-22-2, RigL's CIFAR-10 network: 1.1M
+        ("wrn", (3, 32, 32), 10, {"depth": 40, "width": 4}, 8_949_210),  # Zagoruyko & Komodakis, Table: 8.9M
+        ("wrn", (3, 32, 32), 10, {"depth": 16, "width": 8}, 10_961_370),  # 11.0M
     ],
 )
 def test_known_parameter_counts(name: str, shape, num_classes: int, options: dict, expected: int) -> None:

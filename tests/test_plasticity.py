@@ -1,5 +1,7 @@
 """Pruning plasticity: magnitude masks with known answers, the regenerating sparsifier, and a study on tiny data
-whose table holds the expected cells, numbers consistent with the stored runs, and stages that are skipped."""
+whose table holds the expected cells, numbers consistent with the stored runs, cells configured as GraNet's
+neuroregeneration (run-wide drop fraction, ΔT as a fraction of the run), the learning-rate control, seeds
+summarised, and stages that are skipped. The masks against GraNet's official procedure: test_plasticity_reference."""
 
 import csv
 import io
@@ -10,17 +12,25 @@ import torch
 from torch import nn
 
 from sparsetrain import GraNet
-from sparsetrain.analysis.plasticity import format_plasticity, magnitude_masks
+from sparsetrain.analysis.plasticity import (
+    format_plasticity,
+    magnitude_masks,
+    summarize_plasticity,
+)
 from sparsetrain.cli import main
 from sparsetrain.experiment import ExperimentConfig, Trainer
 from sparsetrain.experiment.checkpoint import load_checkpoint
 from sparsetrain.studies.plasticity import (
+    GRANET_UPDATE_FRACTION,
     PlasticityCell,
     PlasticityStudy,
     default_prune_epochs,
+    late_decay_config,
     lr_decay_epochs,
     plasticity_cells,
+    regrowth_interval,
     run_plasticity,
+    study_dir,
 )
 
 
@@ -37,7 +47,7 @@ def tiny(**extra):
 
 def test_global_magnitude_masks_keep_the_largest_over_all_layers():
     params = {"a": torch.tensor([[0.1, -5.0], [3.0, 0.2]]), "b": torch.tensor([[-4.0, 0.3, 2.0]])}
-    masks = magnitude_masks(params, 0.6, "global")  # keep round(0.4 * 7) = 3: |-5|, |-4|, |3|
+    masks = magnitude_masks(params, 0.5, "global")  # keep int(7 * 0.5) = 3: |-5|, |-4|, |3|
     assert masks["a"].tolist() == [[False, True], [True, False]]
     assert masks["b"].tolist() == [[True, False, False]]
 
@@ -47,6 +57,12 @@ def test_per_layer_magnitude_masks_prune_each_layer_at_the_rate():
     masks = magnitude_masks(params, 0.5, "layer")
     assert masks["a"].tolist() == [[False, True], [True, False]]
     assert masks["b"].tolist() == [[True, False, True, False]]
+
+
+def test_magnitude_masks_count_the_nonzero_weights_only():
+    params = {"a": torch.tensor([[0.0, -5.0, 0.0, 1.0, 2.0, 3.0]])}  # 4 nonzeros: prune ceil(0.5 * 4) = 2
+    for scope in ("layer", "global"):
+        assert magnitude_masks(params, 0.5, scope)["a"].tolist() == [[False, True, False, False, False, True]]
 
 
 @pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, True, "0.5"])
@@ -102,12 +118,48 @@ def test_regeneration_keeps_each_layer_count_and_moves_the_mask():
     assert sparsifier.itop_rate() > 0.25
 
 
+def test_regrowth_interval_is_granets_fraction_of_the_run():
+    assert GRANET_UPDATE_FRACTION == pytest.approx(1000 / 56320)
+    assert regrowth_interval(GRANET_UPDATE_FRACTION, 160 * 352) == 1000  # GraNet's CIFAR run: ΔT = 1000
+    assert regrowth_interval(GRANET_UPDATE_FRACTION, 580) == 10  # 20 epochs of MNIST-1D at batch 128
+    assert regrowth_interval(GRANET_UPDATE_FRACTION, 16) == 1  # at least one step
+    assert regrowth_interval(7, 580) == 7 and regrowth_interval(0.1, 580) == 58
+    for bad in (0, 0.0, -1, 1.5, True):
+        with pytest.raises((ValueError, TypeError), match="regrow_every"):
+            regrowth_interval(bad, 100)
+
+
+def test_late_decay_moves_the_milestones_later():
+    config = tiny(**{"train.epochs": 20, "optim.milestones": [0.5, 0.75]})
+    control = late_decay_config(config, [0.85, 0.95])
+    assert control.optim.milestones == [0.85, 0.95] and lr_decay_epochs(control) == [17.0, 19.0]
+    assert control.train == config.train and control.model == config.model
+    with pytest.raises(ValueError, match="one milestone per decay"):
+        late_decay_config(config, [0.85])
+    with pytest.raises(ValueError, match="at or after the recipe's"):
+        late_decay_config(config, [0.4, 0.95])
+    with pytest.raises(ValueError, match="multistep"):
+        late_decay_config(tiny(**{"optim.lr_schedule": "cosine"}), [0.9])
+
+
+def test_summary_is_mean_and_std_over_seeds():
+    rows = [{"schedule": "recipe", "seed": s, "epoch": 2, "lr": 0.1, "rate": 0.9, "regeneration": True, "acc": a,
+             "dense_acc": 0.8, "drop": (a - 0.8) / 0.8} for s, a in ((0, 0.6), (1, 0.7), (2, 0.8))]
+    rows.append({**rows[0], "schedule": "late-decay", "acc": None, "drop": None})
+    recipe, late = summarize_plasticity(rows)
+    assert recipe["n"] == 3 and recipe["acc"] == pytest.approx(0.7) and recipe["acc_std"] == pytest.approx(0.1)
+    assert recipe["drop"] == pytest.approx(-0.125) and recipe["drop_std"] == pytest.approx(0.125)
+    assert late["schedule"] == "late-decay" and late["n"] == 0 and late["drop"] is None
+    assert "| recipe | 2 | 0.1 | 0.9 | yes | 3 | 70.00 ± 10.00 | 80.00 | -12.50 ± 12.50 |" in \
+        format_plasticity(rows, "markdown")
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("plasticity")
     rows = run_plasticity(tiny(), out, prune_epochs=[1, 3], rates=[0.5, 0.9], regeneration=(False, True),
                           regrow_every=2)
-    return out, rows
+    return study_dir(out, "recipe", 0), rows
 
 
 def test_study_table_has_every_cell_and_consistent_numbers(study):
@@ -130,10 +182,28 @@ def test_study_table_has_every_cell_and_consistent_numbers(study):
     assert {r["epoch"]: r["lr"] for r in rows} == {1: pytest.approx(0.05), 3: pytest.approx(0.005)}
     fixed = [r for r in rows if not r["regeneration"]]
     assert all(r["sparsity"] == pytest.approx(r["rate"], abs=0.01) for r in fixed)
-    table = list(csv.DictReader(io.StringIO((out / "plasticity.csv").read_text())))
+    assert {(r["schedule"], r["seed"]) for r in rows} == {("recipe", 0)}
+    top = out.parent.parent
+    table = list(csv.DictReader(io.StringIO((top / "plasticity.csv").read_text())))
     assert len(table) == 8 and float(table[0]["drop"]) == pytest.approx(rows[0]["drop"])
-    assert (out / "plasticity.png").stat().st_size > 5000
-    assert "| 3 | 0.005 | 0.9 | yes |" in (out / "plasticity.md").read_text()
+    assert (top / "plasticity.png").stat().st_size > 5000
+    assert "| recipe | 3 | 0.005 | 0.9 | yes | 1 |" in (top / "plasticity.md").read_text()
+
+
+def test_regenerating_cell_is_granet_on_the_run_wide_schedule(study):
+    out, _ = study
+    for t in (1, 3):
+        cell = out / "cells" / f"t{t}-r0.9-regen"
+        config = ExperimentConfig.from_yaml((cell / "config.yaml").read_text())
+        assert config.sparse.method == "granet" and config.sparse.update_every == 2
+        assert config.sparse.options["prune_end"] == 0 and config.sparse.options["drop_fraction"] == 0.5
+        record = json.loads((cell / "branch.json").read_text())
+        assert record["source"]["sparsifier_start"] == "branch"
+        assert record["step"] == 4 * t and record["sparsifier_total_steps"] == 16  # the whole run, not 16 - 4t
+        state = load_checkpoint(cell / "checkpoint.pt")["sparsifier"]
+        assert state["step"] == 16 and state["config"]["total_steps"] == 16  # the counter continued from 4t
+        fixed = ExperimentConfig.from_yaml((cell.parent / f"t{t}-r0.9-fixed" / "config.yaml").read_text())
+        assert fixed.sparse.method == "static"
 
 
 def test_dense_checkpoints_are_the_dense_run_at_t(study):
@@ -161,8 +231,8 @@ def test_fixed_cell_pruned_exactly_the_smallest_dense_weights(study):
 def test_rerun_skips_every_stage(study):
     out, rows = study
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
-    again = run_plasticity(tiny(), out, prune_epochs=[1, 3], rates=[0.5, 0.9], regeneration=(False, True),
-                           regrow_every=2)
+    again = run_plasticity(tiny(), out.parent.parent, prune_epochs=[1, 3], rates=[0.5, 0.9],
+                           regeneration=(False, True), regrow_every=2)
     assert again == rows
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == stamps
 
@@ -211,17 +281,27 @@ def test_format_plasticity_rejects_unknown_formats():
         format_plasticity([], "html")
 
 
-def test_cli_plasticity_runs_and_prints_the_table(tmp_path, capsys):
-    def args(t):
+def test_cli_plasticity_runs_seeds_and_the_control_and_prints_the_table(tmp_path, capsys):
+    def args(t, *extra):
         return ["plasticity", "--data", "synthetic", "--data-option", "n_train=120", "--data-option", "n_test=40",
                 "--data-option", "input_shape=[1, 8]", "--model", "mlp", "--model-option", "hidden=[8]", "--epochs",
                 "3", "--batch-size", "40", "--lr-schedule", "multistep", "--milestones", "0.5", "--prune-epochs", t,
-                "--rates", "0.5", "--regeneration", "no", "--runs-dir", str(tmp_path), "--no-progress"]
+                "--rates", "0.5", "--regeneration", "no", "--runs-dir", str(tmp_path), "--no-progress", *extra]
 
-    assert main(args("1")) == 0
+    assert main(args("1", "--seeds", "0", "1", "--late-decay", "0.9")) == 0
     out = capsys.readouterr().out
-    assert "| 1 | 0.05 | 0.5 | no |" in out
-    (study_dir,) = (tmp_path / "plasticity").glob("dense-*/seed_0")
-    assert (study_dir / "plasticity.png").exists() and (study_dir / "cells" / "t1-r0.5-fixed").is_dir()
+    assert "| recipe | 1 | 0.05 | 0.5 | no | 2 |" in out and "| late-decay | 1 | 0.05 | 0.5 | no | 2 |" in out
+    (top,) = (tmp_path / "plasticity").glob("dense-*")
+    assert (top / "plasticity.png").exists()
+    for schedule in ("recipe", "late-decay"):
+        for seed in (0, 1):
+            assert (top / schedule / f"seed_{seed}" / "cells" / "t1-r0.5-fixed" / "summary.json").exists()
+    control = next((top / "late-decay" / "seed_1" / "runs").glob("dense-*/seed_1"))
+    assert ExperimentConfig.from_yaml((control / "config.yaml").read_text()).optim.milestones == [0.9]
+    rows = list(csv.DictReader(io.StringIO((top / "plasticity.csv").read_text())))
+    assert sorted((r["schedule"], r["seed"]) for r in rows) == [("late-decay", "0"), ("late-decay", "1"),
+                                                                ("recipe", "0"), ("recipe", "1")]
     assert main(args("3")) == 2  # t must leave epochs to train
     assert "prune_epochs [3]" in capsys.readouterr().err
+    assert main(args("1", "--late-decay", "0.2")) == 2
+    assert "at or after the recipe's" in capsys.readouterr().err

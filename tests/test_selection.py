@@ -98,6 +98,33 @@ def test_eligible_entries_only_and_pruning_never_adds(shapes, sparsity, seed, sc
         assert all(torch.equal(masks[n], expected[n]) for n in shapes)
 
 
+@QUICK
+@given(seed=st.integers(0, 50), keep=st.integers(0, 30), other=st.integers(0, 12), with_eligible=st.booleans())
+def test_a_unit_of_tensors_is_ranked_as_one_vector_and_its_masks_stay_per_tensor(seed, keep, other, with_eligible):
+    """A (weight, bias) unit keeps the top ``keep`` of its entries ranked together, exactly as one tensor would; a
+    tensor outside the unit has its own count, and the rest share the global count."""
+    shapes = {"fc.weight": (4, 5), "fc.bias": (4,), "out.weight": (3, 4), "out.bias": (3,)}
+    scores = {n: s.abs() for n, s in _scores(shapes, seed, 5).items()}
+    g = torch.Generator().manual_seed(seed)
+    eligible = {n: torch.rand(s, generator=g) < 0.7 for n, s in shapes.items()} if with_eligible else None
+    wanted = Budget({"fc": keep, "out.weight": other}, global_count=1, units={"fc": ("fc.weight", "fc.bias")})
+    masks = keep_top(scores, wanted, eligible=eligible)
+    assert list(masks) == list(shapes) and all(masks[n].shape == shapes[n] for n in shapes)
+    unit = ("fc.weight", "fc.bias")
+    pair = {n: scores[n] for n in unit}
+    allowed = None if eligible is None else {n: eligible[n] for n in unit}
+    if allowed is not None and keep >= sum(int(m.sum()) for m in allowed.values()):
+        assert all(masks[n] is allowed[n] for n in unit)  # pruning never adds
+    else:
+        expected = reference_top(pair, keep, allowed)
+        assert all(torch.equal(masks[n], expected[n]) for n in unit)
+    lone = None if eligible is None else {"out.weight": eligible["out.weight"]}
+    if lone is None or other < int(lone["out.weight"].sum()):
+        assert torch.equal(masks["out.weight"], reference_top({"out.weight": scores["out.weight"]}, other,
+                                                              lone)["out.weight"])
+    assert int(masks["out.bias"].sum()) == (1 if eligible is None else min(1, int(eligible["out.bias"].sum())))
+
+
 def test_a_budget_must_cover_every_tensor():
     with pytest.raises(ValueError, match="keep_top: no count for b"):
         keep_top({"a": torch.ones(2), "b": torch.ones(2)}, Budget({"a": 1}))

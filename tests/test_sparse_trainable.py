@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sparsetrain.sparse import TrainableSparseLinear, sddmm, spmm
-from sparsetrain.sparse.topology import topk_positions
+from sparsetrain.streaming_topk import topk_positions
 from sparsetrain.topk import topk_mask
 
 needs_native = pytest.mark.skipif(not sddmm.native_available() or not spmm.native_available(),

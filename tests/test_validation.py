@@ -121,7 +121,7 @@ def test_types_of_model_optimizer_seed_and_switches():
     with pytest.raises(TypeError, match=r"regrow_after_pruning=0 is not allowed: it must be True or False"):
         sparsetrain.GraNet(mlp(), None, regrow_after_pruning=0, **M)
     # Options of another method are not silently ignored: the declared options are listed instead.
-    with pytest.raises(TypeError, match=r"prune_end=3 is not allowed: RigL has no such option; allowed: dense_first, "):
+    with pytest.raises(TypeError, match=r"prune_end=3 is not allowed: RigL has no such option; allowed: backend, dense_first, "):
         sparsetrain.RigL(mlp(), None, prune_end=3, **M)
 
 

@@ -20,9 +20,9 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from .masks import active_fraction, count_active, count_entries
 from .validation import check_bool_masks, check_same_layout
 
 __all__ = ["ItopTracker", "itop_rate", "itop_by_layer", "pooled_itop"]
@@ -42,15 +42,14 @@ def itop_by_layer(ever_active: Mapping[str, Tensor] | None) -> dict[str, float] 
     """
     if ever_active is None:
         return None
-    return {name: int(torch.count_nonzero(mask)) / mask.numel() if mask.numel() else 0.0
-            for name, mask in ever_active.items()}
+    sizes = {name: count_entries(ever_active, name) for name in ever_active}
+    return {name: count_active(ever_active, name) / size if size else 0.0 for name, size in sizes.items()}
 
 
 def pooled_itop(ever_active: Mapping[str, Tensor]) -> float:
-    """The ITOP rate of all tensors together: positions ever active over all positions (0.0 without any)."""
-    numel = sum(mask.numel() for mask in ever_active.values())
-    active = sum(int(torch.count_nonzero(mask)) for mask in ever_active.values())
-    return active / numel if numel else 0.0
+    """The ITOP rate of all tensors together: positions ever active over all positions (0.0 without any); the
+    packed record of sparse storage is counted without unpacking it."""
+    return active_fraction(ever_active)
 
 
 class ItopTracker:

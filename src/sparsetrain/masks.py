@@ -12,7 +12,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,14 +20,19 @@ from torch import Tensor, nn
 
 from .nm import NMLayout, NMPattern
 from .selection import Budget, budget, keep_top, nm_budget
+from .streaming_topk import topk_positions
 from .tables import Column, render
 
 __all__ = [
     "PRUNABLE_MODULES",
     "select_prunable",
     "select_named",
+    "paired_biases",
     "resolve_overrides",
     "random_masks",
+    "FlatMask",
+    "RANDOM_BLOCK",
+    "count_active",
     "apply_masks",
     "SparsityReport",
     "LayerSparsity",
@@ -146,13 +151,16 @@ def select_prunable(
 def select_named(model: nn.Module, names: Iterable[str], arg: str = "masks") -> dict[str, nn.Parameter]:
     """The parameters named exactly ``names`` (e.g. the keys of given masks), in model order.
 
+    Any tensor with at least one dimension may be named (a bias too, e.g. a lottery ticket that prunes biases with
+    their weights); the default selection (:func:`select_prunable`) keeps to weights with >= 2 dims.
+
     Args:
         model: the model (a ``DistributedDataParallel`` / ``DataParallel`` wrapper is looked through).
         names: fully-qualified parameter names.
         arg: the argument the names come from, for messages.
 
     Raises:
-        ValueError: no name, a name that is not a parameter of the model, or a tensor with fewer than 2 dims.
+        ValueError: no name, a name that is not a parameter of the model, or a scalar.
     """
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
@@ -164,11 +172,35 @@ def select_named(model: nn.Module, names: Iterable[str], arg: str = "masks") -> 
         if name not in params:
             raise ValueError(f"{arg}: {name!r} is not a parameter of the model; parameters are e.g. "
                              f"{', '.join(list(params)[:6])}")
-        if params[name].dim() < 2:
-            raise ValueError(f"{arg}: {name!r} has shape {tuple(params[name].shape)}; only tensors with >= 2 dims "
-                             "can be sparsified")
+        if params[name].dim() < 1:
+            raise ValueError(f"{arg}: {name!r} is a scalar (shape ()); only tensors with >= 1 dim can be masked")
     chosen = set(wanted)
     return {name: param for name, param in params.items() if name in chosen}
+
+
+def paired_biases(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
+    """The bias of each named weight's own module, where it has one: weight name -> bias name.
+
+    The bias of ``<module>.weight`` is ``<module>.bias``; of an RNN's ``weight_ih_l0``, ``bias_ih_l0``; of
+    attention's ``in_proj_weight``, ``in_proj_bias`` (the local name with "weight" replaced by "bias"). Weights
+    without one (``bias=False``, embeddings) are left out.
+
+    Args:
+        model: the model (a ``DistributedDataParallel`` / ``DataParallel`` wrapper is looked through).
+        names: fully-qualified weight names, e.g. the keys of :func:`select_prunable`.
+    """
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    owners = _owner_names(model)
+    params = dict(model.named_parameters())
+    pairs = {}
+    for name in names:
+        module, local = owners[name]
+        bias_local = local.replace("weight", "bias", 1)
+        bias = name[: len(name) - len(local)] + bias_local
+        if bias_local != local and isinstance(getattr(module, bias_local, None), nn.Parameter) and bias in params:
+            pairs[name] = bias
+    return pairs
 
 
 def resolve_overrides(
@@ -199,6 +231,40 @@ def resolve_overrides(
     return fixed
 
 
+#: Entries per block of random scores drawn for a :class:`FlatMask` (1 MiB of float32).
+RANDOM_BLOCK = 1 << 18
+
+
+@dataclass(frozen=True, eq=False)
+class FlatMask:
+    """A mask given by its active positions: the form of a mask too large to build as a bool tensor.
+
+    Attributes:
+        shape: the shape of the tensor it masks.
+        positions: int64 flat (row-major) positions of the active entries, increasing, on the CPU.
+    """
+
+    shape: tuple[int, ...]
+    positions: Tensor
+
+    def count(self) -> int:
+        """Number of active entries."""
+        return int(self.positions.shape[0])
+
+    def to_bool(self, device: torch.device | str | None = None) -> Tensor:
+        """The bool mask (a tensor of ``shape``)."""
+        mask = torch.zeros(math.prod(self.shape), dtype=torch.bool, device=device)
+        mask[self.positions.to(mask.device)] = True
+        return mask.view(self.shape)
+
+
+def random_blocks(numel: int, generator: torch.Generator, block: int = RANDOM_BLOCK) -> Iterator[tuple[int, Tensor]]:
+    """``(offset, scores)``: ``numel`` uniform random scores drawn from ``generator`` in blocks; the same numbers
+    as one ``torch.rand(numel, generator=generator)`` (the CPU generator fills tensors serially)."""
+    for start in range(0, numel, block):
+        yield start, torch.rand(min(block, numel - start), generator=generator)
+
+
 def random_masks(
     params: Mapping[str, Tensor],
     sparsity: float,
@@ -209,7 +275,8 @@ def random_masks(
     fixed: Mapping[str, float] | None = None,
     pattern: NMPattern | str | None = None,
     layouts: Mapping[str, NMLayout] | None = None,
-) -> dict[str, Tensor]:
+    flat: Collection[str] = (),
+) -> dict[str, Tensor | FlatMask]:
     """Random masks with exact counts: per tensor from ``distribution``, or ``scope="global"``, or N:M.
 
     Scores are drawn on the CPU from ``generator`` (so every device and every rank draws the same mask) and
@@ -218,9 +285,25 @@ def random_masks(
     its mask with its count, as in the layer scope. With a ``pattern`` (and the ``layouts`` of
     :func:`sparsetrain.nm.nm_layouts`) every patterned tensor keeps N random entries of every M (static N:M) and
     ``sparsity``, ``distribution`` and ``scope`` are not used (:func:`sparsetrain.selection.nm_budget`).
+
+    Args:
+        params: name -> tensor (only shapes and devices are read: a ``meta`` tensor will do for a ``flat`` name).
+        sparsity / distribution / scope / fixed: as :func:`sparsetrain.selection.budget`.
+        generator: the CPU generator the scores are drawn from.
+        pattern / layouts: the N:M pattern and the tensors' layouts (None: unstructured).
+        flat: names whose masks come back as :class:`FlatMask`, chosen over blocks of scores
+            (:func:`~sparsetrain.streaming_topk.topk_positions`) so that no score or bool tensor of their size is
+            ever built. The random numbers and the choice (ties to the lowest position) are the same as for a bool
+            mask, so either form gives the same mask. Not with a pattern.
+
+    Returns:
+        name -> bool mask, or :class:`FlatMask` for the ``flat`` names.
     """
     shapes = {n: tuple(p.shape) for n, p in params.items()}
     if pattern is not None:
+        if flat:
+            raise ValueError(f"pattern={str(pattern)!r} is not allowed with flat masks: N:M masks are drawn as bool "
+                             "tensors")
         if layouts is None:
             raise ValueError(f"pattern={str(pattern)!r} needs layouts (sparsetrain.nm.nm_layouts) for the reduction "
                              "dims")
@@ -231,15 +314,45 @@ def random_masks(
     pooled = [n for n in shapes if n not in counts and n not in wanted.groups]
     if pooled:
         sizes = [math.prod(shapes[n]) for n in pooled]
-        draw = torch.rand(sum(sizes), generator=generator)
-        keep = keep_top(dict(zip(pooled, torch.split(draw, sizes), strict=True)), Budget({}, wanted.global_count))
-        counts.update({name: int(keep[name].sum()) for name in pooled})
-    masks = {}
+        if any(name in flat for name in pooled):
+            chosen = topk_positions(random_blocks(sum(sizes), generator), wanted.global_count or 0)
+            ends = torch.tensor(sizes).cumsum(0)
+            owner = torch.bucketize(chosen, ends, right=True)
+            counts.update(zip(pooled, torch.bincount(owner, minlength=len(pooled)).tolist(), strict=True))
+        else:
+            draw = torch.rand(sum(sizes), generator=generator)
+            keep = keep_top(dict(zip(pooled, torch.split(draw, sizes), strict=True)), Budget({}, wanted.global_count))
+            counts.update({name: int(keep[name].sum()) for name in pooled})
+    masks: dict[str, Tensor | FlatMask] = {}
     for name, param in params.items():
+        if name in flat:
+            masks[name] = FlatMask(shapes[name], topk_positions(random_blocks(math.prod(shapes[name]), generator),
+                                                                counts[name]))
+            continue
         scores = torch.rand(shapes[name], generator=generator)
         one = Budget(groups={name: wanted.groups[name]}) if name in wanted.groups else Budget({name: counts[name]})
         masks[name] = keep_top({name: scores}, one)[name].to(param.device)
     return masks
+
+
+def count_active(masks: Mapping[str, Tensor], name: str) -> int:
+    """The number of active entries of ``masks[name]``, without building the mask where the mapping can count
+    (the masks of sparse storage, see :mod:`sparsetrain.sparse.backend`, have a ``count(name)``)."""
+    count = getattr(masks, "count", None)
+    return count(name) if count is not None else int(torch.count_nonzero(masks[name]))
+
+
+def count_entries(masks: Mapping[str, Tensor], name: str) -> int:
+    """The size of ``masks[name]``, without building the mask where the mapping knows it (``numel(name)``)."""
+    numel = getattr(masks, "numel", None)
+    return numel(name) if numel is not None else masks[name].numel()
+
+
+def active_fraction(masks: Mapping[str, Tensor]) -> float:
+    """Active entries over all entries of all masks together (0.0 without any), counted without building the
+    masks of sparse storage."""
+    total = sum(count_entries(masks, name) for name in masks)
+    return sum(count_active(masks, name) for name in masks) / total if total else 0.0
 
 
 @torch.no_grad()
@@ -317,18 +430,22 @@ def sparsity_report(params: Mapping[str, Tensor], notes: Mapping[str, str] | Non
     ])
 
 
-def warn_collapsed(masks: Mapping[str, Tensor], what: str, *, stacklevel: int = 3) -> list[str]:
+def warn_collapsed(masks: Mapping[str, Tensor], what: str, *, names: Iterable[str] | None = None,
+                   stacklevel: int = 3) -> list[str]:
     """Log and ``warnings.warn`` about tensors whose mask keeps no weight (layer collapse); return their names.
 
     A collapsed layer passes nothing forward (a Linear or convolution with no weight outputs its bias alone), so
-    a network with one trains at chance: the warning names the layers, whatever chose the masks.
+    a network with one trains at chance: the warning names the layers, whatever chose the masks. The masks of
+    sparse storage are counted without being built (:func:`count_active`).
 
     Args:
         masks: name -> bool mask.
         what: who chose the masks, for the message (e.g. "RigL(sparsity=0.999999)").
+        names: the masks to look at (default: all).
         stacklevel: passed to ``warnings.warn`` (point at the caller's caller).
     """
-    empty = [name for name, mask in masks.items() if mask.numel() and not bool(mask.any())]
+    empty = [name for name in (masks if names is None else names)
+             if count_entries(masks, name) and not count_active(masks, name)]
     if empty:
         message = f"{what}: layer collapse, no weight left in {', '.join(empty)}"
         logger.warning(message)

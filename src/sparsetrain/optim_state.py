@@ -7,12 +7,12 @@ alone. This is what lets one sparsifier serve every optimizer without knowing it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
-__all__ = ["state_tensors", "mask_optimizer_state"]
+__all__ = ["state_tensors", "mask_optimizer_state", "swap_parameter"]
 
 
 def state_tensors(optimizer: torch.optim.Optimizer, param: Tensor) -> list[Tensor]:
@@ -35,3 +35,27 @@ def mask_optimizer_state(
             factors.append(mask)
     if tensors:
         torch._foreach_mul_(tensors, factors)
+
+
+@torch.no_grad()
+def swap_parameter(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor, carry: Callable[[Tensor], Tensor]) -> bool:
+    """Put ``new`` where ``old`` is in the optimizer's param groups, with ``old``'s state carried over.
+
+    Every state tensor shaped like ``old`` becomes ``carry(tensor)`` (e.g. its entries at the positions ``new``
+    stores); other state (``step``) is kept as it is. Schedulers and scalers that hold the optimizer see the change.
+
+    Returns:
+        Whether ``old`` was in the optimizer (if not, nothing changes).
+    """
+    found = False
+    for group in optimizer.param_groups:
+        params = group["params"]
+        for index, param in enumerate(params):
+            if param is old:
+                params[index] = new
+                found = True
+    state = optimizer.state.pop(old, None)
+    if found and state:
+        optimizer.state[new] = {key: carry(value) if isinstance(value, Tensor) and value.shape == old.shape
+                                else value for key, value in state.items()}
+    return found

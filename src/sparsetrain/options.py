@@ -22,21 +22,29 @@ from typing import Any
 
 from .validation import check_choice
 
-__all__ = ["Option", "OptionSet", "REQUIRED", "declared", "describe"]
+__all__ = ["Option", "OptionSet", "REQUIRED", "SAME", "declared", "describe"]
 
 
-class _Required:
-    """The default of an option that must be given."""
+class _Sentinel:
+    """A marker value of this module, compared by identity: it prints as `text` and pickles and copies as itself
+    (by the name of the module global that holds it)."""
+
+    def __init__(self, text: str, global_name: str) -> None:
+        self._text = text
+        self._global_name = global_name
 
     def __repr__(self) -> str:
-        return "required"
+        return self._text
 
     def __reduce__(self) -> str:
-        return "REQUIRED"
+        return self._global_name
 
 
 #: Default of an option without one (``total_steps``; ``sparsity`` unless ``masks`` are given).
-REQUIRED: Any = _Required()
+REQUIRED: Any = _Sentinel("required", "REQUIRED")
+
+#: ``Option.named_default`` of an option whose default never changed (runs were named under the current default).
+SAME: Any = _Sentinel("same", "SAME")
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class Option:
         reference: the paper or code the option and its default come from.
         stored: kept on the sparsifier and in its ``state_dict()['config']``; False for inputs used only while
             constructing (a data loader, given masks).
+        named_default: for an option whose default changed after runs were named, the default those names were
+            written under (:data:`SAME`: ``default``). A run identity then leaves out the named default, not the
+            current one, so an old run keeps its name and a run under the new default gets a new one
+            (:meth:`OptionSet.identity`).
     """
 
     name: str
@@ -68,6 +80,11 @@ class Option:
     none: bool = False
     reference: str = ""
     stored: bool = True
+    named_default: Any = SAME
+
+    def name_default(self) -> Any:
+        """The value a run identity leaves out (see ``named_default``)."""
+        return self.default if self.named_default is SAME else self.named_default
 
     def validate(self, value: Any) -> Any:
         """The value checked and normalised.
@@ -127,12 +144,15 @@ class OptionSet(Mapping[str, Option]):
         return {name: option.validate(given[name]) if name in given else option.default
                 for name, option in self._options.items()}
 
-    def identity(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """The options that identify a run: the given ones whose value differs from the declared default.
+    def identity(self, given: Mapping[str, Any], *, in_force: Iterable[str] = ()) -> dict[str, Any]:
+        """The options that identify a run: the given ones whose value differs from the named default.
 
         Values are normalised by their option's check (``1`` given for a float option counts as ``1.0``), so two
         spellings of one setting give one run hash. Unknown names and values the check refuses are kept as given
-        (the run is refused later, at construction, with the check's message).
+        (the run is refused later, at construction, with the check's message). An option of ``in_force`` that is
+        not given counts at its default when that differs from the default its runs were named under (an option
+        whose default changed, where the method uses it): those runs compute something else, so they get a name
+        of their own.
         """
         result = {}
         for name, value in given.items():
@@ -145,8 +165,12 @@ class OptionSet(Mapping[str, Option]):
             except (TypeError, ValueError):
                 result[name] = value
                 continue
-            if option.default is REQUIRED or value != option.default:
+            if option.default is REQUIRED or value != option.name_default():
                 result[name] = value
+        for name in in_force:
+            option = self._options.get(name)
+            if option is not None and name not in given and option.default != option.name_default():
+                result[name] = option.default
         return result
 
     def describe(self, *, exclude: Iterable[str] = (), fmt: str = "text", base: OptionSet | None = None) -> str:

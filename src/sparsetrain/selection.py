@@ -12,6 +12,9 @@ overrides, dense first/last layers), and :func:`keep_top` keeps the top scores u
 ties broken towards the lowest index (:mod:`sparsetrain.topk`). Random masks, gradual magnitude pruning, pruning
 at initialisation, lottery-ticket rounds, jackpots and plasticity's one-shot pruning all call these two.
 
+A count may cover several tensors ranked together as one vector (``Budget.units``: e.g. a layer's weight and its
+bias, pruned as one unit by the lottery's ``prune_biases``); the masks stay per tensor.
+
 An **N:M pattern** (:mod:`sparsetrain.nm`) is one more axis of the budget: :func:`nm_budget` puts the tensors that
 can follow the pattern in :attr:`Budget.groups` (keep N of every M consecutive entries along the reduction
 dimension) and keeps the others whole, and :func:`keep_top` selects those tensors with
@@ -86,19 +89,27 @@ class Groups:
 
 @dataclass(frozen=True)
 class Budget:
-    """How many entries to keep: ``counts`` per tensor, N of every M in ``groups``' tensors, and ``global_count``
-    over every other tensor together.
+    """How many entries to keep: ``counts`` per tensor (or unit of tensors), N of every M in ``groups``' tensors,
+    and ``global_count`` over every other tensor together.
 
     Attributes:
-        counts: name -> entries kept in that tensor, ranked on its own.
+        counts: name -> entries kept in that tensor, ranked on its own; or, for a name in ``units``, entries kept
+            in that unit's tensors, ranked together.
         global_count: entries kept over the tensors without a count or groups, ranked together (None: every
             tensor has one).
         groups: name -> :class:`Groups`: the tensor keeps N of every M along its reduction dim.
+        units: name -> the tensors one count covers, ranked as one vector in this order (e.g. ``("fc.weight",
+            "fc.bias")``); a name of ``counts`` without an entry here is the tensor of that name.
     """
 
     counts: Mapping[str, int] = field(default_factory=dict)
     global_count: int | None = None
     groups: Mapping[str, Groups] = field(default_factory=dict)
+    units: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def members(self, name: str) -> tuple[str, ...]:
+        """The tensors the count ``name`` covers."""
+        return tuple(self.units.get(name, (name,)))
 
 
 def budget(
@@ -175,10 +186,11 @@ def keep_top(
 ) -> dict[str, Tensor]:
     """Bool masks keeping the highest ``scores`` under ``budget``, with exact counts.
 
-    Each tensor in ``budget.counts`` keeps that many of its own entries; each tensor in ``budget.groups`` keeps N
-    of every M along its reduction dim (:func:`sparsetrain.nm.nm_mask`; ties to the lowest index in the group);
-    the others keep ``budget.global_count`` entries together (one threshold). Ties go to the lowest index: the
-    mapping's order, then each tensor's flat order. Counts are clamped to what exists.
+    Each tensor in ``budget.counts`` keeps that many of its own entries (a unit of ``budget.units``: that many of
+    its tensors' entries ranked together); each tensor in ``budget.groups`` keeps N of every M along its reduction
+    dim (:func:`sparsetrain.nm.nm_mask`; ties to the lowest index in the group); the others keep
+    ``budget.global_count`` entries together (one threshold). Ties go to the lowest index: the mapping's (or the
+    unit's) order, then each tensor's flat order. Counts are clamped to what exists.
 
     Args:
         scores: name -> score tensor (higher = keep); the global pool must sit on one device.
@@ -199,23 +211,32 @@ def keep_top(
         masks[name] = nm_mask(scores[name], groups.pattern, dim=groups.dim,
                               eligible=None if eligible is None else eligible[name])
     for name, count in budget.counts.items():
-        if eligible is None:
+        members = budget.members(name)
+        if members != (name,):
+            masks.update(_keep_top_together({m: scores[m] for m in members}, count,
+                                            None if eligible is None else {m: eligible[m] for m in members}))
+        elif eligible is None:
             masks[name] = topk_mask(scores[name], count)
-            continue
-        active = int(torch.count_nonzero(eligible[name]))
-        masks[name] = topk_mask(scores[name], count, eligible[name], active) if count < active else eligible[name]
-    pooled = [name for name in scores if name not in budget.counts and name not in budget.groups]
+        else:
+            active = int(torch.count_nonzero(eligible[name]))
+            masks[name] = topk_mask(scores[name], count, eligible[name], active) if count < active else eligible[name]
+    pooled = [name for name in scores if name not in masks]
     if pooled:
         if budget.global_count is None:
             raise ValueError(f"keep_top: no count for {', '.join(pooled[:5])}: give every tensor a count or a "
                              "global_count for the rest")
         if len({scores[name].device for name in pooled}) > 1:
             raise ValueError("scope='global' needs every scored tensor on one device")
-        pool = {name: scores[name] for name in pooled}
-        if eligible is None:
-            masks.update(global_topk_masks(pool, budget.global_count))
-        elif budget.global_count < sum(int(torch.count_nonzero(eligible[name])) for name in pooled):
-            masks.update(global_topk_masks(pool, budget.global_count, {name: eligible[name] for name in pooled}))
-        else:
-            masks.update({name: eligible[name] for name in pooled})
+        masks.update(_keep_top_together({name: scores[name] for name in pooled}, budget.global_count,
+                                        None if eligible is None else {name: eligible[name] for name in pooled}))
     return {name: masks[name] for name in scores}
+
+
+def _keep_top_together(scores: Mapping[str, Tensor], count: int,
+                       eligible: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+    """The top ``count`` of several tensors ranked as one vector; pruning never adds (see :func:`keep_top`)."""
+    if eligible is None:
+        return global_topk_masks(scores, count)
+    if count < sum(int(torch.count_nonzero(mask)) for mask in eligible.values()):
+        return global_topk_masks(scores, count, eligible)
+    return dict(eligible)

@@ -19,8 +19,11 @@ Like torch.ao.pruning's ``BaseSparsifier``, a sparsifier is its state (``masks``
 
 A method subclass declares its options (``options``, ``option_defaults``) and implements :meth:`setup`,
 :meth:`initial_masks`, :meth:`is_update_step` and :meth:`update` (and :meth:`schedule_at` when it has schedules);
-it never overrides ``__init__``. Steps are counted in optimizer steps (see :mod:`sparsetrain.enforcement`); a
-topology update whose gradients are not finite is skipped.
+it never overrides ``__init__``. Its update changes the topology through the helpers :meth:`drop_and_grow`,
+:meth:`prune_by_magnitude` and :meth:`random_masks`, which the enforcer carries out where the weights live, so a
+method runs unchanged on either storage backend (``backend``, see :mod:`sparsetrain.sparse.backend`). Steps are counted
+in optimizer steps (see :mod:`sparsetrain.enforcement`); a topology update whose gradients are not finite is
+skipped.
 
 Every topology update can be watched: ``sparsifier.subscribe(callback)`` calls ``callback(event)`` with a
 :class:`~sparsetrain.topology.TopologyEvent` after each update (see :mod:`sparsetrain.topology`). With nobody
@@ -39,11 +42,12 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .distributions import DISTRIBUTIONS, allocate, check_distribution
-from .enforcement import DenseMaskEnforcer, MaskEnforcer
+from .enforcement import BACKENDS, MaskEnforcer, make_enforcer
 from .itop import pooled_itop
 from .masks import (
+    FlatMask,
     SparsityReport,
-    random_masks,
+    active_fraction,
     resolve_overrides,
     select_named,
     select_prunable,
@@ -52,7 +56,9 @@ from .masks import (
 )
 from .nm import NMLayout, NMPattern, check_pattern, nm_layouts, nm_report
 from .options import REQUIRED, Option, OptionSet, declared
-from .selection import SCOPES, Budget, check_scope, nm_budget, resolve_scope
+from .scores import Growth
+from .selection import SCOPES, Budget, Groups, check_scope, nm_budget, resolve_scope
+from .sparse_init import SPARSE_INITS
 from .topology import TopologyCallback, TopologySubscribers, capture_masks, topology_event
 from .validation import check_bool, check_bool_masks, check_int, check_positive_int, check_sparsity
 
@@ -106,6 +112,15 @@ class Sparsifier:
             False masks weights and state after every step.
         fused_step: with ``mask_gradients``, run the optimizer's update of the sparsified tensors in one native
             masked pass when the optimizer and its options allow it; False always masks the gradients.
+        sparse_init: "fan_in" (default) rescales each unit's initial weights to its active fan-in once the starting
+            masks are drawn (Evci et al. 2022, :mod:`sparsetrain.sparse_init`); "none" keeps the dense
+            initialisation as it was drawn. It applies to the masks a method draws itself (a sparse random or
+            pruned-at-init start): the weights at construction are taken to be an initialisation, so pass "none" to
+            sparsify a *trained* model from a sparse start. The weights that come with given ``masks=`` (a rewound
+            lottery ticket, a pruned trained network) are rescaled only when ``sparse_init`` is given explicitly. A
+            dense start (GraNet and GMP with ``initial_sparsity=0``) is never touched. The default was chosen by
+            measurement (RigL, SET and static at 90-98% on two MNIST-1D models, 3 seeds:
+            docs/results/sparse_from_scratch.md).
         masks: start from these masks (name -> bool tensor): they name the tensors to sparsify (no include /
             exclude then) and give the default ``sparsity``. Methods at a fixed sparsity keep the masks' counts (a
             ``sparsity`` given too is the run's nominal target, as a config's ``sparse.sparsity``); gradual
@@ -114,6 +129,11 @@ class Sparsifier:
             dimension keeps exactly N (:mod:`sparsetrain.nm`); ``sparsity`` is then ``1 - N/M`` (given or not),
             ``distribution`` and ``scope`` may not be given, and tensors whose reduction dimension is not a multiple
             of M are kept dense (logged at attach and noted in :meth:`report`). None: unstructured.
+        backend: where the sparsified weights live (:mod:`sparsetrain.sparse.backend`): "dense" (bool masks over dense
+            weights), "sparse" (each sparsified ``nn.Linear`` is replaced by a
+            :class:`~sparsetrain.sparse.TrainableSparseLinear` that stores, trains and updates only its active
+            weights; other tensors stay masked-dense) or "auto" (sparse only where that is measured faster). With a
+            ``pattern`` "sparse" is refused and "auto" is the dense path (the N:M kernels are inference-only).
     """
 
     method: ClassVar[str] = "base"
@@ -145,6 +165,10 @@ class Sparsifier:
                "and optimizer state after every step, as the official GraNet code)", "bool", check_bool),
         Option("fused_step", True, "update the sparsified tensors in one native masked pass where the optimizer "
                "allows it (bit-identical)", "bool", check_bool),
+        Option("sparse_init", "fan_in", "fan_in: rescale each unit's initial weights to its active fan-in when the "
+               "method starts sparse; none: keep the dense initialisation (with masks=..., applied only when given; "
+               "default decided by docs/results/sparse_from_scratch.md)", "str", choices=SPARSE_INITS,
+               reference="Evci et al. 2022", named_default="none"),
         Option("masks", None, "start from these masks (name -> bool tensor); they name the tensors to sparsify "
                "and give the default sparsity", "mapping", _check_masks, "parameter name -> bool tensor", none=True,
                stored=False),
@@ -152,6 +176,9 @@ class Sparsifier:
                "reduction dim keeps N; sparsity is then 1 - N/M (none: unstructured)", "str", check_pattern,
                "'N:M' with integers 1 <= N < M, e.g. 2:4", none=True,
                reference="Mishra et al. 2021; Zhou et al. 2021"),
+        Option("backend", "dense", "where the sparsified weights live: dense (bool masks over dense weights), "
+               "sparse (Linear layers store and train only their active weights), auto (sparse where measured "
+               "faster)", "str", choices=BACKENDS),
     )
     #: name -> default: this class's defaults for options declared by a base.
     option_defaults: ClassVar[Mapping[str, Any]] = {}
@@ -167,6 +194,13 @@ class Sparsifier:
     def declared_options(cls) -> OptionSet:
         """The options of this method: its own and its bases', with this class's defaults."""
         return cls._declaration
+
+    @classmethod
+    def starts_sparse(cls, options: Mapping[str, Any]) -> bool:
+        """Whether the method, given these options, draws a sparse starting mask itself (``sparse_init`` acts on
+        it): True unless ``masks`` are given. The run identity (:meth:`OptionSet.identity`) counts ``sparse_init``
+        in force only then."""
+        return options.get("masks") is None
 
     # -- build: no side effects -----------------------------------------------------------------------------------
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **options: Any) -> None:
@@ -225,6 +259,9 @@ class Sparsifier:
         self.ever_active: dict[str, Tensor] = {}
         #: Who is told about every topology update (:meth:`subscribe`); never copied with the sparsifier.
         self.subscribers = TopologySubscribers()
+        if self.pattern is not None and values["backend"] == "sparse":
+            raise ValueError(f"{type(self).__name__}: backend='sparse' is not allowed with pattern='{self.pattern}': "
+                             "sparse storage trains unstructured masks only (use backend='dense' or 'auto')")
         self.enforcer: MaskEnforcer = self.build_enforcer(values)
         if self.pattern is not None:
             self._check_pattern_inputs(given_masks)
@@ -232,9 +269,11 @@ class Sparsifier:
         self.attach()
 
     def build_enforcer(self, values: Mapping[str, Any]) -> MaskEnforcer:
-        """The mask enforcer of this method (default: bool masks over dense weights, pruned weights at zero)."""
-        return DenseMaskEnforcer(self.params, self.optimizer, self, mask_gradients=values["mask_gradients"],
-                                 fused_step=values["fused_step"])
+        """The mask enforcer of this method: the storage ``backend`` chooses (:func:`sparsetrain.sparse.backend.make_enforcer`;
+        under a pattern always the masked-dense one)."""
+        backend = "dense" if self.pattern is not None else values["backend"]
+        return make_enforcer(backend, self.model, self.params, self.optimizer, self,
+                             mask_gradients=values["mask_gradients"], fused_step=values["fused_step"])
 
     def _pattern_sparsity(self, sparsity: Any) -> float:
         """The sparsity under the pattern: ``1 - N/M``; a different one given is refused."""
@@ -302,6 +341,15 @@ class Sparsifier:
         """Whether the topology changes after optimizer step ``step`` (1-based). Default: never."""
         return False
 
+    def needs_dense_gradient(self, step: int) -> bool:
+        """Whether the update after optimizer step ``step`` reads the dense gradient (growth by |gradient|).
+
+        Sparse storage computes a layer's dense gradient only for such steps (it keeps the layers' inputs and
+        output gradients during their backward pass). Default: on every update step; methods whose updates never
+        read gradients (pruning, random growth) say False.
+        """
+        return self.is_update_step(step)
+
     def update(self, step: int) -> dict[str, Tensor]:
         """Change ``self.masks`` for step ``step``; return positions whose weights and state restart at 0."""
         return {}
@@ -314,16 +362,23 @@ class Sparsifier:
 
     # -- attach: the one place with side effects ------------------------------------------------------------------
     def attach(self) -> None:
-        """Draw (or take) the initial masks, zero the pruned weights and their optimizer state, hook the optimizer."""
+        """Draw (or take) the initial masks, rescale a sparse start's weights (``sparse_init``), zero the pruned
+        weights and their optimizer state, hook the optimizer."""
         given = self.inputs.get("masks")
         if given is not None:
-            self.masks = {name: given[name].detach().to(param.device).clone() for name, param in self.params.items()}
+            masks = {name: given[name].detach().to(param.device).clone() for name, param in self.params.items()}
         else:
-            self.masks = self.initial_masks()
-        self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}
+            masks = self.initial_masks()
+        # First: another sparsifier on this optimizer or these tensors is refused before anything is touched.
+        self.enforcer.attach()
+        if self.sparse_init == "fan_in" and (given is None or "sparse_init" in self.given):
+            scaled = self.enforcer.scale_to_active_fan_in(masks)
+            if scaled:
+                logger.info("%s: initial weights rescaled to their active fan-in (RMS factor per tensor: %s)",
+                            type(self).__name__, ", ".join(f"{n} {f:.2f}" for n, f in scaled.items()))
         self.inputs = {}
-        self.enforcer.attach()  # first: another sparsifier on this optimizer or these tensors is refused untouched
-        self.enforcer.apply(self.masks)
+        self.masks = self.enforcer.apply(masks)
+        self.ever_active = self.enforcer.track_active(self.masks)
         self._warn_collapsed()
         logger.info("%s: %d tensors sparsified, sparsity %.4f at step 0", type(self).__name__, len(self.masks),
                     self.current_sparsity())
@@ -336,18 +391,46 @@ class Sparsifier:
 
     def _warn_collapsed(self) -> None:
         """Warn (once per tensor) about tensors whose mask keeps no weight: the layer passes nothing on."""
-        fresh = {n: m for n, m in self.masks.items() if n not in self._collapsed}
-        self._collapsed |= set(warn_collapsed(fresh, f"{type(self).__name__}(sparsity={self.sparsity}) at step "
-                                                     f"{self.step_count}", stacklevel=4))
+        fresh = [name for name in self.masks if name not in self._collapsed]
+        self._collapsed |= set(warn_collapsed(self.masks, f"{type(self).__name__}(sparsity={self.sparsity}) at step "
+                                                          f"{self.step_count}", names=fresh, stacklevel=4))
 
     # -- shared helpers for subclasses ----------------------------------------------------------------------------
     def random_masks(self, sparsity: float, distribution: str | None = None, *, scope: str | None = None,
-                     fixed: Mapping[str, float] | None = None, pattern: NMPattern | None = None) -> dict[str, Tensor]:
+                     fixed: Mapping[str, float] | None = None,
+                     pattern: NMPattern | None = None) -> dict[str, Tensor | FlatMask]:
         """Random masks with exact counts (see :func:`sparsetrain.masks.random_masks`); defaults: this
-        sparsifier's distribution, scope, pinned tensors and pattern (N random entries of every M)."""
-        return random_masks(self.params, sparsity, distribution or self.distribution, self.generator,
-                            scope=scope or self.scope, fixed=self.fixed if fixed is None else fixed,
-                            pattern=pattern or self.pattern, layouts=self.layouts)
+        sparsifier's distribution, scope, pinned tensors and pattern (N random entries of every M). Sparse storage
+        returns a :class:`~sparsetrain.masks.FlatMask` for the layers it will hold (the same mask, never built
+        dense)."""
+        return self.enforcer.random_masks(sparsity, distribution or self.distribution, self.generator,
+                                          scope=scope or self.scope, fixed=self.fixed if fixed is None else fixed,
+                                          pattern=pattern or self.pattern, layouts=self.layouts)
+
+    def drop_and_grow(self, fraction: float, growth: Growth, *, mode: str = "keep", rounding: str = "floor",
+                      groups: Mapping[str, Groups] | None = None) -> dict[str, Tensor]:
+        """Per tensor, drop ``fraction`` of the active weights with the smallest magnitude and grow as many
+        (:func:`sparsetrain.updates.regrow`), on whichever storage holds them; updates ``self.masks``.
+
+        Args:
+            fraction: the share of each tensor's active weights swapped.
+            growth: "gradient" (the dense |gradient| of this step), "random" (this sparsifier's generator) or a
+                function of the tensor's name giving its dense growth score (:data:`sparsetrain.scores.Growth`).
+            mode: "keep", "zero" or "forbid" (:data:`sparsetrain.updates.REGROW_MODES`).
+            rounding: "floor" (RigL's code) or "ceil" (GraNet's code) for the number swapped.
+            groups: the N:M groups each patterned tensor keeps (:meth:`nm_budget`'s ``groups``); None: unstructured.
+
+        Returns:
+            Positions whose weights and optimizer state restart at zero, for :meth:`update` to return.
+        """
+        self.masks, reset = self.enforcer.drop_and_grow(self.masks, fraction, growth, self.generator, mode=mode,
+                                                        rounding=rounding, groups=groups)
+        return reset
+
+    def prune_by_magnitude(self, wanted: Budget) -> None:
+        """Keep the largest-magnitude active weights under ``wanted`` (:func:`sparsetrain.selection.keep_top`
+        with the masks as the eligible entries: pruning never adds); updates ``self.masks``."""
+        self.masks = self.enforcer.prune(self.masks, wanted)
 
     def allocation(self, sparsity: float, distribution: str | None = None) -> dict[str, int]:
         """Nonzeros per tensor at ``sparsity`` under a distribution in the layer scope (overrides pinned)."""
@@ -386,10 +469,9 @@ class Sparsifier:
                 # A method may edit its masks in place: keep the old ones only when someone will compare them.
                 before = capture_masks(self.masks) if self.subscribers else None
                 reset = self.update(self.step_count)
-                for name, mask in self.masks.items():
-                    self.ever_active[name] |= mask
                 # One pass zeroes both the inactive positions and the newly grown ones (weights and state).
-                enforcer.apply(self.masks, also_zero=reset)
+                self.masks = enforcer.apply(self.masks, also_zero=reset)
+                enforcer.record_active(self.ever_active, self.masks)
                 self._warn_collapsed()
                 if before is not None:
                     self._publish(before)
@@ -420,7 +502,7 @@ class Sparsifier:
     def _publish(self, before: Mapping[str, Tensor]) -> None:
         """Tell the subscribers what the update at this step did (the gradients are still the dense ones it saw)."""
         step = self.step_count
-        grads = {name: param.grad for name, param in self.params.items()}
+        grads = self.enforcer.dense_gradients()
         self.subscribers.publish(topology_event(step, before, self.masks, self.ever_active, grads=grads,
                                                 **self.schedule_at(step)))
 
@@ -432,13 +514,12 @@ class Sparsifier:
             also_zero: name -> bool positions zeroed as well (newly grown weights start at zero with zero
                 optimizer state), in the same pass.
         """
-        self.enforcer.apply(self.masks, also_zero=also_zero, refresh=refresh)
+        self.masks = self.enforcer.apply(self.masks, also_zero=also_zero, refresh=refresh)
 
     # -- inspection -----------------------------------------------------------------------------------------------
     def current_sparsity(self) -> float:
         """Sparsity of the masks over all sparsified tensors."""
-        total = sum(m.numel() for m in self.masks.values())
-        return 1.0 - sum(int(torch.count_nonzero(m)) for m in self.masks.values()) / total
+        return 1.0 - active_fraction(self.masks)
 
     def itop_rate(self) -> float:
         """In-time over-parameterization rate: fraction of sparsified weights ever active so far
@@ -448,7 +529,7 @@ class Sparsifier:
     def report(self) -> SparsityReport:
         """Per-tensor shape, nonzeros and sparsity measured from the weights; under a pattern each tensor's note
         says whether it follows the pattern or is kept dense (and why)."""
-        return sparsity_report(self.params, notes=self._pattern_notes() if self.pattern is not None else None)
+        return self.enforcer.sparsity_report(notes=self._pattern_notes() if self.pattern is not None else None)
 
     def _pattern_notes(self) -> dict[str, str]:
         """name -> the pattern, or why the tensor is kept dense."""
@@ -499,15 +580,15 @@ class Sparsifier:
         if "total_steps" in state.get("config", {}) and state["config"]["total_steps"] != self.total_steps:
             logger.warning("loaded state has total_steps=%r, this sparsifier has %r", state["config"]["total_steps"],
                            self.total_steps)
-        self.masks = {n: state["masks"][n].to(device=self.params[n].device, dtype=torch.bool) for n in self.params}
-        self.ever_active = {
-            n: state.get("ever_active", state["masks"])[n].to(device=self.params[n].device, dtype=torch.bool)
-            for n in self.params
-        }
+        device = self.enforcer.device
+        masks = {n: state["masks"][n].to(device=device(n), dtype=torch.bool) for n in self.params}
+        ever_active = {n: state.get("ever_active", state["masks"])[n].to(device=device(n), dtype=torch.bool)
+                       for n in self.params}
         self.step_count = self.enforcer.optimizer_steps = int(state["step"])
         self.generator.set_state(state["generator"])
         self._load_extra_state(state.get("extra", {}))
-        self.apply_masks()
+        self.masks = self.enforcer.apply(masks)
+        self.ever_active = self.enforcer.track_active(ever_active)
 
     def _extra_state(self) -> dict[str, Any]:
         """Method state beyond the masks, saved under ``state_dict()['extra']``."""
@@ -526,14 +607,13 @@ class Sparsifier:
         """Bake the masks into the weights, detach from the optimizer, and return the plain model.
 
         Pruned weights become ``+0.0`` (masking by multiplication leaves ``-0.0`` where a weight was negative,
-        which costs a sign bit per zero in :func:`sparsetrain.export_sparse`'s bit-exact files). A later
+        which costs a sign bit per zero in :func:`sparsetrain.export_sparse`'s bit-exact files). On sparse storage
+        the layers become ``nn.Linear`` again, under their original names, in the model and in the optimizer (its
+        state at the active positions carried over), so the exported model is the masked-dense one. A later
         :meth:`step` raises.
         """
-        self.apply_masks()
-        with torch.no_grad():
-            for name, mask in self.masks.items():
-                self.params[name].masked_fill_(~mask, 0.0)
         self.remove()
+        self.masks = self.enforcer.export(self.masks)
         self.exported = True
         return self.model
 

@@ -153,9 +153,9 @@ class StraightThroughEnforcer(DenseMaskEnforcer):
 
     @torch.no_grad()
     def apply(self, masks: Mapping[str, Tensor], *, also_zero: Mapping[str, Tensor] | None = None,
-              refresh: bool = True) -> None:
+              refresh: bool = True) -> Mapping[str, Tensor]:
         """Split the dense weights by ``masks``: :attr:`dense` keeps ``W`` (``also_zero`` positions restart at
-        zero), the parameter ``E ⊙ W``. The optimizer state is left dense."""
+        zero), the parameter ``E ⊙ W``. The optimizer state is left dense. Returns ``masks``."""
         if not self.split:
             for name, param in self.params.items():
                 if name in self.dense:
@@ -168,6 +168,7 @@ class StraightThroughEnforcer(DenseMaskEnforcer):
         for name, param in self.params.items():
             torch.mul(self.dense[name], multipliers[name], out=param.detach())
         self.split = True
+        return masks
 
     @torch.no_grad()
     def _prepare_gradients(self, fusable: bool = True) -> None:

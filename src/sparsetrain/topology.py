@@ -31,7 +31,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -79,6 +79,26 @@ class LayerTopology:
         return self.active / self.numel if self.numel else 0.0
 
 
+class _PooledCount:
+    """A count of :class:`TopologyEvent` pooled over its tensors: the :class:`LayerTopology` count of the same
+    name (``numel``, ``active``, ``dropped``, ``grown``) summed over ``event.layers``. Read-only."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.count = name
+        self.__doc__ = f"``{name}`` summed over the event's tensors."
+
+    @overload
+    def __get__(self, event: None, owner: type) -> _PooledCount: ...
+
+    @overload
+    def __get__(self, event: TopologyEvent, owner: type | None = None) -> int: ...
+
+    def __get__(self, event: TopologyEvent | None, owner: type | None = None) -> int | _PooledCount:
+        if event is None:
+            return self
+        return sum(getattr(layer, self.count) for layer in event.layers.values())
+
+
 @dataclass(frozen=True)
 class TopologyEvent:
     """One topology update of a sparsifier: the optimizer step it followed and its :class:`LayerTopology` per
@@ -87,21 +107,10 @@ class TopologyEvent:
     step: int
     layers: dict[str, LayerTopology] = field(default_factory=dict)
 
-    @property
-    def numel(self) -> int:
-        return sum(layer.numel for layer in self.layers.values())
-
-    @property
-    def active(self) -> int:
-        return sum(layer.active for layer in self.layers.values())
-
-    @property
-    def dropped(self) -> int:
-        return sum(layer.dropped for layer in self.layers.values())
-
-    @property
-    def grown(self) -> int:
-        return sum(layer.grown for layer in self.layers.values())
+    numel = _PooledCount()
+    active = _PooledCount()
+    dropped = _PooledCount()
+    grown = _PooledCount()
 
     @property
     def density(self) -> float:

@@ -1,4 +1,5 @@
-"""Tools to look inside sparse training: mask overlap, update sparsity, FLOPs, the ITOP rate, pruning plasticity.
+"""Tools to look inside sparse training: mask overlap, update sparsity, FLOPs, the ITOP rate, pruning plasticity,
+and the significance rule of the studies' verdicts.
 
 Masks are ``dict[str, torch.BoolTensor]`` keyed by fully-qualified parameter name, as everywhere in
 sparsetrain. Every function here is pure: a function of masks, weights and checkpoints (no training state is
@@ -24,10 +25,14 @@ from sparsetrain.analysis.overlap import (
     masks_from_state_dict,
 )
 from sparsetrain.analysis.plasticity import (
+    contrast_plasticity,
+    format_contrast,
     format_plasticity,
     magnitude_masks,
     plot_plasticity,
+    summarize_plasticity,
 )
+from sparsetrain.analysis.significance import SIGNIFICANCE_RULE, Difference, difference
 from sparsetrain.analysis.sources import common_names, load_masks, load_weights
 from sparsetrain.analysis.update_sparsity import (
     UpdateRow,
@@ -41,12 +46,14 @@ from sparsetrain.itop import ItopTracker, itop_by_layer, itop_rate
 
 __all__ = [
     "Comparison",
+    "Difference",
     "FlopsReport",
     "ItopTracker",
     "LayerFlops",
     "LayerTrainingFlops",
     "OverlapReport",
     "OverlapRow",
+    "SIGNIFICANCE_RULE",
     "TrainingFlopsReport",
     "UpdateRow",
     "UpdateSparsityReport",
@@ -54,6 +61,9 @@ __all__ = [
     "common_names",
     "compare_masks",
     "compare_updates",
+    "contrast_plasticity",
+    "difference",
+    "format_contrast",
     "format_plasticity",
     "inference_flops",
     "iou",
@@ -65,6 +75,7 @@ __all__ = [
     "mask_overlap",
     "masks_from_state_dict",
     "plot_plasticity",
+    "summarize_plasticity",
     "training_flops",
     "update_overlap",
     "update_rank",

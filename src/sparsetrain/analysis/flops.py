@@ -53,6 +53,12 @@ logger = logging.getLogger(__name__)
 _OTHER = "(other)"
 
 
+def _ratio_to_dense(flops: float, dense_flops: float) -> float:
+    """``flops / dense_flops``, the cost as a fraction of the dense model's; 1.0 when the dense model costs nothing
+    (a layer or model with no counted FLOPs is neither cheaper nor dearer sparse)."""
+    return flops / dense_flops if dense_flops else 1.0
+
+
 @dataclass(frozen=True)
 class LayerFlops:
     """Inference FLOPs attributed to one weight tensor.
@@ -98,7 +104,7 @@ class FlopsReport:
     @property
     def sparse_ratio(self) -> float:
         """``sparse_total / dense_total`` (1.0 when nothing was counted)."""
-        return self.sparse_total / self.dense_total if self.dense_total else 1.0
+        return _ratio_to_dense(self.sparse_total, self.dense_total)
 
     def dense_by_layer(self) -> dict[str, int]:
         """Return ``{parameter name: dense FLOPs}``, the input :func:`training_flops` expects."""
@@ -351,7 +357,7 @@ class LayerTrainingFlops:
     @property
     def ratio(self) -> float:
         """``training_flops / dense_training_flops`` (1.0 for a layer with no FLOPs)."""
-        return self.training_flops / self.dense_training_flops if self.dense_training_flops else 1.0
+        return _ratio_to_dense(self.training_flops, self.dense_training_flops)
 
 
 @dataclass(frozen=True)
@@ -377,7 +383,7 @@ class TrainingFlopsReport:
     @property
     def ratio(self) -> float:
         """``total / dense_total``: the run's cost as a fraction of dense training (1.0 when both are 0)."""
-        return self.total / self.dense_total if self.dense_total else 1.0
+        return _ratio_to_dense(self.total, self.dense_total)
 
     def by_name(self) -> dict[str, LayerTrainingFlops]:
         """Return the rows keyed by layer name."""

@@ -1,7 +1,7 @@
 """The experiment config on the command line: one flag per config field, ``--config FILE``, ``--set KEY=VALUE``.
 
-Shared by ``train``, ``lottery`` and ``plasticity``. Precedence: defaults < ``--config`` (or ``--resume
-RUN_DIR``'s config.yaml) < flags < ``--set``.
+Shared by ``train``, ``lottery`` and ``plasticity``. Precedence: defaults < ``--recipe`` (``train`` only) <
+``--config`` (or ``--resume RUN_DIR``'s config.yaml) < flags < ``--set``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .terminal import CliError, fmt_default
+from .terminal import CliError, fmt_default, note
 
-__all__ = ["add_config_flags", "resolve_config", "parse_seeds"]
+__all__ = ["add_config_flags", "resolve_config", "parse_seeds", "note_validation"]
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,34 +42,50 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             except ImportError:
                 choices = None
             metavar = "{" + ",".join(choices) + "}" if choices else info.name.upper()
+            if choices and info.also is not None:
+                metavar += f" or {info.also[1]}"
             group.add_argument(info.flag, dest=dest, default=None, metavar=metavar, help=help_text)
 
 
 def resolve_config(args: argparse.Namespace) -> Any:
     """The :class:`~sparsetrain.experiment.ExperimentConfig` of the command line.
 
-    defaults < ``--config`` file (or ``--resume RUN_DIR``'s config.yaml) < flags < ``--set``.
+    defaults < ``--recipe`` < ``--config`` file (or ``--resume RUN_DIR``'s config.yaml) < flags < ``--set``.
 
     Raises:
-        CliError: a missing ``--config`` file, or ``--config`` with ``--resume RUN_DIR``.
-        ConfigError: a value the config does not allow.
+        CliError: a missing ``--config`` file, or ``--config`` or ``--recipe`` with ``--resume RUN_DIR``.
+        ConfigError: a value the config does not allow, or an unknown recipe.
     """
-    from sparsetrain.experiment.config import ConfigError, ExperimentConfig, iter_fields, parse_text, parse_yaml_value
+    from sparsetrain.experiment.config import (
+        ConfigError,
+        ExperimentConfig,
+        iter_fields,
+        load_yaml,
+        parse_text,
+        parse_yaml_value,
+    )
     from sparsetrain.reading import MAX_YAML_BYTES, read_text
 
+    recipe = getattr(args, "recipe", None)
     if isinstance(args.resume, str):
         from sparsetrain.experiment.rundir import RunDir
 
-        if args.config:
-            raise CliError("--resume RUN_DIR and --config cannot be combined: the run's own config.yaml is used")
+        if args.config or recipe:
+            given = "--config" if args.config else "--recipe"
+            raise CliError(f"--resume RUN_DIR and {given} cannot be combined: the run's own config.yaml is used")
         config = RunDir(Path(args.resume)).read_config()
-    elif args.config:
-        path = Path(args.config)
-        if not path.exists():
-            raise CliError(f"--config={args.config!r}: no such file")
-        config = ExperimentConfig.from_yaml(read_text(path, limit=MAX_YAML_BYTES, what="config"), str(path))
     else:
-        config = ExperimentConfig()
+        if recipe:
+            from sparsetrain.experiment.recipe import load_recipe
+
+            config = load_recipe(recipe)
+        else:
+            config = ExperimentConfig()
+        if args.config:
+            path = Path(args.config)
+            if not path.exists():
+                raise CliError(f"--config={args.config!r}: no such file")
+            config = config.updated(load_yaml(read_text(path, limit=MAX_YAML_BYTES, what="config"), str(path)))
 
     overrides: dict[str, Any] = {}
     for info in iter_fields():
@@ -118,3 +134,10 @@ def parse_seeds(args: argparse.Namespace, default: int) -> list[int]:
             raise CliError(f"argument --seeds: {seed} is not allowed: expected ints >= 0")
         seeds.append(seed)
     return list(dict.fromkeys(seeds))
+
+
+def note_validation(config: Any) -> None:
+    """Say once that a run without a validation split (``--val-fraction 0``) reports its last epoch as "best"."""
+    if config.data.val_fraction == 0:
+        note("--val-fraction 0: no validation split, so 'best' is the last epoch (an epoch chosen on the test set "
+             "would report the test set's best case)")

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .config_flags import add_config_flags, parse_seeds, resolve_config
+from sparsetrain.lottery import SCHEDULES
+
+from .config_flags import add_config_flags, note_validation, parse_seeds, resolve_config
 from .terminal import CliError, note
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
@@ -18,7 +20,12 @@ DESCRIPTION = ("Iterative magnitude pruning (Frankle & Carbin 2019; rewinding to
                "controls' runs in reinit/ and random/). Every stage is an ordinary training run: a stopped "
                "lottery run resumes where it stopped, mid-level. The sparse section plays no part, except "
                "--pattern N:M: every level is then an N:M pattern (each round applies the rate to the groups' "
-               "counts, down to N).")
+               "counts, down to N).\n\n"
+               "Levels follow a schedule: --prune-rate of the remaining weights per round (geometric, the "
+               "default), a linear rise to --final-sparsity, or a list of --sparsities. --prune-biases ranks each "
+               "layer's bias with its weight; --rank-step ranks the weights at that step of each level's run. Any "
+               "model: --model package.module:factory (factory(input_shape, num_classes, **options) -> nn.Module, "
+               "importable from the current directory or PYTHONPATH); no validation hold-out: --val-fraction 0.")
 RAW_DESCRIPTION = True  # --help prints the description unwrapped
 
 
@@ -39,17 +46,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-v", "--verbose", action="store_true",
                        help="log INFO messages (default: warnings only)")
     lottery = parser.add_argument_group("lottery (sparsetrain.studies.LotteryConfig)")
-    lottery.add_argument("--rounds", type=int, default=3, help="pruning rounds after the dense level 0 (default: 3)")
-    lottery.add_argument("--prune-rate", type=float, default=0.2,
-                         help="fraction of the remaining weights pruned per round (default: 0.2)")
+    lottery.add_argument("--rounds", type=int, default=None,
+                         help="pruning rounds after the dense level 0 (default: 3; with --sparsities, their number)")
+    lottery.add_argument("--schedule", default=None, choices=SCHEDULES,
+                         help="the levels' sparsities: geometric (--prune-rate of the remaining weights per round), "
+                              "linear (a linear rise to --final-sparsity over --rounds) or targets (--sparsities) "
+                              "(default: the one whose option is given, else geometric)")
+    lottery.add_argument("--prune-rate", type=float, default=None,
+                         help="geometric schedule: fraction of the remaining weights pruned per round (default: 0.2)")
+    lottery.add_argument("--final-sparsity", type=float, default=None,
+                         help="linear schedule: the sparsity at the last level (default: none)")
+    lottery.add_argument("--sparsities", type=float, nargs="+", default=None, metavar="S",
+                         help="targets schedule: the sparsity after each level, increasing (default: none)")
     lottery.add_argument("--output-rate", default="0.1",
-                         help="rate of the output layer, or none for --prune-rate (default: 0.1)")
+                         help="the output layer's own rate per round, whatever the schedule, or none to prune it "
+                              "with the others (default: 0.1)")
     lottery.add_argument("--output-layer", default=None,
                          help="name of the output tensor (default: the last pruned tensor)")
     lottery.add_argument("--scope", default="layer", choices=("layer", "global"),
                          help="rank per tensor, or one threshold over all but the output layer (default: layer)")
     lottery.add_argument("--rewind-step", type=int, default=0,
                          help="rewind survivors to their values at this optimizer step; 0 = init (default: 0)")
+    lottery.add_argument("--rank-step", type=int, default=None,
+                         help="rank each level's weights at this optimizer step of the previous level's run, not at "
+                              "its end; >= --rewind-step (default: the final weights)")
+    lottery.add_argument("--prune-biases", action="store_true",
+                         help="prune each layer's bias with its weight, ranked in one vector per layer (default: "
+                              "biases stay dense)")
     lottery.add_argument("--one-shot", action="store_true",
                          help="level k prunes the dense weights straight to its sparsity (default: iterative)")
     lottery.add_argument("--controls", nargs="*", default=["reinit", "random"], metavar="{reinit,random}",
@@ -73,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(base.canonical().to_yaml(), end="")
         return 0
+    note_validation(base)
     for seed in parse_seeds(args, base.train.seed):
         config = base.with_overrides({"train.seed": seed})
         lottery = _lottery_config(args, seed, pattern)
@@ -106,7 +130,10 @@ def _lottery_config(args: argparse.Namespace, seed: int, pattern: str | None = N
     try:
         return LotteryConfig(rounds=args.rounds, prune_rate=args.prune_rate, output_rate=output_rate,
                              output_layer=args.output_layer, scope=args.scope, rewind_step=args.rewind_step,
-                             one_shot=args.one_shot, controls=tuple(args.controls), seed=seed,
+                             one_shot=args.one_shot, controls=tuple(args.controls), seed=seed, schedule=args.schedule,
+                             final_sparsity=args.final_sparsity,
+                             sparsities=None if args.sparsities is None else tuple(args.sparsities),
+                             prune_biases=args.prune_biases, rank_step=args.rank_step,
                              pattern=pattern)
     except (ValueError, TypeError) as exc:
         raise CliError(f"lottery: {exc}") from None

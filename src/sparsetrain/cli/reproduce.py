@@ -14,11 +14,13 @@ __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
 HELP = ("the reproduction benchmark: every method at several sparsities and seeds, tables, "
         "plots and the claims checked")
-DESCRIPTION = ("Trains the grid of a setting (full: dense, GMP, GraNet s_i=0 and 0.5, RigL, SET, SNFS, static "
-               "ERK, SNIP, GraSP, SynFlow and IMP at 90/95/98% sparsity, 3 seeds, on MNIST-1D (cnn1d, mlp) "
-               "and the packaged MNIST subset (LeNet-300-100); plus a pruning-plasticity study) as ordinary run "
+DESCRIPTION = ("Trains the grid of a setting (full: dense, GMP per layer and global, GraNet s_i=0 and 0.5, RigL "
+               "(and RigL trained 3x the epochs), SET, SNFS, static ERK, SNIP, GraSP, SynFlow and IMP at 90/95/98% "
+               "sparsity, 3 seeds, on MNIST-1D (cnn1d, mlp) and the packaged MNIST subset (LeNet-300-100); plus "
+               "the pruning-plasticity study, 3 seeds, with its learning-rate control) as ordinary run "
                "directories, so a rerun skips finished cells and resumes interrupted ones; then writes "
-               "reproduction.md (mean ± std tables, the claims of MISSION.md section 5 checked), "
+               "reproduction.md (mean ± std tables, the papers' claims checked like with like: each method "
+               "against each at equal sparsity, best against best, per family, with training FLOPs), "
                "reproduction.csv and PNG plots.")
 
 

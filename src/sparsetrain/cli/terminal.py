@@ -128,7 +128,8 @@ class Progress:
     one plain line every :data:`PROGRESS_PERIOD` seconds, never carriage returns; and one line per epoch.
 
     Args:
-        enabled: show progress and the epoch lines (the resume note is shown either way).
+        enabled: show progress and the epoch lines (the resume note, and the note of a run still at chance after
+            its first epoch, :func:`sparsetrain.experiment.diagnosis.chance_note`, are shown either way).
         terminal: whether stderr is a terminal (default: ask it).
     """
 
@@ -183,11 +184,17 @@ class Progress:
             self.bar.set_postfix(loss=num(values["loss"]), acc=num(values["acc"]),
                                  sparsity=num(values["sparsity"]), refresh=False)
         else:
-            print(f"{self._name}: step {trainer.step}/{self._total} ({trainer.step / max(1, self._total):.0%}): "
-                  f"train loss {num(values['loss'])} acc {num(values['acc'])} | sparsity {num(values['sparsity'])}",
-                  file=sys.stderr, flush=True)
+            self.write(f"{self._name}: step {trainer.step}/{self._total} ({trainer.step / max(1, self._total):.0%}): "
+                       f"train loss {num(values['loss'])} acc {num(values['acc'])} | "
+                       f"sparsity {num(values['sparsity'])}")
 
     def on_epoch(self, trainer: Any, record: dict[str, Any]) -> None:
+        if record["epoch"] == 1:
+            from sparsetrain.experiment.diagnosis import chance_note
+
+            message = chance_note(trainer.exp, record)
+            if message is not None:
+                self.write(f"{PROG}: {trainer.run.name}: {message}")
         if not self.enabled:
             return
         masked, zeros = record.get("mask_sparsity", record["sparsity"]), record["sparsity"]
@@ -197,10 +204,16 @@ class Progress:
                 f"train loss {num(record['train_loss'])} acc {num(record['train_acc'])} | "
                 f"val acc {num(record['val_acc'])} | test acc {num(record['test_acc'])} | "
                 f"sparsity {sparsity} | lr {record['lr']:.3g}")
+        self.write(line)
+
+    def write(self, line: str) -> None:
+        """A line on stderr, above the bar if one is shown (main process only)."""
+        if not is_main_process():
+            return
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:
-            print(line, file=sys.stderr)
+            print(line, file=sys.stderr, flush=True)
 
     def on_end(self, trainer: Any, summary: dict[str, Any]) -> None:
         self.close()

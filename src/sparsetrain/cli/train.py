@@ -19,7 +19,7 @@ from typing import Any
 
 from sparsetrain.distributed import is_main_process
 
-from .config_flags import add_config_flags, parse_seeds, resolve_config
+from .config_flags import add_config_flags, note_validation, parse_seeds, resolve_config
 from .terminal import EXIT_LOST_RANK, PROG, CliError, Progress, note, output_dir
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "method_options_help"]
@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``train`` command's arguments."""
     parser.epilog = method_options_help()
     group = parser.add_argument_group("run")
+    group.add_argument("--recipe", metavar="NAME", default=None,
+                       help="start from a paper recipe shipped with the package (GraNet's and RigL's CIFAR runs); "
+                            "flags and --config apply on top; --recipe list prints them (default: none)")
     group.add_argument("--config", metavar="FILE", default=None,
                        help="YAML config file with sections data/model/optim/sparse/train (default: none)")
     group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from sparsetrain.experiment.parallel import lost_rank, shutdown
     from sparsetrain.experiment.report import format_results
 
+    if args.recipe == "list":
+        return _list_recipes()
     base = _with_init(resolve_config(args), args.init)
     nproc = _nproc(args)
     if args.print_config:
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         if RunDir(run_path).status() == "finished":
             raise CliError(f"--resume {args.resume}: the run has already finished (summary.json exists), there is "
                            "nothing to resume; delete its directory to train it again")
+    note_validation(base)
     seeds = parse_seeds(args, base.train.seed)
     with_baseline = args.baseline and base.sparse.method != DENSE and not isinstance(args.resume, str)
     results: list[dict[str, Any]] = []
@@ -132,6 +138,16 @@ def run(args: argparse.Namespace) -> int:
         shutdown()
     if is_main_process():
         print(format_results(results, runs_dir))
+    return 0
+
+
+def _list_recipes() -> int:
+    """``--recipe list``: every shipped recipe with its description, and how to run one."""
+    from sparsetrain.experiment.recipe import list_recipes
+    from sparsetrain.tables import Column, render
+
+    print(render([Column("recipe", align="left"), Column("description", align="left")], list_recipes().items()))
+    print("\nrun one with: sparsetrain train --recipe NAME --data-dir DIR (flags override it, e.g. --sparsity 0.95)")
     return 0
 
 

@@ -8,7 +8,6 @@ runs, so large image sets are converted to float only once per split.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +20,11 @@ import torch
 from sparsetrain.data.bundle import ArrayDataset, DatasetBundle, DatasetKind
 from sparsetrain.data.cache import resolve_cache_dir
 from sparsetrain.data.splits import stratified_split
+from sparsetrain.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_VAL_FRACTION = 0.1
-_RESERVED = ("data_dir", "cache_dir", "seed")
 
 
 @dataclass
@@ -58,51 +57,23 @@ class RawSplits:
 
 
 Loader = Callable[..., RawSplits]
-_LOADERS: dict[str, Loader] = {}
+_LOADERS: Registry[Loader] = Registry("dataset", reserved=("data_dir", "cache_dir", "seed"))
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Decorator that registers a loader under `name`.
-
-    Args:
-        name: the registry name (lower case, e.g. "cifar10").
-
-    Returns:
-        The decorator; it returns the loader unchanged.
-
-    Raises:
-        ValueError: if `name` is already registered.
-    """
-
-    def decorate(loader: Loader) -> Loader:
-        if name in _LOADERS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _LOADERS[name] = loader
-        return loader
-
-    return decorate
+    """Decorator that registers a loader under `name` ("cifar10"); ValueError if the name is taken."""
+    return _LOADERS.register(name)
 
 
 def list_datasets() -> list[str]:
     """Return the registered dataset names, sorted."""
-    return sorted(_LOADERS)
+    return _LOADERS.names()
 
 
 def dataset_options(name: str) -> dict[str, Any]:
-    """Return the options a dataset accepts, with their defaults.
-
-    Args:
-        name: a registered dataset name.
-
-    Returns:
-        A dict from option name to default value (`inspect.Parameter.empty` for required ones).
-    """
-    loader = _lookup(name)
-    return {
-        param.name: param.default
-        for param in inspect.signature(loader).parameters.values()
-        if param.name not in _RESERVED
-    }
+    """Return the options the dataset `name` accepts, with their defaults (`inspect.Parameter.empty` for required
+    ones); ValueError for an unknown name."""
+    return _LOADERS.options(name)
 
 
 def get_dataset(
@@ -136,13 +107,8 @@ def get_dataset(
         ValueError: unknown dataset name or option, or an invalid option value.
         DataError: a file is missing or malformed.
     """
-    loader = _lookup(name)
-    allowed = dataset_options(name)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for dataset {name!r}; allowed: {sorted(allowed) or 'none'}"
-        )
+    loader = _LOADERS.get(name)
+    _LOADERS.check_options(name, options)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
     if not 0.0 <= val_fraction < 1.0:
@@ -170,9 +136,3 @@ def get_dataset(
         name, len(bundle.train), len(bundle.val), len(bundle.test), bundle.input_shape, bundle.num_classes,
     )
     return bundle
-
-
-def _lookup(name: str) -> Loader:
-    if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
-    return _LOADERS[name]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import random
@@ -32,7 +33,9 @@ from .loader import eval_loader, train_loader
 from .optim import build_optimizer, build_scheduler
 from .parallel import SINGLE, Parallel, setup, wrap_model
 
-__all__ = ["Experiment", "build_experiment", "build_sparsifier", "attach_sparsifier", "resolve_device",
+__all__ = ["Experiment", "build_experiment", "build_sparsifier", "attach_sparsifier", "rewrap_sparse_layers",
+           "sparsifier_step",
+           "resolve_device",
            "seed_everything", "RESERVED_METHOD_OPTIONS", "method_options_help"]
 
 logger = logging.getLogger(__name__)
@@ -40,7 +43,8 @@ logger = logging.getLogger(__name__)
 #: Sparsifier arguments that have their own config field (sparse.options may not set them).
 RESERVED_METHOD_OPTIONS = {"sparsity": "sparse.sparsity", "total_steps": "train.epochs",
                            "update_every": "sparse.update_every", "distribution": "sparse.distribution",
-                           "scope": "sparse.scope", "seed": "train.seed", "pattern": "sparse.pattern"}
+                           "scope": "sparse.scope", "seed": "train.seed", "pattern": "sparse.pattern",
+                           "backend": "sparse.backend"}
 
 
 @dataclass
@@ -152,8 +156,20 @@ def build_sparsifier(config: ExperimentConfig, model: nn.Module, optimizer: torc
                           "(a run's masks.pt)")
     if isinstance(masks_file, str):
         sparse = dataclasses.replace(sparse, options={**sparse.options, "masks": load_masks_file(masks_file)})
+    backend = sparse.backend
+    if sparse.pattern is not None:  # sparse storage trains unstructured masks only
+        if backend == "sparse":
+            raise ConfigError(f"sparse.backend='sparse' is not allowed with sparse.pattern={sparse.pattern!r}: sparse "
+                              "storage trains unstructured masks only; use sparse.backend dense or auto")
+        backend = "dense"
+    if config.train.precision != "fp32":  # sparse layers run their own kernels, outside autocast
+        if backend == "sparse":
+            raise ConfigError(f"sparse.backend='sparse' is not allowed with train.precision={config.train.precision!r}"
+                              ": sparse layers train in float32; use train.precision fp32, or sparse.backend dense")
+        backend = "dense"
     kwargs: dict[str, Any] = dict(sparsity=sparse.target_sparsity(), total_steps=total_steps,
-                                  update_every=sparse.update_every, seed=config.train.seed, **sparse.options)
+                                  update_every=sparse.update_every, seed=config.train.seed, backend=backend,
+                                  **sparse.options)
     if sparse.pattern is not None:
         kwargs["pattern"] = sparse.pattern
     if sparse.distribution is not None:
@@ -311,3 +327,37 @@ def attach_sparsifier(exp: Experiment, total_steps: int | None = None) -> None:
                  else None)
     exp.sparsifier = build_sparsifier(config, exp.model, exp.optimizer,
                                       exp.total_steps if total_steps is None else total_steps, init_data)
+    rewrap_sparse_layers(exp)
+
+
+def rewrap_sparse_layers(exp: Experiment) -> None:
+    """Wrap the model in DistributedDataParallel again when sparse storage holds layers of it: attaching replaced
+    their weights by values parameters, and loading a checkpoint may resize them, while DDP sizes its gradient
+    buckets at construction (see :func:`sparsetrain.sparse.backend.distributed_data_parallel`)."""
+    if exp.parallel.distributed and exp.sparsifier is not None and getattr(exp.sparsifier.enforcer, "layers", None):
+        exp.train_model = None
+        gc.collect()  # the old wrapper must let go of the parameters before the new one takes them
+        exp.train_model = wrap_model(exp.model, exp.parallel, exp.device)
+
+
+def sparsifier_step(exp: Experiment) -> bool:
+    """``exp.sparsifier.step()``, with DistributedDataParallel out of the way where sparse storage may resize.
+
+    DDP holds each parameter's gradient accumulator, which keeps the size the parameter had when it was created: a
+    topology update that changes a held layer's active count (GMP and GraNet pruning) must run with no wrapper
+    alive, and the model is wrapped again after it.
+
+    Returns:
+        True if the topology changed.
+    """
+    sparsifier = exp.sparsifier
+    assert sparsifier is not None
+    held = exp.parallel.distributed and getattr(sparsifier.enforcer, "layers", None)
+    if not held or not sparsifier.is_update_step(sparsifier.enforcer.optimizer_steps):
+        return sparsifier.step()
+    exp.train_model = None
+    gc.collect()
+    try:
+        return sparsifier.step()
+    finally:
+        rewrap_sparse_layers(exp)

@@ -25,6 +25,7 @@ from typing import Any, Union
 
 import yaml
 
+from sparsetrain.enforcement import BACKENDS
 from sparsetrain.distributions import DISTRIBUTIONS
 from sparsetrain.identity import identity_hash
 from sparsetrain.nm import NMPattern
@@ -82,6 +83,12 @@ def _models() -> tuple[str, ...]:
     return tuple(list_models())
 
 
+def _is_factory(value: Any) -> bool:
+    from sparsetrain.models import is_factory
+
+    return is_factory(value)
+
+
 def option(
     default: Any,
     help: str,
@@ -90,6 +97,7 @@ def option(
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
     check: tuple[Callable[[Any], bool], str] | None = None,
     hashed: bool = True,
+    also: tuple[Callable[[Any], bool], str] | None = None,
 ) -> Any:
     """A config field with its help text and command-line metadata.
 
@@ -100,11 +108,12 @@ def option(
         choices: allowed values of a string field (or a function returning them, for registries).
         check: ``(predicate, description)``: a value is allowed when ``predicate(value)`` is true.
         hashed: whether the field is part of the run's identity (False for paths, devices, seeds...).
+        also: ``(predicate, description)``: values allowed besides the choices (e.g. a user's model factory).
 
     Returns:
         A ``dataclasses.field``.
     """
-    metadata = {"help": help, "flag": flag, "choices": choices, "check": check, "hashed": hashed}
+    metadata = {"help": help, "flag": flag, "choices": choices, "check": check, "hashed": hashed, "also": also}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -168,7 +177,9 @@ class DataConfig:
 class ModelConfig:
     """The network (``sparsetrain.models.build_model``)."""
 
-    name: str = option("cnn1d", "model name", flag="--model", choices=_models)
+    name: str = option("cnn1d", "model name, or a user's model as package.module:factory (called as factory("
+                       "input_shape, num_classes, **options); importable from the current directory or PYTHONPATH)",
+                       flag="--model", choices=_models, also=(_is_factory, "package.module:factory"))
     options: dict[str, Any] = option({}, "model-specific options (sparsetrain.models.model_options)",
                                      flag="--model-option")
 
@@ -214,6 +225,10 @@ class SparseConfig:
                                  "a layer's reduction dim keeps N; sparse.sparsity at its default then means 1 - N/M "
                                  "(none: unstructured)", check=(_is_pattern, "'N:M' with integers 1 <= N < M, e.g. "
                                                                             "2:4"))
+    backend: str = option("auto", "where the sparsified weights live: dense (bool masks over dense weights), sparse "
+                          "(Linear layers store and train only their active weights), auto (sparse for the Linear "
+                          "layers where that is measured faster, see sparsetrain.sparse.backend; dense with autocast)",
+                          choices=BACKENDS)
     options: dict[str, Any] = option({}, "method-specific keyword arguments (e.g. initial_sparsity, drop_fraction)",
                                      flag="--method-option")
 
@@ -274,6 +289,7 @@ class FieldInfo:
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None
     check: tuple[Callable[[Any], bool], str] | None
     hashed: bool
+    also: tuple[Callable[[Any], bool], str] | None = None
 
     @property
     def path(self) -> str:
@@ -293,7 +309,7 @@ def iter_fields() -> Iterator[FieldInfo]:
             meta = f.metadata
             yield FieldInfo(section, f.name, hints[f.name], default, meta["help"],
                             meta["flag"] or "--" + f.name.replace("_", "-"), meta["choices"], meta["check"],
-                            meta["hashed"])
+                            meta["hashed"], meta["also"])
 
 
 _FIELDS: dict[str, FieldInfo] = {}
@@ -382,8 +398,9 @@ def validate_value(path: str, value: Any) -> Any:
     allowed = info.allowed()
     if isinstance(value, str) and (path, value) in _MOVED:
         raise ConfigError(f"{path}={_short(value)} is not allowed: {_MOVED[path, value]}")
-    if allowed is not None and value not in allowed:
-        raise ConfigError(f"{path}={_short(value)} is not allowed; choose one of {', '.join(allowed)}")
+    if allowed is not None and value not in allowed and not (info.also is not None and info.also[0](value)):
+        extra = f", or {info.also[1]}" if info.also is not None else ""
+        raise ConfigError(f"{path}={_short(value)} is not allowed; choose one of {', '.join(allowed)}{extra}")
     if info.check is not None:
         predicate, description = info.check
         if not predicate(value):
@@ -585,7 +602,10 @@ class ExperimentConfig:
         import sparsetrain
 
         cls = sparsetrain.METHODS.get(self.sparse.method)
-        return options if cls is None else cls.declared_options().identity(options)
+        if cls is None:
+            return options
+        return cls.declared_options().identity(options, in_force=("sparse_init",) if cls.starts_sparse(options)
+                                                else ())
 
     def config_hash(self, length: int = 8) -> str:
         """Short SHA-256 of the non-default identifying fields (stable across key order and new default fields)."""

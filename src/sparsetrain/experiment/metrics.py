@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .parallel import Parallel
 
 __all__ = ["RunningSums", "evaluate", "append_metrics", "truncate_metrics", "write_summary", "best_epoch",
-           "jsonable", "read_jsonl", "truncate_jsonl"]
+           "best_by", "BEST_BY_VAL", "BEST_BY_LAST", "jsonable", "read_jsonl", "truncate_jsonl"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,13 +191,26 @@ def truncate_metrics(path: str | Path, epochs_done: int) -> int:
     return truncate_jsonl(path, "epoch", epochs_done)
 
 
+#: How :func:`best_epoch` chose, with and without a validation split (``summary.json``'s ``best_by``).
+BEST_BY_VAL = "val_acc"
+BEST_BY_LAST = "last epoch (no validation split)"
+
+
 def best_epoch(records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The record with the best validation accuracy (the earliest on ties); by test accuracy if no val split."""
-    key = "val_acc" if any(r.get("val_acc") is not None for r in records) else "test_acc"
-    scored = [r for r in records if r.get(key) is not None]
-    if not scored:
-        return None
-    return max(scored, key=lambda r: (r[key], -r["epoch"]))
+    """The record with the best validation accuracy (the earliest on ties).
+
+    Without a validation split (``data.val_fraction = 0``) the last record: choosing the epoch by test accuracy
+    would report the test set's best case as a result (see :func:`best_by`).
+    """
+    if not any(r.get("val_acc") is not None for r in records):
+        return records[-1] if records else None
+    scored = [r for r in records if r.get("val_acc") is not None]
+    return max(scored, key=lambda r: (r["val_acc"], -r["epoch"]))
+
+
+def best_by(records: Sequence[Mapping[str, Any]]) -> str:
+    """How :func:`best_epoch` chooses for these records: :data:`BEST_BY_VAL` or :data:`BEST_BY_LAST`."""
+    return BEST_BY_VAL if any(r.get("val_acc") is not None for r in records) else BEST_BY_LAST
 
 
 def write_summary(path: str | Path, summary: Mapping[str, Any]) -> None:

@@ -278,6 +278,6 @@ def wrap_model(model: nn.Module, parallel: Parallel, device: torch.device) -> nn
     """
     if not parallel.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
+    from sparsetrain.sparse.backend import distributed_data_parallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return distributed_data_parallel(model, device_ids=[device.index] if device.type == "cuda" else None)

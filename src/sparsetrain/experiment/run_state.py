@@ -36,7 +36,7 @@ import torch
 
 from sparsetrain.checkpoint_io import CheckpointError
 
-from .build import Experiment
+from .build import Experiment, rewrap_sparse_layers
 from .checkpoint import load_checkpoint
 from .config import ConfigError, ExperimentConfig
 from .rundir import RunDir
@@ -194,6 +194,8 @@ def restore_objects(exp: Experiment, state: Mapping[str, Any], parts: Collection
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         detail = " ".join(str(exc).split())[:300]
         raise CheckpointError(f"{path} does not fit this run ({type(exc).__name__}: {detail})") from None
+    if "model" in parts:
+        rewrap_sparse_layers(exp)  # the held layers took the checkpoint's active counts
 
 
 def loop_state(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from sparsetrain.itop import itop_by_layer
 
 from .build import Experiment
 from .config import DENSE
-from .metrics import best_epoch, write_summary
+from .metrics import best_by, best_epoch, write_summary
 from .rundir import RunDir
 from .trace import DensityTrace, run_report
 
@@ -66,6 +66,7 @@ def run_summary(exp: Experiment, run: RunDir, *, masks: Mapping[str, Tensor], ch
         "best_acc": best.get("test_acc"),
         "best_val_acc": best.get("val_acc"),
         "best_epoch": best.get("epoch"),
+        "best_by": best_by(records),
         "max_test_acc": max((r["test_acc"] for r in records if r.get("test_acc") is not None), default=None),
         "final_train_loss": last.get("train_loss"),
         "itop_rate": exp.sparsifier.itop_rate() if exp.sparsifier is not None else None,

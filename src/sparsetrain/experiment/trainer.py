@@ -61,7 +61,7 @@ from sparsetrain.itop import itop_by_layer
 from sparsetrain.topology import TopologyEvent
 
 from .branch import Branch, check_branch_record, read_branch_record, start_branch, write_branch_record
-from .build import Experiment, attach_sparsifier, build_experiment
+from .build import Experiment, attach_sparsifier, build_experiment, sparsifier_step
 from .checkpoint import capture_rng, restore_rng
 from .config import DENSE, ConfigError, ExperimentConfig
 from .loggers import check_installed, discard_logs, open_tracker
@@ -543,7 +543,7 @@ class Trainer:
             exp.optimizer.step()
         self.step += 1
         self._batch_in_epoch += 1
-        if exp.sparsifier is not None and exp.sparsifier.step():
+        if exp.sparsifier is not None and sparsifier_step(exp):
             self._sparsity = self._trace.record(self.step, run_masks(exp))
             if exp.parallel.distributed:  # one small all-gather per update catches diverging ranks at once
                 assert_masks_identical(exp.sparsifier, group=exp.parallel.control)

@@ -77,6 +77,9 @@ class SparsifierTrainerCallback(TrainerCallback):
         log_metrics: add the sparsity, each topology update's figures and the per-epoch weight summaries to the
             Trainer's log records (see the module docstring; default True).
         **options: keyword arguments of the method (``sparsity`` is required), e.g. ``update_every``, ``seed``.
+            ``sparse_init`` defaults to "none" here, not to the library's "fan_in": a model a Hugging Face Trainer
+            trains is usually pretrained, and rescaling trained weights to their active fan-in would damage them;
+            pass ``sparse_init="fan_in"`` for a model initialised from scratch.
 
     Attributes:
         sparsifier: the running sparsifier (None before training starts).
@@ -98,7 +101,7 @@ class SparsifierTrainerCallback(TrainerCallback):
             check_total_steps(total_steps, "the total_steps argument")
         self.total_steps = total_steps
         self.resume_from = Path(resume_from) if resume_from is not None else None
-        self.options = dict(options)
+        self.options = {"sparse_init": "none", **options}
         self.log_metrics = bool(log_metrics)
         self.sparsifier: Sparsifier | None = None
         self._sparsity: float | None = None

@@ -2,7 +2,8 @@
 and weights, and lottery jackpots. Pure functions of masks, weights and models; nothing here trains or writes.
 
 * :func:`prune_round` / :func:`next_count` / :func:`level_count` / :func:`level_counts` / :func:`layer_rates` —
-  which weights each IMP round keeps (Frankle & Carbin 2019).
+  which weights each IMP round keeps (Frankle & Carbin 2019); :func:`prune_to_sparsity` / :func:`level_sparsities`
+  — rounds that follow target sparsities (a list, or a linear rise).
 * :func:`snapshot` / :func:`rewind` / :func:`reinitialize` — the rewind point and a fresh initialisation.
 * :func:`random_mask_like` — the random-mask control.
 * :func:`find_jackpot` — a mask found in a trained model without weight updates (Chen et al. 2021).
@@ -12,11 +13,22 @@ The lottery *study* (IMP levels and controls trained on disk, resumable, and its
 """
 
 from .controls import random_mask_like
-from .imp import layer_rates, level_count, level_counts, next_count, pattern_groups, prune_round
+from .imp import (
+    SCHEDULES,
+    layer_rates,
+    level_count,
+    level_counts,
+    level_sparsities,
+    next_count,
+    pattern_groups,
+    prune_round,
+    prune_to_sparsity,
+)
 from .jackpot import find_jackpot, mask_iou, restrict_changes
 from .rewind import reinitialize, rewind, snapshot
 
 __all__ = [
-    "prune_round", "next_count", "level_count", "level_counts", "layer_rates", "pattern_groups", "rewind", "snapshot",
+    "SCHEDULES", "prune_round", "prune_to_sparsity", "level_sparsities", "next_count", "level_count", "level_counts",
+    "layer_rates", "pattern_groups", "rewind", "snapshot",
     "reinitialize", "random_mask_like", "find_jackpot", "restrict_changes", "mask_iou",
 ]

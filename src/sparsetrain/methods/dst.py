@@ -24,27 +24,26 @@ holds exactly N after every update (``k`` counted as above).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..options import Option
 from ..schedules import UpdateCadence, check_point, cosine_decay, resolve_step
-from ..scores import gradient_scores, magnitude_scores, random_scores
+from ..scores import Growth
 from ..sparsifier import Sparsifier
-from ..updates import REGROW_MODES, regrow
+from ..updates import REGROW_MODES
 from ..validation import check_fraction, check_number
 
 __all__ = ["DynamicSparse", "RigL", "SET", "SNFS"]
 
 _EVCI = "Evci et al. 2020"
-GrowScores = Mapping[str, Tensor] | Callable[[str], Tensor]
 
 
 class DynamicSparse(Sparsifier):
-    """Drop-and-grow at a fixed sparsity; subclasses choose the growth score (:meth:`grow_scores`).
+    """Drop-and-grow at a fixed sparsity; subclasses choose the growth score (:meth:`growth`).
 
     Options (besides the base options of :class:`~sparsetrain.sparsifier.Sparsifier`; defaults: ``distribution``
     "erk" for the random initial mask, ``update_every`` 100):
@@ -82,17 +81,14 @@ class DynamicSparse(Sparsifier):
     def is_update_step(self, step: int) -> bool:
         return self.cadence(step)
 
-    def grow_scores(self) -> GrowScores:
-        """The growth score of each position (higher grows first): name -> tensor, or a function of the name
-        (drawn only for the tensors that grow)."""
+    def growth(self) -> Growth:
+        """How inactive positions are ranked for growth (:data:`sparsetrain.scores.Growth`)."""
         raise NotImplementedError
 
     def update(self, step: int) -> dict[str, Tensor]:
-        self.masks, reset = regrow(
-            self.masks, magnitude_scores(self.params), self.grow_scores(), self.current_drop_fraction(step),
-            mode=self.regrow_mode, rounding="floor", groups=None if self.pattern is None else self.nm_budget().groups,
-        )
-        return reset
+        groups = None if self.pattern is None else self.nm_budget().groups
+        return self.drop_and_grow(self.current_drop_fraction(step), self.growth(), mode=self.regrow_mode,
+                                  rounding="floor", groups=groups)
 
 
 class RigL(DynamicSparse):
@@ -100,8 +96,8 @@ class RigL(DynamicSparse):
 
     method = "rigl"
 
-    def grow_scores(self) -> GrowScores:
-        return gradient_scores(self.params)
+    def growth(self) -> Growth:
+        return "gradient"
 
 
 class SET(DynamicSparse):
@@ -109,8 +105,11 @@ class SET(DynamicSparse):
 
     method = "set"
 
-    def grow_scores(self) -> GrowScores:
-        return lambda name: random_scores({name: self.params[name]}, self.generator)[name]
+    def growth(self) -> Growth:
+        return "random"
+
+    def needs_dense_gradient(self, step: int) -> bool:
+        return False
 
 
 class SNFS(DynamicSparse):
@@ -134,16 +133,19 @@ class SNFS(DynamicSparse):
         self.momentum = {name: torch.zeros_like(p) for name, p in self.params.items()}
         self.enforcer.on_gradients(self._accumulate)
 
-    def _accumulate(self, params: Mapping[str, nn.Parameter]) -> None:
+    def _accumulate(self, grads: Mapping[str, Tensor]) -> None:
         """``m = beta * m + g`` with this step's dense gradient, before it is masked."""
-        names = [n for n, p in params.items() if p.grad is not None]
+        names = list(grads)
         if names:
             buffers = [self.momentum[n] for n in names]
             torch._foreach_mul_(buffers, self.beta)
-            torch._foreach_add_(buffers, [params[n].grad for n in names])
+            torch._foreach_add_(buffers, [grads[n] for n in names])
 
-    def grow_scores(self) -> GrowScores:
+    def growth(self) -> Growth:
         return lambda name: self.momentum[name].abs()
+
+    def needs_dense_gradient(self, step: int) -> bool:
+        return False  # the momentum reads every step's gradient through on_gradients
 
     def _extra_state(self) -> dict[str, Any]:
         return {"momentum": {n: m.detach().cpu().clone() for n, m in self.momentum.items()}}

@@ -23,12 +23,15 @@ multiplied by a factor decaying to 0) is not implemented.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor
 
 from ..distributions import DISTRIBUTIONS, check_distribution
 from ..masks import sparsity_report
-from ..options import Option
 from ..nm import NMPattern
+from ..options import Option
 from ..schedules import StructureDecay, UpdateCadence, check_point, cubic_sparsity, decay_stages, resolve_step
 from ..scores import magnitude_scores
 from ..selection import budget, keep_top
@@ -72,6 +75,13 @@ class GMP(Sparsifier):
                "str", _check_init_distribution, ", ".join(DISTRIBUTIONS)),
     )
     option_defaults = {"update_every": 1000, "distribution": "uniform"}
+
+    @classmethod
+    def starts_sparse(cls, options: Mapping[str, Any]) -> bool:
+        """Sparse only with ``initial_sparsity > 0`` (GraNet-ST, or GMP from a random mask); a dense start has
+        nothing to rescale."""
+        initial = options.get("initial_sparsity", 0.0)
+        return super().starts_sparse(options) and isinstance(initial, (int, float)) and initial > 0
 
     def setup(self) -> None:
         if self.inputs.get("masks") is not None:
@@ -146,6 +156,9 @@ class GMP(Sparsifier):
     def is_update_step(self, step: int) -> bool:
         return self.prune_cadence(step)
 
+    def needs_dense_gradient(self, step: int) -> bool:
+        return False
+
     def update(self, step: int) -> dict[str, Tensor]:
         self.prune(step)
         return {}
@@ -156,7 +169,7 @@ class GMP(Sparsifier):
         if self.decay is not None:
             stage = self.stage_pattern(step)
             if stage is not None:
-                self.masks = keep_top(magnitude_scores(self.params), self.nm_budget(stage), eligible=self.masks)
+                self.prune_by_magnitude(self.nm_budget(stage))
             return
         s_t = self.target_sparsity(step)
         span = self.sparsity - self.initial_sparsity
@@ -165,5 +178,5 @@ class GMP(Sparsifier):
         for name, final in self.fixed.items():
             start = min(self.initial_sparsity, final)
             pinned[name] = start + (final - start) * progress
-        wanted = budget(self.params, s_t, distribution=self.distribution, scope=self.scope, fixed=pinned)
-        self.masks = keep_top(magnitude_scores(self.params), wanted, eligible=self.masks)
+        self.prune_by_magnitude(budget(self.params, s_t, distribution=self.distribution, scope=self.scope,
+                                       fixed=pinned))

@@ -33,8 +33,7 @@ from torch import Tensor
 
 from ..options import Option
 from ..schedules import UpdateCadence, cosine_decay
-from ..scores import gradient_scores, magnitude_scores
-from ..updates import REGROW_MODES, regrow
+from ..updates import REGROW_MODES
 from ..validation import check_bool, check_fraction
 from .gmp import GMP
 
@@ -83,15 +82,14 @@ class GraNet(GMP):
     def is_update_step(self, step: int) -> bool:
         return self.prune_cadence(step) or self.regrow_cadence(step)
 
+    def needs_dense_gradient(self, step: int) -> bool:
+        return self.regrow_cadence(step)
+
     def update(self, step: int) -> dict[str, Tensor]:
         if self.prune_cadence(step):
             self.prune(step)
         if not self.regrow_cadence(step):
             return {}
         stage = self.stage_pattern(step)
-        self.masks, reset = regrow(
-            self.masks, magnitude_scores(self.params), gradient_scores(self.params),
-            self.current_drop_fraction(step), mode=self.regrow_mode, rounding="ceil",
-            groups=None if stage is None else self.nm_budget(stage).groups,
-        )
-        return reset
+        return self.drop_and_grow(self.current_drop_fraction(step), "gradient", mode=self.regrow_mode,
+                                  rounding="ceil", groups=None if stage is None else self.nm_budget(stage).groups)

@@ -33,6 +33,7 @@ from ..nm import check_pattern
 from ..options import Option
 from ..scores import magnitude_scores
 from ..selection import keep_top
+from ..sparse_init import SPARSE_INITS
 from ..sparsifier import Sparsifier
 from ..srste import SRSTE_DECAY, StraightThroughEnforcer
 from ..validation import check_number
@@ -55,7 +56,8 @@ class SRSTE(Sparsifier):
     sparse-refined decay of the pruned weights.
 
     Options (besides the base options of :class:`~sparsetrain.sparsifier.Sparsifier`; ``pattern`` defaults to
-    "2:4", the pattern NVIDIA's sparse tensor cores run, and is required):
+    "2:4", the pattern NVIDIA's sparse tensor cores run, and is required; ``sparse_init`` defaults to "none": every
+    weight is trained, the mask only gates the forward pass, so the dense initialisation is the paper's):
         decay: ``lambda_W`` of the sparse-refined term (0: the plain straight-through estimator, "STE" in the
             paper's ablation).
     """
@@ -64,6 +66,9 @@ class SRSTE(Sparsifier):
     options = (
         Option("pattern", "2:4", "the N:M pattern trained (2:4: what NVIDIA's sparse tensor cores run); sparsity is "
                "1 - N/M", "str", _check_pattern, "'N:M' with integers 1 <= N < M, e.g. 2:4", reference=_ZHOU),
+        Option("sparse_init", "none", "none: SR-STE trains every weight from the dense initialisation (the mask "
+               "only gates the forward pass); fan_in rescales each unit to its active fan-in", "str",
+               choices=SPARSE_INITS, reference=_ZHOU),
         Option("decay", SRSTE_DECAY, "lambda_W: decay of the pruned weights added to their gradient (0: plain STE)",
                "float", lambda name, value: check_number(name, value, "[0, inf)"), "a number >= 0",
                reference=_ZHOU),

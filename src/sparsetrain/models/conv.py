@@ -8,11 +8,13 @@ they have 4.30M, 2.43M and 2.26M parameters. The first FC's width is measured wi
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
-from sparsetrain.models.registry import register_model
-from sparsetrain.models.shapes import image_shape, output_features, reject_tokens
+from sparsetrain.models.registry import register_image_model
+from sparsetrain.models.shapes import output_features
 
 CONV_WIDTHS = {"conv2": (64,), "conv4": (64, 128), "conv6": (64, 128, 256)}
 
@@ -48,14 +50,6 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def _register(name: str) -> None:
-    @register_model(name)
-    def build(input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None) -> nn.Module:
-        reject_tokens(name, vocab_size)
-        return ConvNet(name, image_shape(name, input_shape), num_classes)
-
-    build.__doc__ = f"{name[:4].capitalize()}-{name[4:]} of Frankle & Carbin 2019 for (C, H, W) images."
-
-
 for _name in CONV_WIDTHS:
-    _register(_name)
+    register_image_model(_name, partial(ConvNet, _name),
+                         f"{_name[:4].capitalize()}-{_name[4:]} of Frankle & Carbin 2019 for (C, H, W) images.")

@@ -9,11 +9,12 @@ average pool before the classifier makes any input size work (it is the identity
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
-from sparsetrain.models.registry import register_model
-from sparsetrain.models.shapes import image_shape, reject_tokens
+from sparsetrain.models.registry import register_image_model
 
 VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
     "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
@@ -57,14 +58,6 @@ class VGG(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-def _register(name: str) -> None:
-    @register_model(name)
-    def build(input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None) -> nn.Module:
-        reject_tokens(name, vocab_size)
-        return VGG(name, image_shape(name, input_shape), num_classes)
-
-    build.__doc__ = f"VGG-{name[3:]} with batch norm, CIFAR style, for (C, H, W) images."
-
-
 for _name in VGG_CONFIGS:
-    _register(_name)
+    register_image_model(_name, partial(VGG, _name),
+                         f"VGG-{_name[3:]} with batch norm, CIFAR style, for (C, H, W) images.")

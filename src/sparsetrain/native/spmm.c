@@ -25,6 +25,25 @@
 
 #define ROWS 16 /* output rows whose results are buffered before the write-back */
 
+/* Row i of a tile of NV vectors packed by pack_tile: the 16 * NV batch values of input i, as NV vectors. The
+ * product i * 16 * NV is taken in i's type: a caller whose i may pass 2^31 / 64 casts it to int64_t first. */
+#define TILE_ROW(xt, i, NV) ((const v16 *)((xt) + (i) * (16 * (NV))))
+
+/* acc += s * row, vector by vector over the NV vectors of a packed tile row. */
+#define MADD_ROW(NV, acc, s, row)                                                                          \
+    do {                                                                                                   \
+        for (int vec_ = 0; vec_ < (NV); ++vec_) MADD((acc)[vec_], (s), (row)[vec_]);                       \
+    } while (0)
+
+/* Two nonzeros into the two interleaved partial sums (even and odd): a += s * p and b += t * q. */
+#define MADD_ROW_PAIR(NV, a, s, p, b, t, q)                                                                \
+    do {                                                                                                   \
+        for (int vec_ = 0; vec_ < (NV); ++vec_) {                                                          \
+            MADD((a)[vec_], (s), (p)[vec_]);                                                               \
+            MADD((b)[vec_], (t), (q)[vec_]);                                                               \
+        }                                                                                                  \
+    } while (0)
+
 /* Write ybuf (ROWS x T, rows r0..r0+nr) to y[b0 + j, r0 + i] for j < nb, adding the bias. */
 static void write_back(const float *ybuf, int T, int64_t r0, int nr, int64_t b0, int nb, const float *bias,
                        float *y, int64_t ldy) {
@@ -57,18 +76,15 @@ static void write_back(const float *ybuf, int T, int64_t r0, int nr, int64_t b0,
         for (int v = 0; v < NV; ++v) a[v] = b[v] = (v16){0};                                               \
         int32_t k = k0;                                                                                    \
         for (; k + 1 < k1; k += 2) {                                                                       \
-            const v16 *p = (const v16 *)(xt + (int64_t)cols[k] * (16 * NV));                              \
-            const v16 *q = (const v16 *)(xt + (int64_t)cols[k + 1] * (16 * NV));                          \
+            const v16 *p = TILE_ROW(xt, (int64_t)cols[k], NV);                                             \
+            const v16 *q = TILE_ROW(xt, (int64_t)cols[k + 1], NV);                                         \
             const float s = vals[k], t = vals[k + 1];                                                      \
-            for (int v = 0; v < NV; ++v) {                                                                 \
-                MADD(a[v], s, p[v]);                                                                        \
-                MADD(b[v], t, q[v]);                                                                        \
-            }                                                                                              \
+            MADD_ROW_PAIR(NV, a, s, p, b, t, q);                                                           \
         }                                                                                                  \
         if (k < k1) {                                                                                      \
-            const v16 *p = (const v16 *)(xt + (int64_t)cols[k] * (16 * NV));                              \
+            const v16 *p = TILE_ROW(xt, (int64_t)cols[k], NV);                                             \
             const float s = vals[k];                                                                       \
-            for (int v = 0; v < NV; ++v) MADD(a[v], s, p[v]);                                               \
+            MADD_ROW(NV, a, s, p);                                                                         \
         }                                                                                                  \
         for (int v = 0; v < NV; ++v) *(v16u *)(out + 16 * v) = a[v] + b[v];                                \
     }
@@ -223,39 +239,33 @@ int spmm_linear_f32(int64_t batch, int64_t in, int64_t out, const int32_t *rowpt
         if (n == 2) {                                                                                       \
             for (int64_t g = g0; g < g1; ++g) {                                                             \
                 const float *base = xt + g * m * (16 * NV);                                                 \
-                const v16 *q = (const v16 *)(base + p[2 * g] * (16 * NV));                                  \
-                const v16 *r = (const v16 *)(base + p[2 * g + 1] * (16 * NV));                              \
+                const v16 *q = TILE_ROW(base, p[2 * g], NV);                                                \
+                const v16 *r = TILE_ROW(base, p[2 * g + 1], NV);                                            \
                 const float s = v[2 * g], t = v[2 * g + 1];                                                 \
-                for (int u = 0; u < NV; ++u) {                                                              \
-                    MADD(a[u], s, q[u]);                                                                    \
-                    MADD(b[u], t, r[u]);                                                                    \
-                }                                                                                           \
+                MADD_ROW_PAIR(NV, a, s, q, b, t, r);                                                        \
             }                                                                                               \
         } else if (n == 1) {                                                                                \
             int64_t g = g0;                                                                                 \
             for (; g + 1 < g1; g += 2) {                                                                    \
-                const v16 *q = (const v16 *)(xt + (g * m + p[g]) * (16 * NV));                              \
-                const v16 *r = (const v16 *)(xt + ((g + 1) * m + p[g + 1]) * (16 * NV));                    \
+                const v16 *q = TILE_ROW(xt, g * m + p[g], NV);                                              \
+                const v16 *r = TILE_ROW(xt, (g + 1) * m + p[g + 1], NV);                                    \
                 const float s = v[g], t = v[g + 1];                                                         \
-                for (int u = 0; u < NV; ++u) {                                                              \
-                    MADD(a[u], s, q[u]);                                                                    \
-                    MADD(b[u], t, r[u]);                                                                    \
-                }                                                                                           \
+                MADD_ROW_PAIR(NV, a, s, q, b, t, r);                                                        \
             }                                                                                               \
             if (g < g1) {                                                                                   \
-                const v16 *q = (const v16 *)(xt + (g * m + p[g]) * (16 * NV));                              \
-                for (int u = 0; u < NV; ++u) MADD(a[u], v[g], q[u]);                                        \
+                const v16 *q = TILE_ROW(xt, g * m + p[g], NV);                                              \
+                MADD_ROW(NV, a, v[g], q);                                                                   \
             }                                                                                               \
         } else {                                                                                            \
             for (int64_t g = g0; g < g1; ++g) {                                                             \
                 const float *base = xt + g * m * (16 * NV);                                                 \
                 for (int j = 0; j < n; ++j) {                                                               \
-                    const v16 *q = (const v16 *)(base + p[g * n + j] * (16 * NV));                          \
+                    const v16 *q = TILE_ROW(base, p[g * n + j], NV);                                        \
                     const float s = v[g * n + j];                                                           \
                     if (j & 1)                                                                              \
-                        for (int u = 0; u < NV; ++u) MADD(b[u], s, q[u]);                                   \
+                        MADD_ROW(NV, b, s, q);                                                              \
                     else                                                                                    \
-                        for (int u = 0; u < NV; ++u) MADD(a[u], s, q[u]);                                   \
+                        MADD_ROW(NV, a, s, q);                                                              \
                 }                                                                                           \
             }                                                                                               \
         }                                                                                                   \

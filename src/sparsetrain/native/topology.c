@@ -1,4 +1,4 @@
-/* Growth candidates for the topology updates of TrainableSparseLinear (sparsetrain.sparse.topology).
+/* Growth candidates for the topology updates of TrainableSparseLinear (sparsetrain.streaming_topk).
  *
  * A RigL update ranks every inactive position of a layer by its dense gradient, block of rows by block of rows.
  * select_above keeps, in one pass over a block, the entries that can still make the top k: those above the current

@@ -7,7 +7,9 @@
   CUDA for torch's semi-structured sparse tensors, for faster inference; :func:`dense_state_dict` and
   :func:`unconvert` go back to the original architecture.
 * :class:`TrainableSparseLinear`: a Linear layer that stores, trains and updates only its active weights
-  (truly sparse training: forward, backward and optimizer state in proportion to the density).
+  (truly sparse training: forward, backward and optimizer state in proportion to the density), and
+  :class:`SparseEnforcer`, the storage backend built on it (``backend="sparse"`` / ``"auto"`` of every method,
+  registered with :func:`sparsetrain.enforcement.make_enforcer` when this package is imported).
 """
 
 from sparsetrain.sparse.convert import DEFAULT_MIN_NUMEL, DEFAULT_MIN_SPARSITY, convert, dense_state_dict, unconvert
@@ -20,6 +22,7 @@ from sparsetrain.sparse.export import (
 )
 from sparsetrain.sparse.linear import SparseLinear
 from sparsetrain.sparse.nm_linear import NMLinear
+from sparsetrain.sparse.backend import SparseEnforcer
 from sparsetrain.sparse.trainable import TrainableSparseLinear
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "ExportInfo",
     "NMLinear",
     "SparseFileError",
+    "SparseEnforcer",
     "SparseLinear",
     "TrainableSparseLinear",
     "choose_encoding",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -105,27 +106,8 @@ def native_linear(
     if library is None:
         return None
     x, crow, col, values, bias = _contiguous(x, crow, col, values, bias)
-    batch, in_features = x.shape
-    y = torch.empty(batch, out_features, dtype=torch.float32)
-    status = library.spmm_linear_f32(
-        batch,
-        in_features,
-        out_features,
-        crow.data_ptr(),
-        col.data_ptr(),
-        values.data_ptr(),
-        bias.data_ptr() if bias is not None else None,
-        x.data_ptr(),
-        max(x.stride(0), 1),
-        y.data_ptr(),
-        max(out_features, 1),
-        tile,
-        torch.get_num_threads(),
-    )
-    if status != 0:
-        logger.warning("native spmm failed (out of memory?); using the PyTorch path for this call")
-        return None
-    return y
+    weight = (crow.data_ptr(), col.data_ptr(), values.data_ptr())
+    return _run_linear(library.spmm_linear_f32, "spmm", x, out_features, weight, bias, options=(tile,))
 
 
 def native_nm_linear(
@@ -152,25 +134,52 @@ def native_nm_linear(
     if library is None:
         return None
     x, values, positions, bias = _contiguous(x, values, positions, bias)
+    weight = (n, m, values.data_ptr(), positions.data_ptr())
+    return _run_linear(library.nm_linear_f32, "N:M kernel", x, values.shape[0], weight, bias)
+
+
+def _run_linear(
+    kernel: Callable[..., int],
+    label: str,
+    x: Tensor,
+    out_features: int,
+    weight: tuple[int, ...],
+    bias: Tensor | None,
+    options: tuple[int, ...] = (),
+) -> Tensor | None:
+    """Call a native ``y = x @ W.T + bias`` kernel in the calling convention both share.
+
+    The convention: ``kernel(batch, in, out, *weight, bias, x, ldx, y, ldy, *options, threads) -> status``, with
+    ``x`` and ``y`` row-major (leading dimensions ``ldx``, ``ldy``) and status 0 on success.
+
+    Args:
+        kernel: the library function (``spmm_linear_f32`` or ``nm_linear_f32``).
+        label: how the warning names the kernel when it fails.
+        x: the input, ``(batch, in_features)`` with unit-stride rows.
+        out_features: rows of the weight.
+        weight: the kernel's weight arguments (pointers to contiguous tensors, and the N:M pattern's n and m).
+        bias: contiguous float32 ``(out_features,)`` or None.
+        options: the kernel's arguments after ``ldy`` other than the thread count (the CSR kernel's tile width).
+
+    Returns:
+        A new contiguous ``(batch, out_features)`` tensor, or None when the kernel failed (it logs a warning).
+    """
     batch, in_features = x.shape
-    out_features = values.shape[0]
     y = torch.empty(batch, out_features, dtype=torch.float32)
-    status = library.nm_linear_f32(
+    status = kernel(
         batch,
         in_features,
         out_features,
-        n,
-        m,
-        values.data_ptr(),
-        positions.data_ptr(),
+        *weight,
         bias.data_ptr() if bias is not None else None,
         x.data_ptr(),
         max(x.stride(0), 1),
         y.data_ptr(),
         max(out_features, 1),
+        *options,
         torch.get_num_threads(),
     )
     if status != 0:
-        logger.warning("native N:M kernel failed (out of memory?); using the PyTorch path for this call")
+        logger.warning("native %s failed (out of memory?); using the PyTorch path for this call", label)
         return None
     return y

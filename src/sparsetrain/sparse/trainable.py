@@ -378,7 +378,14 @@ class TrainableSparseLinear(nn.Module):
         """Free the inputs and output gradients kept for :meth:`dense_grad`."""
         self._grad_inputs.pairs.clear()
 
-    def dense_grad(self, rows: slice | None = None) -> Tensor:
+    def take_grad_inputs(self) -> list[tuple[Tensor, Tensor]]:
+        """Hand over the ``(input, output gradient)`` pairs kept so far and forget them here (for a caller that
+        computes the dense gradient later with ``dense_grad(rows, pairs)``, after further backward passes)."""
+        pairs = self._grad_inputs.pairs
+        self._grad_inputs.pairs = []
+        return pairs
+
+    def dense_grad(self, rows: slice | None = None, pairs: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """The dense gradient of the loss with respect to the weight (or its rows ``rows``), at every position.
 
         Computed from the layer inputs and output gradients kept since :attr:`keep_grad_inputs` was set (summed
@@ -387,6 +394,7 @@ class TrainableSparseLinear(nn.Module):
 
         Args:
             rows: a slice of output rows (step 1), or None for all.
+            pairs: the pairs to use instead of the ones kept now (from :meth:`take_grad_inputs`).
 
         Returns:
             A new ``(len(rows), in_features)`` tensor.
@@ -394,13 +402,14 @@ class TrainableSparseLinear(nn.Module):
         Raises:
             RuntimeError: no backward pass was kept.
         """
-        if not self._grad_inputs.pairs:
+        pairs = self._grad_inputs.pairs if pairs is None else pairs
+        if not pairs:
             raise RuntimeError("no backward pass was kept: set keep_grad_inputs = True before the forward pass")
         rows = rows if rows is not None else slice(0, self.out_features)
         if rows.step not in (None, 1):
             raise ValueError(f"rows must be a slice with step 1, got {rows!r}")
         grad: Tensor | None = None
-        for x, dy in self._grad_inputs.pairs:
+        for x, dy in pairs:
             part = dy[:, rows].t() @ x
             grad = part if grad is None else grad.add_(part)
         assert grad is not None
@@ -449,10 +458,7 @@ class TrainableSparseLinear(nn.Module):
             if grad is not None:
                 grad.copy_(_carried(grad, source))
         else:
-            param.grad = None
-            param.data = _carried(param.data, source)
-            if grad is not None:
-                param.grad = _carried(grad, source)
+            _resize(param, _carried(param.data, source), _carried(grad, source) if grad is not None else None)
         del source
         self._set_layout(_layout_of_csr(self.in_features, self.out_features, crow, col))
         logger.debug("topology replaced: %d active weights, %d of them grown", param.shape[0], grow.shape[0])
@@ -512,6 +518,25 @@ class TrainableSparseLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, nnz={self.nnz}, density={self.density:.4f}")
+
+
+def _resize(param: nn.Parameter, values: Tensor, grad: Tensor | None) -> None:
+    """Give ``param`` new values (and gradient) of another size, keeping the Parameter object.
+
+    The tensor underneath is swapped for a new one (``torch.utils.swap_tensors``) so that autograd creates a new
+    gradient accumulator of the new size: the old one, which an earlier graph or a DistributedDataParallel wrapper
+    may still hold, keeps the old size. Where the swap is refused (something outside Python, such as a live DDP
+    reducer, holds the tensor) the data is replaced in place instead, and the holder must let go before the next
+    backward pass (see :func:`sparsetrain.sparse.backend.distributed_data_parallel`).
+    """
+    fresh = nn.Parameter(values, requires_grad=param.requires_grad)
+    fresh.grad = grad
+    try:
+        torch.utils.swap_tensors(param, fresh)
+    except RuntimeError:
+        param.grad = None
+        param.data = values
+        param.grad = grad
 
 
 def _checked_indices(indices: Tensor, numel: int, name: str) -> Tensor:

@@ -27,9 +27,11 @@ from .lottery import (
     run_lottery,
 )
 from .plasticity import (
+    GRANET_UPDATE_FRACTION,
     PlasticityCell,
     PlasticityStudy,
     default_prune_epochs,
+    late_decay_config,
     lr_decay_epochs,
     plasticity_cells,
     run_plasticity,
@@ -38,5 +40,5 @@ from .plasticity import (
 __all__ = [
     "LotteryConfig", "CONTROLS", "run_lottery", "lottery_dir", "level_dir", "lottery_curve", "curve_table",
     "plot_curve", "PlasticityCell", "PlasticityStudy", "plasticity_cells", "lr_decay_epochs", "default_prune_epochs",
-    "run_plasticity", "run_jackpot", "jackpot_dir", "render_html_report", "write_html_report",
+    "GRANET_UPDATE_FRACTION", "late_decay_config", "run_plasticity", "run_jackpot", "jackpot_dir", "render_html_report", "write_html_report",
 ]

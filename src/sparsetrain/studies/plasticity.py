@@ -5,11 +5,44 @@ Liu et al., *Sparse Training via Boosting Pruning Plasticity with Neuroregenerat
 with rate ``r`` by weight magnitude (one global threshold, or each layer on its own:
 :func:`sparsetrain.analysis.plasticity.magnitude_masks`), and continue training, from the dense run's optimizer
 state, learning-rate schedule and data order, to the end of the schedule, either with the mask fixed or with
-*neuroregeneration*: GraNet's zero-cost drop-and-regrow (every ΔT steps each layer drops the fraction ``r_t`` of
-its active weights with the smallest magnitude and regrows as many inactive ones with the largest dense
-gradient, at zero). The result of a cell ``(t, r, regeneration)`` is the final test accuracy ``acc`` and its
-change relative to the unpruned (dense) run, ``drop = (acc - acc_dense) / acc_dense``. The paper found
-plasticity falls sharply after the learning rate decays, and that neuroregeneration raises it.
+GraNet's *zero-cost neuroregeneration*. The result of a cell ``(t, r, regeneration)`` is the final test accuracy
+``acc`` and its change relative to the unpruned (dense) run, ``drop = (acc - acc_dense) / acc_dense``. The paper
+found plasticity falls sharply after the learning rate decays, and that neuroregeneration raises it.
+
+Neuroregeneration as GraNet's official code runs it (VITA-Group/GraNet, ``CIFAR/sparselearning/core.py`` and
+``CIFAR/main.py``):
+
+* **Pruning.** ``Masking.init`` with ``--sparse-init prune_global`` (core.py lines 135-164: one ``topk``
+  threshold over all layers, ``int(N * (1 - pruning_rate))`` weights kept, momentum zeroed by ``apply_mask``) or
+  ``prune_uniform`` (lines 118-133: ``ceil(pruning_rate * n)`` of each layer removed after a sort). The counts are
+  those of :func:`~sparsetrain.analysis.plasticity.magnitude_masks`; the pruned weights and their optimizer state
+  are zeroed when the cell's sparsifier attaches.
+* **Regeneration.** Training continues through ``Masking.step`` (core.py lines 335-346 with ``--method DST``):
+  every ``update_frequency`` optimizer steps, counted over the whole run (``self.steps % prune_every_k_steps``),
+  ``truncate_weights`` (lines 537-563) drops ``ceil(prune_rate * nonzeros)`` of each layer's active weights by
+  magnitude (``magnitude_death``, lines 584-592) and regrows as many inactive ones by the dense gradient of the
+  current minibatch (``gradient_growth``, lines 617-624), at zero; a weight dropped and regrown in the same update
+  keeps its value. ``prune_rate`` is ``CosineDecay(0.5, len(train_loader) * epochs)`` (main.py line 274; core.py
+  lines 27-36, ``eta_min`` 0.005) stepped once per optimizer step (core.py line 338): the run-wide cosine, not one
+  restarted at the pruning point. Here that is :class:`~sparsetrain.methods.granet.GraNet` on the pruned masks
+  with no further pruning (``prune_end=0``), its step counter continuing the dense run's
+  (``Branch(sparsifier_start="branch")``), so its drop fraction at step ``s`` of a ``T``-step run is
+  ``0.005 + 0.2475 (1 + cos(pi s / T))`` and updates fall on the run's multiples of ΔT.
+* **Cadence.** ΔT is the same fraction of the run as GraNet's CIFAR recipe: 1,000 optimizer steps
+  (``--update-frequency 1000``, CIFAR/scripts/script) of 160 epochs x 352 batches (main.py line 169 holds out
+  ``--valid_split 0.1`` of the 50,000 training images; batch 128): :data:`GRANET_UPDATE_FRACTION` = 1/56.32 of
+  the run, rounded to whole steps (:func:`regrowth_interval`). ``regrow_every`` overrides it (steps, or a fraction
+  of the run).
+
+Where the released code leaves a gap: ``main.py`` loads a dense checkpoint with ``--resume`` as weights only, with
+a fresh optimizer and learning-rate schedule from epoch 1, and no driver passes the gradients (``grad_dict``) that
+the ``prune_and_grow_*`` modes (core.py lines 166-244) need. Read on a dense checkpoint, those modes regrow, per
+layer, as many weights as were pruned among the zero positions, which are exactly the pruned ones: the network
+would leave the pruning step dense again (its smallest weights and their momentum reset to zero), with no sparsity
+left to study. We run the zero-cost reading instead (the paper's "regenerate the same number of connections as
+pruned", GraNet's own update): the cell keeps its pruned count and regenerates through ``truncate_weights`` at
+the run's cadence, the first time at the first multiple of ΔT after the pruning point; and a cell continues the
+dense run exactly (optimizer state, learning-rate schedule, data order), so that t is a point *of that run*.
 
 Every stage is a :class:`~sparsetrain.experiment.Trainer` run, skipped when finished and resumed when interrupted:
 
@@ -18,21 +51,25 @@ Every stage is a :class:`~sparsetrain.experiment.Trainer` run, skipped when fini
   whose checkpoints exist is never trained again, and one that finished without a checkpoint asked for later is
   replayed from its nearest earlier one.
 * each **cell** is a branch of that checkpoint that takes everything but the sparsifier
-  (``Branch(take=EVERYTHING - {"sparsifier"})``), with the pruned masks as its method's starting masks
-  (``sparse.options.masks``): ``sparse.method=static`` (fixed) or ``granet`` at the masks' sparsity with no
-  further pruning (regeneration, every ``regrow_every`` steps).
+  (``Branch(take=EVERYTHING - {"sparsifier"}, sparsifier_start="branch")``), with the pruned masks as its
+  method's starting masks (``sparse.options.masks``): ``sparse.method=static`` (fixed) or ``granet`` (regeneration).
 
-Layout of a study directory::
+The **learning-rate control** (:func:`late_decay_config`) is the same study on the recipe with its decays moved
+later: the same pruning points and remaining budget, but pruned before the decays. Comparing a cell with its
+control separates the learning-rate phase from the shrinking training budget. :func:`run_plasticity` runs the
+recipe and the control for several seeds.
 
-    study.json                       the recipe and pruning options (a rerun must match them)
-    runs/dense-<hash>/seed_<n>/      the dense run; checkpoints/step_<n>.pt after each pruning epoch
-    masks/t<t>-r<r>.pt               the dense checkpoint of epoch t pruned with rate r
-    cells/t<t>-r<r>-<regen|fixed>/   one branch per cell (config.yaml, branch.json, metrics.jsonl, summary.json, ...)
+Layout of a study directory (:func:`run_plasticity`)::
 
-Deviations from the paper: the dense network is pruned at the end of an epoch (``t`` counts finished epochs).
-Regeneration's drop fraction follows a cosine over the steps after the pruning point (the sparsifier starts
-counting at the branch, ``sparsifier_start="zero"``), not GraNet's run-wide schedule, and ΔT counts the steps of
-the continued run.
+    recipe/seed_<n>/                   one PlasticityStudy: the recipe's schedule, one seed
+        study.json                     the recipe and pruning options (a rerun must match them)
+        runs/dense-<hash>/seed_<n>/    the dense run; checkpoints/step_<n>.pt after each pruning epoch
+        masks/t<t>-r<r>.pt             the dense checkpoint of epoch t pruned with rate r
+        cells/t<t>-r<r>-<regen|fixed>/ one branch per cell (config.yaml, branch.json, metrics.jsonl, ...)
+    late-decay/seed_<n>/               the same for the learning-rate control
+    plasticity.md  plasticity.csv  plasticity.png
+
+Deviation from the paper: the dense network is pruned at the end of an epoch (``t`` counts finished epochs).
 """
 
 from __future__ import annotations
@@ -49,6 +86,7 @@ from typing import Any
 from torch import Tensor
 
 from sparsetrain.analysis.plasticity import (
+    SCHEDULES,
     check_rate,
     format_plasticity,
     magnitude_masks,
@@ -68,20 +106,34 @@ from sparsetrain.experiment.lock import DirectoryLock
 from sparsetrain.experiment.optim import lr_factor
 from sparsetrain.experiment.run_state import EVERYTHING, read_run_checkpoint
 from sparsetrain.masks import select_prunable, sparsity_report
+from sparsetrain.schedules import check_point
 from sparsetrain.selection import check_scope
-from sparsetrain.validation import check_fraction, check_int
+from sparsetrain.validation import check_choice, check_fraction
 
 __all__ = [
+    "GRANET_UPDATE_FRACTION",
+    "DEFAULT_RATES",
     "PlasticityCell",
     "PlasticityStudy",
     "plasticity_cells",
     "lr_decay_epochs",
     "default_prune_epochs",
+    "regrowth_interval",
+    "late_decay_config",
+    "study_dir",
+    "plasticity_studies",
     "run_plasticity",
     "write_outputs",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: GraNet's ΔT as a fraction of its CIFAR run: 1,000 of 160 epochs x 352 optimizer steps (see the module docstring).
+GRANET_UPDATE_FRACTION = 1000 / (160 * 352)
+
+#: The pruning rates a study uses unless told otherwise: up to 0.95 and 0.98, where a small network needs the
+#: capacity it loses.
+DEFAULT_RATES = (0.5, 0.8, 0.95, 0.98)
 
 
 @dataclass(frozen=True)
@@ -152,35 +204,88 @@ def default_prune_epochs(config: ExperimentConfig) -> tuple[int, ...]:
     return tuple(sorted(t for t in points if 1 <= t <= epochs - 1))
 
 
+def _check_regrow_every(name: str, value: Any) -> int | float:
+    """ΔT: an int (steps, >= 1) or a float in (0, 1] (a fraction of the run)."""
+    check_point(name, value)
+    if value == 0:
+        raise ValueError(f"{name}={value!r} is not allowed: ΔT must be at least one step (an int >= 1) or a "
+                         "fraction of the run in (0, 1]")
+    return value
+
+
+def regrowth_interval(regrow_every: int | float, total_steps: int) -> int:
+    """ΔT in optimizer steps: ``regrow_every`` itself (an int), or that fraction of ``total_steps`` rounded, at
+    least 1 (a float; :data:`GRANET_UPDATE_FRACTION` is GraNet's).
+
+    Raises:
+        ValueError / TypeError: ``regrow_every`` is neither an int >= 1 nor a float in (0, 1].
+    """
+    _check_regrow_every("regrow_every", regrow_every)
+    if isinstance(regrow_every, float):
+        return max(1, round(regrow_every * total_steps))
+    return regrow_every
+
+
+def late_decay_config(config: ExperimentConfig, milestones: Sequence[float]) -> ExperimentConfig:
+    """The learning-rate control of a recipe: the same run with its multistep decays moved to ``milestones``.
+
+    Args:
+        config: the recipe (``optim.lr_schedule`` "multistep").
+        milestones: the control's decay points, fractions of the run, one per decay of the recipe and each at
+            or after the recipe's.
+
+    Returns:
+        The control's recipe.
+
+    Raises:
+        ValueError: the recipe has no multistep schedule, or ``milestones`` do not move its decays later.
+    """
+    if config.optim.lr_schedule != "multistep":
+        raise ValueError(f"late_decay={list(milestones)!r} needs a multistep learning rate (optim.lr_schedule="
+                         f"multistep), the recipe has {config.optim.lr_schedule!r}")
+    late = [float(m) for m in milestones]
+    recipe = list(config.optim.milestones)
+    if len(late) != len(recipe) or any(b < a for a, b in zip(recipe, late)):
+        raise ValueError(f"late_decay={late!r} is not allowed: one milestone per decay of the recipe "
+                         f"({recipe!r}), each at or after the recipe's")
+    return config.with_overrides({"optim.milestones": late})
+
 
 class PlasticityStudy:
-    """The stages of one plasticity study in ``out_dir``: the dense run, then one branch of it per cell.
+    """The stages of one plasticity study (one recipe, one seed) in ``out_dir``: the dense run, then its branches.
 
     Args:
         config: the recipe (an :class:`~sparsetrain.experiment.ExperimentConfig`); its sparse section is ignored
             (the dense run trains without a sparsifier). A multistep learning rate shows the decays' effect.
         out_dir: the study directory (created).
         scope: "global" or "layer" magnitude pruning.
-        regrow_every: ΔT of neuroregeneration, in optimizer steps of the continued run.
-        drop_fraction: neuroregeneration's initial drop fraction (GraNet: 0.5).
+        regrow_every: ΔT of neuroregeneration: optimizer steps (an int) or a fraction of the run (a float in
+            (0, 1]); default GraNet's (:data:`GRANET_UPDATE_FRACTION`).
+        drop_fraction: neuroregeneration's drop fraction at step 0 of the run (GraNet: 0.5), cosine-decayed over
+            the whole run to 0.005.
+        schedule: the label of this study's learning-rate schedule in its rows: "recipe" or "late-decay" (the
+            control, :func:`late_decay_config`).
 
     Raises:
         ValueError: an argument is not allowed, or ``out_dir`` holds a study with another recipe or options.
     """
 
-    def __init__(self, config: ExperimentConfig, out_dir: str | Path, *, scope: str = "global", regrow_every: int = 100,
-                 drop_fraction: float = 0.5) -> None:
+    def __init__(self, config: ExperimentConfig, out_dir: str | Path, *, scope: str = "global",
+                 regrow_every: int | float = GRANET_UPDATE_FRACTION, drop_fraction: float = 0.5,
+                 schedule: str = "recipe") -> None:
         self.config = config.dense_baseline()
         self.out_dir = Path(out_dir)
         self.scope = check_scope(scope)
-        self.regrow_every = check_int("regrow_every", regrow_every, 1)
+        self.regrow_every = _check_regrow_every("regrow_every", regrow_every)
         self.drop_fraction = check_fraction("drop_fraction", drop_fraction)
+        self.schedule = check_choice("schedule", schedule, SCHEDULES)
         self.dense_run = RunDir.for_config(self.out_dir / "runs", self.config)
 
     # -- files ----------------------------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
         return {"config": self.config.non_default(), "seed": self.config.train.seed, "scope": self.scope,
-                "regrow_every": self.regrow_every, "drop_fraction": self.drop_fraction}
+                "regrow_every": self.regrow_every, "drop_fraction": self.drop_fraction,
+                "regeneration": "granet-run-wide"}
 
     def _check_identity(self) -> None:
         path = self.out_dir / "study.json"
@@ -262,23 +367,29 @@ class PlasticityStudy:
         (epoch,) = self._check_epochs([epoch])
         return self._dense_trainer((epoch,), callback).checkpoint_at(epoch=epoch)
 
-    def _pruned_masks(self, cell: PlasticityCell, checkpoint: Path) -> dict[str, Tensor]:
-        """The cell's masks: the dense weights of ``checkpoint`` pruned by magnitude (computed once, then read)."""
+    def _pruned_masks(self, cell: PlasticityCell, state: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The cell's masks: the dense weights of checkpoint ``state`` pruned by magnitude (computed once, then
+        read)."""
         path = self.masks_path(cell)
         if not path.exists():
             model = build_experiment(self.config, sparsifier=False).model
-            model.load_state_dict(read_run_checkpoint(checkpoint)["model"])
+            model.load_state_dict(state["model"])
             masks = magnitude_masks(select_prunable(model), cell.rate, self.scope)
             save_checkpoint({name: mask.cpu() for name, mask in masks.items()}, path)
         return load_checkpoint(path)
 
-    def cell_config(self, cell: PlasticityCell, masks: Mapping[str, Tensor]) -> ExperimentConfig:
-        """The recipe of ``cell``'s branch: its masks fixed (static) or regenerating (GraNet, no further pruning)."""
+    def update_every(self, total_steps: int) -> int:
+        """ΔT in optimizer steps for a run of ``total_steps`` (:func:`regrowth_interval`)."""
+        return regrowth_interval(self.regrow_every, total_steps)
+
+    def cell_config(self, cell: PlasticityCell, masks: Mapping[str, Tensor], total_steps: int) -> ExperimentConfig:
+        """The recipe of ``cell``'s branch: its masks fixed (static) or regenerating (GraNet, no further pruning,
+        ΔT from :meth:`update_every` of the dense run's ``total_steps``)."""
         options: dict[str, Any] = {"masks": str(self.masks_path(cell).resolve())}
         overrides: dict[str, Any] = {"sparse.method": "static", "sparse.sparsity": sparsity_report(masks).sparsity}
         if cell.regeneration:
             options.update(prune_end=0, drop_fraction=self.drop_fraction)
-            overrides.update({"sparse.method": "granet", "sparse.update_every": self.regrow_every})
+            overrides.update({"sparse.method": "granet", "sparse.update_every": self.update_every(total_steps)})
         return self.config.with_overrides({**overrides, "sparse.options": options})
 
     def train_cell(self, cell: PlasticityCell, callback: TrainerCallback | None = None) -> dict[str, Any]:
@@ -297,9 +408,11 @@ class PlasticityStudy:
         cell_dir = self.cell_dir(cell)
         if not (cell_dir / "summary.json").exists():
             checkpoint = self.dense_checkpoint(cell.epoch, callback)
-            masks = self._pruned_masks(cell, checkpoint)
-            branch = Branch(checkpoint=checkpoint, take=EVERYTHING - {"sparsifier"}, sparsifier_start="zero")
-            Trainer(self.cell_config(cell, masks), run_dir=cell_dir, branch=branch, callback=callback,
+            state = read_run_checkpoint(checkpoint)
+            total_steps = int(state["step"]) // int(state["epoch"]) * self.config.train.epochs
+            masks = self._pruned_masks(cell, state)
+            branch = Branch(checkpoint=checkpoint, take=EVERYTHING - {"sparsifier"}, sparsifier_start="branch")
+            Trainer(self.cell_config(cell, masks, total_steps), run_dir=cell_dir, branch=branch, callback=callback,
                     plots=False).fit()
         dense = self.dense_run.read_summary()
         return self._row(cell, json.loads((cell_dir / "summary.json").read_text()), dense)
@@ -318,15 +431,17 @@ class PlasticityStudy:
         if acc is not None and dense_acc:
             drop = (acc - dense_acc) / dense_acc
             diff = acc - dense_acc
-        return {"epoch": cell.epoch, "step": step, "lr": lr, "rate": cell.rate, "regeneration": cell.regeneration,
-                "acc": acc, "dense_acc": dense_acc, "drop": drop, "diff": diff, "sparsity": summary.get("sparsity")}
+        return {"schedule": self.schedule, "seed": self.config.train.seed, "epoch": cell.epoch, "step": step,
+                "lr": lr, "rate": cell.rate, "regeneration": cell.regeneration, "acc": acc, "dense_acc": dense_acc,
+                "drop": drop, "diff": diff, "sparsity": summary.get("sparsity")}
 
     def rows(self) -> list[dict[str, Any]]:
         """The rows of every finished cell, by t, r, regeneration.
 
-        Each row: ``epoch`` (t), ``step`` (optimizer steps before pruning), ``lr`` (learning rate right after
-        t), ``rate``, ``regeneration``, ``acc`` (final test accuracy), ``dense_acc`` (the dense run's), ``drop``
-        (``(acc - dense_acc) / dense_acc``), ``diff`` (``acc - dense_acc``), ``sparsity`` (measured at the end).
+        Each row: ``schedule`` (this study's label), ``seed``, ``epoch`` (t), ``step`` (optimizer steps before
+        pruning), ``lr`` (learning rate right after t), ``rate``, ``regeneration``, ``acc`` (final test accuracy),
+        ``dense_acc`` (the dense run's), ``drop`` (``(acc - dense_acc) / dense_acc``), ``diff``
+        (``acc - dense_acc``), ``sparsity`` (measured at the end).
         """
         dense = self.dense_run.read_summary()
         rows = []
@@ -357,52 +472,92 @@ class PlasticityStudy:
         return [r for r in self.rows() if (r["epoch"], r["rate"], r["regeneration"]) in wanted]
 
 
+def study_dir(out_dir: str | Path, schedule: str, seed: int) -> Path:
+    """``<out_dir>/<schedule>/seed_<n>``: the directory of one study of :func:`run_plasticity`."""
+    return Path(out_dir) / check_choice("schedule", schedule, SCHEDULES) / f"seed_{seed}"
+
+
+def plasticity_studies(config: ExperimentConfig, out_dir: str | Path, *, seeds: Sequence[int] | None = None,
+                       late_decay: Sequence[float] | None = None, scope: str = "global",
+                       regrow_every: int | float = GRANET_UPDATE_FRACTION,
+                       drop_fraction: float = 0.5) -> list[PlasticityStudy]:
+    """The studies of :func:`run_plasticity`: each seed with the recipe's schedule, then each with the control's.
+
+    Raises:
+        ValueError: an argument is not allowed (see :class:`PlasticityStudy`, :func:`late_decay_config`).
+    """
+    seed_list = list(dict.fromkeys(seeds if seeds is not None else [config.train.seed]))
+    if not seed_list or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seed_list):
+        raise ValueError(f"seeds={seeds!r} is not allowed: at least one int >= 0")
+    recipes = [("recipe", config)]
+    if late_decay is not None:
+        recipes.append(("late-decay", late_decay_config(config, late_decay)))
+    return [PlasticityStudy(recipe.with_overrides({"train.seed": seed}), study_dir(out_dir, schedule, seed),
+                            scope=scope, regrow_every=regrow_every, drop_fraction=drop_fraction, schedule=schedule)
+            for schedule, recipe in recipes for seed in seed_list]
+
+
 def run_plasticity(config: ExperimentConfig, out_dir: str | Path, *, prune_epochs: Sequence[int] | None = None,
-                   rates: Sequence[float] = (0.2, 0.5, 0.8), regeneration: Sequence[bool] = (False, True),
-                   scope: str = "global", regrow_every: int = 100, drop_fraction: float = 0.5,
-                   callback: TrainerCallback | None = None) -> list[dict[str, Any]]:
-    """Run (or resume) a pruning-plasticity study and write its table and plot into ``out_dir``.
+                   rates: Sequence[float] = DEFAULT_RATES, regeneration: Sequence[bool] = (False, True),
+                   seeds: Sequence[int] | None = None, late_decay: Sequence[float] | None = None,
+                   scope: str = "global", regrow_every: int | float = GRANET_UPDATE_FRACTION,
+                   drop_fraction: float = 0.5, callback: TrainerCallback | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) a pruning-plasticity study over seeds, with its learning-rate control, and write its table
+    and plot into ``out_dir``.
 
     Args:
         config: the dense recipe (:class:`~sparsetrain.experiment.ExperimentConfig`).
-        out_dir: the study directory.
+        out_dir: the study directory (layout in the module docstring).
         prune_epochs: the points t; default :func:`default_prune_epochs` (before and after each LR decay).
         rates: pruning rates r.
         regeneration: which settings to run (False: mask fixed; True: GraNet neuroregeneration).
+        seeds: one study per seed (default: the config's ``train.seed``).
+        late_decay: the learning-rate control's milestones (:func:`late_decay_config`); None: no control.
         scope: "global" or "layer" magnitude pruning.
-        regrow_every: neuroregeneration's ΔT in optimizer steps.
-        drop_fraction: neuroregeneration's initial drop fraction.
+        regrow_every: neuroregeneration's ΔT: steps (int) or a fraction of the run (float); default GraNet's.
+        drop_fraction: neuroregeneration's drop fraction at step 0 of the run (cosine-decayed over the run).
         callback: a :class:`~sparsetrain.experiment.TrainerCallback`.
 
     Returns:
-        The rows (see :meth:`PlasticityStudy.rows`); ``plasticity.md``, ``plasticity.csv`` and
-        ``plasticity.png`` are written into ``out_dir``.
+        The rows of every seed and schedule (see :meth:`PlasticityStudy.rows`); ``plasticity.md`` (mean ± std
+        over seeds), ``plasticity.csv`` (every row) and ``plasticity.png`` are written into ``out_dir``.
 
     Raises:
+        ValueError: an argument is not allowed (see :func:`plasticity_studies`, :meth:`PlasticityStudy.cells`).
         sparsetrain.experiment.lock.DirectoryLocked: another process is running this study.
     """
-    study = PlasticityStudy(config, out_dir, scope=scope, regrow_every=regrow_every, drop_fraction=drop_fraction)
-    epochs = tuple(prune_epochs) if prune_epochs is not None else default_prune_epochs(study.config)
-    with DirectoryLock(study.out_dir, f"plasticity study {study.out_dir}"):  # one process per study
-        rows = study.run(epochs, rates, regeneration, callback)
-        write_outputs(study, rows)
+    studies = plasticity_studies(config, out_dir, seeds=seeds, late_decay=late_decay, scope=scope,
+                                 regrow_every=regrow_every, drop_fraction=drop_fraction)
+    epochs = tuple(prune_epochs) if prune_epochs is not None else default_prune_epochs(studies[0].config)
+    for study in studies:  # every study's cells checked before anything is trained
+        study.cells(epochs, rates, regeneration)
+    # One process per study directory (every seed and schedule below it), before anything is written.
+    with DirectoryLock(out_dir, f"plasticity study {Path(out_dir)}"):
+        rows = [row for study in studies for row in study.run(epochs, rates, regeneration, callback)]
+        write_outputs(out_dir, rows, studies)
     return rows
 
 
-def write_outputs(study: PlasticityStudy, rows: Sequence[Mapping[str, Any]]) -> list[Path]:
-    """Write ``plasticity.md``, ``plasticity.csv`` and ``plasticity.png`` of ``rows`` into the study directory.
+def write_outputs(out_dir: str | Path, rows: Sequence[Mapping[str, Any]],
+                  studies: Sequence[PlasticityStudy]) -> list[Path]:
+    """Write ``plasticity.md``, ``plasticity.csv`` and ``plasticity.png`` of ``rows`` into ``out_dir``.
+
+    Args:
+        out_dir: the directory.
+        rows: the rows of every study (one per cell and seed).
+        studies: the studies (their recipes give the learning-rate decays of the plot).
 
     Returns:
         The paths written.
     """
-    out = study.out_dir
+    out = Path(out_dir)
     md = out / "plasticity.md"
     write_text(format_plasticity(rows, "markdown") + "\n", md)
     csv_path = out / "plasticity.csv"
     write_text(format_plasticity(rows, "csv"), csv_path)
-    png = plot_plasticity(rows, out / "plasticity.png", lr_decays=lr_decay_epochs(study.config),
-                          title=f"pruning plasticity: {study.config.model.name} on {study.config.data.name}, "
-                                f"{study.scope} magnitude pruning")
+    config = studies[0].config
+    decays = {study.schedule: lr_decay_epochs(study.config) for study in studies}
+    png = plot_plasticity(rows, out / "plasticity.png", lr_decays=decays,
+                          title=f"pruning plasticity: {config.model.name} on {config.data.name}, "
+                                f"{studies[0].scope} magnitude pruning")
     return [md, csv_path, png]
-
-

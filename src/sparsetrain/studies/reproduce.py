@@ -1,25 +1,29 @@
-"""The reproduction benchmark: every method of MISSION.md §5 at several sparsities and seeds, on offline data.
+"""The reproduction benchmark: the methods whose comparisons GraNet (Liu et al. 2021), RigL (Evci et al. 2020) and
+the lottery-ticket papers report, at several sparsities and seeds, on offline data.
 
 A *setting* (:data:`SETTINGS`: "full", "quick", "tiny") fixes the grid: which (data, model) pairs, methods,
 sparsities and seeds, and one training recipe shared by every run. Each cell of the grid is an ordinary
 harness run (:class:`~sparsetrain.experiment.Trainer`, its own run directory under ``<runs_dir>/<setting>/``),
 so a rerun skips finished cells and resumes interrupted ones. Iterative magnitude pruning (IMP) is a lottery
 run (:func:`sparsetrain.studies.lottery.run_lottery`) per seed, and the plasticity study
-(:mod:`sparsetrain.studies.plasticity`) one more study: both are Trainer runs too (levels, controls and cells
-are branches), resumable mid-run. Jobs run in at most ``workers`` processes, each on one torch thread.
+(:mod:`sparsetrain.studies.plasticity`: seeds, and the learning-rate control) more studies: all are Trainer runs
+too (levels, controls and cells are branches), resumable mid-run. Jobs run in at most ``workers`` processes, each
+on one torch thread.
 
-Methods and how they map to configs (:func:`method_overrides`): ``dense``; ``gmp`` (Zhu & Gupta 2017, per layer);
-``granet`` (s_i = 0) and ``granet_st`` (s_i = 0.5, Liu et al. 2021); ``rigl`` (Evci et al. 2020); ``set`` (Mocanu
-et al. 2018); ``snfs`` (Dettmers & Zettlemoyer 2019); ``static`` (random ERK mask); ``snip``, ``grasp``,
-``synflow`` (static masks pruned at initialisation, global); ``imp`` (Frankle & Carbin 2019, rewinding to
-initialisation, with the random re-initialisation control).
+Methods and how they map to configs (:func:`method_overrides`): ``dense``; ``gmp`` (Zhu & Gupta 2017, per layer)
+and ``gmp_global`` (one global threshold: GraNet's allocation without its regeneration); ``granet`` (s_i = 0) and
+``granet_st`` (s_i = 0.5, Liu et al. 2021); ``rigl`` (Evci et al. 2020) and ``rigl_3x`` (RigL trained
+:data:`LONGER` times the epochs, the budget question); ``set`` (Mocanu et al. 2018); ``snfs`` (Dettmers &
+Zettlemoyer 2019); ``static`` (random ERK mask); ``snip``, ``grasp``, ``synflow`` (static masks pruned at
+initialisation, global); ``imp`` (Frankle & Carbin 2019, rewinding to initialisation, with the random
+re-initialisation control).
 
 IMP prunes a constant fraction ``p = 1 - (1 - s_max)^(1/R)`` of the remaining weights per round (one global
 magnitude threshold, R rounds), so level R lands exactly on the largest sparsity ``s_max`` and the other
 target sparsities are read at the nearest level (:func:`imp_levels`); the measured sparsity is reported.
 Every level trains with the recipe of every other row (:func:`base_overrides`: SGD with Nesterov momentum, the
 same learning rate, weight decay, batch size, epochs and cosine schedule), so the table compares methods, not
-recipes.
+recipes; a level-L ticket costs L + 1 trainings.
 """
 
 from __future__ import annotations
@@ -37,20 +41,27 @@ from sparsetrain.experiment import ExperimentConfig, RunDir, Trainer
 
 from .lottery import LotteryConfig, lottery_identity, run_lottery
 from .plasticity import PlasticityCell, PlasticityStudy, plasticity_cells
+from .plasticity import plasticity_studies as _studies
 
-__all__ = ["Benchmark", "PlasticityPlan", "ReproSetting", "SETTINGS", "METHOD_LABELS", "Job", "method_overrides",
-           "run_config", "grid_runs", "imp_rate", "imp_levels", "imp_lottery", "plan_jobs", "run_job", "run_jobs",
-           "imp_dir", "method_label", "plasticity_config", "plasticity_study"]
+__all__ = ["Benchmark", "PlasticityPlan", "ReproSetting", "SETTINGS", "METHOD_LABELS", "LONGER", "Job",
+           "method_overrides", "run_config", "grid_runs", "imp_rate", "imp_levels", "imp_lottery", "plan_jobs",
+           "run_job", "run_jobs", "imp_dir", "method_label", "plasticity_config", "plasticity_dir",
+           "plasticity_studies"]
 
 logger = logging.getLogger(__name__)
+
+#: How many times the recipe's epochs ``rigl_3x`` trains.
+LONGER = 3
 
 #: Method labels in table order, with what each one is.
 METHOD_LABELS: dict[str, str] = {
     "dense": "dense (no pruning)",
     "gmp": "GMP, per layer (Zhu & Gupta 2017)",
+    "gmp_global": "GMP, one global threshold (GraNet's baseline: its allocation, no regeneration)",
     "granet": "GraNet, s_i = 0 (Liu et al. 2021)",
     "granet_st": "GraNet-ST, s_i = 0.5",
     "rigl": "RigL (Evci et al. 2020)",
+    "rigl_3x": f"RigL trained {LONGER}x the epochs",
     "set": "SET (Mocanu et al. 2018)",
     "snfs": "SNFS / sparse momentum (Dettmers & Zettlemoyer 2019)",
     "static": "static random ERK mask",
@@ -90,16 +101,20 @@ class PlasticityPlan:
         benchmark: key of the benchmark it runs on.
         epochs: training epochs of the dense run.
         milestones: multistep learning-rate decays (fractions of the run), x0.1 each.
+        late_decay: the learning-rate control's milestones (the decays moved later), or None.
         prune_epochs: the points t (epochs) where copies are pruned.
         rates: pruning rates r.
+        seeds: one study per seed (and schedule).
         regeneration: with and/or without neuroregeneration.
     """
 
     benchmark: str
     epochs: int
     milestones: tuple[float, ...]
+    late_decay: tuple[float, ...] | None
     prune_epochs: tuple[int, ...]
     rates: tuple[float, ...]
+    seeds: tuple[int, ...] = (0,)
     regeneration: tuple[bool, ...] = (False, True)
 
 
@@ -157,20 +172,24 @@ SETTINGS: dict[str, ReproSetting] = {
     "full": ReproSetting(
         name="full", benchmarks=(_CNN1D, _MLP, _LENET), methods=_ALL, sparsities=(0.9, 0.95, 0.98),
         seeds=(0, 1, 2), epochs=20, batch_size=128, lr=0.1, update_every=25, imp_rounds=5,
-        plasticity=PlasticityPlan("mnist1d-cnn1d", epochs=20, milestones=(0.5, 0.75),
-                                  prune_epochs=(2, 6, 9, 11, 14, 16), rates=(0.2, 0.5, 0.8)),
-        description="the reproduction grid: 3 data/model pairs x 12 methods x 3 sparsities x 3 seeds"),
+        plasticity=PlasticityPlan("mnist1d-cnn1d", epochs=20, milestones=(0.5, 0.75), late_decay=(0.85, 0.95),
+                                  prune_epochs=(2, 6, 9, 11, 14, 16), rates=(0.8, 0.95, 0.98), seeds=(0, 1, 2)),
+        description="the reproduction grid: 3 data/model pairs x 14 methods x 3 sparsities x 3 seeds"),
     "quick": ReproSetting(
         name="quick", benchmarks=(_CNN1D,),
-        methods=("dense", "gmp", "granet", "granet_st", "rigl", "set", "static", "snip", "synflow", "imp"),
+        methods=("dense", "gmp", "gmp_global", "granet", "granet_st", "rigl", "set", "static", "snip", "synflow",
+                 "imp"),
         sparsities=(0.9, 0.98), seeds=(0,), epochs=10, batch_size=128, lr=0.1, update_every=10, imp_rounds=3,
-        plasticity=PlasticityPlan("mnist1d-cnn1d", epochs=10, milestones=(0.5,), prune_epochs=(4, 6), rates=(0.5,)),
+        plasticity=PlasticityPlan("mnist1d-cnn1d", epochs=10, milestones=(0.5,), late_decay=(0.8,),
+                                  prune_epochs=(4, 6), rates=(0.95,)),
         description="a subset in a few minutes: one data/model pair, two sparsities, one seed, 10 epochs"),
     "tiny": ReproSetting(
-        name="tiny", benchmarks=(_TINY,), methods=("dense", "gmp", "granet", "rigl", "static", "snip", "imp"),
+        name="tiny", benchmarks=(_TINY,),
+        methods=("dense", "gmp", "gmp_global", "granet", "rigl", "rigl_3x", "static", "snip", "imp"),
         sparsities=(0.8,), seeds=(0,), epochs=2, batch_size=50, lr=0.05, update_every=2, imp_rounds=1,
         init_batches=1,
-        plasticity=PlasticityPlan("synthetic-mlp", epochs=3, milestones=(0.5,), prune_epochs=(1, 2), rates=(0.5,)),
+        plasticity=PlasticityPlan("synthetic-mlp", epochs=3, milestones=(0.5,), late_decay=(0.9,),
+                                  prune_epochs=(1, 2), rates=(0.5,)),
         description="test-only: synthetic data, 2 epochs, seconds"),
 }
 
@@ -187,9 +206,11 @@ def method_overrides(method: str, setting: ReproSetting) -> dict[str, Any]:
     table: dict[str, dict[str, Any]] = {
         "dense": {"sparse.method": "dense"},
         "gmp": {"sparse.method": "gmp"},
+        "gmp_global": {"sparse.method": "gmp", "sparse.scope": "global"},
         "granet": {"sparse.method": "granet"},
         "granet_st": {"sparse.method": "granet", "sparse.options.initial_sparsity": 0.5},
         "rigl": {"sparse.method": "rigl"},
+        "rigl_3x": {"sparse.method": "rigl", "train.epochs": LONGER * setting.epochs},
         "set": {"sparse.method": "set"},
         "snfs": {"sparse.method": "snfs"},
         "static": {"sparse.method": "static"},
@@ -231,13 +252,17 @@ def grid_runs(setting: ReproSetting, bench: Benchmark | None = None) -> Iterator
                     yield each, method, sparsity, seed
 
 
-def method_label(config: ExperimentConfig) -> str:
-    """The :data:`METHOD_LABELS` key of a harness config (inverse of :func:`method_overrides`)."""
+def method_label(config: ExperimentConfig, setting: ReproSetting) -> str:
+    """The :data:`METHOD_LABELS` key of a harness config of ``setting`` (inverse of :func:`method_overrides`)."""
     sparse = config.sparse
     if sparse.method == "static" and sparse.options.get("init"):
         return str(sparse.options["init"])
     if sparse.method == "granet" and sparse.options.get("initial_sparsity", 0.0) > 0:
         return "granet_st"
+    if sparse.method == "gmp" and sparse.scope == "global":
+        return "gmp_global"
+    if sparse.method == "rigl" and config.train.epochs == LONGER * setting.epochs:
+        return "rigl_3x"
     return sparse.method
 
 
@@ -272,20 +297,24 @@ class Job:
 
     Attributes:
         kind: "train" (a harness run), "imp" (a lottery run), "plasticity-dense" or "plasticity-cell".
-        name: for progress lines.
+        name: for progress lines (unique in a plan).
         payload: what the kind needs (plain data).
+        after: the name of a job that must finish before this one starts (a plasticity cell waits for its dense
+            run), or None.
     """
 
     kind: str
     name: str
     payload: Mapping[str, Any]
+    after: str | None = None
 
 
 def plan_jobs(setting: ReproSetting, runs_dir: str | Path, *, plasticity: bool = True) -> list[Job]:
     """Every job of ``setting``, long ones first so that two workers finish together.
 
-    Order: the plasticity study's dense run, IMP runs, dense baselines, the grid, then plasticity cells (which
-    need the dense checkpoints). Jobs whose output exists finish at once when run.
+    Order: the plasticity study's dense runs, IMP runs, dense baselines, the grid, then plasticity cells (each
+    waits for its dense run, whose checkpoints it branches from). Jobs whose output exists finish at once when
+    run.
 
     Args:
         setting: the grid.
@@ -298,9 +327,10 @@ def plan_jobs(setting: ReproSetting, runs_dir: str | Path, *, plasticity: bool =
     runs_dir = Path(runs_dir)
     jobs: list[Job] = []
     plan = setting.plasticity if plasticity else None
-    if plan is not None:
-        jobs.append(Job("plasticity-dense", "plasticity: dense run", {"setting": setting.name,
-                                                                      "runs_dir": str(runs_dir)}))
+    studies = plasticity_studies(setting, runs_dir) if plan is not None else []
+    for study in studies:
+        jobs.append(Job("plasticity-dense", f"plasticity: {study.schedule} seed {study.config.train.seed} dense run",
+                        _study_payload(setting, runs_dir, study)))
     for bench in setting.benchmarks:
         if "imp" in setting.methods:
             for seed in setting.seeds:
@@ -315,10 +345,17 @@ def plan_jobs(setting: ReproSetting, runs_dir: str | Path, *, plasticity: bool =
         (jobs if method == "dense" else grid).append(job)
     jobs += grid
     if plan is not None:
-        for cell in plasticity_cells(plan.prune_epochs, plan.rates, plan.regeneration):
-            jobs.append(Job("plasticity-cell", f"plasticity: {cell.name}",
-                            {"setting": setting.name, "runs_dir": str(runs_dir), "cell": asdict(cell)}))
+        for study, dense in zip(studies, [j for j in jobs if j.kind == "plasticity-dense"]):
+            for cell in plasticity_cells(plan.prune_epochs, plan.rates, plan.regeneration):
+                jobs.append(Job("plasticity-cell", f"plasticity: {study.schedule} seed {study.config.train.seed} "
+                                f"{cell.name}", {**_study_payload(setting, runs_dir, study), "cell": asdict(cell)},
+                                after=dense.name))
     return jobs
+
+
+def _study_payload(setting: ReproSetting, runs_dir: Path, study: PlasticityStudy) -> dict[str, Any]:
+    return {"setting": setting.name, "runs_dir": str(runs_dir), "schedule": study.schedule,
+            "seed": study.config.train.seed}
 
 
 def plasticity_config(setting: ReproSetting) -> ExperimentConfig:
@@ -332,15 +369,29 @@ def plasticity_config(setting: ReproSetting) -> ExperimentConfig:
     return ExperimentConfig().with_overrides(overrides).canonical()
 
 
-def plasticity_study(setting: ReproSetting, runs_dir: str | Path) -> PlasticityStudy:
-    """The :class:`~sparsetrain.studies.plasticity.PlasticityStudy` of ``setting``.
+def plasticity_dir(setting: ReproSetting, runs_dir: str | Path) -> Path:
+    """``runs_dir/plasticity/<dense run name>``: where ``sparsetrain plasticity --runs-dir RUNS_DIR`` puts the same
+    study, so either command finishes what the other started."""
+    return Path(runs_dir) / "plasticity" / plasticity_config(setting).run_name()
 
-    It lives in ``runs_dir/plasticity/<dense run name>-dt<ΔT>``, named by its recipe, so a changed recipe starts a
-    new study instead of clashing with the old one.
-    """
-    config = plasticity_config(setting)
-    name = f"{config.run_name()}-dt{setting.update_every}"
-    return PlasticityStudy(config, Path(runs_dir) / "plasticity" / name, regrow_every=setting.update_every)
+
+def plasticity_studies(setting: ReproSetting, runs_dir: str | Path) -> list[PlasticityStudy]:
+    """The setting's plasticity studies (each seed with the recipe's schedule, then with the control's), with
+    GraNet's regeneration cadence (:func:`sparsetrain.studies.plasticity.run_plasticity`'s defaults)."""
+    plan = setting.plasticity
+    if plan is None:
+        raise ValueError(f"setting {setting.name!r} has no plasticity study")
+    return _studies(plasticity_config(setting), plasticity_dir(setting, runs_dir), seeds=plan.seeds,
+                    late_decay=plan.late_decay)
+
+
+def _plasticity_study(payload: Mapping[str, Any]) -> PlasticityStudy:
+    setting = SETTINGS[payload["setting"]]
+    for study in plasticity_studies(setting, payload["runs_dir"]):
+        if study.schedule == payload["schedule"] and study.config.train.seed == payload["seed"]:
+            return study
+    raise ValueError(f"setting {setting.name!r} has no plasticity study {payload['schedule']!r} seed "
+                     f"{payload['seed']}")
 
 
 def _train_imp(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -360,7 +411,7 @@ def _output_dir(job: Job) -> Path:
     if job.kind == "imp":
         return imp_dir(job.payload["runs_dir"], setting.benchmark(job.payload["bench"]), setting,
                        int(job.payload["seed"]))
-    return plasticity_study(setting, job.payload["runs_dir"]).out_dir
+    return _plasticity_study(job.payload).out_dir
 
 
 def _snapshot(path: Path) -> dict[str, int]:
@@ -395,10 +446,9 @@ def _run(job: Job) -> dict[str, Any]:
     if job.kind == "imp":
         return _train_imp(job.payload)
     if job.kind in ("plasticity-dense", "plasticity-cell"):
-        setting = SETTINGS[job.payload["setting"]]
-        plan = setting.plasticity
+        plan = SETTINGS[job.payload["setting"]].plasticity
         assert plan is not None
-        study = plasticity_study(setting, job.payload["runs_dir"])
+        study = _plasticity_study(job.payload)
         if job.kind == "plasticity-dense":
             return dict(study.train_dense(plan.prune_epochs))
         return study.train_cell(PlasticityCell(**job.payload["cell"]))
@@ -407,9 +457,9 @@ def _run(job: Job) -> dict[str, Any]:
 
 def run_jobs(jobs: Sequence[Job], *, workers: int = 2,
              on_done: Callable[[Job, dict[str, Any] | None, BaseException | None], None] | None = None) -> list[Job]:
-    """Run ``jobs`` in up to ``workers`` processes (in this process when ``workers == 1``).
+    """Run ``jobs`` in up to ``workers`` processes (in this process when ``workers == 1``, in order).
 
-    A plasticity cell waits for the plasticity dense run. A failing job is logged and reported through
+    A job with ``after`` waits until that job has finished. A failing job is logged and reported through
     ``on_done``; the others go on.
 
     Args:
@@ -442,25 +492,19 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 2,
         return failed
 
     pending = list(jobs)
-    dense_running: set[Future] = set()
     running: dict[Future, Job] = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         while pending or running:
             while pending and len(running) < workers:
-                blocked = dense_running and pending[0].kind == "plasticity-cell"
-                index = next((i for i, j in enumerate(pending) if j.kind != "plasticity-cell"), None) \
-                    if blocked else 0
+                waiting = {j.name for j in pending} | {j.name for j in running.values()}
+                index = next((i for i, j in enumerate(pending) if j.after not in waiting), None)
                 if index is None:
                     break
                 job = pending.pop(index)
-                future = pool.submit(run_job, job)
-                running[future] = job
-                if job.kind == "plasticity-dense":
-                    dense_running.add(future)
+                running[pool.submit(run_job, job)] = job
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in finished:
                 job = running.pop(future)
-                dense_running.discard(future)
                 error = future.exception()
                 done(job, None if error is not None else future.result(), error)
     return failed

@@ -1,125 +1,52 @@
-"""Reading the reproduction benchmark back: mean ± std tables, accuracy-vs-sparsity plots, and the claims checked.
+"""Writing the reproduction benchmark's report: mean ± std tables, accuracy-vs-sparsity plots, the verdicts, the
+plasticity study.
 
-:func:`collect` reads the finished cells of a :class:`~sparsetrain.studies.reproduce.ReproSetting` from its
-runs directory (harness summaries and IMP lottery levels); :func:`aggregate` averages over seeds;
-:func:`check_claims` tests the claims of MISSION.md §5 on the means (GraNet >= GMP at high sparsity;
-GraNet-ST > RigL > SET > static; during-training methods > pruning at init; IMP tickets > their random
-re-initialisation), case by case (one case per data/model pair and sparsity), and says for each case whether
-the difference is larger than twice its standard error over seeds; :func:`write_report` writes everything to a
-results directory.
+The cells come from :mod:`.reproduce_results` (:func:`~.reproduce_results.collect`), the claims and like-with-like
+comparisons from :mod:`.reproduce_verdicts`; :func:`write_report` writes everything to a results directory.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import platform
-import statistics
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sparsetrain.analysis.plasticity import format_plasticity, plot_plasticity
+from sparsetrain.analysis.plasticity import (
+    contrast_plasticity,
+    format_contrast,
+    format_plasticity,
+    plot_plasticity,
+)
+from sparsetrain.analysis.significance import SIGNIFICANCE_RULE
 from sparsetrain.atomic import write_figure, write_json, write_text
 from sparsetrain.experiment import RunDir
 from sparsetrain.tables import Column, render
 
-from .lottery import lottery_curve
-from .plasticity import lr_decay_epochs
+from .plasticity import GRANET_UPDATE_FRACTION, lr_decay_epochs
 from .reproduce import (
+    LONGER,
     METHOD_LABELS,
     ReproSetting,
     grid_runs,
-    imp_dir,
     imp_levels,
     imp_rate,
-    plasticity_study,
+    plasticity_studies,
     run_config,
 )
+from .reproduce_results import Cell, aggregate, collect
+from .reproduce_verdicts import (
+    AT_INIT,
+    FAMILIES,
+    check_claims,
+    family_table,
+    pairwise_table,
+)
 
-__all__ = ["Cell", "collect", "aggregate", "Claim", "check_claims", "accuracy_table", "cost_table", "csv_table",
-           "plot_benchmark", "write_report", "record_invocation", "machine_info"]
-
-#: Methods trained during training (the paper's "during-training" group) and pruned at initialisation.
-DURING_TRAINING = ("gmp", "granet", "granet_st", "rigl")
-AT_INIT = ("snip", "grasp", "synflow")
-
-
-@dataclass
-class Cell:
-    """The seeds of one (benchmark, method, target sparsity) cell.
-
-    Attributes:
-        acc: final test accuracy per seed.
-        sparsity: measured sparsity per seed.
-        train_flops / inf_flops: training / inference FLOPs as a fraction of dense, per seed.
-        itop: ITOP rate per seed.
-    """
-
-    acc: list[float] = field(default_factory=list)
-    sparsity: list[float] = field(default_factory=list)
-    train_flops: list[float] = field(default_factory=list)
-    inf_flops: list[float] = field(default_factory=list)
-    itop: list[float] = field(default_factory=list)
-
-
-def _add(values: list[float], value: Any) -> None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        values.append(float(value))
-
-
-def collect(setting: ReproSetting, runs_dir: str | Path) -> dict[str, dict[tuple[str, float], Cell]]:
-    """The finished cells of ``setting`` under ``runs_dir``: ``{benchmark key: {(method, sparsity): Cell}}``.
-
-    Dense runs are stored under sparsity 0.0; IMP under each target sparsity (the level of :func:`imp_levels`),
-    with its re-initialisation control as method "imp_reinit". Unfinished runs are left out.
-    """
-    results: dict[str, dict[tuple[str, float], Cell]] = {}
-    levels = imp_levels(setting)
-    for bench in setting.benchmarks:
-        cells: dict[tuple[str, float], Cell] = defaultdict(Cell)
-        for _, method, sparsity, seed in grid_runs(setting, bench):
-            summary = RunDir.for_config(runs_dir, run_config(bench, setting, method, sparsity, seed)).read_summary()
-            if summary is None:
-                continue
-            cell = cells[(method, sparsity)]
-            _add(cell.acc, summary.get("final_acc"))
-            _add(cell.sparsity, summary.get("sparsity"))
-            flops = summary.get("flops") or {}
-            _add(cell.train_flops, flops.get("training_ratio"))
-            _add(cell.inf_flops, flops.get("inference_ratio"))
-            _add(cell.itop, summary.get("itop_rate"))
-        if "imp" in setting.methods:
-            for seed in setting.seeds:
-                where = imp_dir(runs_dir, bench, setting, seed)
-                rows = {r["level"]: r for r in lottery_curve(where)} if where.is_dir() else {}
-                for sparsity, level in levels.items():
-                    row = rows.get(level)
-                    if row is None:
-                        continue
-                    for method, key in (("imp", "ticket"), ("imp_reinit", "reinit")):
-                        if row.get(key) is not None:
-                            _add(cells[(method, sparsity)].acc, row[key])
-                            _add(cells[(method, sparsity)].sparsity, 1.0 - row["remaining"])
-        results[bench.key] = dict(cells)
-    return results
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def aggregate(cell: Cell) -> dict[str, Any]:
-    """Mean and sample standard deviation of a cell's accuracy; means of the other measures; ``n`` seeds."""
-    mean, std = _mean_std(cell.acc)
-    return {"n": len(cell.acc), "acc": mean, "acc_std": std, "sparsity": _mean_std(cell.sparsity)[0],
-            "train_flops": _mean_std(cell.train_flops)[0], "inf_flops": _mean_std(cell.inf_flops)[0],
-            "itop": _mean_std(cell.itop)[0]}
+__all__ = ["accuracy_table", "cost_table", "csv_table", "plot_benchmark", "write_report", "record_invocation",
+           "machine_info"]
 
 
 def _methods_in_order(setting: ReproSetting) -> list[str]:
@@ -161,7 +88,8 @@ def accuracy_table(setting: ReproSetting, cells: Mapping[tuple[str, float], Cell
 
 
 def cost_table(setting: ReproSetting, cells: Mapping[tuple[str, float], Cell]) -> str:
-    """Markdown: training FLOPs and inference FLOPs as fractions of dense, and the ITOP rate, per sparsity."""
+    """Markdown: training FLOPs (in dense trainings of the recipe), inference FLOPs (a fraction of dense) and the
+    ITOP rate, per sparsity."""
     columns = [Column("method", align="left"),
                *(Column(f"{100 * s:g}%: train FLOPs / inf. FLOPs / ITOP") for s in setting.sparsities)]
     rows = []
@@ -170,7 +98,7 @@ def cost_table(setting: ReproSetting, cells: Mapping[tuple[str, float], Cell]) -
         return "-" if value is None else f"{value:.3f}"
 
     for method in _methods_in_order(setting):
-        if method in ("dense",) or method.startswith("imp"):
+        if method in ("dense", "imp_reinit"):
             continue
         cols = []
         for s in setting.sparsities:
@@ -186,8 +114,8 @@ def cost_table(setting: ReproSetting, cells: Mapping[tuple[str, float], Cell]) -
 
 def csv_table(setting: ReproSetting, results: Mapping[str, Mapping[tuple[str, float], Cell]]) -> str:
     """CSV of every aggregated cell: benchmark, method, target and measured sparsity, n, accuracy mean and std,
-    training and inference FLOPs / dense, ITOP."""
-    columns = ["benchmark", "method", "target_sparsity", "sparsity", "n", "acc_mean", "acc_std", "train_flops_ratio",
+    training FLOPs (dense trainings of the recipe), inference FLOPs / dense, ITOP."""
+    columns = ["benchmark", "method", "target_sparsity", "sparsity", "n", "acc_mean", "acc_std", "train_flops",
                "inf_flops_ratio", "itop"]
     rows = []
     for bench in setting.benchmarks:
@@ -216,9 +144,10 @@ def plot_benchmark(setting: ReproSetting, key: str, cells: Mapping[tuple[str, fl
     fig = Figure(figsize=(10.5, 5.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    colors = {m: c for m, c in zip(_methods_in_order(setting),
-                                   ["black", "tab:blue", "tab:red", "darkred", "tab:green", "tab:olive", "tab:cyan",
-                                    "tab:gray", "tab:purple", "tab:pink", "tab:brown", "tab:orange", "gold"])}
+    palette = {"dense": "black", "gmp": "tab:blue", "gmp_global": "navy", "granet": "tab:red", "granet_st": "darkred",
+               "rigl": "tab:green", "rigl_3x": "darkgreen", "set": "tab:olive", "snfs": "tab:cyan",
+               "static": "tab:gray", "snip": "tab:purple", "grasp": "tab:pink", "synflow": "tab:brown",
+               "imp": "tab:orange", "imp_reinit": "gold"}
     markers = "osD^v<>ph*XP"
     for i, method in enumerate(m for m in _methods_in_order(setting) if m != "dense"):
         points = []
@@ -230,7 +159,7 @@ def plot_benchmark(setting: ReproSetting, key: str, cells: Mapping[tuple[str, fl
         if not points:
             continue
         xs, ys, es = zip(*points)
-        ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], capsize=3, color=colors.get(method),
+        ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], capsize=3, color=palette.get(method),
                     linestyle="--" if method in AT_INIT or method == "imp_reinit" else "-", label=_label(method))
     dense = cells.get(("dense", 0.0))
     if dense is not None and dense.acc:
@@ -245,99 +174,6 @@ def plot_benchmark(setting: ReproSetting, key: str, cells: Mapping[tuple[str, fl
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return write_figure(fig, path)
-
-
-@dataclass
-class Claim:
-    """One claim of MISSION.md §5 and its cases.
-
-    Attributes:
-        text: the claim.
-        cases: ``(case name, holds, detail)`` per benchmark and sparsity (or IMP level).
-    """
-
-    text: str
-    cases: list[tuple[str, bool, str]] = field(default_factory=list)
-
-    @property
-    def verdict(self) -> str:
-        """"holds", "does not hold", "holds in k of n cases" or "not measured"."""
-        if not self.cases:
-            return "not measured"
-        k = sum(1 for _, holds, _ in self.cases if holds)
-        if k == len(self.cases):
-            return f"holds (all {k} cases)"
-        if k == 0:
-            return f"does not hold (0 of {len(self.cases)} cases)"
-        return f"holds in {k} of {len(self.cases)} cases"
-
-
-def _stat(cells: Mapping[tuple[str, float], Cell], method: str, s: float) -> tuple[float, float, int] | None:
-    cell = cells.get((method, s))
-    if cell is None or not cell.acc:
-        return None
-    agg = aggregate(cell)
-    return agg["acc"], agg["acc_std"], agg["n"]
-
-
-def _compare(a: tuple[float, float, int], b: tuple[float, float, int], name_a: str, name_b: str,
-             strict: bool) -> tuple[bool, str]:
-    diff = a[0] - b[0]
-    se = math.sqrt(a[1] ** 2 / a[2] + b[1] ** 2 / b[2])
-    holds = diff > 0 if strict else diff >= 0
-    if min(a[2], b[2]) < 2:
-        noise = "one seed: no noise estimate"
-    else:
-        noise = "beyond 2 s.e." if abs(diff) > 2 * se and se > 0 else "within noise (< 2 s.e.)"
-    return holds, f"{name_a} {100 * a[0]:.2f} vs {name_b} {100 * b[0]:.2f}: {100 * diff:+.2f} pts, {noise}"
-
-
-def check_claims(setting: ReproSetting, results: Mapping[str, Mapping[tuple[str, float], Cell]]) -> list[Claim]:
-    """Test the four claims of MISSION.md §5 on the means, case by case.
-
-    * GraNet >= GMP at high sparsity: every benchmark at each of the two largest sparsities.
-    * GraNet-ST > RigL > SET > static: the whole chain, every benchmark and sparsity.
-    * during-training methods (GMP, GraNet, GraNet-ST, RigL) > pruning at init (SNIP, GraSP, SynFlow): the
-      worst during-training mean above the best at-init mean.
-    * IMP tickets > their random re-initialisation: every benchmark and IMP level.
-
-    Returns:
-        The claims with their cases (cases lacking a method are left out).
-    """
-    high = sorted(setting.sparsities)[-2:]
-    granet = Claim("GraNet (s_i = 0) >= GMP at high sparsity")
-    chain = Claim("GraNet-ST > RigL > SET > static")
-    during = Claim("during-training methods (GMP, GraNet, GraNet-ST, RigL) > pruning at init (SNIP, GraSP, "
-                   "SynFlow)")
-    imp = Claim("IMP tickets > the same mask randomly re-initialised")
-    for bench in setting.benchmarks:
-        cells = results.get(bench.key, {})
-        for s in setting.sparsities:
-            case = f"{bench.key} @ {100 * s:g}%"
-            a, b = _stat(cells, "granet", s), _stat(cells, "gmp", s)
-            if s in high and a and b:
-                granet.cases.append((case, *_compare(a, b, "GraNet", "GMP", strict=False)))
-            names = ("granet_st", "rigl", "set", "static")
-            stats = [_stat(cells, m, s) for m in names]
-            if all(stats):
-                pairs = [_compare(stats[i], stats[i + 1], names[i], names[i + 1], strict=True) for i in range(3)]
-                ranking = sorted(zip(names, stats), key=lambda x: -x[1][0])
-                order = " > ".join(f"{n} {100 * st[0]:.2f}" for n, st in ranking)
-                chain.cases.append((case, all(p[0] for p in pairs),
-                                    f"measured order: {order}; " + "; ".join(p[1] for p in pairs)))
-            dt = {m: _stat(cells, m, s) for m in DURING_TRAINING if _stat(cells, m, s)}
-            pi = {m: _stat(cells, m, s) for m in AT_INIT if _stat(cells, m, s)}
-            if dt and pi:
-                worst = min(dt, key=lambda m: dt[m][0])
-                best = max(pi, key=lambda m: pi[m][0])
-                holds, detail = _compare(dt[worst], pi[best], f"worst during-training ({worst})",
-                                         f"best at-init ({best})", strict=True)
-                during.cases.append((case, holds, detail))
-            a, b = _stat(cells, "imp", s), _stat(cells, "imp_reinit", s)
-            if a and b:
-                sp = aggregate(cells[("imp", s)])["sparsity"]
-                imp.cases.append((f"{bench.key} @ {100 * sp:.1f}%", *_compare(a, b, "ticket", "re-init", strict=True)))
-    return [granet, chain, during, imp]
 
 
 def machine_info() -> dict[str, Any]:
@@ -389,10 +225,11 @@ def _last_training(runs_dir: Path) -> dict[str, Any] | None:
 
 def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Path, *, command: str,
                  failed: Sequence[str] = ()) -> list[Path]:
-    """Write the tables, plots, claims and plasticity study of ``setting`` into ``out_dir``.
+    """Write the tables, plots, verdicts and plasticity study of ``setting`` into ``out_dir``.
 
     Files: ``reproduction.md`` (everything, with the command and machine), ``reproduction.csv``,
-    ``accuracy_vs_sparsity_<benchmark>.png`` per benchmark, and ``plasticity.{md,csv,png}``.
+    ``accuracy_vs_sparsity_<benchmark>.png`` per benchmark, and ``plasticity.csv`` / ``plasticity.png`` (every seed
+    of every plasticity cell; its tables are in ``reproduction.md``).
 
     Args:
         setting: the grid.
@@ -418,6 +255,8 @@ def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Pat
     lines = [f"# Reproduction benchmark ({setting.name})", "",
              f"{trained}; this file written by `{command}`. Rerunning the command skips every finished run.", "",
              f"Machine: {info['cores']} cores ({info['cpu']}), Python {info['python']}, torch {info['torch']}. "
+             "Floating-point results depend on the CPU's kernels: rerun on another CPU, the same configurations end "
+             "with different last digits (and single runs can move by a point or more). "
              f"Training time summed over the harness runs (IMP and plasticity not included): "
              f"{_total_train_time(setting, runs_dir) / 60:.1f} min, two runs at a time, one torch thread each, on a "
              "machine shared with other jobs.", "",
@@ -426,7 +265,8 @@ def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Pat
              f"Every run: {setting.epochs} epochs, batch {setting.batch_size}, SGD with Nesterov momentum 0.9, "
              f"lr {setting.lr} with cosine decay, weight decay 5e-4, topology update every "
              f"{setting.update_every} steps (ΔT), each method's own defaults otherwise (GraNet/GMP prune over the "
-             "first half of training; RigL/SET/SNFS update until 75% of it; static and at-init masks are fixed). "
+             "first half of training; RigL/SET/SNFS update until 75% of it; static and at-init masks are fixed; "
+             f"`rigl_3x` trains {LONGER * setting.epochs} epochs). "
              f"Accuracy is the test accuracy after the last epoch; {len(setting.seeds)} seed(s) "
              f"({', '.join(map(str, setting.seeds))}), mean ± sample standard deviation.", ""]
     if "imp" in setting.methods:
@@ -442,44 +282,74 @@ def write_report(setting: ReproSetting, runs_dir: str | Path, out_dir: str | Pat
         lines += [f"**Failed jobs** (left out of the tables): {', '.join(failed)}.", ""]
 
     claims = check_claims(setting, results)
-    lines += ["## Claims of MISSION.md §5 at this scale", "",
-              "Checked on the means over seeds, case by case (data/model pair × sparsity); a difference counts as "
-              "beyond noise when it exceeds twice its standard error over seeds.", ""]
+    lines += ["## Verdicts at this scale", "",
+              f"Every comparison is at equal sparsity, on the means over seeds, case by case (data/model pair × "
+              f"sparsity). Significance rule, used everywhere below: {SIGNIFICANCE_RULE}. Training FLOPs (in "
+              "parentheses) count in dense trainings of the recipe: RigL's accounting (density over time, dense "
+              f"gradients on regrowth steps), {LONGER}x for `rigl_3x`, and L + 1 trainings for an IMP ticket of "
+              "level L. Families: " + "; ".join(f"{f}: {', '.join(ms)}" for f, ms in FAMILIES.items()) + ".", ""]
     for claim in claims:
         lines.append(f"- **{claim.text}**: {claim.verdict}.")
-        for case, holds, detail in claim.cases:
-            lines.append(f"  - {case}: {'yes' if holds else 'no'} ({detail})")
-    lines.append("")
+        for case in claim.cases:
+            lines.append(f"  - {case.name}: {'yes' if case.holds else 'no'} ({case.detail})")
+    lines += ["", "Every during-training method against every at-init method (and RigL trained longer, and IMP), over "
+              "all cases: `w/n (+b, -r)` = higher in w of n cases, b of them beyond noise, r cases lower beyond "
+              "noise.", "", pairwise_table(setting, results), ""]
 
     for bench in setting.benchmarks:
         cells = results.get(bench.key, {})
         png = plot_benchmark(setting, bench.key, cells, out / f"accuracy_vs_sparsity_{bench.key}.png")
         written.append(png)
         lines += [f"## {bench.title}", "", "Final test accuracy, %:", "", accuracy_table(setting, cells), "",
-                  "Cost and exploration (means over seeds): training FLOPs and inference FLOPs as fractions of the "
-                  "dense model's (RigL's accounting), ITOP rate (fraction of the sparsified weights ever active):",
-                  "", cost_table(setting, cells), "", f"![accuracy vs sparsity]({png.name})", ""]
+                  "The best of each family (accuracy %, training FLOPs in dense trainings):", "",
+                  family_table(setting, cells), "",
+                  "Cost and exploration (means over seeds): training FLOPs in dense trainings of the recipe, "
+                  "inference FLOPs as a fraction of the dense model's, ITOP rate (fraction of the sparsified weights "
+                  "ever active):", "", cost_table(setting, cells), "", f"![accuracy vs sparsity]({png.name})", ""]
 
     if setting.plasticity is not None:
-        study = plasticity_study(setting, runs_dir)
-        rows = study.rows()
-        plan = setting.plasticity
-        if rows:
-            png = plot_plasticity(rows, out / "plasticity.png", lr_decays=lr_decay_epochs(study.config),
-                                  title=f"pruning plasticity: {setting.benchmark(plan.benchmark).title}")
-            write_text(format_plasticity(rows, "csv"), out / "plasticity.csv")
-            written += [png, out / "plasticity.csv"]
-            dense = study.dense_run.read_summary() or {}
-            lines += ["## Pruning plasticity", "",
-                      f"{setting.benchmark(plan.benchmark).title}, dense run of {plan.epochs} epochs with the "
-                      f"learning rate x0.1 at epochs {', '.join(f'{d:g}' for d in lr_decay_epochs(study.config))}; "
-                      f"pruned after epoch t by global magnitude with rate r, then trained to the end with the mask "
-                      f"fixed or with GraNet's neuroregeneration (every {setting.update_every} steps, drop fraction "
-                      "0.5 cosine-decayed). Relative change = (acc - dense) / dense; dense final accuracy "
-                      f"{100 * dense.get('final_acc', float('nan')):.2f}%. One seed.", "",
-                      format_plasticity(rows, "markdown"), "", "![plasticity](plasticity.png)", ""]
+        written += _plasticity_section(setting, runs_dir, out, lines)
     md = out / "reproduction.md"
     write_text("\n".join(lines), md)
     csv_path = out / "reproduction.csv"
     write_text(csv_table(setting, results), csv_path)
     return [md, csv_path, *written]
+
+
+def _plasticity_section(setting: ReproSetting, runs_dir: Path, out: Path, lines: list[str]) -> list[Path]:
+    """Append the plasticity study's tables to ``lines``; write its CSV and plot into ``out``."""
+    plan = setting.plasticity
+    assert plan is not None
+    studies = plasticity_studies(setting, runs_dir)
+    rows = [row for study in studies for row in study.rows()]
+    if not rows:
+        return []
+    title = setting.benchmark(plan.benchmark).title
+    decays = {study.schedule: lr_decay_epochs(study.config) for study in studies}
+    png = plot_plasticity(rows, out / "plasticity.png", lr_decays=decays, title=f"pruning plasticity: {title}")
+    csv_path = out / "plasticity.csv"
+    write_text(format_plasticity(rows, "csv"), csv_path)
+    recipe = ", ".join(f"{d:g}" for d in decays["recipe"])
+    late = ", ".join(f"{d:g}" for d in decays.get("late-decay", []))
+    lines += ["## Pruning plasticity", "",
+              f"{title}, dense runs of {plan.epochs} epochs with the learning rate x0.1 at epochs {recipe}; pruned "
+              "after epoch t by global magnitude with rate r (GraNet's plasticity test), then trained to the end "
+              "of the same run (its optimizer state, schedule and data order) with the mask fixed or with GraNet's "
+              "neuroregeneration: every ΔT steps of the run (GraNet's 1000 of 56,320 steps, as a fraction: "
+              f"{GRANET_UPDATE_FRACTION:.5f} of the run) each layer drops the fraction r_t of its weights with the "
+              "smallest magnitude and regrows as many by gradient, r_t on the run-wide cosine from 0.5 to 0.005. "
+              + (f"Learning-rate control: the same dense recipe with the decays moved to epochs {late}: the same "
+                 "pruning points and remaining budget"
+                 + (", every pruning point before the decays. " if max(plan.prune_epochs) < min(decays["late-decay"])
+                    else ". ") if late else "")
+              + f"Seeds {', '.join(map(str, plan.seeds))}; relative change = (acc - dense) / dense against the "
+              "dense run of the same seed and schedule, mean ± std over seeds.", "",
+              format_plasticity(rows, "markdown"), "",
+              "Neuroregeneration against the fixed mask (with minus without, relative change in % points):", "",
+              format_contrast(contrast_plasticity(rows, "regeneration"), "regeneration"), ""]
+    if late:
+        lines += ["The learning-rate phase: the recipe's schedule against the control's, same pruning point and "
+                  "remaining budget (negative: pruning in the recipe's phase costs more):", "",
+                  format_contrast(contrast_plasticity(rows, "schedule"), "schedule"), ""]
+    lines += ["![plasticity](plasticity.png)", ""]
+    return [png, csv_path]

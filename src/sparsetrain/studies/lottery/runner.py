@@ -7,8 +7,11 @@ one training loop:
 
 * **level 0** is the dense run of the recipe; it keeps its checkpoint at the rewind step k
   (``keep_steps=[k]``): the rewind point.
-* **level L >= 1** prunes the previous level's final weights by magnitude (:func:`sparsetrain.lottery.prune_round`;
-  the dense weights in the one-shot variant) and trains the ticket as a branch of the rewind point: the
+* **level L >= 1** prunes the previous level's final weights by magnitude (:func:`sparsetrain.lottery.prune_round`
+  for the geometric schedule, :func:`~sparsetrain.lottery.prune_to_sparsity` for target sparsities; the dense
+  weights in the one-shot variant; the weights at ``rank_step`` of that run instead of its final ones if asked,
+  from its kept checkpoint there, replayed if missing; each layer's bias ranked with its weight with
+  ``prune_biases``) and trains the ticket as a branch of the rewind point: the
   weights, the learning-rate schedule's position and the data order at step k, with a fresh optimizer
   (``Branch(take={"model", "position", "data"})``; OpenLTH saves only the weights at the rewind step), and the
   ticket as a fixed mask (``sparse.method=static``, ``sparse.options.masks=<the ticket>``), for the remaining
@@ -26,7 +29,8 @@ Trainer run does (mid-level, bit-identically on CPU). Layout of a lottery direct
         masks.pt           the ticket: name -> bool mask (all True at level 0)
         sparsity.json/.txt per-tensor kept weights, from the mask
         run/               the level's Trainer run directory (config.yaml, metrics.jsonl, checkpoint.pt, masks.pt,
-                           summary.json, ...); level 0's keeps checkpoints/step_<k>.pt, the rewind point
+                           summary.json, ...); level 0's keeps checkpoints/step_<k>.pt, the rewind point, and
+                           every ticket's run checkpoints/step_<rank_step>.pt, when ranking at a step
         reinit_weights.pt  the "reinit" control's fresh initialisation (L >= 1)
         reinit/            its Trainer run directory
         random_masks.pt    the "random" control's mask (L >= 1)
@@ -60,13 +64,16 @@ from sparsetrain.experiment.rundir import RunDir
 from sparsetrain.identity import identity_hash
 from sparsetrain.lottery import (
     layer_rates,
+    level_count,
+    level_sparsities,
     pattern_groups,
     prune_round,
+    prune_to_sparsity,
     random_mask_like,
     reinitialize,
     snapshot,
 )
-from sparsetrain.masks import select_prunable, sparsity_report
+from sparsetrain.masks import paired_biases, select_prunable, sparsity_report
 from sparsetrain.nm import nm_layouts
 
 from .config import LotteryConfig
@@ -89,8 +96,10 @@ def level_dir(run_dir: str | os.PathLike[str], level: int) -> Path:
 
 
 def lottery_identity(config: ExperimentConfig, lottery: LotteryConfig) -> str:
-    """The hash naming a lottery run: the recipe's identifying fields and the lottery options, seeds left out."""
-    options = {k: v for k, v in lottery.to_dict().items() if k != "seed"}
+    """The hash naming a lottery run: the recipe's identifying fields and the lottery options, seeds left out (and
+    the options added later while at their defaults, :meth:`LotteryConfig.identity`). A model given as
+    ``package.module:factory`` is named by that qualified name (``model.name``)."""
+    options = lottery.identity()
     if options.get("scope") == "layer":
         options["scope"] = "layerwise"  # hashed under the spelling it had when the first runs were named
     return identity_hash({"experiment": config.non_default(), "lottery": options}, compact=False)
@@ -180,7 +189,19 @@ class _Lottery:
         return self._exp
 
     def names(self) -> list[str]:
+        """The pruned weights (``include`` / ``exclude`` over the default selection), in model order."""
         return list(select_prunable(self.exp.model, include=self.lottery.include, exclude=self.lottery.exclude))
+
+    def units(self) -> dict[str, tuple[str, ...]]:
+        """With ``prune_biases``: weight name -> (the weight, its bias), ranked together; otherwise none."""
+        if not self.lottery.prune_biases:
+            return {}
+        return {weight: (weight, bias) for weight, bias in paired_biases(self.exp.model, self.names()).items()}
+
+    def mask_names(self) -> list[str]:
+        """Every masked tensor: the pruned weights and, with ``prune_biases``, their biases (in model order)."""
+        masked = set(self.names()) | {bias for _, bias in self.units().values()}
+        return [name for name, _ in self.exp.model.named_parameters() if name in masked]
 
     def layouts(self) -> dict[str, Any] | None:
         """Each tensor's N:M layout (None without a pattern)."""
@@ -205,34 +226,71 @@ class _Lottery:
             self.on_stage(run_dir, kept, self.exp.total_steps - start)
         return trainer.fit()
 
+    def rank_steps(self) -> tuple[int, ...]:
+        """The step whose weights the next level ranks, kept by every ticket's run (none: the final weights)."""
+        return () if self.lottery.rank_step is None else (self.lottery.rank_step,)
+
     def dense(self) -> Path:
         """Level 0: the dense run; returns its checkpoint at the rewind step."""
         where = level_dir(self.dir, 0)
         if not (where / "masks.pt").exists():
             params = dict(self.exp.model.named_parameters())
-            _save_masks({name: torch.ones(params[name].shape, dtype=torch.bool) for name in self.names()},
+            _save_masks({name: torch.ones(params[name].shape, dtype=torch.bool) for name in self.mask_names()},
                         where / "masks.pt", where)
         k = self.lottery.rewind_step
-        self.train(where / RUN, self.recipe, keep_steps=(k,))
+        self.train(where / RUN, self.recipe, keep_steps=(k, *self.rank_steps()))
         rewind = RunDir(where / RUN).kept_checkpoint(k)
         if rewind.exists():
             return rewind
         # e.g. the checkpoint was deleted: replayed from the run's nearest earlier checkpoint
         return Trainer(self.recipe, run_dir=where / RUN, plots=False).checkpoint_at(step=k)
 
-    def masks_for(self, level: int) -> dict[str, Tensor]:
-        """The ticket of ``level`` (pruned from the final weights of the level before, or of level 0 in one shot)."""
+    def ticket_stage(self, level: int, rewind: Path) -> tuple[Path, ExperimentConfig, Branch | None]:
+        """The run directory, recipe and branch of ``level``'s ticket (level 0: the dense run)."""
+        where = level_dir(self.dir, level)
+        if level == 0:
+            return where / RUN, self.recipe, None
+        masks = load_checkpoint(where / "masks.pt")
+        return (where / RUN, self.sparse_recipe(where / "masks.pt", masks),
+                Branch(checkpoint=rewind, take={"model", "position", "data"}))
+
+    def ranking_weights(self, level: int, rewind: Path) -> dict[str, Tensor]:
+        """The weights of ``level``'s ticket that the next level ranks: at ``rank_step`` (kept, or replayed), or
+        final."""
+        run_dir, config, branch = self.ticket_stage(level, rewind)
+        step = self.lottery.rank_step
+        if step is None:
+            return read_run_checkpoint(run_dir / "checkpoint.pt")["model"]
+        kept = RunDir(run_dir).kept_checkpoint(step)
+        if not kept.exists():
+            kept = Trainer(config, run_dir=run_dir, branch=branch, plots=False).checkpoint_at(step=step)
+        return read_run_checkpoint(kept)["model"]
+
+    def masks_for(self, level: int, rewind: Path) -> dict[str, Tensor]:
+        """The ticket of ``level`` (pruned from the weights of the level before, or of level 0 in one shot)."""
         where = level_dir(self.dir, level)
         if (where / "masks.pt").exists():
             return load_checkpoint(where / "masks.pt")
-        source = 0 if self.lottery.one_shot else level - 1
-        weights = read_run_checkpoint(level_dir(self.dir, source) / RUN / "checkpoint.pt")["model"]
-        names = self.names()
-        rates = layer_rates(names, self.lottery.prune_rate, self.lottery.output_rate, self.lottery.output_layer)
-        output = self.lottery.output_layer or names[-1]
-        masks = prune_round(weights, self.masks_for(source), rates, scope=self.lottery.scope,
-                            separate=(output,) if self.lottery.output_rate is not None else (), levels=level - source,
-                            pattern=self.lottery.pattern, layouts=self.layouts())
+        lottery = self.lottery
+        source = 0 if lottery.one_shot else level - 1
+        weights = self.ranking_weights(source, rewind)
+        previous = self.masks_for(source, rewind)
+        names, units = self.names(), self.units()
+        output = lottery.output_layer or names[-1]
+        rates = layer_rates(names, lottery.prune_rate or 0.0, lottery.output_rate, lottery.output_layer)
+        targets = level_sparsities(lottery.schedule, lottery.rounds, final_sparsity=lottery.final_sparsity,
+                                   sparsities=lottery.sparsities)
+        if targets is None:
+            masks = prune_round(weights, previous, rates, scope=lottery.scope,
+                                separate=(output,) if lottery.output_rate is not None else (), levels=level - source,
+                                units=units, pattern=lottery.pattern, layouts=self.layouts())
+        else:
+            own = {}
+            if lottery.output_rate is not None:
+                numel = sum(previous[name].numel() for name in units.get(output, (output,)))
+                own[output] = level_count(numel, lottery.output_rate, level)
+            masks = prune_to_sparsity(weights, previous, targets[level - 1], scope=lottery.scope, separate=own,
+                                      units=units)
         _save_masks(masks, where / "masks.pt", where)
         logger.info("level %d: %d of %d weights kept", level, sum(int(m.sum()) for m in masks.values()),
                     sum(m.numel() for m in masks.values()))
@@ -247,9 +305,10 @@ class _Lottery:
     def level(self, level: int, rewind: Path) -> None:
         """Level ``level`` >= 1: the ticket, then its controls, each a branch of the rewind point."""
         where = level_dir(self.dir, level)
-        masks = self.masks_for(level)
+        masks = self.masks_for(level, rewind)
         rewound = Branch(checkpoint=rewind, take={"model", "position", "data"})
-        self.train(where / RUN, self.sparse_recipe(where / "masks.pt", masks), masks, branch=rewound)
+        self.train(where / RUN, self.sparse_recipe(where / "masks.pt", masks), masks, branch=rewound,
+                   keep_steps=self.rank_steps())
         seed = self.lottery.seed + 1_000 * level
         for control in self.lottery.controls:
             if control == "reinit":
@@ -283,9 +342,10 @@ def run_lottery(
     """Iterative magnitude pruning with rewinding and its controls (Frankle & Carbin 2019; Frankle et al. 2020).
 
     Every stage is a :class:`~sparsetrain.experiment.Trainer` run of ``config``'s recipe (see the module
-    docstring): level 0 the dense run, each level ``L >= 1`` its ticket (``lottery.prune_rate`` of the remaining
-    weights pruned by magnitude, ``output_rate`` for the output layer) trained from the rewind point, and the
-    controls. Finished stages are skipped and an interrupted one resumes where it stopped.
+    docstring): level 0 the dense run, each level ``L >= 1`` its ticket (pruned by magnitude to the level's
+    sparsity under ``lottery.schedule``: ``prune_rate`` of the remaining weights per round, a linear rise or a list
+    of targets; ``output_rate`` for the output layer) trained from the rewind point, and the controls. Finished
+    stages are skipped and an interrupted one resumes where it stopped.
 
     Args:
         config: the recipe: data, model, optimizer, schedule and training (``train.seed`` seeds training); its
@@ -306,7 +366,8 @@ def run_lottery(
         TypeError: ``config`` or ``lottery`` of the wrong type.
         ValueError: ``out_dir`` holds a lottery run with another config or recipe, or of an older layout.
         sparsetrain.experiment.ConfigError: the recipe is rejected by the data, model or optimizer, or
-            ``lottery.output_layer`` / ``rewind_step`` do not fit the model or the run (nothing is written).
+            ``lottery.output_layer`` / ``rewind_step`` / ``rank_step`` do not fit the model or the run (nothing is
+            written).
         sparsetrain.experiment.lock.DirectoryLocked: another process is running this lottery run.
         sparsetrain.experiment.TrainingInterrupted: SIGINT/SIGTERM stopped a stage (a checkpoint was written).
     """

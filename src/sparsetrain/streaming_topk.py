@@ -95,7 +95,7 @@ def topk_positions(blocks: Iterable[tuple[int, Tensor]], k: int, *, absolute: bo
 def _keep_best(values: Tensor, positions: Tensor, count: int, k: int) -> int:
     """Keep the ``k`` best of the first ``count`` candidates at the front, in position order (ties to the lowest
     position: positions are increasing); returns k."""
-    best = topk_mask(values[:count], k)
-    values[:k] = values[:count][best]
-    positions[:k] = positions[:count][best]
+    best = topk_mask(values[:count], k).nonzero().squeeze(1)
+    values[:k] = values.index_select(0, best)
+    positions[:k] = positions.index_select(0, best)
     return k
