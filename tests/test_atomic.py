@@ -99,7 +99,8 @@ _METHODS = {"write_text", "write_bytes", "savefig", "rename", "touch"}
 _FUNCTIONS = {"torch.save", "os.replace", "os.rename", "shutil.move", "shutil.copy", "shutil.copyfile", "json.dump",
               "np.save", "np.savez", "np.savez_compressed", "safetensors.torch.save_file"}
 _ALLOWED = {("atomic.py", "*"), ("checkpoint_io.py", "torch.save"), ("data/cache.py", "np.savez_compressed"),
-            ("experiment/trainer.py", "os.replace")}
+            ("experiment/trainer.py", "os.replace"),
+            ("cli/__init__.py", "open")}  # os.devnull as stdout after a broken pipe: no file is written
 
 
 def _dotted(node: ast.AST) -> str:

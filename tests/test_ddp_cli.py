@@ -5,7 +5,12 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,6 +25,7 @@ ARGS = ["train", "--data", "synthetic", "--data-option", "n_train=256", "--data-
         "--method", "rigl", "--sparsity", "0.8", "--epochs", "2", "--batch-size", "32", "--update-every", "3",
         "--no-baseline", "--no-progress", "--no-plots", "-v", "--runs-dir", "runs"]
 CHECKSUM = re.compile(r"rank (\d) of 2: final masks checksum ([0-9a-f]{32})")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 FILES = {"config.yaml", "metrics.jsonl", "topology.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "masks.pt",
          "summary.json"}
 
@@ -107,3 +113,78 @@ def test_a_data_parallel_run_resumes_on_every_rank_from_the_same_checkpoint(ddp_
     assert main(ARGS) == 2  # one process cannot continue a two-process run
     line = capfd.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("sparsetrain: error: ") and "written by a 2-process run" in line and "--nproc 2" in line
+
+
+# -- a rank that dies or hangs: the others stop within a bounded time with one line, and the run resumes ---------
+def _rank_pid(rank, timeout=120):
+    """The pid of the sparsetrain worker with RANK=<rank> (Linux: read from /proc/<pid>/environ)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in environ and b"sparsetrain" in cmdline and b"distributed.run" not in cmdline:
+                return int(entry)
+        time.sleep(0.05)
+    raise AssertionError(f"no worker with RANK={rank}")
+
+
+def _launch(cwd, *extra, **env):
+    args = [a if a != "2" or i != ARGS.index("--epochs") + 1 else "12" for i, a in enumerate(ARGS) if a != "-v"]
+    return subprocess.Popen([sys.executable, "-m", "sparsetrain", *args, "--nproc", "2", *extra], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": SRC, **env}, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(cwd, process):
+    while not list(cwd.glob("runs/*/seed_0/checkpoint.prev.pt")):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ranks' processes through /proc")
+@pytest.mark.parametrize("victim", [1, 0])
+def test_when_a_rank_is_killed_the_other_stops_with_one_line_naming_it_and_the_run_resumes(victim, tmp_path):
+    # slowed inside every file write, so that rank 0 may be killed while it writes a checkpoint
+    process = _launch(tmp_path, SPARSETRAIN_TEST_WRITE_DELAY="0.05")
+    _wait_for_checkpoint(tmp_path, process)
+    os.kill(_rank_pid(victim), signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = process.communicate(timeout=120)
+    assert time.monotonic() - killed < 60
+    assert process.returncode == 75 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("sparsetrain: error:")]
+    assert len(errors) == 1 and [line for line in err.splitlines() if not line.startswith("sparsetrain: ")] == []
+    assert f"rank {victim} has died" in errors[0] and "run the same command again to resume" in errors[0]
+    (run,) = tmp_path.glob("runs/*/seed_0")
+    assert not (run / "summary.json").exists()
+    again = _launch(tmp_path)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "resuming an interrupted run" in err
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 13))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ranks' processes through /proc")
+def test_when_a_rank_hangs_the_other_stops_after_the_collective_timeout(tmp_path):
+    process = _launch(tmp_path, SPARSETRAIN_DDP_TIMEOUT="3")
+    _wait_for_checkpoint(tmp_path, process)
+    pid = _rank_pid(1)
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert time.monotonic() - stopped < 60
+    assert process.returncode in (75, 1) and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("sparsetrain: error:")]
+    assert errors and errors[0].startswith("sparsetrain: error: rank 0 of 2: another rank stopped answering"), err

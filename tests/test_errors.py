@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,6 +54,10 @@ def _write(name, text):
     return setup
 
 
+def _write_bytes(name, data):
+    return lambda cwd: (cwd / name).write_bytes(data)
+
+
 def _mkdir(name):
     return lambda cwd: (cwd / name).mkdir()
 
@@ -89,6 +94,43 @@ def _wrong_shape_masks(cwd):
 
 def _broken_run_config(cwd):
     (cwd / _RUNS["interrupted"] / "config.yaml").write_text("train: [1\n")
+
+
+def _damaged_summary(cwd):
+    (cwd / _RUNS["finished"] / "summary.json").write_text('{"final_acc": 0.5,')
+
+
+def _run_config_not_utf8(cwd):
+    (cwd / _RUNS["interrupted"] / "config.yaml").write_bytes(b"\xff\xfe train: {}\n")
+
+
+_HOLDERS: list = []
+_HOLD = """
+import sys, time
+from sparsetrain.experiment.lock import DirectoryLock
+DirectoryLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def _locked_by_another_process(cwd):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(cwd / _RUNS["interrupted"])], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path(sparsetrain.__file__).parents[1])})
+    _HOLDERS.append(holder)
+    assert holder.stdout.readline().strip() == "held"
+
+
+def _read_only_runs_dir(cwd):
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a read-only tmpfs (as root, file permissions do not stop writes)")
+    (cwd / "ro").mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(cwd / "ro")]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    _MOUNTS.append(cwd / "ro")
+
+
+_MOUNTS: list = []
 
 
 # -- API rows -----------------------------------------------------------------------------------------------
@@ -153,6 +195,59 @@ def _static_float_masks(cwd):
 
 def _static_unknown_mask_name(cwd):
     sparsetrain.Static(*_model_and_optimizer(), total_steps=10, masks={"9.weight": torch.ones(8, 4, dtype=torch.bool)})
+
+
+def _two_sparsifiers_one_optimizer(cwd):
+    model, optimizer = _model_and_optimizer()
+    sparsetrain.RigL(model, optimizer, sparsity=0.9, total_steps=10)
+    sparsetrain.Static(model, optimizer, sparsity=0.5, total_steps=10)
+
+
+def _two_sparsifiers_one_parameter(cwd):
+    model, optimizer = _model_and_optimizer()
+    sparsetrain.RigL(model, optimizer, sparsity=0.9, total_steps=10)
+    sparsetrain.Static(model, torch.optim.SGD(model.parameters(), lr=0.1), sparsity=0.5, total_steps=10)
+
+
+def _optimizer_of_another_model(cwd):
+    model, _ = _model_and_optimizer()
+    _, other = _model_and_optimizer()
+    sparsetrain.RigL(model, other, sparsity=0.9, total_steps=10)
+
+
+def _step_before_optimizer_step(cwd):
+    model, optimizer = _model_and_optimizer()
+    sparsifier = sparsetrain.RigL(model, optimizer, sparsity=0.9, total_steps=10)
+    for _ in range(2):
+        model(torch.randn(3, 4)).sum().backward()
+        sparsifier.step()
+        optimizer.step()
+
+
+def _step_after_export(cwd):
+    model, optimizer = _model_and_optimizer()
+    sparsifier = sparsetrain.RigL(model, optimizer, sparsity=0.9, total_steps=10)
+    sparsifier.export()
+    sparsifier.step()
+
+
+def _state_of_another_sparsity(cwd):
+    model, optimizer = _model_and_optimizer()
+    state = sparsetrain.Static(model, optimizer, sparsity=0.5, total_steps=10).state_dict()
+    sparsetrain.Static(*_model_and_optimizer(), sparsity=0.9, total_steps=10).load_state_dict(state)
+
+
+def _float_masks_assigned(cwd):
+    model, optimizer = _model_and_optimizer()
+    sparsifier = sparsetrain.Static(model, optimizer, sparsity=0.5, total_steps=10)
+    sparsifier.masks = {name: mask.float() for name, mask in sparsifier.masks.items()}
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+
+
+def _meta_masks(cwd):
+    sparsetrain.Static(*_model_and_optimizer(), total_steps=10,
+                       masks={"0.weight": torch.ones(8, 4, dtype=torch.bool, device="meta")})
 
 
 def _without_mlflow(cwd, monkeypatch):
@@ -256,6 +351,37 @@ CASES = {
     73: (_rigl_pattern_on_sparse_storage, None),
     74: (_train("--method", "rigl", "--pattern", "2:4", "--backend", "sparse"), None),
     75: (_sparse_storage_without_optimizer, None),
+    76: (_resume(), _locked_by_another_process),
+    77: (_train("--config", "latin1.yaml"), _write_bytes("latin1.yaml", "# café\ntrain: {epochs: 1}\n".encode("latin-1"))),
+    78: (_train("--config", "laughs.yaml"), _write("laughs.yaml", "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n")),
+    79: (_train("--config", "dup.yaml"), _write("dup.yaml", "train:\n  epochs: 1\n  epochs: 2\n")),
+    80: (_train("--config", "adir"), _mkdir("adir")),
+    81: (_train("--config", "/dev/zero"), None),
+    82: (_train("--config", "big.yaml"), _write("big.yaml", "#" * (2 << 20) + "\n")),
+    83: (_train("--epochs", "99999999999999999999999999"), None),
+    84: (_train("--batch-size", "1000000000000"), None),
+    85: (_train("--num-workers", "1000000"), None),
+    86: (_train("--seeds", "100000000000000000000"), None),
+    87: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1", "--rewind-step", "1000"], None),
+    88: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1", "--output-layer", "nosuch"], None),
+    89: (["lottery", *T[:-1], "--runs-dir", "runs", "--rounds", "1000000000"], None),
+    90: (["report", "--runs-dir", "runs", "--output", "adir"], _mkdir("adir")),
+    91: (["report", "--runs-dir", "runs", "--output", "no/such/table.md"], None),
+    92: (["plot", "--runs-dir", "runs", "--out", "afile"], _write("afile", "")),
+    93: (["train", *T, "--runs-dir", "afile/runs"], _write("afile", "")),
+    94: (["train", "--resume", "<interrupted-run>"], _run_config_not_utf8),
+    95: (_train(*FINISHED), _damaged_summary),
+    96: (["train", *T, "--runs-dir", "ro/runs"], _read_only_runs_dir),
+    97: (_two_sparsifiers_one_optimizer, None),
+    98: (_two_sparsifiers_one_parameter, None),
+    99: (_optimizer_of_another_model, None),
+    100: (_step_before_optimizer_step, None),
+    101: (_step_after_export, None),
+    102: (_state_of_another_sparsity, None),
+    103: (_float_masks_assigned, None),
+    104: (_train("--config", "nul.yaml"), _write_bytes("nul.yaml", b"train:\x00 {}\n")),
+    105: (["jackpot", "<finished-run>", "--steps", "1000000000000"], None),
+    106: (_meta_masks, None),
 }
 _RUNS: dict[str, str] = {}
 
@@ -311,6 +437,7 @@ def _expected(message):
     from sparsetrain.models import list_models
 
     for key, value in {"<finished-run>": _RUNS["finished"], "<interrupted-run>": _RUNS["interrupted"],
+                       "<pid>": str(_HOLDERS[-1].pid) if _HOLDERS else "<pid>",
                        "<methods>": ", ".join(("dense", *sparsetrain.METHODS)),
                        "<models>": ", ".join(list_models()), "<datasets>": ", ".join(list_datasets())}.items():
         message = message.replace(key, value)
@@ -329,22 +456,30 @@ def test_bad_input_gives_the_documented_one_line_message(number, template, tmp_p
         pytest.skip("needs a machine without CUDA")
     cwd = tmp_path / "cwd"
     shutil.copytree(template, cwd)
-    if setup is not None:
-        setup(cwd, monkeypatch) if setup.__code__.co_argcount == 2 else setup(cwd)
-    monkeypatch.chdir(cwd)
-    before = _snapshot(cwd)
-    if callable(action):
-        with pytest.raises(Exception) as info:
-            action(cwd)
-        assert type(info.value).__name__ == exit_status
-        assert str(info.value) == _expected(message)
-    else:
-        argv = [_RUNS.get(a.strip("<>").replace("-run", ""), a) if a.endswith("-run>") else a for a in action]
-        assert main(argv) == int(exit_status)
-        err = capsys.readouterr().err.replace(f"{Path.cwd()}/", "")  # resumed runs name their files in full
-        assert "Traceback" not in err
-        assert err.splitlines() == [_expected(message)], err
-    assert _snapshot(cwd) == before
+    try:
+        if setup is not None:
+            setup(cwd, monkeypatch) if setup.__code__.co_argcount == 2 else setup(cwd)
+        monkeypatch.chdir(cwd)
+        before = _snapshot(cwd)
+        if callable(action):
+            with pytest.raises(Exception) as info:
+                action(cwd)
+            assert type(info.value).__name__ == exit_status
+            assert str(info.value) == _expected(message)
+        else:
+            argv = [_RUNS.get(a.strip("<>").replace("-run", ""), a) if a.endswith("-run>") else a for a in action]
+            assert main(argv) == int(exit_status)
+            err = capsys.readouterr().err.replace(f"{Path.cwd()}/", "")  # resumed runs name their files in full
+            assert "Traceback" not in err
+            assert err.splitlines() == [_expected(message)], err
+        assert _snapshot(cwd) == before
+    finally:
+        while _HOLDERS:
+            holder = _HOLDERS.pop()
+            holder.kill()
+            holder.wait()
+        while _MOUNTS:
+            subprocess.run(["umount", "-l", str(_MOUNTS.pop())])
 
 
 def test_a_masks_file_that_fits_trains_on_exactly_those_masks(template, tmp_path, monkeypatch):

@@ -134,3 +134,4 @@ def test_a_method_starts_from_given_masks_at_their_sparsity():
         assert list(sp.params) == ["0.weight"] and torch.equal(sp.masks["0.weight"], masks["0.weight"])
         assert sp.sparsity == pytest.approx(1 - int(masks["0.weight"].sum()) / 200)
         assert not bool(model[0].weight[~masks["0.weight"]].any())
+        sp.remove()  # one sparsifier per parameter: the next method takes the model over

@@ -80,7 +80,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any],
 
     Raises:
         IsADirectoryError: ``path`` is a directory.
-        Whatever ``write`` raises; the target is then untouched and no temporary file is left behind.
+        OSError: the file system refused (no space left, read-only, permission denied...), named by the target's
+            path, even where a writer (``torch.save``) wrapped it in another exception.
+        Whatever else ``write`` raises; the target is then untouched and no temporary file is left behind.
     """
     target = Path(path)
     if target.is_dir():
@@ -99,14 +101,35 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any],
         if keep_previous is not None and target.exists():
             os.replace(target, keep_previous)
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
+        fault = _file_system_fault(exc, target, tmp_name)
+        if fault is not None:
+            raise fault from None
         raise
     _fsync_directory(target.parent)
     return target
+
+
+def _file_system_fault(exc: BaseException, target: Path, tmp_name: str) -> OSError | None:
+    """The OSError behind a failed write, named by the target (None: not a file-system fault, or already named).
+
+    ``torch.save`` reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc...]`` with the
+    OSError only in its context; a failed ``write()`` names no file; a failed rename names the temporary file.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, OSError):
+            break
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(seen, OSError) or seen.errno is None:
+        return None
+    if seen is exc and seen.filename not in (None, tmp_name):
+        return None
+    return type(seen)(seen.errno, seen.strerror, str(target))
 
 
 def write_bytes(data: bytes, path: str | os.PathLike[str]) -> Path:

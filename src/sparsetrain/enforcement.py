@@ -43,9 +43,11 @@ sparsifier holds are whatever :meth:`~MaskEnforcer.apply` returns: here the dict
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -59,6 +61,7 @@ from .nm import NMLayout, NMPattern
 from .selection import Budget, Groups, keep_top
 from .sparse_init import scale_to_active_fan_in
 from .updates import regrow
+from .validation import check_bool_masks
 
 __all__ = ["MaskSource", "MaskEnforcer", "DenseMaskEnforcer", "GradientCallback", "BACKENDS", "EnforcerFactory",
            "register_backend", "make_enforcer"]
@@ -68,6 +71,65 @@ logger = logging.getLogger(__name__)
 #: ``callback(grads)``, run once per optimizer step with name -> dense gradient of the sparsified tensors that have
 #: one (before any masking).
 GradientCallback = Callable[[Mapping[str, Tensor]], None]
+
+#: The attached enforcer of each optimizer and each sparsified parameter, by ``id`` (tensors compare elementwise,
+#: so they cannot be dictionary keys), both held weakly: two enforcers on one optimizer, or on one parameter,
+#: would each undo the other's masks.
+_OWNERS: dict[int, tuple[weakref.ReferenceType[Any], weakref.ReferenceType[MaskEnforcer]]] = {}
+
+
+def _owner(key: Any) -> MaskEnforcer | None:
+    entry = _OWNERS.get(id(key))
+    if entry is None or entry[0]() is not key:  # a dead object whose id was reused
+        return None
+    enforcer = entry[1]()
+    return enforcer if enforcer is not None and enforcer.attached else None
+
+
+def claim(enforcer: MaskEnforcer) -> None:
+    """Register ``enforcer`` as the one enforcer of its optimizer and of each of its parameters.
+
+    Raises:
+        ValueError: another attached enforcer (another sparsifier) holds the optimizer or one of the parameters.
+    """
+    keys = ([(enforcer.optimizer, "optimizer")] if enforcer.optimizer is not None else []) + \
+        [(param, f"parameter {name!r}") for name, param in enforcer.params.items()]
+    for attempt in range(2):
+        clash = next(((what, other) for key, what in keys
+                      if (other := _owner(key)) is not None and other is not enforcer), None)
+        if clash is None:
+            break
+        if attempt == 0:
+            gc.collect()  # an unreachable sparsifier in a reference cycle still counts until it is collected
+    else:
+        what, other = clash
+        raise ValueError(f"{what} is already driven by another sparsifier ({other.name} on "
+                         f"{len(other.params)} tensors); two sparsifiers on one optimizer or one parameter undo each "
+                         "other's masks: call remove() or export() on the other first")
+    for stale in [k for k, (obj, owner) in _OWNERS.items() if obj() is None or owner() is None]:
+        del _OWNERS[stale]
+    ref = weakref.ref(enforcer)
+    for key, _ in keys:
+        _OWNERS[id(key)] = (weakref.ref(key), ref)
+
+
+def release(enforcer: MaskEnforcer) -> None:
+    """Forget the registrations of ``enforcer`` (see :func:`claim`; sparse storage may have replaced the tensors it
+    claimed since)."""
+    for key in [key for key, (_, owner) in _OWNERS.items() if owner() is enforcer]:
+        del _OWNERS[key]
+
+
+def step_closure(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple[int, Any]:
+    """In an optimizer step pre-hook, where a positional closure sits in ``args`` and the closure (None without one).
+
+    torch passes ``args`` with the optimizer itself first; a positional closure comes next.
+
+    Returns:
+        ``(position, closure)``.
+    """
+    first = 1 if args and args[0] is optimizer else 0
+    return first, kwargs.get("closure", args[first] if len(args) > first else None)
 
 
 class MaskSource(Protocol):
@@ -93,10 +155,16 @@ class MaskEnforcer(ABC):
     Attributes:
         optimizer_steps: ``optimizer.step()`` calls counted so far (or restored from a checkpoint).
         masks_every_step: whether the weights must be masked after every step (no optimizer, or the plain path).
+        attached: between :meth:`attach` and :meth:`detach`.
+        name: the source's class name, for messages.
     """
 
     optimizer_steps: int
     masks_every_step: bool
+    #: Whether :meth:`attach` claims the optimizer and the tensors for this enforcer alone (:func:`claim`); False
+    #: for a part of another enforcer that shares its optimizer (sparse storage's masked-dense part).
+    exclusive: bool = True
+    attached: bool = False
     #: Attributes that a copy (deepcopy, pickle) starts empty: objects of this process's current step.
     _transient: ClassVar[tuple[str, ...]] = ()
 
@@ -109,19 +177,65 @@ class MaskEnforcer(ABC):
         self.fused_step = fused_step
         self.optimizer_steps = 0
         self.masks_every_step = not mask_gradients or optimizer is None
+        self.name = type(source).__name__
         self._gradient_callbacks: list[GradientCallback] = []
+        self._hooks: list[Any] = []
+        # A source.step() that found no new optimizer step leaves (tensor, its gradient, the gradient's version)
+        # here; the next optimizer step checks that a backward pass ran in between (see note_idle_step).
+        self._idle: tuple[Tensor, Tensor, int] | None = None
+
+    def note_idle_step(self) -> None:
+        """The source's step() ran with no optimizer step since its last one: remember the gradients, so that
+        the next optimizer step can tell a skipped step (GradScaler; a backward pass comes in between) from a
+        source step called before ``optimizer.step()`` (nothing in between, see :meth:`check_step_order`)."""
+        tensor = next((t for t in self._trained_tensors() if t.grad is not None), None)
+        self._idle = None if tensor is None else (tensor, tensor.grad, tensor.grad._version)
+
+    def check_step_order(self, closure: Any) -> None:
+        """At an optimizer step, before it runs: refuse a source step that came between this step's backward pass
+        and ``optimizer.step()`` (:meth:`note_idle_step`). O(1).
+
+        Raises:
+            RuntimeError: the source's step() was called before ``optimizer.step()``.
+        """
+        if self._idle is None:
+            return
+        tensor, grad, version = self._idle
+        self._idle = None
+        if closure is None and tensor.grad is grad and grad._version == version:
+            raise RuntimeError(f"{self.name}.step() was called before optimizer.step(), with this step's "
+                               "gradients already computed: call it right after optimizer.step() (otherwise "
+                               "each topology update comes one step late and the run's last update is never "
+                               "masked)")
+
+    def _trained_tensors(self) -> Iterable[Tensor]:
+        """The tensors the optimizer updates for the sparsified ones (their gradients tell a backward pass)."""
+        return self.params.values()
 
     def on_gradients(self, callback: GradientCallback) -> None:
         """Call ``callback(params)`` at every optimizer step, once the gradients exist and before any masking."""
         self._gradient_callbacks.append(callback)
 
-    @abstractmethod
     def attach(self) -> None:
-        """Start enforcing: hook the optimizer (idempotent)."""
+        """Start enforcing (idempotent): claim the optimizer and the tensors for this enforcer alone (another
+        sparsifier's are refused before anything is touched, :func:`claim`), then hook the optimizer.
 
-    @abstractmethod
+        Raises:
+            ValueError: another attached sparsifier drives the optimizer or one of the tensors.
+        """
+        if self.attached:
+            return
+        if self.exclusive:
+            claim(self)
+        self._hook()
+        self.attached = True
+
     def detach(self) -> None:
-        """Stop enforcing: the model and optimizer go on as plain PyTorch objects."""
+        """Stop enforcing: the model and optimizer go on as plain PyTorch objects (and may get another sparsifier)."""
+        self._unhook()
+        if self.attached:
+            release(self)
+        self.attached = False
 
     @abstractmethod
     def apply(self, masks: Mapping[str, Tensor | FlatMask], *, also_zero: Mapping[str, Tensor] | None = None,
@@ -198,34 +312,39 @@ class MaskEnforcer(ABC):
         """The device of the sparsified tensor ``name``."""
         return self.params[name].device
 
-    # -- copies -----------------------------------------------------------------------------------------------------
+    # -- hooks and copies ---------------------------------------------------------------------------------------
+    @abstractmethod
     def _hook(self) -> None:
         """Register this enforcer's optimizer hooks, keeping their handles in ``_hooks`` (idempotent)."""
 
+    @abstractmethod
+    def _unhook(self) -> None:
+        """Remove the hooks of :meth:`_hook`."""
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_hooks"] = bool(state.get("_hooks"))  # hook handles do not copy; the copy hooks its own optimizer
+        state["_hooks"] = []  # hook handles do not copy; an attached enforcer's copy attaches to its own optimizer
+        state["_idle"] = None
         for name in self._transient:
             state[name] = type(state[name])()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        hooked = state.get("_hooks", False)
-        self.__dict__.update({**state, "_hooks": []})
-        if hooked:
-            self._hook()
+        attached = state.get("attached", False)
+        self.__dict__.update({**state, "_hooks": [], "attached": False})
+        if attached:  # claim and hook only: the source may not be restored yet (a subclass's attach may read it)
+            MaskEnforcer.attach(self)
 
 
 class DenseMaskEnforcer(MaskEnforcer):
     """Bool masks over dense weights, kept by optimizer hooks (see the module docstring)."""
 
-    _transient = ("_held_grads",)
+    _transient = ("_held_grads", "_checked_masks")
 
     def __init__(self, params: Mapping[str, nn.Parameter], optimizer: torch.optim.Optimizer | None,
                  source: MaskSource, *, mask_gradients: bool = True, fused_step: bool = True) -> None:
         super().__init__(params, optimizer, source, mask_gradients=mask_gradients, fused_step=fused_step)
-        self.name = type(source).__name__
-        self._hooks: list[Any] = []
+        self._checked_masks: dict[str, Tensor] = {}
         # The masks in each parameter's dtype: multiplying by a float tensor is about twice as fast as by a bool
         # one, and this runs on every step. Rebuilt whenever the masks change.
         self._multipliers: dict[str, Tensor] = {}
@@ -238,9 +357,6 @@ class DenseMaskEnforcer(MaskEnforcer):
         self._all_fused = False  # the last ordinary step ran every sparsified tensor through the kernel
 
     # -- the boundary ---------------------------------------------------------------------------------------------
-    def attach(self) -> None:
-        self._hook()
-
     def _hook(self) -> None:
         if self.optimizer is not None and not self._hooks:
             self._hooks = [
@@ -248,7 +364,7 @@ class DenseMaskEnforcer(MaskEnforcer):
                 self.optimizer.register_step_post_hook(self._after_optimizer_step),
             ]
 
-    def detach(self) -> None:
+    def _unhook(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
@@ -319,10 +435,9 @@ class DenseMaskEnforcer(MaskEnforcer):
 
     # -- the optimizer hooks ----------------------------------------------------------------------------------------
     def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
-        # torch passes ``args`` with the optimizer itself first; a positional closure comes next.
-        first = 1 if args and args[0] is optimizer else 0
-        closure = kwargs.get("closure", args[first] if len(args) > first else None)
+        first, closure = step_closure(optimizer, args, kwargs)
         self._held_grads = []
+        self.check_step_order(closure)
         if closure is None:
             # GradScaler hands fused optimizers the scale (as keyword arguments, or since torch 2.4 as the optimizer's
             # grad_scale / found_inf attributes): the gradients are still scaled, leave them to torch.
@@ -356,6 +471,7 @@ class DenseMaskEnforcer(MaskEnforcer):
         names = [n for n in masks if self.params[n].grad is not None]
         if not names:
             return
+        self.check_masks(masks)
         stepper = self._fused_stepper() if fusable else None
         self._all_fused = False
         self._log_path("fused" if stepper is not None else "masked gradients")
@@ -381,10 +497,30 @@ class DenseMaskEnforcer(MaskEnforcer):
         self.optimizer_steps += 1
 
     # -- helpers --------------------------------------------------------------------------------------------------
+    def check_masks(self, masks: Mapping[str, Tensor]) -> None:
+        """Raise unless ``masks`` are bool tensors of the parameters' shapes (each mask tensor checked once).
+
+        Raises:
+            TypeError: a mask that is not a bool tensor (a float 0/1 mask would be taken as weights to multiply).
+            ValueError: a mask of another shape than its parameter, or for a tensor this enforcer does not hold.
+        """
+        checked = self._checked_masks
+        if checked.keys() == masks.keys() and all(checked[n] is m for n, m in masks.items()):
+            return
+        check_bool_masks(masks, "masks")
+        for name, mask in masks.items():
+            if name not in self.params:
+                raise ValueError(f"masks: {name!r} is not one of the {len(self.params)} sparsified tensors")
+            if mask.shape != self.params[name].shape:
+                raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, the parameter has "
+                                 f"{tuple(self.params[name].shape)}")
+        self._checked_masks = dict(masks)
+
     def _current_multipliers(self, masks: Mapping[str, Tensor], refresh: bool = False) -> dict[str, Tensor]:
         """The masks in their parameters' dtypes, rebuilt when asked or when a mask tensor was replaced."""
         sources = self._multiplier_sources
         if refresh or sources.keys() != masks.keys() or any(sources[n] is not m for n, m in masks.items()):
+            self.check_masks(masks)
             self._multipliers = {n: m.to(self.params[n].dtype) for n, m in masks.items()}
             self._multiplier_sources = dict(masks)
         return self._multipliers

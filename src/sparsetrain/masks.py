@@ -430,11 +430,24 @@ def sparsity_report(params: Mapping[str, Tensor], notes: Mapping[str, str] | Non
     ])
 
 
-def warn_collapsed(masks: Mapping[str, Tensor], what: str) -> list[str]:
-    """Log and ``warnings.warn`` about tensors whose mask keeps no weight (layer collapse); return their names."""
-    empty = [name for name, mask in masks.items() if not bool(mask.any())]
+def warn_collapsed(masks: Mapping[str, Tensor], what: str, *, names: Iterable[str] | None = None,
+                   stacklevel: int = 3) -> list[str]:
+    """Log and ``warnings.warn`` about tensors whose mask keeps no weight (layer collapse); return their names.
+
+    A collapsed layer passes nothing forward (a Linear or convolution with no weight outputs its bias alone), so
+    a network with one trains at chance: the warning names the layers, whatever chose the masks. The masks of
+    sparse storage are counted without being built (:func:`count_active`).
+
+    Args:
+        masks: name -> bool mask.
+        what: who chose the masks, for the message (e.g. "RigL(sparsity=0.999999)").
+        names: the masks to look at (default: all).
+        stacklevel: passed to ``warnings.warn`` (point at the caller's caller).
+    """
+    empty = [name for name in (masks if names is None else names)
+             if count_entries(masks, name) and not count_active(masks, name)]
     if empty:
         message = f"{what}: layer collapse, no weight left in {', '.join(empty)}"
         logger.warning(message)
-        warnings.warn(message, stacklevel=3)
+        warnings.warn(message, stacklevel=stacklevel)
     return empty

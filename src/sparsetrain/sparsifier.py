@@ -44,8 +44,16 @@ from torch.utils.hooks import RemovableHandle
 from .distributions import DISTRIBUTIONS, allocate, check_distribution
 from .enforcement import BACKENDS, MaskEnforcer, make_enforcer
 from .itop import pooled_itop
-from .masks import FlatMask, SparsityReport, active_fraction, resolve_overrides, select_named, select_prunable, \
-    sparsity_report
+from .masks import (
+    FlatMask,
+    SparsityReport,
+    active_fraction,
+    resolve_overrides,
+    select_named,
+    select_prunable,
+    sparsity_report,
+    warn_collapsed,
+)
 from .nm import NMLayout, NMPattern, check_pattern, nm_layouts, nm_report
 from .options import REQUIRED, Option, OptionSet, declared
 from .scores import Growth
@@ -238,8 +246,15 @@ class Sparsifier:
         self.config: dict[str, Any] = {name: values[name] for name, option in declaration.items() if option.stored}
         self.fixed = resolve_overrides(list(self.params), values["sparsity_overrides"],
                                        dense_first=values["dense_first"], dense_last=values["dense_last"])
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: no tensor to sparsify: the model has no weights of the prunable "
+                             "layer types (see sparsetrain.masks.PRUNABLE_MODULES), or include / exclude left none; "
+                             "name them with include=[...]")
+        _check_optimizer(optimizer, self.params)
         self.generator = torch.Generator().manual_seed(values["seed"])
         self.step_count = 0
+        self.exported = False
+        self._collapsed: set[str] = set()
         self.masks: dict[str, Tensor] = {}
         self.ever_active: dict[str, Tensor] = {}
         #: Who is told about every topology update (:meth:`subscribe`); never copied with the sparsifier.
@@ -354,6 +369,8 @@ class Sparsifier:
             masks = {name: given[name].detach().to(param.device).clone() for name, param in self.params.items()}
         else:
             masks = self.initial_masks()
+        # First: another sparsifier on this optimizer or these tensors is refused before anything is touched.
+        self.enforcer.attach()
         if self.sparse_init == "fan_in" and (given is None or "sparse_init" in self.given):
             scaled = self.enforcer.scale_to_active_fan_in(masks)
             if scaled:
@@ -362,7 +379,7 @@ class Sparsifier:
         self.inputs = {}
         self.masks = self.enforcer.apply(masks)
         self.ever_active = self.enforcer.track_active(self.masks)
-        self.enforcer.attach()
+        self._warn_collapsed()
         logger.info("%s: %d tensors sparsified, sparsity %.4f at step 0", type(self).__name__, len(self.masks),
                     self.current_sparsity())
         if self.pattern is not None:
@@ -371,6 +388,12 @@ class Sparsifier:
                         len(self.masks) - len(dense), len(self.masks),
                         "; ".join(f"{name} ({note.removeprefix('kept dense: ')})" for name, note in dense.items())
                         or "none")
+
+    def _warn_collapsed(self) -> None:
+        """Warn (once per tensor) about tensors whose mask keeps no weight: the layer passes nothing on."""
+        fresh = [name for name in self.masks if name not in self._collapsed]
+        self._collapsed |= set(warn_collapsed(self.masks, f"{type(self).__name__}(sparsity={self.sparsity}) at step "
+                                                          f"{self.step_count}", names=fresh, stacklevel=4))
 
     # -- shared helpers for subclasses ----------------------------------------------------------------------------
     def random_masks(self, sparsity: float, distribution: str | None = None, *, scope: str | None = None,
@@ -422,10 +445,15 @@ class Sparsifier:
             True if the topology changed at this step.
         """
         enforcer = self.enforcer
+        if not enforcer.attached:
+            done = "export()" if self.exported else "remove()"
+            raise RuntimeError(f"{type(self).__name__}.step() after {done}: the sparsifier no longer holds the model "
+                               "(its masks are not enforced); build a new sparsifier to train on sparse")
         missed = False
         if self.optimizer is not None:
             if enforcer.optimizer_steps == self.step_count:
                 logger.debug("optimizer.step() did not run since the last call (skipped step): nothing to do")
+                enforcer.note_idle_step()
                 return False
             missed = enforcer.optimizer_steps - self.step_count > 1
             if missed:
@@ -444,6 +472,7 @@ class Sparsifier:
                 # One pass zeroes both the inactive positions and the newly grown ones (weights and state).
                 self.masks = enforcer.apply(self.masks, also_zero=reset)
                 enforcer.record_active(self.ever_active, self.masks)
+                self._warn_collapsed()
                 if before is not None:
                     self._publish(before)
                 return True
@@ -526,12 +555,19 @@ class Sparsifier:
         """Restore a state from :meth:`state_dict`.
 
         Raises:
-            ValueError: the state belongs to another method, or its tensor names or shapes do not fit.
+            TypeError: a mask that is not a bool tensor.
+            ValueError: the state belongs to another method or another target sparsity, or its tensor names or
+                shapes do not fit.
         """
-        if not isinstance(state, Mapping) or "masks" not in state or "method" not in state:
+        if not isinstance(state, Mapping) or not isinstance(state.get("masks"), Mapping) or "method" not in state:
             raise ValueError("not a sparsetrain sparsifier state (expected keys 'method', 'masks', 'step', ...)")
         if state["method"] != self.method:
             raise ValueError(f"the state is for method {state['method']!r}, this sparsifier is {self.method!r}")
+        check_bool_masks(state["masks"], "state['masks']")
+        theirs = state.get("config", {}).get("sparsity")
+        if isinstance(theirs, (int, float)) and abs(theirs - self.sparsity) > 1e-12:
+            raise ValueError(f"the state is for sparsity={theirs}, this sparsifier has sparsity={self.sparsity}: "
+                             f"build it with sparsity={theirs} to continue that state")
         names, theirs = set(self.params), set(state["masks"])
         if names != theirs:
             missing, unexpected = sorted(names - theirs), sorted(theirs - names)
@@ -541,10 +577,9 @@ class Sparsifier:
             if tuple(mask.shape) != tuple(self.params[name].shape):
                 raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, the parameter has "
                                  f"{tuple(self.params[name].shape)}")
-        for key in ("sparsity", "total_steps"):
-            if key in state.get("config", {}) and state["config"][key] != self.config[key]:
-                logger.warning("loaded state has %s=%r, this sparsifier has %r", key, state["config"][key],
-                               self.config[key])
+        if "total_steps" in state.get("config", {}) and state["config"]["total_steps"] != self.total_steps:
+            logger.warning("loaded state has total_steps=%r, this sparsifier has %r", state["config"]["total_steps"],
+                           self.total_steps)
         device = self.enforcer.device
         masks = {n: state["masks"][n].to(device=device(n), dtype=torch.bool) for n in self.params}
         ever_active = {n: state.get("ever_active", state["masks"])[n].to(device=device(n), dtype=torch.bool)
@@ -564,7 +599,8 @@ class Sparsifier:
 
     # -- leaving ------------------------------------------------------------------------------------------------
     def remove(self) -> None:
-        """Detach the enforcer's hooks; the model and optimizer go on as plain PyTorch objects."""
+        """Detach the enforcer's hooks; the model and optimizer go on as plain PyTorch objects (and may get another
+        sparsifier). A later :meth:`step` raises."""
         self.enforcer.detach()
 
     def export(self) -> nn.Module:
@@ -573,10 +609,12 @@ class Sparsifier:
         Pruned weights become ``+0.0`` (masking by multiplication leaves ``-0.0`` where a weight was negative,
         which costs a sign bit per zero in :func:`sparsetrain.export_sparse`'s bit-exact files). On sparse storage
         the layers become ``nn.Linear`` again, under their original names, in the model and in the optimizer (its
-        state at the active positions carried over), so the exported model is the masked-dense one.
+        state at the active positions carried over), so the exported model is the masked-dense one. A later
+        :meth:`step` raises.
         """
         self.remove()
         self.masks = self.enforcer.export(self.masks)
+        self.exported = True
         return self.model
 
     def __repr__(self) -> str:
@@ -595,6 +633,23 @@ class Sparsifier:
         generator = torch.Generator()
         generator.set_state(state["generator"])
         self.__dict__.update({**state, "generator": generator, "subscribers": TopologySubscribers()})
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer | None, params: Mapping[str, nn.Parameter]) -> None:
+    """The optimizer must update every sparsified tensor (else it is another model's, or part of one).
+
+    Raises:
+        ValueError: naming the first tensors it does not hold.
+    """
+    if optimizer is None:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, param in params.items() if id(param) not in held]
+    if missing:
+        which = "none of them" if len(missing) == len(params) else f"{len(missing)} of {len(params)}"
+        raise ValueError(f"optimizer does not hold the tensors to sparsify ({which}: {', '.join(missing[:4])}"
+                         f"{', ...' if len(missing) > 4 else ''}): build the sparsifier with this model's optimizer, "
+                         "or leave those tensors out with exclude=[...]")
 
 
 def _portable(value: Any) -> Any:

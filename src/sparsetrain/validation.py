@@ -118,6 +118,7 @@ def check_bool_masks(masks: Any, argument: str) -> None:
 
     Raises:
         TypeError: not a mapping, a key is not a string, a value is not a tensor, or a tensor is not of dtype bool.
+        ValueError: a tensor on the meta device (no values to read).
     """
     if not isinstance(masks, Mapping):
         raise TypeError(f"{argument} must be a mapping from parameter name to bool tensor, got {type(masks).__name__}")
@@ -131,6 +132,9 @@ def check_bool_masks(masks: Any, argument: str) -> None:
                 f"{argument}[{name!r}] must have dtype torch.bool, got {mask.dtype}; "
                 "convert a 0/1 mask with (mask != 0)"
             )
+        if mask.is_meta:
+            raise ValueError(f"{argument}[{name!r}] is on the meta device (a shape without values); give masks that "
+                             "hold values, e.g. on cpu")
 
 
 def check_same_layout(a: Mapping[str, Tensor], b: Mapping[str, Tensor], name_a: str, name_b: str) -> None:

@@ -264,6 +264,10 @@ def plot_plasticity(rows: Sequence[Mapping[str, Any]], path: str | Path, *,
         ax.set(xlabel="t: epoch at which the dense network is pruned",
                title="the recipe's LR schedule" if schedule == "recipe" else "control: LR decays moved later")
         ax.grid(alpha=0.3)
+    epochs = sorted({r["epoch"] for r in summary})
+    if epochs:  # integer epochs as ticks, with room around a single one (no 1.900-2.100 axis)
+        axes[0].set_xticks(epochs if len(epochs) <= 12 else epochs[::-(-len(epochs) // 12)])
+        axes[0].set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     axes[0].set_ylabel("accuracy change vs dense, % (relative; mean ± std)")
     if summary:
         axes[-1].legend(fontsize=8)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from sparsetrain import __version__
 
 from . import compare, jackpot, lottery, plasticity, plot, report, reproduce, train
-from .terminal import EXIT_USAGE, PROG, CliError, Parser
+from .terminal import EXIT_IO, EXIT_LOST_RANK, EXIT_USAGE, PROG, CliError, Parser, describe_os_error
 
 __all__ = ["main", "build_parser"]
 
@@ -51,13 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 bad option/config, 130/143 interrupted).
+    """Run the command line; returns the exit status (0 ok, 2 bad option/config, 74 a file-system fault, 75 a lost
+    data-parallel rank, 130/143 interrupted).
 
     Args:
         argv: arguments (default: ``sys.argv[1:]``).
     """
     from sparsetrain.checkpoint_io import CheckpointError
     from sparsetrain.experiment.config import ConfigError
+    from sparsetrain.experiment.lock import DirectoryLocked
+    from sparsetrain.experiment.parallel import LostRank
+    from sparsetrain.reading import ReadError
 
     try:
         parser = build_parser()
@@ -75,9 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
         args.argv = list(sys.argv[1:] if argv is None else argv)
         return int(args.func(args))
-    except (CliError, ConfigError, CheckpointError) as exc:
+    except (CliError, ConfigError, CheckpointError, DirectoryLocked, ReadError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sparsetrain report | head`: the reader left, nothing to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (so that Python's exit does not flush into the pipe)
+        return 141
+    except OSError as exc:
+        print(f"{PROG}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_IO
+    except LostRank as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_LOST_RANK

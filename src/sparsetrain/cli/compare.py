@@ -6,7 +6,7 @@ import argparse
 
 from sparsetrain.atomic import write_text
 
-from .terminal import CliError
+from .terminal import CliError, output_file
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         paths += list(args.against)
     if not args.atol >= 0 or args.atol == float("inf"):
         raise CliError(f"argument --atol: {args.atol!r} is not allowed: a finite number >= 0")
+    output = output_file("--output", args.output) if args.output else None
     try:
         if args.update or len(paths) == 4:
             result = compare_updates(paths, atol=args.atol, rank=args.rank)
@@ -58,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     text = result.to_json() if args.format == "json" else result.to_text()
     print(text)
-    if args.output:
-        write_text(text + "\n", args.output)
+    if output is not None:
+        write_text(text + "\n", output)
     return 0

@@ -64,6 +64,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
         parse_text,
         parse_yaml_value,
     )
+    from sparsetrain.reading import MAX_YAML_BYTES, read_text
 
     recipe = getattr(args, "recipe", None)
     if isinstance(args.resume, str):
@@ -82,9 +83,9 @@ def resolve_config(args: argparse.Namespace) -> Any:
             config = ExperimentConfig()
         if args.config:
             path = Path(args.config)
-            if not path.is_file():
+            if not path.exists():
                 raise CliError(f"--config={args.config!r}: no such file")
-            config = config.updated(load_yaml(path.read_text(), str(path)))
+            config = config.updated(load_yaml(read_text(path, limit=MAX_YAML_BYTES, what="config"), str(path)))
 
     overrides: dict[str, Any] = {}
     for info in iter_fields():

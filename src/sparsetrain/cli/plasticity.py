@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .config_flags import add_config_flags, parse_seeds, resolve_config
-from .terminal import CliError, Progress, note
+from .terminal import CliError, Progress, note, output_dir
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
@@ -83,13 +83,25 @@ def run(args: argparse.Namespace) -> int:
     """Run (or resume) the study; print its table and the files written."""
     from sparsetrain.analysis.plasticity import format_plasticity
     from sparsetrain.experiment import TrainingInterrupted
-    from sparsetrain.studies.plasticity import GRANET_UPDATE_FRACTION, run_plasticity
+    from sparsetrain.studies.plasticity import (
+        GRANET_UPDATE_FRACTION,
+        default_prune_epochs,
+        plasticity_studies,
+        run_plasticity,
+    )
 
     config = resolve_config(args).dense_baseline()
-    out = Path(args.out) if args.out else Path(args.runs_dir) / "plasticity" / config.run_name()
+    out = output_dir("--out", args.out) if args.out else Path(args.runs_dir) / "plasticity" / config.run_name()
     regeneration = {"both": (False, True), "yes": (True,), "no": (False,)}[args.regeneration]
     seeds = parse_seeds(args, config.train.seed)
     regrow_every = GRANET_UPDATE_FRACTION if args.regrow_every is None else args.regrow_every
+    try:  # every option checked before a word is said or a file written
+        studies = plasticity_studies(config, out, seeds=seeds, late_decay=args.late_decay, scope=args.scope,
+                                     regrow_every=regrow_every, drop_fraction=args.drop_fraction)
+        for study in studies:
+            study.cells(args.prune_epochs or default_prune_epochs(studies[0].config), args.rates, regeneration)
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
     progress = Progress(args.progress)
     note(f"plasticity study in {out}/ (finished stages are skipped)")
     try:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .terminal import CliError, note
+from .terminal import CliError, note, output_dir
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir)
     if not runs_dir.is_dir():
         raise CliError(f"--runs-dir={args.runs_dir!r}: no such directory")
+    out = output_dir("--out", args.out) if args.out else runs_dir
     runs = list(find_runs(runs_dir))
     curves = plot_lottery_runs(runs_dir)
     for path in curves:
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         if not curves:
             note(f"no finished runs under {runs_dir}/: nothing to plot")
         return 0
-    shown = tqdm(runs, desc="plots", unit="run", file=sys.stderr, disable=not args.progress, leave=False)
-    for path in plot_runs(shown, Path(args.out) if args.out else runs_dir):
+    shown = tqdm(runs, desc="plots", unit="run", file=sys.stderr, disable=not (args.progress and sys.stderr.isatty()),
+                 leave=False)
+    for path in plot_runs(shown, out):
         print(path)
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from sparsetrain.atomic import write_text
 from sparsetrain.experiment.report import COLUMNS, FORMATS
 
-from .terminal import CliError, note
+from .terminal import CliError, note, output_file
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the tables (and write them to ``--output``)."""
     from sparsetrain.experiment.report import aggregate_rows, collect_rows, format_layers, format_rows, layer_rows
-    from sparsetrain.experiment.rundir import find_runs
+    from sparsetrain.experiment.rundir import find_runs, readable_summaries
     from sparsetrain.studies.lottery.report import format_lottery_rows, lottery_rows
 
     runs_dir = Path(args.runs_dir)
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--runs-dir={args.runs_dir!r}: no such directory")
     if args.html is not None:
         return _write_html(runs_dir, Path(args.html))
+    output = output_file("--output", args.output) if args.output else None
     rows = collect_rows(runs_dir)
     lottery = lottery_rows(runs_dir)
     if not rows and not lottery:
@@ -65,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
         text = (text.rstrip("\n") + "\n\n" if text else "") + title + format_lottery_rows(lottery, args.format)
     text = text if text.endswith("\n") else text + "\n"
     if args.layers:
-        for found in find_runs(runs_dir):
-            text += f"\n{found.name}:\n{format_layers(layer_rows(found.read_summary() or {}), args.format)}\n"
+        for found, summary in readable_summaries(find_runs(runs_dir)):
+            text += f"\n{found.name}:\n{format_layers(layer_rows(summary), args.format)}\n"
     print(text, end="")
-    if args.output:
-        write_text(text, args.output)
+    if output is not None:
+        write_text(text, output)
     return 0
 
 

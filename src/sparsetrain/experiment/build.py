@@ -116,6 +116,18 @@ def _section_error(section: str, exc: Exception) -> ConfigError:
     return ConfigError(f"{section}: {message}")
 
 
+def _too_large(exc: BaseException) -> bool:
+    """An allocation that failed: the options ask for more memory (or a larger tensor) than there is."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
+        word in text for word in ("allocate", "out of memory", "overflow", "too large", "numel")))
+
+
+def _memory_error(section: str, options: dict[str, Any], exc: BaseException) -> ConfigError:
+    detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return ConfigError(f"{section}: the options {options} ask for more memory than this machine has ({detail})")
+
+
 def build_sparsifier(config: ExperimentConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
                      total_steps: int, init_data: Any = None) -> sparsetrain.Sparsifier | None:
     """The sparsifier of ``config.sparse`` (None for the dense method).
@@ -247,8 +259,12 @@ def build_experiment(config: ExperimentConfig, *, sparsifier: bool = True) -> Ex
     try:
         bundle = get_dataset(data.name, data_dir=data.data_dir, cache_dir=data.cache_dir, seed=data.seed,
                              val_fraction=data.val_fraction, **data.options)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ImportError) as exc:
         raise _section_error("data", exc) from None
+    except (MemoryError, RuntimeError) as exc:
+        if not _too_large(exc):
+            raise
+        raise _memory_error("data", data.options, exc) from None
     if len(bundle.train) == 0:
         raise ConfigError(f"data: dataset {data.name!r} has an empty training split")
 
@@ -258,6 +274,10 @@ def build_experiment(config: ExperimentConfig, *, sparsifier: bool = True) -> Ex
                             vocab_size=bundle.vocab_size, **config.model.options)
     except (ValueError, TypeError) as exc:
         raise _section_error("model", exc) from None
+    except (MemoryError, RuntimeError) as exc:
+        if not _too_large(exc):
+            raise
+        raise _memory_error("model", config.model.options, exc) from None
     model.to(device)
 
     pin = device.type == "cuda"

@@ -29,6 +29,7 @@ from sparsetrain.enforcement import BACKENDS
 from sparsetrain.distributions import DISTRIBUTIONS
 from sparsetrain.identity import identity_hash
 from sparsetrain.nm import NMPattern
+from sparsetrain.reading import ReadError, load_yaml_text
 from sparsetrain.selection import SCOPES
 
 __all__ = [
@@ -118,6 +119,16 @@ def option(
     return field(default=default, metadata=metadata)
 
 
+#: Upper limits of the fields that size a run: past them a value is a typo, not an experiment (and would run for
+#: ever, or ask for more memory or processes than any machine has).
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20
+MAX_UPDATE_EVERY = 10**9
+MAX_WORKERS = 256
+MAX_THREADS = 1024
+MAX_SEED = 2**63 - 1
+
+
 def _trackers(kinds: list[str]) -> bool:
     from .loggers import LOGGERS
 
@@ -136,6 +147,11 @@ def _nonneg(v: float) -> bool:
     return v >= 0
 
 
+def _between(low: float, high: float, what: str = "an int") -> tuple[Callable[[Any], bool], str]:
+    """A ``check``: ``low <= value <= high``, described as "<what> in [low, high]"."""
+    return (lambda v: low <= v <= high), f"{what} in [{low}, {high}]"
+
+
 def _positive(v: float) -> bool:
     return v > 0
 
@@ -146,7 +162,7 @@ class DataConfig:
 
     name: str = option("mnist1d", "dataset name", flag="--data", choices=_datasets)
     seed: int = option(0, "seed of the train/val split (kept apart from train.seed: every run sees the same data)",
-                       flag="--data-seed", check=(_nonneg, "an int >= 0"))
+                       flag="--data-seed", check=_between(0, MAX_SEED))
     val_fraction: float = option(0.1, "share of the training set held out for validation",
                                  check=(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"))
     data_dir: str | None = option(None, "directory with the files of file-based datasets (cifar10, mnist, ...)",
@@ -186,7 +202,8 @@ class OptimConfig:
                                      "by gamma", check=(lambda v: all(0.0 < m < 1.0 for m in v) and v == sorted(v),
                                                         "increasing numbers in (0, 1)"))
     gamma: float = option(0.1, "multistep: lr factor at each milestone", check=(_positive, "a number > 0"))
-    warmup_epochs: float = option(0.0, "linear warm-up from 0 over this many epochs", check=(_nonneg, "a number >= 0"))
+    warmup_epochs: float = option(0.0, "linear warm-up from 0 over this many epochs",
+                                  check=_between(0, MAX_EPOCHS, "a number"))
     grad_clip: float | None = option(None, "clip the global gradient norm to this value (none: no clipping)",
                                      check=(_positive, "a number > 0 or none"))
 
@@ -202,7 +219,8 @@ class SparseConfig:
                                       "given without a scope, it means scope layer)", choices=DISTRIBUTIONS)
     scope: str | None = option(None, "layer: each layer ranked on its own; global: one ranking over all layers "
                                "(none: the method's default)", flag="--sparse-scope", choices=SCOPES)
-    update_every: int = option(100, "ΔT: optimizer steps between topology updates", check=(_positive, "an int > 0"))
+    update_every: int = option(100, "ΔT: optimizer steps between topology updates",
+                               check=_between(1, MAX_UPDATE_EVERY))
     pattern: str | None = option(None, "N:M structured sparsity, e.g. 2:4: every group of M consecutive weights along "
                                  "a layer's reduction dim keeps N; sparse.sparsity at its default then means 1 - N/M "
                                  "(none: unstructured)", check=(_is_pattern, "'N:M' with integers 1 <= N < M, e.g. "
@@ -227,22 +245,22 @@ class SparseConfig:
 class TrainConfig:
     """The training loop."""
 
-    epochs: int = option(30, "training epochs", check=(_positive, "an int > 0"))
-    batch_size: int = option(32, "training minibatch size", check=(_positive, "an int > 0"))
+    epochs: int = option(30, "training epochs", check=_between(1, MAX_EPOCHS))
+    batch_size: int = option(32, "training minibatch size", check=_between(1, MAX_BATCH))
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss",
                                     check=(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"))
     precision: str = option("fp32", "fp32, or autocast with bf16 (CPU/CUDA) or fp16 (CUDA, with a GradScaler)",
                             choices=PRECISIONS)
     seed: int = option(0, "seed of the model init, data order and sparsifier (a run directory per seed)",
-                       check=(_nonneg, "an int >= 0"), hashed=False)
-    eval_batch_size: int = option(1000, "batch size of evaluation", check=(_positive, "an int > 0"), hashed=False)
+                       check=_between(0, MAX_SEED), hashed=False)
+    eval_batch_size: int = option(1000, "batch size of evaluation", check=_between(1, MAX_BATCH), hashed=False)
     device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps", hashed=False,
                          check=(lambda v: v in ("auto", "cpu", "cuda", "mps") or
                                 (v.startswith("cuda:") and v[5:].isdigit()), "auto, cpu, cuda, cuda:N or mps"))
     threads: int | None = option(1, "torch CPU threads; 1 is fastest for small models and safe on a shared "
                                  "machine, raise it for large models on CPU (none: torch's default)",
-                                 check=(_positive, "an int > 0 or none"), hashed=False)
-    num_workers: int = option(0, "DataLoader worker processes", check=(_nonneg, "an int >= 0"), hashed=False)
+                                 check=_between(1, MAX_THREADS, "none or an int"), hashed=False)
+    num_workers: int = option(0, "DataLoader worker processes", check=_between(0, MAX_WORKERS), hashed=False)
     deterministic: bool = option(True, "torch.use_deterministic_algorithms (warn only)", hashed=False)
     log: list[str] = option([], "experiment trackers the run also logs to: tensorboard (event files in "
                             "<run>/tensorboard), mlflow (<runs-dir>/mlflow.db); each needs the extra of its name",
@@ -328,31 +346,31 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
                 return _coerce(path, value, arg)
             except ConfigError:
                 pass
-        raise ConfigError(f"{path}={value!r} is not allowed: expected {_type_name(tp)}")
+        raise ConfigError(f"{path}={_short(value)} is not allowed: expected {_type_name(tp)}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}={value!r} is not allowed: expected {_type_name(tp)}")
+            raise ConfigError(f"{path}={_short(value)} is not allowed: expected {_type_name(tp)}")
         (item,) = typing.get_args(tp)
         return [_coerce(path, v, item) for v in value]
     if origin is dict:
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{path}={value!r} is not allowed: expected a mapping of option names to values")
+            raise ConfigError(f"{path}={_short(value)} is not allowed: expected a mapping of option names to values")
         return copy.deepcopy(dict(value))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}={value!r} is not allowed: expected true or false")
+            raise ConfigError(f"{path}={_short(value)} is not allowed: expected true or false")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}={value!r} is not allowed: expected an int")
+            raise ConfigError(f"{path}={_short(value)} is not allowed: expected an int")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{path}={value!r} is not allowed: expected a finite number")
+            raise ConfigError(f"{path}={_short(value)} is not allowed: expected a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}={value!r} is not allowed: expected a string")
+            raise ConfigError(f"{path}={_short(value)} is not allowed: expected a string")
         return value
     raise TypeError(f"unsupported config type {tp!r} for {path}")  # a bug in this module, not a user error
 
@@ -379,15 +397,21 @@ def validate_value(path: str, value: Any) -> Any:
         return None
     allowed = info.allowed()
     if isinstance(value, str) and (path, value) in _MOVED:
-        raise ConfigError(f"{path}={value!r} is not allowed: {_MOVED[path, value]}")
+        raise ConfigError(f"{path}={_short(value)} is not allowed: {_MOVED[path, value]}")
     if allowed is not None and value not in allowed and not (info.also is not None and info.also[0](value)):
         extra = f", or {info.also[1]}" if info.also is not None else ""
-        raise ConfigError(f"{path}={value!r} is not allowed; choose one of {', '.join(allowed)}{extra}")
+        raise ConfigError(f"{path}={_short(value)} is not allowed; choose one of {', '.join(allowed)}{extra}")
     if info.check is not None:
         predicate, description = info.check
         if not predicate(value):
-            raise ConfigError(f"{path}={value!r} is not allowed: expected {description}")
+            raise ConfigError(f"{path}={_short(value)} is not allowed: expected {description}")
     return value
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so that a message about a huge value stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def _unknown(path: str) -> ConfigError:
@@ -429,18 +453,18 @@ def _parse_as(path: str, text: str, tp: Any) -> Any:
             return True
         if low in ("false", "no", "off", "0"):
             return False
-        raise ConfigError(f"{path}={text!r} is not allowed: expected true or false")
+        raise ConfigError(f"{path}={_short(text)} is not allowed: expected true or false")
     if tp in (int, float):
         try:
             return tp(stripped)
         except ValueError:
-            raise ConfigError(f"{path}={text!r} is not allowed: expected {_type_name(tp)}") from None
+            raise ConfigError(f"{path}={_short(text)} is not allowed: expected {_type_name(tp)}") from None
     if tp is str:
         return text
     if origin is list:
         try:
-            loaded = yaml.safe_load(stripped) if stripped.startswith("[") else None
-        except yaml.YAMLError:
+            loaded = load_yaml_text(stripped, path) if stripped.startswith("[") else None
+        except ReadError:
             loaded = None
         if isinstance(loaded, list):
             items = [str(v) for v in loaded]
@@ -458,9 +482,10 @@ def parse_yaml_value(path: str, text: str) -> Any:
         ConfigError: not a YAML value.
     """
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}={text!r} is not allowed: not a YAML value ({str(exc).splitlines()[0]})") from None
+        value = load_yaml_text(text, path)
+    except ReadError as exc:
+        detail = str(exc).removeprefix(f"{path}: ").removeprefix("not valid YAML: ")
+        raise ConfigError(f"{path}={_short(text)} is not allowed: not a YAML value ({detail})") from None
     # YAML 1.1 reads "1e-3" as a string; a user writing a number means a number.
     if isinstance(value, str):
         try:
@@ -493,7 +518,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "config") -> ExperimentConfig:
-        """Build from YAML text (``yaml.safe_load``), e.g. a ``config.yaml`` or a user's ``--config`` file."""
+        """Build from YAML text (:func:`load_yaml`), e.g. a ``config.yaml`` or a user's ``--config`` file."""
         return cls().updated(load_yaml(text, source))
 
     def updated(self, values: Mapping[str, Any]) -> ExperimentConfig:
@@ -503,7 +528,7 @@ class ExperimentConfig:
             ConfigError: as :meth:`from_dict`.
         """
         if not isinstance(values, Mapping):
-            raise ConfigError(f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got {values!r}")
+            raise ConfigError(f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got {_short(values)}")
         flat: dict[str, Any] = {}
         for section, fields_ in values.items():
             if section not in SECTIONS:
@@ -511,7 +536,7 @@ class ExperimentConfig:
             if fields_ is None:
                 continue
             if not isinstance(fields_, Mapping):
-                raise ConfigError(f"config section {section!r} must be a mapping of fields, got {fields_!r}")
+                raise ConfigError(f"config section {section!r} must be a mapping of fields, got {_short(fields_)}")
             for name, value in fields_.items():
                 flat[f"{section}.{name}"] = value
         if flat.get("sparse.distribution") == "global" and flat.get("sparse.scope") is None:
@@ -606,21 +631,16 @@ class ExperimentConfig:
 
 
 def load_yaml(text: str, source: str = "config") -> dict[str, Any]:
-    """``yaml.safe_load`` a config file's text into a nested dict.
+    """A config file's text as a nested dict (:func:`sparsetrain.reading.load_yaml_text`: safe, bounded, no
+    aliases, no duplicate keys).
 
     Raises:
-        ConfigError: not valid YAML, or not a mapping.
+        ConfigError: not valid YAML (or refused by those rules), or not a mapping.
     """
     try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None)
-        mark = getattr(exc, "problem_mark", None)
-        if problem and mark is not None:
-            first = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-        else:
-            first = " ".join(str(exc).split())
-        raise ConfigError(f"{source}: not valid YAML: {first}") from None
+        values = load_yaml_text(text, source)
+    except ReadError as exc:
+        raise ConfigError(str(exc)) from None
     if values is None:
         return {}
     if not isinstance(values, dict):

@@ -151,7 +151,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def truncate_jsonl(path: str | Path, key: str, last: int) -> int:
-    """Keep only the records whose ``key`` is ``<= last`` (and drop a torn last line); atomic.
+    """Keep only the records whose ``key`` is ``<= last`` (and drop a torn or damaged line); atomic.
 
     Args:
         path: the JSON-lines file.
@@ -165,13 +165,15 @@ def truncate_jsonl(path: str | Path, key: str, last: int) -> int:
     if not path.exists():
         return 0
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for raw in path.read_bytes().splitlines():  # a line that is not UTF-8 JSON of a record is dropped like a torn one
         try:
+            line = raw.decode("utf-8")
             record = json.loads(line)
-        except json.JSONDecodeError:
+            position = record.get(key, 0)
+            if position <= last:
+                kept.append(line)
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
             continue
-        if record.get(key, 0) <= last:
-            kept.append(line)
     write_text("".join(line + "\n" for line in kept), path)
     return len(kept)
 

@@ -17,12 +17,21 @@ What a data-parallel run means here (see the trainer for the loop):
   gradients, so every rank takes the same optimizer step and computes the same masks (checked with
   :func:`sparsetrain.distributed.assert_masks_identical` after every topology update);
 * only rank 0 writes files; a resume makes every rank load the checkpoint rank 0 chose.
+
+When a process of the run dies (killed, out of memory, a full disk on rank 0), the next collective of every other
+process fails: at once when the peer's sockets close, or after :data:`TIMEOUT_ENV` seconds (default
+:data:`DEFAULT_TIMEOUT`) when it hangs. :func:`lost_rank` turns that failure into a :class:`LostRank` naming the
+rank that is gone (ranks on this machine are checked by process id), and the command line prints it as one line.
+Only rank 0 writes, and every write is atomic, so the last checkpoint is intact and the same command resumes.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +44,18 @@ from sparsetrain.distributed import process_position
 
 from .config import ConfigError
 
-__all__ = ["Parallel", "SINGLE", "setup", "shutdown", "wrap_model"]
+__all__ = ["DEFAULT_TIMEOUT", "LostRank", "Parallel", "SINGLE", "TIMEOUT_ENV", "lost_rank", "setup", "shutdown",
+           "wrap_model"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a collective waits for a silent peer before it fails (the environment variable overrides it).
+DEFAULT_TIMEOUT = 300.0
+TIMEOUT_ENV = "SPARSETRAIN_DDP_TIMEOUT"
+
+
+class LostRank(RuntimeError):
+    """A process of the data-parallel run died or stopped answering; the message is one line naming it."""
 
 
 @dataclass(frozen=True)
@@ -49,12 +67,30 @@ class Parallel:
         world_size: number of processes.
         local_rank: rank on this machine (picks the CUDA device).
         control: process group for CPU-side objects (None: the default group, or no group at all).
+        peers: ``(host name, process id)`` of every rank, in rank order (exchanged when the run starts).
     """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     control: Any = None
+    peers: tuple[tuple[str, int], ...] = ()
+
+    def lost_ranks(self, wait: float = 2.0) -> list[int]:
+        """The other ranks on this machine whose process is gone (ranks on other machines cannot be checked).
+
+        Args:
+            wait: seconds to keep looking: a dying process closes its sockets (which is how the others notice)
+                a moment before it is gone.
+        """
+        here = socket.gethostname()
+        deadline = time.monotonic() + wait
+        while True:
+            lost = [rank for rank, (host, pid) in enumerate(self.peers)
+                    if rank != self.rank and host == here and not _alive(pid)]
+            if lost or time.monotonic() >= deadline:
+                return lost
+            time.sleep(0.05)
 
     @property
     def distributed(self) -> bool:
@@ -108,6 +144,24 @@ class Parallel:
                 dist.broadcast(buffer, src=0)
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped by its launcher, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[-1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
 SINGLE = Parallel()
 _current: Parallel | None = None
 _owned = False
@@ -155,12 +209,56 @@ def setup(device: torch.device) -> tuple[Parallel, torch.device]:
                 raise ConfigError(f"WORLD_SIZE={world} is set but {name} is not: launch data-parallel runs with "
                                   "torchrun or sparsetrain train --nproc N")
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=collective_timeout()))
         _owned = True
         logger.info("rank %d of %d: joined the %s process group on %s", rank, world, backend, device)
     control = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-    _current = Parallel(rank=rank, world_size=world, local_rank=local, control=control)
+    peers: list[Any] = [None] * world
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()), group=control)
+    _current = Parallel(rank=rank, world_size=world, local_rank=local, control=control,
+                        peers=tuple((str(h), int(p)) for h, p in peers))
     return _current, device
+
+
+def collective_timeout() -> float:
+    """Seconds a collective waits for a silent peer: ``$SPARSETRAIN_DDP_TIMEOUT`` or :data:`DEFAULT_TIMEOUT`.
+
+    Raises:
+        ConfigError: the variable is not a number > 0.
+    """
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{TIMEOUT_ENV}={text!r} is not allowed: expected a number of seconds > 0")
+    return value
+
+
+def lost_rank(exc: BaseException) -> LostRank | None:
+    """``exc`` as a :class:`LostRank` if it is a failed collective of this process's data-parallel run, else None.
+
+    Args:
+        exc: an exception raised while training.
+    """
+    par = _current
+    if par is None or not par.distributed:
+        return None
+    text = " ".join(str(exc).split())
+    dist_error = getattr(dist, "DistError", ())
+    if not (isinstance(exc, dist_error) or any(word in text for word in ("gloo", "NCCL", "Connection reset",
+                                                                         "Connection closed", "Timed out"))):
+        return None
+    lost = par.lost_ranks()
+    who = (f"rank {', '.join(map(str, lost))} {'has' if len(lost) == 1 else 'have'} died" if lost else
+           "another rank stopped answering")
+    reason = text.split("] ", 1)[-1].split(". This is typically")[0][:160]
+    return LostRank(f"rank {par.rank} of {par.world_size}: {who} ({reason}); this rank stops too. The last "
+                    "checkpoint is intact: run the same command again to resume")
 
 
 def shutdown() -> None:

@@ -8,7 +8,7 @@ the sparsified weights over optimizer steps, overall and per layer) and ``layers
 layer, measured from the weights); with a ``topology.jsonl``, ``topology.png`` (per-layer density and churn at
 every topology update, as heatmaps over optimizer steps) and ``itop.png`` (the ITOP rate over steps). Across
 runs: ``accuracy_vs_sparsity.png`` (final test accuracy against target sparsity, one line per method and N:M
-pattern, mean ± std over seeds, the dense baseline as a dashed line; one panel per data/model pair).
+pattern, mean ± std over seeds, the dense baseline as a dashed line; one panel per recipe).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sparsetrain.atomic import write_figure
 from sparsetrain.topology import TopologyEvent
 
 from .report import method_label
-from .rundir import RunDir
+from .rundir import RunDir, readable_summaries
 from .topology_log import read_events
 
 __all__ = ["plot_run", "plot_runs", "plot_curves", "plot_density", "plot_layers", "plot_topology", "plot_itop",
@@ -137,12 +137,15 @@ def plot_layers(layers: Mapping[str, Any], path: str | Path, *, title: str = "")
     densities = [1.0 - r["sparsity"] for r in rows][::-1]
     bars = ax.barh(range(len(rows)), densities, color="tab:blue")
     for bar, row in zip(bars, rows[::-1]):
-        ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2,
-                f"{bar.get_width():.3f} ({row['nonzeros']:,}/{row['numel']:,})", va="center", fontsize=7)
+        width = bar.get_width()
+        inside = width > 0.6  # a long bar carries its label inside, so the axis stops at density 1
+        ax.text(width - 0.01 if inside else width + 0.01, bar.get_y() + bar.get_height() / 2,
+                f"{width:.3f} ({row['nonzeros']:,}/{row['numel']:,})", va="center", ha="right" if inside else "left",
+                color="white" if inside else "black", fontsize=7)
     ax.set_yticks(range(len(rows)), names, fontsize=8)
     total = 1.0 - layers.get("sparsity", 0.0)
     ax.axvline(total, color="black", linestyle="--", linewidth=1, label=f"overall {total:.3f}")
-    ax.set(xlabel="density (1 - sparsity)", xlim=(0, 1.25), title=title or "per-layer density")
+    ax.set(xlabel="density (1 - sparsity), measured from the weights", xlim=(0, 1), title=title or "per-layer density")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return _save(fig, Path(path))
@@ -271,7 +274,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 def plot_accuracy_vs_sparsity(summaries: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Final test accuracy against target sparsity, one line per method, dense as a dashed line.
 
-    One panel per (data, model) pair; points are the mean over seeds with ± std error bars.
+    One panel per recipe (data, model and the config outside the sparse section, ``summary["recipe"]``): runs of
+    different recipes (other epochs, learning rates...) are never drawn as one curve, and each panel's dense line
+    is its own recipe's. Points are the mean over seeds with ± std error bars.
 
     Args:
         summaries: summary.json dicts of finished runs.
@@ -280,13 +285,14 @@ def plot_accuracy_vs_sparsity(summaries: Iterable[Mapping[str, Any]], path: str 
     Returns:
         The path written.
     """
-    groups: dict[tuple[str, str], dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(
+    groups: dict[tuple[str, str, str], dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(
         lambda: defaultdict(list)))
     for s in summaries:
         if s.get("final_acc") is None:
             continue
-        groups[(s["data"], s["model"])][method_label(s)][float(s["target_sparsity"])].append(float(s["final_acc"]))
-    panels = sorted(groups) or [("no runs", "")]
+        key = (str(s["data"]), str(s["model"]), f"recipe {s['recipe']}" if s.get("recipe") else "")
+        groups[key][method_label(s)][float(s["target_sparsity"])].append(float(s["final_acc"]))
+    panels = sorted(groups) or [("no runs", "", "")]
     fig = _figure((FIGSIZE[0], FIGSIZE[1] * max(1, len(panels)) if len(panels) > 1 else FIGSIZE[1]))
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, key in zip(axes, panels):
@@ -311,7 +317,8 @@ def plot_runs(runs: Iterable[RunDir], out_dir: str | Path) -> list[Path]:
     """Every finished run's plots (:func:`plot_run`), then ``accuracy_vs_sparsity.png`` across them in ``out_dir``.
 
     Args:
-        runs: run directories; unfinished ones (no summary) are skipped.
+        runs: run directories; unfinished ones (no summary) are skipped, and so, with a warning, are runs whose
+            files cannot be read.
         out_dir: where the across-runs plot goes.
 
     Returns:
@@ -319,11 +326,12 @@ def plot_runs(runs: Iterable[RunDir], out_dir: str | Path) -> list[Path]:
     """
     summaries = []
     written: list[Path] = []
-    for run in runs:
-        summary = run.read_summary()
-        if summary is None:
+    for run, summary in readable_summaries(runs):
+        try:
+            written += plot_run(run, summary=summary)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # a summary or metrics file of another shape
+            logger.warning("%s: plots not written: %s: %s", run.name, type(exc).__name__, exc)
             continue
-        summaries.append(summary)
-        written += plot_run(run, summary=summary)
+        summaries.append({**summary, "recipe": run.recipe(summary)})
     written.append(plot_accuracy_vs_sparsity(summaries, Path(out_dir) / "accuracy_vs_sparsity.png"))
     return written

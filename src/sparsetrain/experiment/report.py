@@ -1,9 +1,11 @@
 """The table of runs: one row per finished run (or per experiment, averaged over seeds), as text, markdown or CSV.
 
-Columns: run, method, N:M pattern, model, data, seed, target and measured sparsity, final test accuracy, best accuracy
+Columns: run, method, N:M pattern, model, data, recipe, seed, target sparsity, the sparsity of the masks and the
+fraction of weights exactly zero (the masked ones plus active weights that happen to be 0), final test accuracy, best accuracy
 (the test accuracy at the epoch of best validation accuracy), the dense baseline's final test accuracy, the
 inference and training FLOPs as fractions of dense (when the summary has them), the ITOP rate, steps and wall
-time. :func:`layer_rows` gives one run's per-layer view: final density, ITOP rate and FLOPs beside dense.
+time. Rows are grouped by recipe (the config without its sparse section): only the runs of one recipe compare.
+:func:`layer_rows` gives one run's per-layer view: final density, ITOP rate and FLOPs beside dense.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any
 from sparsetrain.tables import FORMATS, Column, render
 
 from .config import ConfigError
-from .rundir import RunDir, dense_reference, find_runs
+from .rundir import RunDir, dense_reference, find_runs, readable_summaries
 
 __all__ = ["COLUMNS", "method_label", "collect_rows", "aggregate_rows", "format_rows", "FORMATS", "layer_rows",
-           "format_layers", "format_results"]
+           "format_layers", "format_results", "describe_sparsity"]
 
 #: (column, description) in display order.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -29,9 +31,11 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("pattern", "N:M pattern (- : unstructured; shown in tables only when some run has one)"),
     ("model", "model"),
     ("data", "dataset"),
+    ("recipe", "hash of the recipe, the config without its sparse section (runs of one recipe compare)"),
     ("seed", "seed (or number of seeds when aggregated)"),
     ("target", "target sparsity"),
-    ("sparsity", "sparsity measured from the final weights"),
+    ("masked", "sparsity of the final masks: the weights the method pruned"),
+    ("sparsity", "fraction of the final weights exactly zero: the masked ones and active weights that are 0"),
     ("final_acc", "test accuracy after the last epoch"),
     ("best_acc", "test accuracy at the epoch of best validation accuracy"),
     ("dense_acc", "final test accuracy of the dense baseline with the same recipe"),
@@ -49,11 +53,12 @@ def method_label(summary: Mapping[str, Any]) -> str:
     return f"{summary['method']} {pattern}" if pattern else str(summary["method"])
 
 
-_TEXT_COLUMNS = ("run", "method", "pattern", "model", "data")
+_TEXT_COLUMNS = ("run", "method", "pattern", "model", "data", "recipe")
 
 
 def _row(run: RunDir, summary: Mapping[str, Any], runs_dir: Path) -> dict[str, Any]:
     dense = summary.get("dense")
+    mask_sparsity = summary.get("mask_sparsity")
     if dense is None and summary.get("method") != "dense":
         try:
             dense = dense_reference(runs_dir, run.read_config())
@@ -68,8 +73,10 @@ def _row(run: RunDir, summary: Mapping[str, Any], runs_dir: Path) -> dict[str, A
         "pattern": summary.get("pattern"),
         "model": summary.get("model"),
         "data": summary.get("data"),
+        "recipe": run.recipe(dict(summary)),
         "seed": summary.get("seed"),
         "target": summary.get("target_sparsity"),
+        "masked": mask_sparsity if isinstance(mask_sparsity, (int, float)) else None,
         "sparsity": summary.get("sparsity"),
         "final_acc": summary.get("final_acc"),
         "best_acc": summary.get("best_acc"),
@@ -89,16 +96,13 @@ def collect_rows(runs_dir: str | Path) -> list[dict[str, Any]]:
         runs_dir: the runs directory.
 
     Returns:
-        Rows keyed by the names in :data:`COLUMNS`.
+        Rows keyed by the names in :data:`COLUMNS` (a run whose summary.json cannot be read is left out with a
+        warning).
     """
     runs_dir = Path(runs_dir)
-    rows = []
-    for run in find_runs(runs_dir):
-        summary = run.read_summary()
-        if summary is not None:
-            rows.append(_row(run, summary, runs_dir))
-    rows.sort(key=lambda r: (str(r["data"]), str(r["model"]), r["method"] != "dense", str(r["method"]),
-                             r["target"] or 0.0, str(r["run"]), r["seed"] or 0))
+    rows = [_row(run, summary, runs_dir) for run, summary in readable_summaries(find_runs(runs_dir))]
+    rows.sort(key=lambda r: (str(r["data"]), str(r["model"]), str(r["recipe"]), r["method"] != "dense",
+                             str(r["method"]), r["target"] or 0.0, str(r["run"]), r["seed"] or 0))
     return rows
 
 
@@ -114,7 +118,8 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for name, members in groups.items():
         first = dict(members[0])
         first["seed"] = len(members)
-        for key in ("sparsity", "final_acc", "best_acc", "dense_acc", "inf_flops", "train_flops", "itop", "time_s"):
+        for key in ("masked", "sparsity", "final_acc", "best_acc", "dense_acc", "inf_flops", "train_flops", "itop",
+                    "time_s"):
             values = [m[key] for m in members if m[key] is not None]
             first[key] = statistics.fmean(values) if values else None
             if key in ("final_acc", "best_acc"):
@@ -213,6 +218,24 @@ def format_layers(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
     return render(columns, rows, fmt)
 
 
+def describe_sparsity(summary: Mapping[str, Any]) -> str:
+    """A run's sparsity as ``sparsity`` lines show it: the masks' sparsity and the target, and, when active weights
+    that happen to be exactly 0 make the weights sparser than the masks, that count apart.
+
+    E.g. ``0.9001 (target 0.90)`` or ``0.9001 (target 0.90; 0.9173 of the weights are 0: 0.0172 active weights are
+    exactly 0)``.
+    """
+    masked = summary.get("mask_sparsity")
+    measured = summary.get("sparsity")
+    if not isinstance(masked, (int, float)):
+        masked = measured
+    target = summary.get("target_sparsity") or 0.0
+    text = f"{masked:.4f} (target {target:.2f})" if isinstance(masked, (int, float)) else "-"
+    if isinstance(masked, (int, float)) and isinstance(measured, (int, float)) and measured - masked >= 5e-5:
+        text = f"{text[:-1]}; {measured:.4f} of the weights are 0: {measured - masked:.4f} active weights are exactly 0)"
+    return text
+
+
 def format_results(results: Sequence[Mapping[str, Any]], runs_dir: str | Path) -> str:
     """What ``sparsetrain train`` prints: a line per run, then each sparse run against its seed's dense run.
 
@@ -229,10 +252,8 @@ def format_results(results: Sequence[Mapping[str, Any]], runs_dir: str | Path) -
     lines = [f"results (test accuracy; runs in {runs_dir}/):"]
     dense = {r.get("seed"): r for r in results if r.get("method") == "dense"}
     for r in results:
-        lines.append(f"  {method_label(r):<8} sparsity {num(r.get('sparsity'))} "
-                     f"(target {r.get('target_sparsity', 0):.2f})"
-                     f"  final {num(r.get('final_acc'))}  best {num(r.get('best_acc'))}  {r['wall_time']:.1f}s  "
-                     f"{r['run']}")
+        lines.append(f"  {method_label(r):<8} sparsity {describe_sparsity(r)}  final {num(r.get('final_acc'))}  "
+                     f"best {num(r.get('best_acc'))}  {r['wall_time']:.1f}s  {r['run']}")
     for r in results:
         if r.get("method") == "dense":
             continue

@@ -20,21 +20,24 @@ Layout (OpenLTH style, one directory per experiment hash and one per seed)::
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from sparsetrain.reading import MAX_YAML_BYTES, ReadError, read_json, read_text
+
 from .config import ConfigError, ExperimentConfig
 from .metrics import read_jsonl
 
-__all__ = ["RunDir", "RunStatus", "dense_reference", "find_runs"]
+__all__ = ["RunDir", "RunStatus", "dense_reference", "find_runs", "readable_summaries"]
 
 logger = logging.getLogger(__name__)
 
 RunStatus = Literal["new", "interrupted", "finished"]
+#: Fields of summary.json that must be numbers (or null) for the report, the plots and a resume to use it.
+_SUMMARY_NUMBERS = ("final_acc", "best_acc", "sparsity", "target_sparsity", "total_steps", "wall_time", "seed")
 
 
 @dataclass(frozen=True)
@@ -115,17 +118,50 @@ class RunDir:
         """The run's saved config.
 
         Raises:
-            ConfigError: no config.yaml, or an invalid one.
+            ConfigError: no config.yaml, or one that cannot be read (not a file, not UTF-8, not valid YAML) or holds
+                an invalid config.
         """
         if not self.config_file.exists():
             raise ConfigError(f"{self.path}: no config.yaml here; is this a run directory (runs/<name>/seed_<n>)?")
-        return ExperimentConfig.from_yaml(self.config_file.read_text(), str(self.config_file))
+        try:
+            text = read_text(self.config_file, limit=MAX_YAML_BYTES, what="config")
+        except ReadError as exc:
+            raise ConfigError(str(exc)) from None
+        return ExperimentConfig.from_yaml(text, str(self.config_file))
 
     def read_summary(self) -> dict[str, Any] | None:
-        """summary.json as a dict, or None if the run has not finished."""
+        """summary.json as a dict, or None if the run has not finished.
+
+        Raises:
+            ReadError: summary.json cannot be read, or is not a summary (an object whose numbers are numbers); the
+                message says how to write it again.
+        """
         if not self.summary_file.exists():
             return None
-        return json.loads(self.summary_file.read_text())
+        hint = "; delete it and run the same train command again to write it anew from the last checkpoint"
+        try:
+            summary = read_json(self.summary_file, what="summary")
+        except ReadError as exc:
+            raise ReadError(f"{exc}{hint}") from None
+        if not isinstance(summary, dict):
+            raise ReadError(f"{self.summary_file}: not a run summary (a JSON {type(summary).__name__}, expected an "
+                            f"object){hint}")
+        for key in _SUMMARY_NUMBERS:
+            value = summary.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ReadError(f"{self.summary_file}: {key}={value!r} is not a number{hint}")
+        return summary
+
+    def recipe(self, summary: dict[str, Any] | None = None) -> str | None:
+        """The hash of the run's recipe: its config without the sparse section (the runs of one recipe share a dense
+        baseline, and only they belong on one accuracy-vs-sparsity curve). From ``summary["recipe"]`` if given, else
+        from config.yaml; None when that cannot be read."""
+        if summary is not None and isinstance(summary.get("recipe"), str):
+            return summary["recipe"]
+        try:
+            return self.read_config().dense_baseline().config_hash()
+        except ConfigError:
+            return None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The per-epoch records of metrics.jsonl (a torn last line, from a crash mid-write, is ignored)."""
@@ -152,6 +188,19 @@ def find_runs(runs_dir: str | Path, *, finished_only: bool = True) -> Iterator[R
         yield run
 
 
+def readable_summaries(runs: Iterable[RunDir]) -> Iterator[tuple[RunDir, dict[str, Any]]]:
+    """``(run, summary)`` of each finished run among ``runs``; one whose summary.json cannot be read is skipped
+    with a warning naming it (a report or plot goes on with the others)."""
+    for run in runs:
+        try:
+            summary = run.read_summary()
+        except (ReadError, OSError) as exc:
+            logger.warning("%s skipped: %s", run.name, exc)
+            continue
+        if summary is not None:
+            yield run, summary
+
+
 def dense_reference(runs_dir: str | Path, config: ExperimentConfig) -> dict[str, Any] | None:
     """Accuracy of the finished dense baseline of ``config`` (same seed preferred), or None.
 
@@ -164,8 +213,6 @@ def dense_reference(runs_dir: str | Path, config: ExperimentConfig) -> dict[str,
     """
     same_seed = RunDir.for_config(runs_dir, config.dense_baseline())
     others = sorted(same_seed.path.parent.glob("seed_*")) if same_seed.path.parent.is_dir() else []
-    for run in [same_seed, *(RunDir(p) for p in others)]:
-        summary = run.read_summary()
-        if summary is not None:
-            return {"run": run.name, "final_acc": summary.get("final_acc"), "best_acc": summary.get("best_acc")}
+    for run, summary in readable_summaries([same_seed, *(RunDir(p) for p in others)]):
+        return {"run": run.name, "final_acc": summary.get("final_acc"), "best_acc": summary.get("best_acc")}
     return None

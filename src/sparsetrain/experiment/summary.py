@@ -56,6 +56,7 @@ def run_summary(exp: Experiment, run: RunDir, *, masks: Mapping[str, Tensor], ch
         "model": config.model.name,
         "seed": config.train.seed,
         "config_hash": config.config_hash(),
+        "recipe": config.dense_baseline().config_hash(),
         "target_sparsity": 0.0 if config.sparse.method == DENSE else config.sparse.target_sparsity(),
         "pattern": None if config.sparse.method == DENSE else config.sparse.pattern,
         "sparsity": report.sparsity,

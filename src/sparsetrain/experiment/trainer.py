@@ -19,6 +19,11 @@ What the topology does is recorded as it happens: every topology update appends 
 (:mod:`.tracking`: scalars per step, topology figures per update, epoch metrics and weight histograms per epoch,
 the config as hyperparameters); a resumed run continues the same logs.
 
+One process per run: the process that trains a run holds an OS-level lock on its directory (see :mod:`.lock`)
+from before its first write until it is done; a second process on the same run raises
+:class:`~.lock.DirectoryLocked` naming the holder's PID and writes nothing. The kernel drops the lock of a killed
+process, so a resume is never blocked.
+
 Crash safety: every file is written atomically (temporary file, fsync, rename), the checkpoint keeps its
 predecessor as ``checkpoint.prev.pt``, and a resume truncates ``metrics.jsonl`` to the checkpointed epochs and
 ``topology.jsonl`` to the checkpointed step, so a run killed at any moment (SIGKILL included) resumes to the same
@@ -60,6 +65,7 @@ from .build import Experiment, attach_sparsifier, build_experiment, sparsifier_s
 from .checkpoint import capture_rng, restore_rng
 from .config import DENSE, ConfigError, ExperimentConfig
 from .loggers import check_installed, discard_logs, open_tracker
+from .lock import DirectoryLock, DirectoryLocked
 from .metrics import RunningSums, append_metrics, evaluate, truncate_metrics
 from .rundir import RunDir, dense_reference
 from .run_state import (
@@ -173,6 +179,7 @@ class Trainer:
         self._tracker = RunTracker()  # the session's loggers (train.log), open while training
         self._saved_step: int | None = None
         self._trained = False  # this object's experiment has trained (a fresh start must build it again)
+        self._lock = DirectoryLock(self.run.path, f"run {self.run.path}")
 
     # -- set-up --------------------------------------------------------------------------------------------------
     @property
@@ -253,12 +260,16 @@ class Trainer:
         if finished is not None:
             self._check_run_dir()
             return finished
-        self._open(restart)
-        self._loop(until=None)
-        par = self.exp.parallel
-        par.barrier()  # rank 0's last metrics line is on disk before any rank reads the records
-        summary = self._finish()
-        par.barrier()  # and its summary.json, before any rank moves on
+        with self.locked():
+            finished = self.run.read_summary()  # another process may have finished it while we waited to lock
+            if finished is not None:
+                return finished
+            self._open(restart)
+            self._loop(until=None)
+            par = self.exp.parallel
+            par.barrier()  # rank 0's last metrics line is on disk before any rank reads the records
+            summary = self._finish()
+            par.barrier()  # and its summary.json, before any rank moves on
         self.callback.on_end(self, summary)
         return summary
 
@@ -284,13 +295,14 @@ class Trainer:
                 return target
             raise ValueError(f"{self.run.path} has finished (step {self.total_steps}), past step {target}: "
                              f"checkpoint_at(step={target}) replays it")
-        self._open(restart)
-        if self.step > target:
-            raise ValueError(f"{self.run.path} is at step {self.step}, past step {target}: checkpoint_at(step="
-                             f"{target}) replays it")
-        self._loop(until=target)
-        if self._saved_step != self.step:
-            self._save_checkpoint()
+        with self.locked():
+            self._open(restart)
+            if self.step > target:
+                raise ValueError(f"{self.run.path} is at step {self.step}, past step {target}: checkpoint_at(step="
+                                 f"{target}) replays it")
+            self._loop(until=target)
+            if self._saved_step != self.step:
+                self._save_checkpoint()
         return self.step
 
     def checkpoint_at(self, *, step: int | None = None, epoch: int | None = None) -> Path:
@@ -322,14 +334,40 @@ class Trainer:
         if self.exp.parallel.distributed:
             raise ConfigError("checkpoint_at is not allowed in a data-parallel run: call it from one process")
         self._keep.add(target)
-        if self.run.read_summary() is None:
-            self._open(restart=False)
-            if self.step <= target:
-                self._loop(until=target)
-                if self._saved_step != self.step:
-                    self._save_checkpoint()
-                return kept
-        return self._replay(target)
+        with self.locked():
+            if self.run.read_summary() is None:
+                self._open(restart=False)
+                if self.step <= target:
+                    self._loop(until=target)
+                    if self._saved_step != self.step:
+                        self._save_checkpoint()
+                    return kept
+            return self._replay(target)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory's lock (re-entrant; in a data-parallel run rank 0 holds it for every rank).
+
+        The CLI takes it before it announces a run, :meth:`fit` before the first file of the run is written.
+
+        Raises:
+            DirectoryLocked: another process trains this run (on every rank).
+        """
+        par = self.prepare().parallel
+        refused = None
+        if par.is_main:
+            try:
+                self._lock.acquire()
+            except DirectoryLocked as exc:
+                refused = str(exc)
+        refused = par.broadcast(refused)
+        if refused is not None:
+            raise DirectoryLocked(refused)
+        try:
+            yield
+        finally:
+            if par.is_main:
+                self._lock.release()
 
     def _replay(self, target: int) -> Path:
         """Replay this run up to ``target`` from its nearest checkpoint (see :meth:`checkpoint_at`)."""
@@ -524,7 +562,7 @@ class Trainer:
         record = {
             "epoch": self.epoch, "step": self.step, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "sparsity": self.measured_sparsity(), "lr": self._lr,
+            "sparsity": self.measured_sparsity(), "mask_sparsity": self._sparsity, "lr": self._lr,
             "itop_rate": exp.sparsifier.itop_rate() if exp.sparsifier is not None else None,
             "itop_layers": itop_by_layer(exp.sparsifier.ever_active if exp.sparsifier is not None else None),
             "time": self.elapsed(),

@@ -42,6 +42,9 @@ __all__ = ["find_jackpot", "restrict_changes", "mask_iou"]
 
 logger = logging.getLogger(__name__)
 
+#: Upper limit of a search's score-update steps: past it a value is a typo, not a search (it would run for ever).
+MAX_JACKPOT_STEPS = 1_000_000
+
 
 def mask_iou(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
     """Intersection over union of the kept entries of two mask dicts, over all tensors together."""
@@ -235,6 +238,8 @@ def find_jackpot(
         sparsity = 1 - n / m
     check_sparsity("sparsity", sparsity)
     check_int("steps", steps, 0)
+    if steps > MAX_JACKPOT_STEPS:
+        raise ValueError(f"steps={steps} is not allowed: at most {MAX_JACKPOT_STEPS} score-update steps")
     check_number("lr", lr, "(0, inf)")
     if max_changes_per_step is not None:
         check_int("max_changes_per_step", max_changes_per_step, 0)

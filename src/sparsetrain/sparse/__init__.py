@@ -4,14 +4,15 @@
   sparse tensors stored as a packed bitmask, CSR or COO, whichever is smallest.
 * :func:`convert`: swap sparse-enough ``nn.Linear`` layers for :class:`SparseLinear` (CSR weight,
   native kernel on CPU) or :class:`NMLinear` (N:M weight, native kernel on CPU), and 2:4 weights on
-  CUDA for torch's semi-structured sparse tensors, for faster inference.
+  CUDA for torch's semi-structured sparse tensors, for faster inference; :func:`dense_state_dict` and
+  :func:`unconvert` go back to the original architecture.
 * :class:`TrainableSparseLinear`: a Linear layer that stores, trains and updates only its active weights
   (truly sparse training: forward, backward and optimizer state in proportion to the density), and
   :class:`SparseEnforcer`, the storage backend built on it (``backend="sparse"`` / ``"auto"`` of every method,
   registered with :func:`sparsetrain.enforcement.make_enforcer` when this package is imported).
 """
 
-from sparsetrain.sparse.convert import DEFAULT_MIN_NUMEL, DEFAULT_MIN_SPARSITY, convert
+from sparsetrain.sparse.convert import DEFAULT_MIN_NUMEL, DEFAULT_MIN_SPARSITY, convert, dense_state_dict, unconvert
 from sparsetrain.sparse.encoding import choose_encoding
 from sparsetrain.sparse.export import (
     ExportInfo,
@@ -35,6 +36,8 @@ __all__ = [
     "TrainableSparseLinear",
     "choose_encoding",
     "convert",
+    "dense_state_dict",
     "export_sparse",
     "load_sparse",
+    "unconvert",
 ]

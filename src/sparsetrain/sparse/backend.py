@@ -56,14 +56,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch import distributed as dist
 
-from sparsetrain.enforcement import DenseMaskEnforcer, GradientCallback, MaskEnforcer, MaskSource, register_backend
+from sparsetrain.enforcement import (
+    DenseMaskEnforcer,
+    GradientCallback,
+    MaskEnforcer,
+    MaskSource,
+    register_backend,
+    step_closure,
+)
 from sparsetrain.masks import FlatMask, LayerSparsity, SparsityReport, random_masks
 from sparsetrain.nm import NMLayout, NMPattern
 from sparsetrain.optim_state import swap_parameter
@@ -320,7 +327,6 @@ class SparseEnforcer(MaskEnforcer):
         self._why_dense: dict[str, str] = {}
         self._find_slots()
         self._laid_out = False
-        self._hooks: list[Any] = []
         #: name -> the (input, output gradient) pairs of the last optimizer step's backward passes.
         self._ready: dict[str, list[tuple[Tensor, Tensor]]] = {}
 
@@ -366,16 +372,17 @@ class SparseEnforcer(MaskEnforcer):
             self.dense.on_gradients(callback)
 
     def attach(self) -> None:
-        self._hook()
-        if self.dense is not None:
-            self.dense.attach()
+        super().attach()
         self._arm()
 
     def _hook(self) -> None:
         if self.optimizer is not None and not self._hooks:
-            self._hooks = [self.optimizer.register_step_post_hook(self._after_optimizer_step)]
+            self._hooks = [self.optimizer.register_step_pre_hook(self._before_optimizer_step),
+                           self.optimizer.register_step_post_hook(self._after_optimizer_step)]
+        if self.dense is not None:
+            self.dense.attach()
 
-    def detach(self) -> None:
+    def _unhook(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
@@ -442,9 +449,12 @@ class SparseEnforcer(MaskEnforcer):
         if dense_params:
             self.dense = DenseMaskEnforcer(dense_params, self.optimizer, _DenseSource(self),
                                            mask_gradients=self.mask_gradients, fused_step=self.fused_step)
+            self.dense.exclusive = False  # this enforcer holds the optimizer and the tensors
             self.dense.optimizer_steps = self.optimizer_steps
             for callback in self._gradient_callbacks:
                 self.dense.on_gradients(callback)
+            if self.attached:
+                self.dense.attach()
         self.masks_every_step = self.dense is not None and self.dense.masks_every_step
         self._laid_out = True
         logger.info("%s: %d tensor(s) held sparse (%s); %d on the masked-dense path (%s)", type(self.source).__name__,
@@ -481,7 +491,14 @@ class SparseEnforcer(MaskEnforcer):
         self.params[name] = torch.empty(weight.shape, dtype=weight.dtype, device="meta")
         self.layers[name] = layer
 
-    # -- the optimizer hook -----------------------------------------------------------------------------------------
+    # -- the optimizer hooks ----------------------------------------------------------------------------------------
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.check_step_order(step_closure(optimizer, args, kwargs)[1])
+
+    def _trained_tensors(self) -> Iterable[Tensor]:
+        held = [layer.weight_values for layer in self.layers.values()]
+        return held + [param for name, param in self.params.items() if name not in self.layers]
+
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._optimizer_steps += 1  # not through the setter: the masked-dense part's own hook counts this step
         if not self.layers:  # "auto" chose the masked-dense path for everything: its own hooks do the rest

@@ -14,6 +14,12 @@ dense layer for a slower sparse one at the measured batch size.
 
 Convolutions are left dense: im2col (``F.unfold``) alone took longer than the whole dense
 convolution in our measurements, so im2col + sparse matmul never paid (see the benchmark doc).
+
+Deploying a converted model: its ``state_dict`` holds each converted layer's CSR or N:M buffers, not a
+``weight``; :func:`dense_state_dict` gives the state dict of the original architecture (it loads into the model
+before :func:`convert`), and :func:`unconvert` the equivalent plain model. ``torch.jit.trace`` / ``script``,
+``torch.onnx.export`` and ``torch.export`` of a converted model give the same outputs as the model, computed
+densely (see :mod:`sparsetrain.sparse.linear`): the sparse kernels run only in Python.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from __future__ import annotations
 import copy
 import logging
 
-from torch import nn
-
 import torch
+from torch import Tensor, nn
 
 from sparsetrain.sparse.linear import SUPPORTED_DTYPES, SparseLinear
 from sparsetrain.sparse.nm_linear import NMLinear, cpu_pattern
 from sparsetrain.sparse.semi_structured import to_semi_structured
+
+__all__ = ["DEFAULT_MIN_NUMEL", "DEFAULT_MIN_SPARSITY", "convert", "dense_state_dict", "unconvert"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,3 +149,60 @@ def convert(
                 logger.info("converted %s: %s", full_name, "semi-structured 2:4 weight" if layer is child else layer)
             setattr(parent, child_name, replaced[id(child)])
     return target
+
+
+def _dense_tensor(value: Tensor) -> Tensor:
+    """A semi-structured (CUDA 2:4) weight as an ordinary tensor; anything else as it is."""
+    return value.to_dense() if type(value).__name__.startswith("SparseSemiStructured") else value
+
+
+def dense_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict of the architecture before :func:`convert`: each converted layer as ``weight`` / ``bias``.
+
+    It loads (``load_state_dict``, strict) into the original model, and saves like any dense checkpoint.
+
+    Args:
+        model: a model returned by :func:`convert` (a model without converted layers is returned as is).
+
+    Returns:
+        ``model.state_dict()`` with every :class:`SparseLinear` / :class:`NMLinear`'s buffers replaced by its dense
+        ``weight`` (and ``bias``), and semi-structured weights made dense; the other entries unchanged.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    state = {key: _dense_tensor(value) for key, value in model.state_dict().items()}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if not isinstance(module, (SparseLinear, NMLinear)):
+            continue
+        prefix = f"{name}." if name else ""
+        for key in [k for k in state if k.startswith(prefix) and "." not in k[len(prefix):]]:
+            del state[key]
+        state[f"{prefix}weight"] = module.dense_weight()
+        if module.bias is not None:
+            state[f"{prefix}bias"] = module.bias.detach().clone()
+    return state
+
+
+def unconvert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """The inverse of :func:`convert`: every :class:`SparseLinear` / :class:`NMLinear` back to an ``nn.Linear``.
+
+    Args:
+        model: a converted model.
+        inplace: modify ``model`` itself instead of a deep copy.
+
+    Returns:
+        The model with plain ``nn.Linear`` layers (a shared layer stays shared).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    target = model if inplace else copy.deepcopy(model)
+    if isinstance(target, (SparseLinear, NMLinear)):
+        return target.to_linear()
+    replaced: dict[int, nn.Module] = {}
+    for _, parent in list(target.named_modules(remove_duplicate=False)):
+        for child_name, child in list(parent._modules.items()):
+            if isinstance(child, (SparseLinear, NMLinear)):
+                replaced.setdefault(id(child), child.to_linear())
+                setattr(parent, child_name, replaced[id(child)])
+    return target
+

@@ -21,16 +21,27 @@ between) its ``x.T`` is then already contiguous.
 
 The weight is held as buffers (``weight_crow_indices``, ``weight_col_indices``, ``weight_values``)
 and gets no gradient: the module is for inference. Gradients do flow to the input.
+
+Graph capture (``torch.jit.trace``, ``torch.jit.script``, ``torch.onnx.export``, ``torch.export`` /
+``torch.compile``): the native kernel is a ctypes call, invisible to a tracer, which would record its output as a
+constant (a traced model would then return the same numbers for every input). While a graph is captured the layer
+computes ``F.linear`` with its dense weight instead (:func:`capturing_graph`), so the captured graph gives the same
+outputs as the layer, at dense speed; ``torch.jit.script`` scripts the equivalent ``nn.Linear``. A warning says so
+once. To deploy the speed-up, run the converted model in Python.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsetrain.sparse.spmm import native_linear
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.float64})
 """Weight dtypes torch's CPU CSR matmul supports (float16 / bfloat16 raise 'not implemented')."""
@@ -138,8 +149,20 @@ class SparseLinear(nn.Module):
         )
 
     def dense_weight(self) -> Tensor:
-        """The weight as a dense ``(out_features, in_features)`` tensor (a new copy)."""
-        return self.weight_csr().to_dense()
+        """The weight as a dense ``(out_features, in_features)`` tensor (a new copy; built with ops a tracer can
+        record)."""
+        counts = self.weight_crow_indices.diff().long()
+        rows = torch.repeat_interleave(torch.arange(self.out_features, device=counts.device), counts)
+        weight = torch.zeros(self.out_features, self.in_features, dtype=self.weight_values.dtype,
+                             device=self.weight_values.device)
+        return weight.index_put_((rows, self.weight_col_indices.long()), self.weight_values)
+
+    def to_linear(self) -> nn.Linear:
+        """The equivalent ``nn.Linear`` (dense weight, the same bias)."""
+        return dense_linear(self)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        return scriptable(self)
 
     def _slab_rows(self) -> int:
         per_row = self.in_features * self.weight_values.element_size()
@@ -159,6 +182,8 @@ class SparseLinear(nn.Module):
             Output of shape ``(..., out_features)``: contiguous from the native kernel, else a
             non-contiguous view (see the module docs).
         """
+        if capturing_graph():
+            return captured_forward(self, x)
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"x must have last dim in_features={self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
@@ -207,6 +232,63 @@ class SparseLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, sparsity={self.sparsity:.4f}"
         )
+
+
+def capturing_graph() -> bool:
+    """Whether a graph of the running code is being captured (``torch.jit`` tracing or scripting, ONNX export,
+    ``torch.export`` / ``torch.compile``): native kernels are invisible there."""
+    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling())
+
+
+_warned_capture: set[str] = set()
+
+
+def _warn_dense(module: nn.Module, what: str) -> None:
+    name = type(module).__name__
+    if name not in _warned_capture:
+        _warned_capture.add(name)
+        logger.warning("%s: %s runs the dense equivalent (F.linear with the dense weight): the same outputs, not "
+                       "the sparse kernel's speed", name, what)
+
+
+@torch.compiler.assume_constant_result
+def _constant_dense_weight(module: nn.Module) -> Tensor:
+    """The module's dense weight, computed outside the graph being captured, which holds it as a constant (as it
+    holds any dense layer's weight): building it from the CSR / N:M buffers uses ops ONNX does not have."""
+    tracing = torch._C._get_tracing_state()
+    if tracing is not None:
+        torch._C._set_tracing_state(None)
+    try:
+        with torch.no_grad():
+            return module.dense_weight()
+    finally:
+        if tracing is not None:
+            torch._C._set_tracing_state(tracing)
+
+
+def captured_forward(module: nn.Module, x: Tensor) -> Tensor:
+    """The forward of a sparse inference layer while a graph is captured: ``F.linear`` with its dense weight."""
+    _warn_dense(module, "a captured graph (trace, ONNX, torch.export)")
+    return F.linear(x, _constant_dense_weight(module), module.bias)
+
+
+def dense_linear(module: nn.Module) -> nn.Linear:
+    """The ``nn.Linear`` equivalent of a sparse inference layer (``dense_weight()``, ``bias``)."""
+    weight = module.dense_weight()
+    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device=weight.device,
+                       dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias)
+    return linear.train(module.training)
+
+
+def scriptable(module: nn.Module) -> nn.Linear:
+    """What ``torch.jit.script`` compiles in place of a sparse inference layer: its ``nn.Linear``."""
+    _warn_dense(module, "torch.jit.script")
+    return dense_linear(module)
 
 
 def _check_csr(crow: Tensor, col: Tensor, in_features: int) -> None:

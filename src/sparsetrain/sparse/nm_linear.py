@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsetrain.nm import NMPattern, as_groups
+from sparsetrain.sparse.linear import captured_forward, capturing_graph, dense_linear, scriptable
 from sparsetrain.sparse.nm_format import NMSpec, fits, stored_entries
 from sparsetrain.sparse.spmm import native_nm_linear
 
@@ -152,6 +153,8 @@ class NMLinear(nn.Module):
         Returns:
             Output of shape ``(..., out_features)``, contiguous.
         """
+        if capturing_graph():
+            return captured_forward(self, x)
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"x must have last dim in_features={self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
@@ -161,6 +164,13 @@ class NMLinear(nn.Module):
         if out is not None:
             return out.view(*lead, self.out_features)
         return F.linear(x, self.dense_weight(), self.bias)
+
+    def to_linear(self) -> nn.Linear:
+        """The equivalent ``nn.Linear`` (dense weight, the same bias)."""
+        return dense_linear(self)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        return scriptable(self)  # the native kernel cannot be scripted (see sparsetrain.sparse.linear)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -102,6 +102,7 @@ from sparsetrain.experiment import (
     TrainerCallback,
 )
 from sparsetrain.experiment.build import build_experiment
+from sparsetrain.experiment.lock import DirectoryLock
 from sparsetrain.experiment.optim import lr_factor
 from sparsetrain.experiment.run_state import EVERYTHING, read_run_checkpoint
 from sparsetrain.masks import select_prunable, sparsity_report
@@ -310,6 +311,17 @@ class PlasticityStudy:
     def _dense_trainer(self, epochs: Iterable[int] = (), callback: TrainerCallback | None = None) -> Trainer:
         return Trainer(self.config, self.out_dir / "runs", keep_epochs=epochs, callback=callback, plots=False)
 
+    def cells(self, prune_epochs: Iterable[int], rates: Iterable[float],
+              regeneration: Iterable[bool] = (False, True)) -> list[PlasticityCell]:
+        """The cells of :func:`plasticity_cells`, checked against this study's run before anything is trained.
+
+        Raises:
+            ValueError: as :func:`plasticity_cells`, or an epoch outside ``[1, epochs - 1]``.
+        """
+        cells = plasticity_cells(prune_epochs, rates, regeneration)
+        self._check_epochs(c.epoch for c in cells)
+        return cells
+
     def _check_epochs(self, prune_epochs: Iterable[int]) -> list[int]:
         epochs = self.config.train.epochs
         wanted = sorted(set(prune_epochs))
@@ -452,7 +464,7 @@ class PlasticityStudy:
         Returns:
             :meth:`rows` of the cells asked for.
         """
-        cells = plasticity_cells(prune_epochs, rates, regeneration)
+        cells = self.cells(prune_epochs, rates, regeneration)
         self.train_dense([c.epoch for c in cells], callback)
         wanted = {(c.epoch, c.rate, c.regeneration) for c in cells}
         for cell in cells:
@@ -509,12 +521,20 @@ def run_plasticity(config: ExperimentConfig, out_dir: str | Path, *, prune_epoch
     Returns:
         The rows of every seed and schedule (see :meth:`PlasticityStudy.rows`); ``plasticity.md`` (mean ± std
         over seeds), ``plasticity.csv`` (every row) and ``plasticity.png`` are written into ``out_dir``.
+
+    Raises:
+        ValueError: an argument is not allowed (see :func:`plasticity_studies`, :meth:`PlasticityStudy.cells`).
+        sparsetrain.experiment.lock.DirectoryLocked: another process is running this study.
     """
     studies = plasticity_studies(config, out_dir, seeds=seeds, late_decay=late_decay, scope=scope,
                                  regrow_every=regrow_every, drop_fraction=drop_fraction)
     epochs = tuple(prune_epochs) if prune_epochs is not None else default_prune_epochs(studies[0].config)
-    rows = [row for study in studies for row in study.run(epochs, rates, regeneration, callback)]
-    write_outputs(out_dir, rows, studies)
+    for study in studies:  # every study's cells checked before anything is trained
+        study.cells(epochs, rates, regeneration)
+    # One process per study directory (every seed and schedule below it), before anything is written.
+    with DirectoryLock(out_dir, f"plasticity study {Path(out_dir)}"):
+        rows = [row for study in studies for row in study.run(epochs, rates, regeneration, callback)]
+        write_outputs(out_dir, rows, studies)
     return rows
 
 

@@ -7,7 +7,7 @@ Frankle et al. (ICML 2020, *Linear Mode Connectivity and the Lottery Ticket Hypo
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 #: The controls of a ticket: the same mask with a fresh random initialisation, and a random mask with the
 #: ticket's per-tensor counts (trained from the same rewind point).
 CONTROLS = ("reinit", "random")
+#: At most this many rounds: at a rate of 0.2 per round, 100 rounds keep 2e-10 of the weights.
+MAX_ROUNDS = 100
 
 #: Fields added after the first lottery runs were named, with their defaults: left out of a run's identity while at
 #: their default, so those runs keep their directory names.
@@ -108,6 +110,9 @@ class LotteryConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         self._resolve_schedule()
         check_int("rounds", self.rounds, 0)
+        if self.rounds > MAX_ROUNDS:
+            raise ValueError(f"rounds={self.rounds} is not allowed: at most {MAX_ROUNDS} (each round prunes a share "
+                             "of the remaining weights)")
         if self.output_rate is not None:
             _rate("output_rate", self.output_rate)
         check_scope(self.scope)
@@ -191,6 +196,28 @@ class LotteryConfig:
         seed, less the later fields at their defaults."""
         return {k: v for k, v in self.to_dict().items()
                 if k != "seed" and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+
+    def check_run(self, names: Sequence[str], total_steps: int) -> None:
+        """Check the options whose meaning depends on the model and the run, before anything is trained.
+
+        Args:
+            names: the tensors the lottery prunes (``select_prunable`` with ``include`` / ``exclude``).
+            total_steps: optimizer steps of one training run.
+
+        Raises:
+            ValueError: ``output_layer`` names none of ``names``, ``rewind_step`` is not a step of the run, or
+                ``rank_step`` is past its last step.
+        """
+        if not names:
+            raise ValueError("the model has no tensors to prune (check include / exclude)")
+        if self.output_layer is not None and self.output_layer not in names:
+            raise ValueError(f"output_layer={self.output_layer!r} is not allowed: it is not a pruned tensor; they are "
+                             f"{', '.join(names)}")
+        if self.rewind_step >= total_steps:
+            raise ValueError(f"rewind_step={self.rewind_step} is not allowed: a run has {total_steps} optimizer "
+                             f"steps; rewind to a step in [0, {total_steps - 1}]")
+        if self.rank_step is not None and self.rank_step > total_steps:
+            raise ValueError(f"rank_step={self.rank_step} is not allowed: the recipe trains {total_steps} steps")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (tuples as lists); ``pattern`` only when set, so unstructured runs keep their names."""

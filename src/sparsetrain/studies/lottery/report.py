@@ -7,10 +7,12 @@ fraction of weights remaining (:func:`~sparsetrain.studies.lottery.lottery_curve
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sparsetrain.reading import ReadError
 from sparsetrain.tables import Column, render
 
 from .results import lottery_curve, plot_curve
@@ -27,6 +29,9 @@ LOTTERY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reinit", "test accuracy of the ticket's mask re-initialised"),
     ("random", "test accuracy of a random mask of the same per-layer sizes"),
 )
+
+logger = logging.getLogger(__name__)
+
 
 def find_lottery_runs(runs_dir: str | Path) -> list[Path]:
     """Every ``lottery-*/seed_*`` directory under ``runs_dir`` with at least one ``level_*`` directory, sorted."""
@@ -56,7 +61,13 @@ def lottery_rows(runs_dir: str | Path, metric: str = "final_acc") -> list[dict[s
     Returns:
         Rows keyed by :data:`LOTTERY_COLUMNS` (a control not run is None), by run then level.
     """
-    return [row for path in find_lottery_runs(runs_dir) for row in lottery_run_rows(path, metric)]
+    rows = []
+    for path in find_lottery_runs(runs_dir):
+        try:
+            rows += lottery_run_rows(path, metric)
+        except (ReadError, KeyError, TypeError, ZeroDivisionError) as exc:
+            logger.warning("%s/%s skipped: %s", path.parent.name, path.name, exc)
+    return rows
 
 
 def format_lottery_rows(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
@@ -84,7 +95,12 @@ def plot_lottery_runs(runs_dir: str | Path, metric: str = "final_acc") -> list[P
     level; returns the written paths."""
     written = []
     for path in find_lottery_runs(runs_dir):
-        rows = lottery_curve(path, metric)
+        try:
+            rows = lottery_curve(path, metric)
+        except (ReadError, KeyError, TypeError, ZeroDivisionError) as exc:
+            logger.warning("%s/%s: curve.png not written: %s", path.parent.name, path.name, exc)
+            continue
         if rows:
-            written.append(plot_curve(rows, path / "curve.png"))
+            written.append(plot_curve(rows, path / "curve.png",
+                                      title=f"{path.parent.name}/{path.name}: ticket and controls"))
     return written

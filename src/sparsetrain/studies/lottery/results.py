@@ -9,13 +9,13 @@ accuracy after the last epoch).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from sparsetrain.atomic import write_figure
+from sparsetrain.reading import ReadError, read_json
 from sparsetrain.tables import Column, render
 
 __all__ = ["lottery_curve", "curve_table", "plot_curve"]
@@ -24,7 +24,12 @@ _LEVEL = re.compile(r"level_(\d+)$")
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise ReadError(f"{path}: a JSON {type(value).__name__}, expected an object")
+    return value
 
 
 def lottery_curve(run_dir: str | os.PathLike[str], metric: str = "final_acc") -> list[dict[str, Any]]:
@@ -38,6 +43,9 @@ def lottery_curve(run_dir: str | os.PathLike[str], metric: str = "final_acc") ->
         Rows ``{"level", "remaining" (fraction of pruned-tensor weights kept), "kept", "numel", "ticket",
         "reinit", "random"}``; a control that was not run (or not finished) is None, as is a metric the
         summary does not hold.
+
+    Raises:
+        ReadError: a level's summary.json or sparsity.json cannot be read.
     """
     rows = []
     levels = sorted((int(m.group(1)), p) for p in Path(run_dir).iterdir() if (m := _LEVEL.match(p.name)))
@@ -71,29 +79,42 @@ def curve_table(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
     return render(columns, rows, "markdown")
 
 
-def plot_curve(rows: list[dict[str, Any]], path: str | os.PathLike[str], metric: str = "accuracy") -> Path:
+def plot_curve(rows: list[dict[str, Any]], path: str | os.PathLike[str], metric: str = "accuracy", *,
+               title: str = "") -> Path:
     """A PNG of the metric against weights remaining (log scale, decreasing), ticket and controls.
+
+    The x ticks are the levels' own percentages, written out (``51.2``, not ``5x10^1``).
+
+    Args:
+        rows: from :func:`lottery_curve`.
+        path: the PNG to write.
+        metric: the metrics key plotted.
+        title: the figure's title (default: what is plotted).
 
     Returns:
         The written path.
     """
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5.5, 3.8))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for key, style in (("ticket", "o-"), ("reinit", "s--"), ("random", "^:")):
         points = [(100 * r["remaining"], r[key]) for r in rows if r[key] is not None]
         if points:
             ax.plot(*zip(*points), style, label=key)
     ax.set_xscale("log")
+    ticks = sorted({100 * r["remaining"] for r in rows}, reverse=True)
+    ticks = ticks[::max(1, -(-len(ticks) // 8))]  # at most 8 labels
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel(metric)
+    ax.set_title(title or f"lottery ticket and controls: {metric} vs weights remaining", fontsize=10)
+    ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    try:
-        return write_figure(fig, path, dpi=120)
-    finally:
-        plt.close(fig)
+    return write_figure(fig, path, dpi=120)

@@ -56,8 +56,9 @@ from torch import Tensor
 
 from sparsetrain.atomic import write_json, write_text
 from sparsetrain.checkpoint_io import load_checkpoint, save_checkpoint
-from sparsetrain.experiment import Branch, ExperimentConfig, Trainer, TrainerCallback
+from sparsetrain.experiment import Branch, ConfigError, ExperimentConfig, Trainer, TrainerCallback
 from sparsetrain.experiment.build import Experiment, build_experiment
+from sparsetrain.experiment.lock import DirectoryLock
 from sparsetrain.experiment.run_state import read_run_checkpoint
 from sparsetrain.experiment.rundir import RunDir
 from sparsetrain.identity import identity_hash
@@ -363,9 +364,11 @@ def run_lottery(
 
     Raises:
         TypeError: ``config`` or ``lottery`` of the wrong type.
-        ValueError: ``out_dir`` holds a lottery run with another config or recipe, or of an older layout; or
-            ``rank_step`` is past the recipe's last step.
-        sparsetrain.experiment.ConfigError: the recipe is rejected by the data, model or optimizer.
+        ValueError: ``out_dir`` holds a lottery run with another config or recipe, or of an older layout.
+        sparsetrain.experiment.ConfigError: the recipe is rejected by the data, model or optimizer, or
+            ``lottery.output_layer`` / ``rewind_step`` / ``rank_step`` do not fit the model or the run (nothing is
+            written).
+        sparsetrain.experiment.lock.DirectoryLocked: another process is running this lottery run.
         sparsetrain.experiment.TrainingInterrupted: SIGINT/SIGTERM stopped a stage (a checkpoint was written).
     """
     if not isinstance(config, ExperimentConfig):
@@ -374,26 +377,27 @@ def run_lottery(
         raise TypeError(f"lottery must be a LotteryConfig, got {type(lottery).__name__}")
     out = Path(out_dir)
     run = _Lottery(config, lottery, out, callback, on_stage, plots)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, lottery)
-    _check_recipe(out, run.recipe)
-    _check_layout(out)
-    if lottery.rank_step is not None and lottery.rank_step > run.exp.total_steps:
-        raise ValueError(f"rank_step={lottery.rank_step} is not allowed: the recipe trains "
-                         f"{run.exp.total_steps} steps")
-    rewind = run.dense()
-    last = lottery.rounds if stop_after is None else min(lottery.rounds, stop_after)
-    for level in range(1, last + 1):
-        run.level(level, rewind)
-    rows = lottery_curve(out)
-    table = curve_table(rows) + "\n"
-    if (out / "curve.md").exists() and (out / "curve.md").read_text() == table and \
-            ((out / "curve.png").exists() or not plots or not rows):
-        return rows  # nothing new: a rerun of a finished run writes nothing
-    write_text(table, out / "curve.md")
-    if plots and rows:
-        try:
-            plot_curve(rows, out / "curve.png")
-        except Exception as exc:  # a plotting failure must not lose the run
-            logger.warning("curve.png not written: %s: %s", type(exc).__name__, exc)
-    return rows
+    try:  # options that depend on the model and the run, checked before a file is written
+        lottery.check_run(run.names(), run.exp.total_steps)
+    except ValueError as exc:
+        raise ConfigError(f"lottery: {exc}") from None
+    with DirectoryLock(out, f"lottery run {out}"):  # one process per lottery run
+        _check_config(out, lottery)
+        _check_recipe(out, run.recipe)
+        _check_layout(out)
+        rewind = run.dense()
+        last = lottery.rounds if stop_after is None else min(lottery.rounds, stop_after)
+        for level in range(1, last + 1):
+            run.level(level, rewind)
+        rows = lottery_curve(out)
+        table = curve_table(rows) + "\n"
+        if (out / "curve.md").exists() and (out / "curve.md").read_text() == table and \
+                ((out / "curve.png").exists() or not plots or not rows):
+            return rows  # nothing new: a rerun of a finished run writes nothing
+        write_text(table, out / "curve.md")
+        if plots and rows:
+            try:
+                plot_curve(rows, out / "curve.png", title=f"{out.parent.name}/{out.name}: ticket and controls")
+            except Exception as exc:  # a plotting failure must not lose the run
+                logger.warning("curve.png not written: %s: %s", type(exc).__name__, exc)
+        return rows
