@@ -24,8 +24,8 @@ def sparse_config(**extra):
 
 def test_the_backend_is_part_of_the_run_identity_only_when_not_the_default():
     default = tiny("rigl")
-    assert default.sparse.backend == "auto" and "sparse.backend" not in default.non_default()
-    for backend in ("sparse", "dense"):
+    assert default.sparse.backend == "dense" and "sparse.backend" not in default.non_default()
+    for backend in ("sparse", "auto"):
         other = tiny("rigl", **{"sparse.backend": backend})
         assert other.non_default()["sparse.backend"] == backend and other.run_name() != default.run_name()
 

@@ -225,7 +225,7 @@ class SparseConfig:
                                  "a layer's reduction dim keeps N; sparse.sparsity at its default then means 1 - N/M "
                                  "(none: unstructured)", check=(_is_pattern, "'N:M' with integers 1 <= N < M, e.g. "
                                                                             "2:4"))
-    backend: str = option("auto", "where the sparsified weights live: dense (bool masks over dense weights), sparse "
+    backend: str = option("dense", "where the sparsified weights live: dense (bool masks over dense weights), sparse "
                           "(Linear layers store and train only their active weights), auto (sparse for the Linear "
                           "layers where that is measured faster, see sparsetrain.sparse.backend; dense with autocast)",
                           choices=BACKENDS)
