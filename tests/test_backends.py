@@ -21,7 +21,7 @@ import sparsetrain
 from sparsetrain.enforcement import DenseMaskEnforcer
 from sparsetrain.masks import FlatMask, random_masks
 from sparsetrain.sparse import TrainableSparseLinear
-from sparsetrain.sparse import backend as backends
+from sparsetrain.sparse import held_layers
 from sparsetrain.sparse.backend import PackedMasks, SparseEnforcer, SparseMasks, sparse_is_faster
 
 STEPS = 24
@@ -248,8 +248,8 @@ def test_grown_slots_restart_with_zero_value_and_zero_state_and_a_shrinking_set_
 
 
 def test_the_dense_gradient_is_kept_only_for_steps_that_read_it_and_walked_one_layer_at_a_time(monkeypatch):
-    monkeypatch.setattr(backends, "GROWTH_BLOCK", 64)
-    monkeypatch.setattr(backends, "GROWTH_MIN_ROWS", 1)
+    monkeypatch.setattr(held_layers, "GROWTH_BLOCK", 64)
+    monkeypatch.setattr(held_layers, "GROWTH_MIN_ROWS", 1)
     calls: list[tuple[int, int, int]] = []
     original = TrainableSparseLinear.dense_grad
 

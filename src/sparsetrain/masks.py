@@ -337,7 +337,7 @@ def random_masks(
 
 def count_active(masks: Mapping[str, Tensor], name: str) -> int:
     """The number of active entries of ``masks[name]``, without building the mask where the mapping can count
-    (the masks of sparse storage, see :mod:`sparsetrain.sparse.backend`, have a ``count(name)``)."""
+    (the masks of sparse storage, see :mod:`sparsetrain.sparse.storage_masks`, have a ``count(name)``)."""
     count = getattr(masks, "count", None)
     return count(name) if count is not None else int(torch.count_nonzero(masks[name]))
 

@@ -43,7 +43,8 @@ What a user of sparse storage must know:
 
 How the methods run on it without caring: ``sparsifier.masks`` is a :class:`SparseMasks` mapping (name -> bool mask,
 built from a layer's index set when asked; ``count(name)`` without building it); the positions ever active are a
-:class:`PackedMasks` (one bit per weight). A method's update asks the enforcer, which works on the active values
+:class:`PackedMasks` (one bit per weight); both live in :mod:`sparsetrain.sparse.storage_masks`. A method's update
+asks the enforcer, which works, one held layer at a time (:mod:`sparsetrain.sparse.held_layers`), on the active values
 (drop by ``|w|``, pruning by magnitude with the same exact top-k and tie rule, lowest position first) and on row
 blocks of the dense growth score (:func:`~sparsetrain.streaming_topk.topk_positions`). For growth by gradient the
 dense gradient is computed one layer at a time, in row blocks, from the layer's inputs and output gradients kept
@@ -61,7 +62,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch import distributed as dist
 
 from sparsetrain.enforcement import (
     DenseMaskEnforcer,
@@ -73,14 +73,12 @@ from sparsetrain.enforcement import (
 )
 from sparsetrain.masks import FlatMask, LayerSparsity, SparsityReport, random_masks
 from sparsetrain.nm import NMLayout, NMPattern
-from sparsetrain.optim_state import swap_parameter
 from sparsetrain.scores import Growth, growth_scores, warn_no_gradient
 from sparsetrain.selection import Budget, Groups, keep_top
-from sparsetrain.sparse_init import unit_factors
+from sparsetrain.sparse import held_layers
+from sparsetrain.sparse.storage_masks import PackedMasks, SparseMasks, active_positions, as_bool
 from sparsetrain.sparse.trainable import TrainableSparseLinear
-from sparsetrain.streaming_topk import topk_positions
-from sparsetrain.topk import topk_mask
-from sparsetrain.updates import regrow, swap_count
+from sparsetrain.updates import regrow
 
 __all__ = ["AUTO_MAX_DENSITY", "AUTO_MIN_WEIGHTS", "sparse_is_faster", "SparseEnforcer", "SparseMasks",
            "PackedMasks", "distributed_data_parallel"]
@@ -92,12 +90,6 @@ logger = logging.getLogger(__name__)
 AUTO_MAX_DENSITY = 0.3
 #: ... and only with at least this many weights: below it the fixed costs of the sparse kernels dominate.
 AUTO_MIN_WEIGHTS = 1 << 17
-
-#: Scores per row block of a dense growth score (1 MiB of float32): never more of a layer's dense score at once...
-GROWTH_BLOCK = 1 << 18
-#: ... except that a block has at least this many rows, so that the dense gradient's matrix products stay efficient
-#: for very wide layers (64 rows of a 65,536-wide layer: 16 MiB).
-GROWTH_MIN_ROWS = 64
 
 
 def sparse_is_faster(shape: tuple[int, ...], density: float, dtype: torch.dtype, device: torch.device) -> bool:
@@ -125,126 +117,11 @@ def distributed_data_parallel(model: nn.Module, **kwargs: Any) -> nn.parallel.Di
     return nn.parallel.DistributedDataParallel(model, **kwargs)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The masks of sparse storage
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class SparseMasks(Mapping[str, Tensor]):
-    """``sparsifier.masks`` on sparse storage: name -> bool mask, built from a held layer's index set when asked
-    (a new tensor on each access) and the stored mask of a tensor on the masked-dense path."""
-
-    def __init__(self, enforcer: SparseEnforcer) -> None:
-        self._enforcer = enforcer
-
-    def __getitem__(self, name: str) -> Tensor:
-        layer = self._enforcer.layers.get(name)
-        return layer.mask() if layer is not None else self._enforcer.dense_masks[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._enforcer.params)
-
-    def __len__(self) -> int:
-        return len(self._enforcer.params)
-
-    def count(self, name: str) -> int:
-        """Active entries of ``name``, without building its mask."""
-        layer = self._enforcer.layers.get(name)
-        return layer.nnz if layer is not None else int(torch.count_nonzero(self._enforcer.dense_masks[name]))
-
-    def numel(self, name: str) -> int:
-        """Entries of ``name`` (active or not), without building its mask."""
-        return self._enforcer.params[name].numel()
-
-    def positions(self, name: str) -> Tensor:
-        """The active flat positions (int64, increasing) of ``name``."""
-        layer = self._enforcer.layers.get(name)
-        return layer.flat_indices() if layer is not None else _positions(self._enforcer.dense_masks[name])
-
-
-_BIT_VALUES = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
-_COUNT_CHUNK = 1 << 22
-#: A record keeps sorted positions while they take fewer bytes than one bit per entry (int64: 64 bits each).
-_POSITIONS_PER_BIT = 64
-
-
-class PackedMasks(Mapping[str, Tensor]):
-    """name -> bool mask of the positions ever active (``sparsifier.ever_active`` on sparse storage), stored
-    compactly: the sorted positions while they are fewer than one in 64 entries (a very sparse layer, e.g. 99.9%),
-    else one bit per entry (8x smaller than a bool tensor). Positions are only ever added."""
-
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], devices: Mapping[str, torch.device]) -> None:
-        self.shapes = {name: tuple(shape) for name, shape in shapes.items()}
-        self.devices = dict(devices)
-        #: name -> int64 increasing positions, or uint8 packed bits.
-        self.store: dict[str, Tensor] = {name: torch.empty(0, dtype=torch.int64) for name in self.shapes}
-
-    def add(self, name: str, positions: Tensor) -> None:
-        """Mark the flat ``positions`` (int64, increasing) of ``name`` active."""
-        if positions.numel() == 0:
-            return
-        positions = positions.to("cpu")
-        stored = self.store[name]
-        numel = math.prod(self.shapes[name])
-        if stored.dtype == torch.int64:
-            merged = torch.unique(torch.cat([stored, positions]), sorted=True)
-            if merged.numel() * _POSITIONS_PER_BIT < numel:
-                self.store[name] = merged
-                return
-            self.store[name] = torch.zeros(-(-numel // 8), dtype=torch.uint8)
-            positions = merged
-        byte = positions >> 3
-        bit = _BIT_VALUES.index_select(0, positions & 7)
-        bytes_hit, owner = torch.unique_consecutive(byte, return_inverse=True)
-        # Distinct positions set distinct bits of a byte, so their sum is their bitwise or.
-        packed = torch.zeros(bytes_hit.shape[0], dtype=torch.int32).index_add_(0, owner, bit.to(torch.int32))
-        bits = self.store[name]
-        bits[bytes_hit] = bits.index_select(0, bytes_hit) | packed.to(torch.uint8)
-
-    def __getitem__(self, name: str) -> Tensor:
-        stored = self.store[name]
-        if stored.dtype == torch.int64:
-            return FlatMask(self.shapes[name], stored).to_bool(self.devices[name])
-        numel = math.prod(self.shapes[name])
-        unpacked = (stored.unsqueeze(1) & _BIT_VALUES).ne(0).reshape(-1)[:numel]
-        return unpacked.view(self.shapes[name]).to(self.devices[name])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.shapes)
-
-    def __len__(self) -> int:
-        return len(self.shapes)
-
-    def numel(self, name: str) -> int:
-        """Entries of ``name`` (active or not), without unpacking it."""
-        return math.prod(self.shapes[name])
-
-    def count(self, name: str) -> int:
-        """Active entries of ``name``, without unpacking it."""
-        stored = self.store[name]
-        if stored.dtype == torch.int64:
-            return int(stored.numel())
-        return sum(int(_POPCOUNT.index_select(0, stored[i:i + _COUNT_CHUNK].long()).sum())
-                   for i in range(0, stored.shape[0], _COUNT_CHUNK))
-
-
 def _refuse_pattern(pattern: NMPattern | None) -> None:
     """Sparse storage holds unstructured masks only (the sparsifier refuses ``backend='sparse'`` with a pattern)."""
     if pattern is not None:
         raise ValueError(f"pattern='{pattern}' is not allowed on sparse storage: it trains unstructured masks only "
                          "(use backend='dense')")
-
-
-def _positions(mask: Tensor | FlatMask) -> Tensor:
-    """The active flat positions (int64, increasing) of a bool mask or a FlatMask."""
-    if isinstance(mask, FlatMask):
-        return mask.positions
-    return mask.reshape(-1).nonzero().squeeze(1)
-
-
-def _as_bool(mask: Tensor | FlatMask, device: torch.device) -> Tensor:
-    return mask.to_bool(device) if isinstance(mask, FlatMask) else mask
 
 
 class _DenseSource:
@@ -272,7 +149,7 @@ class _DenseGradients(Mapping[str, Tensor]):
 
     def __getitem__(self, name: str) -> Tensor:
         layer = self._enforcer.layers[name]
-        return self._enforcer._gradient_rows(name, slice(0, layer.out_features))
+        return held_layers.gradient_rows(layer, self._enforcer._ready.get(name), slice(0, layer.out_features))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._enforcer._ready)
@@ -401,14 +278,14 @@ class SparseEnforcer(MaskEnforcer):
             for name, layer in self.layers.items():
                 reset = (also_zero or {}).get(name)
                 wanted = masks[name]
-                if reset is not None or not torch.equal(_positions(wanted).to(layer.weight_crow_indices.device),
+                if reset is not None or not torch.equal(active_positions(wanted).to(layer.weight_crow_indices.device),
                                                         layer.flat_indices()):
-                    layer.apply_mask(_as_bool(wanted, self.device(name)), self.optimizer, reset=reset)
+                    layer.apply_mask(as_bool(wanted, self.device(name)), self.optimizer, reset=reset)
         if self.dense is not None:
             if masks is self.view:
                 dense = self.dense_masks
             else:
-                dense = {name: _as_bool(masks[name], self.device(name)) for name in self.dense.params}
+                dense = {name: as_bool(masks[name], self.device(name)) for name in self.dense.params}
             zero = {name: z for name, z in also_zero.items() if name in dense} if also_zero else None
             self.dense_masks = dict(self.dense.apply(dense, also_zero=zero, refresh=refresh))
         self._arm()
@@ -445,7 +322,7 @@ class SparseEnforcer(MaskEnforcer):
         for name in held:
             self._hold(name, masks[name])
         dense_params = {name: param for name, param in self.params.items() if name not in self.layers}
-        self.dense_masks = {name: _as_bool(masks[name], param.device) for name, param in dense_params.items()}
+        self.dense_masks = {name: as_bool(masks[name], param.device) for name, param in dense_params.items()}
         if dense_params:
             self.dense = DenseMaskEnforcer(dense_params, self.optimizer, _DenseSource(self),
                                            mask_gradients=self.mask_gradients, fused_step=self.fused_step)
@@ -461,33 +338,12 @@ class SparseEnforcer(MaskEnforcer):
                     len(self.layers), ", ".join(self.layers) or "-", len(dense_params),
                     ", ".join(f"{name}: {self._why_dense[name]}" for name in dense_params) or "-")
 
-    @torch.no_grad()
     def _hold(self, name: str, mask: Tensor | FlatMask) -> None:
         """Replace the nn.Linear of ``name`` by a TrainableSparseLinear with the active weights of ``mask``."""
         parent, attribute = self._slots[name]
-        linear = getattr(parent, attribute)
-        weight = linear.weight
-        device = torch.device("cpu") if weight.is_meta else weight.device
-        positions = _positions(mask).to(device)
-        bias = linear.bias
-        if weight.is_meta:
-            # nn.Linear's default initialisation (kaiming_uniform_ with a = sqrt(5)), drawn at the active positions.
-            bound = 1.0 / math.sqrt(linear.in_features) if linear.in_features else 0.0
-            values = torch.empty(positions.shape[0], dtype=weight.dtype).uniform_(-bound, bound)
-            if bias is not None:
-                fresh = nn.Parameter(torch.empty(bias.shape, dtype=bias.dtype).uniform_(-bound, bound),
-                                     requires_grad=bias.requires_grad)
-                swap_parameter(self.optimizer, bias, fresh, lambda state: state)
-                bias = fresh
-        else:
-            values = weight.detach().reshape(-1).index_select(0, positions)
-        layer = TrainableSparseLinear(linear.in_features, linear.out_features, positions, values)
-        layer.bias = bias  # the same Parameter object: the optimizer and any reference to it stay valid
-        layer.weight_values.requires_grad_(weight.requires_grad)
-        layer.train(linear.training)
+        weight = getattr(parent, attribute).weight
+        layer = held_layers.hold(getattr(parent, attribute), mask, self.optimizer)
         setattr(parent, attribute, layer)
-        swap_parameter(self.optimizer, weight, layer.weight_values,
-                       lambda state: state.reshape(-1).index_select(0, positions))
         self.params[name] = torch.empty(weight.shape, dtype=weight.dtype, device="meta")
         self.layers[name] = layer
 
@@ -537,7 +393,8 @@ class SparseEnforcer(MaskEnforcer):
         reset: dict[str, Tensor] = {}
         for name in self.params:  # the order of the dense path: random growth draws tensor by tensor
             if name in self.layers:
-                self._drop_and_grow_layer(name, fraction, growth, generator, mode, rounding)
+                held_layers.drop_and_grow_layer(name, self.layers[name], self._ready.get(name), fraction, growth,
+                                                generator, self.optimizer, mode=mode, rounding=rounding)
                 continue
             new, zeroed = regrow({name: masks[name]}, {name: dense_params[name].detach().abs()}, dense_growth,
                                  fraction, mode=mode, rounding=rounding)
@@ -545,67 +402,6 @@ class SparseEnforcer(MaskEnforcer):
             reset.update(zeroed)
         self._ready = {}
         return self.view, reset
-
-    @torch.no_grad()
-    def _drop_and_grow_layer(self, name: str, fraction: float, growth: Growth, generator: torch.Generator,
-                             mode: str, rounding: str) -> None:
-        """:func:`sparsetrain.topk.drop_and_grow` on a held layer: drop among its values, grow over row blocks."""
-        layer = self.layers[name]
-        n_active, numel = layer.nnz, layer.in_features * layer.out_features
-        n_swap = swap_count(fraction, n_active, rounding)
-        if n_swap == 0 or n_active == numel:
-            return
-        n_swap = min(n_swap, n_active)
-        if mode == "forbid":  # only weights inactive before the update may grow
-            n_swap = min(n_swap, numel - n_active)
-        if n_swap == 0:
-            return
-        keep = topk_mask(layer.weight_values.detach().abs(), n_active - n_swap)
-        positions = layer.flat_indices()
-        excluded = positions if mode == "forbid" else positions[keep]
-        grown = topk_positions(self._growth_blocks(name, growth, generator, excluded), n_swap,
-                               absolute=growth != "random")
-        if mode == "keep":  # a weight dropped and grown back in the same update keeps its value and state
-            slot = torch.searchsorted(positions, grown).clamp_(max=positions.numel() - 1)
-            back = positions.index_select(0, slot) == grown
-            keep[slot[back]] = True
-            layer.replace(keep, grown[~back], self.optimizer)
-        else:
-            layer.replace(keep, grown, self.optimizer)
-
-    def _growth_blocks(self, name: str, growth: Growth, generator: torch.Generator,
-                       excluded: Tensor) -> Iterator[tuple[int, Tensor]]:
-        """``(offset, scores)`` over row blocks of a held layer's dense growth score, NaN at ``excluded``."""
-        layer = self.layers[name]
-        n_in, n_out = layer.in_features, layer.out_features
-        rows = max(GROWTH_MIN_ROWS, GROWTH_BLOCK // n_in)
-        dense_score = growth(name) if callable(growth) else None
-        for first in range(0, n_out, rows):
-            last = min(first + rows, n_out)
-            start, end = first * n_in, last * n_in
-            if growth == "gradient":
-                block = self._gradient_rows(name, slice(first, last)).reshape(-1)
-            elif growth == "random":
-                block = torch.rand(end - start, generator=generator).to(layer.weight_values.device)
-            else:
-                block = dense_score.reshape(-1)[start:end].to(torch.float32, copy=True)
-            lo, hi = torch.searchsorted(excluded, torch.tensor([start, end], device=excluded.device)).tolist()
-            block[(excluded[lo:hi] - start).to(block.device)] = float("nan")  # NaN is never chosen
-            yield start, block
-
-    def _gradient_rows(self, name: str, rows: slice) -> Tensor:
-        """Rows of a held layer's dense gradient from the last step's kept passes, averaged over data-parallel
-        ranks (every rank then grows the same positions)."""
-        layer = self.layers[name]
-        pairs = self._ready.get(name)
-        if not pairs:
-            values = layer.weight_values
-            return torch.zeros(rows.stop - rows.start, layer.in_features, dtype=values.dtype, device=values.device)
-        block = layer.dense_grad(rows, pairs)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(block)
-            block.div_(dist.get_world_size())
-        return block
 
     @torch.no_grad()
     def prune(self, masks: Mapping[str, Tensor], wanted: Budget) -> Mapping[str, Tensor]:
@@ -639,7 +435,7 @@ class SparseEnforcer(MaskEnforcer):
             if masks is self.view:
                 record.add(name, self.view.positions(name))
             else:
-                record.add(name, _positions(masks[name]))
+                record.add(name, active_positions(masks[name]))
 
     @torch.no_grad()
     def scale_to_active_fan_in(self, masks: Mapping[str, Tensor | FlatMask]) -> dict[str, float]:
@@ -649,13 +445,9 @@ class SparseEnforcer(MaskEnforcer):
             self._lay_out(masks)
         applied: dict[str, float] = {}
         for name, layer in self.layers.items():
-            if layer.nnz == layer.in_features * layer.out_features:
-                continue
-            active = layer.weight_crow_indices.diff().long()
-            factors, applied[name] = unit_factors(active, layer.in_features, layer.weight_values.dtype)
-            layer.weight_values.mul_(torch.repeat_interleave(factors.to(layer.weight_values.device),
-                                                             active.to(layer.weight_values.device),
-                                                             output_size=layer.nnz))
+            factor = held_layers.scale_to_active_fan_in(layer)
+            if factor is not None:
+                applied[name] = factor
         if self.dense is not None:
             applied.update(self.dense.scale_to_active_fan_in(self.dense_masks))
         return {name: applied[name] for name in self.params if name in applied}
@@ -680,17 +472,9 @@ class SparseEnforcer(MaskEnforcer):
         for name in list(self.layers):
             layer = self.layers.pop(name)
             parent, attribute = self._slots[name]
-            positions = layer.flat_indices()
-            shape = (layer.out_features, layer.in_features)
-            linear = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
-            linear.weight = nn.Parameter(layer.dense_weight(), requires_grad=layer.weight_values.requires_grad)
-            linear.bias = layer.bias
-            linear.train(layer.training)
+            linear, result[name] = held_layers.release(layer, self.optimizer)
             setattr(parent, attribute, linear)
-            swap_parameter(self.optimizer, layer.weight_values, linear.weight,
-                           lambda state: state.new_zeros(math.prod(shape)).index_copy_(0, positions, state).view(shape))
             self.params[name] = linear.weight
-            result[name] = FlatMask(shape, positions).to_bool(positions.device)
         if self.dense is not None:
             result.update(self.dense.export(self.dense_masks))
         return {name: result[name] for name in self.params}
