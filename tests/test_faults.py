@@ -83,3 +83,16 @@ def test_a_damaged_summary_is_a_warning_and_report_and_plot_go_on_with_the_other
     assert (intact / "curves.png").exists() and not (damaged / "curves.png").exists()
     assert Path("runs/accuracy_vs_sparsity.png").exists()
     assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+    # a damaged config.yaml in a finished run whose summary does not carry its recipe (written by an earlier
+    # version): the run is reported, its recipe unknown, and said so
+    summary = json.loads((intact / "summary.json").read_text())
+    del summary["recipe"]
+    (intact / "summary.json").write_text(json.dumps(summary))
+    (intact / "config.yaml").write_text("model: {name: [\n")
+    capsys.readouterr()
+    caplog.clear()
+    assert main(["report", "--runs-dir", "runs", "--format", "csv"]) == 0
+    (row,) = capsys.readouterr().out.splitlines()[1:]
+    assert ",1," in row
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "recipe" in r.getMessage()]
+    assert warning.startswith(f"{intact}: recipe unknown (shown as -): {intact}/config.yaml: not valid YAML")

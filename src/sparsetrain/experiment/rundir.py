@@ -160,7 +160,8 @@ class RunDir:
             return summary["recipe"]
         try:
             return self.read_config().dense_baseline().config_hash()
-        except ConfigError:
+        except ConfigError as exc:
+            logger.warning("%s: recipe unknown (shown as -): %s", self.path, exc)
             return None
 
     def read_metrics(self) -> list[dict[str, Any]]:
