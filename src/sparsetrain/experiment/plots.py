@@ -160,6 +160,19 @@ def _step_edges(events: Sequence[TopologyEvent], total_steps: int | None) -> lis
     return [*steps, end]
 
 
+def _layer_series(events: Sequence[TopologyEvent], key: str) -> dict[str, list[float]]:
+    """Each layer's ``key`` (a :class:`~sparsetrain.topology.LayerTopology` field) at every event, NaN where an event
+    leaves the layer out; the layers are those of the first event.
+
+    Raises:
+        ValueError: no events.
+    """
+    if not events:
+        raise ValueError("events must hold at least one topology event, got none")
+    return {name: [getattr(e.layers[name], key) if name in e.layers else float("nan") for e in events]
+            for name in events[0].layers}
+
+
 def plot_topology(events: Sequence[TopologyEvent], path: str | Path, *, total_steps: int | None = None,
                   title: str = "") -> Path:
     """Per-layer density (top) and churn (bottom) at every topology update, as heatmaps over optimizer steps.
@@ -176,17 +189,15 @@ def plot_topology(events: Sequence[TopologyEvent], path: str | Path, *, total_st
     Raises:
         ValueError: no events.
     """
-    if not events:
-        raise ValueError("events must hold at least one topology event, got none")
-    names = list(events[0].layers)
+    density, churn = _layer_series(events, "density"), _layer_series(events, "churn")
+    names = list(density)
     edges = _step_edges(events, total_steps)
     rows = range(len(names) + 1)
     fig = _figure((FIGSIZE[0], max(FIGSIZE[1], 2.0 + 0.5 * len(names))))
     density_ax, churn_ax = fig.subplots(2, 1, sharex=True)
-    for ax, key, label, cmap in ((density_ax, "density", "density", "viridis"),
-                                 (churn_ax, "churn", "churn (1 - IoU)", "magma")):
-        grid = [[getattr(e.layers[n], key) if n in e.layers else float("nan") for e in events] for n in names]
-        mesh = ax.pcolormesh(edges, list(rows), grid, cmap=cmap, shading="flat", vmin=0.0)
+    for ax, series, label, cmap in ((density_ax, density, "density", "viridis"),
+                                    (churn_ax, churn, "churn (1 - IoU)", "magma")):
+        mesh = ax.pcolormesh(edges, list(rows), list(series.values()), cmap=cmap, shading="flat", vmin=0.0)
         ax.set_yticks([i + 0.5 for i in range(len(names))], names, fontsize=7)
         ax.invert_yaxis()  # the first layer on top
         ax.set(ylabel="sparsified tensor", title=f"{label} per layer after each topology update")
@@ -213,14 +224,12 @@ def plot_itop(events: Sequence[TopologyEvent], path: str | Path, *, title: str =
     Raises:
         ValueError: no events.
     """
-    if not events:
-        raise ValueError("events must hold at least one topology event, got none")
+    layers = _layer_series(events, "itop")
     fig = _figure()
     ax = fig.subplots()
     steps = [e.step for e in events]
-    for name in events[0].layers:
-        ax.plot(steps, [e.layers[name].itop if name in e.layers else float("nan") for e in events], linewidth=0.8,
-                alpha=0.6, label=name)
+    for name, values in layers.items():
+        ax.plot(steps, values, linewidth=0.8, alpha=0.6, label=name)
     ax.plot(steps, [e.itop for e in events], color="black", linewidth=2.2, marker=".", label="ITOP rate (all)")
     ax.plot(steps, [e.density for e in events], color="black", linestyle="--", linewidth=1.2, label="density (all)")
     ax.set(xlabel="optimizer step", ylabel="fraction of the sparsified weights", ylim=(0, 1.05),

@@ -19,7 +19,8 @@ from ..masks import select_prunable
 from ..optim_state import state_tensors
 from ..sparsifier import Sparsifier
 
-__all__ = ["resolve_method", "unwrap_optimizer", "check_total_steps", "build_sparsifier", "weight_summaries"]
+__all__ = ["resolve_method", "adapter_method", "unwrap_optimizer", "check_total_steps", "build_sparsifier",
+           "weight_summaries"]
 
 
 def resolve_method(method: str | type[Sparsifier]) -> type[Sparsifier]:
@@ -38,6 +39,26 @@ def resolve_method(method: str | type[Sparsifier]) -> type[Sparsifier]:
     if isinstance(method, type) and issubclass(method, Sparsifier):
         return method
     raise TypeError(f"method must be a method name or a Sparsifier subclass, got {method!r}")
+
+
+def adapter_method(method: str | type[Sparsifier], total_steps: int | None,
+                   options: Mapping[str, Any]) -> type[Sparsifier]:
+    """The method class of an adapter, once the adapter's own arguments are checked.
+
+    Args:
+        method: a name of ``sparsetrain.METHODS`` or a Sparsifier subclass (:func:`resolve_method`).
+        total_steps: the ``total_steps`` argument, or None to find it from the framework later.
+        options: the method's keyword arguments; ``sparsity`` must be among them.
+
+    Raises:
+        ValueError / TypeError: an unknown method, no ``sparsity``, or a ``total_steps`` that is not > 0.
+    """
+    cls = resolve_method(method)
+    if "sparsity" not in options:
+        raise ValueError("sparsity=... is required (the final sparsity in [0, 1))")
+    if total_steps is not None:
+        check_total_steps(total_steps, "the total_steps argument")
+    return cls
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:

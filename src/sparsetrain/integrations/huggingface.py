@@ -54,7 +54,7 @@ except ImportError as err:  # pragma: no cover - depends on what is installed
 from ..checkpoint_io import load_checkpoint, save_checkpoint
 from ..sparsifier import Sparsifier
 from ..topology import TopologyEvent
-from ._common import build_sparsifier, check_total_steps, resolve_method, unwrap_optimizer, weight_summaries
+from ._common import adapter_method, build_sparsifier, check_total_steps, unwrap_optimizer, weight_summaries
 
 __all__ = ["SparsifierTrainerCallback", "STATE_FILE"]
 
@@ -94,11 +94,7 @@ class SparsifierTrainerCallback(TrainerCallback):
         log_metrics: bool = True,
         **options: Any,
     ) -> None:
-        self.method = resolve_method(method)
-        if "sparsity" not in options:
-            raise ValueError("sparsity=... is required (the final sparsity in [0, 1))")
-        if total_steps is not None:
-            check_total_steps(total_steps, "the total_steps argument")
+        self.method = adapter_method(method, total_steps, options)
         self.total_steps = total_steps
         self.resume_from = Path(resume_from) if resume_from is not None else None
         self.options = {"sparse_init": "none", **options}

@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
 
 from ..sparsifier import Sparsifier
 from ..topology import TopologyEvent
-from ._common import build_sparsifier, check_total_steps, resolve_method, unwrap_optimizer, weight_summaries
+from ._common import adapter_method, build_sparsifier, check_total_steps, unwrap_optimizer, weight_summaries
 
 __all__ = ["SparsifierCallback"]
 
@@ -83,11 +83,7 @@ class SparsifierCallback(pl.Callback):
         **options: Any,
     ) -> None:
         super().__init__()
-        self.method = resolve_method(method)
-        if "sparsity" not in options:
-            raise ValueError("sparsity=... is required (the final sparsity in [0, 1))")
-        if total_steps is not None:
-            check_total_steps(total_steps, "the total_steps argument")
+        self.method = adapter_method(method, total_steps, options)
         if isinstance(optimizer_index, bool) or not isinstance(optimizer_index, int) or optimizer_index < 0:
             raise ValueError(f"optimizer_index={optimizer_index!r} is not allowed: it must be an int >= 0")
         self.total_steps = total_steps
