@@ -18,12 +18,13 @@ directory, continuing the same tracker run when the run resumes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,7 +37,7 @@ from .rundir import RunDir
 from .tracking import RunTracker, histogram_scalars
 
 __all__ = ["LOGGERS", "RunLogger", "TensorBoardLogger", "MLflowLogger", "open_logger", "open_tracker",
-           "check_installed", "discard_logs"]
+           "tracking_session", "check_installed", "discard_logs"]
 
 logger = logging.getLogger(__name__)
 
@@ -301,3 +302,16 @@ def discard_logs(run: RunDir) -> None:
     id, so that the restarted run gets a new MLflow run (the old one stays in the store)."""
     shutil.rmtree(run.path / _TENSORBOARD_DIR, ignore_errors=True)
     (run.path / _MLFLOW_RUN_ID).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def tracking_session(kinds: Sequence[str], run: RunDir, config: Mapping[str, Any], *, resume_step: int | None = None,
+                     runs_dir: str | Path | None = None) -> Iterator[RunTracker]:
+    """The tracker of :func:`open_tracker`, open for one training session with ``config`` logged as its
+    hyperparameters, and closed however the session ends."""
+    tracker = open_tracker(kinds, run, resume_step=resume_step, runs_dir=runs_dir)
+    try:
+        tracker.log_config(config)
+        yield tracker
+    finally:
+        tracker.close()

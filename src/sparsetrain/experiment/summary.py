@@ -1,23 +1,30 @@
-"""The summary of a finished run (``summary.json``, written last)."""
+"""The end of a run: its final masks (``masks.pt``, checked equal on every rank), plots and summary.
+
+``summary.json`` is written last: it marks the run finished, and a finished run is never retrained.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from sparsetrain.analysis.flops import dense_gradient_steps, run_flops
+from sparsetrain.checkpoint_io import save_checkpoint
+from sparsetrain.distributed import assert_masks_identical, masks_checksum
 from sparsetrain.itop import itop_by_layer
 
+from .branch import read_branch_record
 from .build import Experiment
-from .config import DENSE
+from .config import DENSE, ExperimentConfig
 from .metrics import best_by, best_epoch, write_summary
-from .rundir import RunDir
-from .trace import DensityTrace, run_report
+from .rundir import RunDir, dense_reference
+from .trace import DensityTrace, run_masks, run_report
 
-__all__ = ["run_summary", "write_run_outputs"]
+__all__ = ["finish_run", "run_summary", "write_run_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,3 +106,39 @@ def write_run_outputs(run: RunDir, summary: dict[str, Any], records: Sequence[Ma
     write_summary(run.summary_file, summary)
     logger.info("%s finished: final test acc %s, sparsity %.4f", run.name, summary["final_acc"], summary["sparsity"])
 
+
+def finish_run(exp: Experiment, run: RunDir, config: ExperimentConfig, *, runs_dir: Path | None,
+               trace: DensityTrace, elapsed: Callable[[], float], resumed: bool, branched: bool,
+               plots: bool) -> dict[str, Any]:
+    """Finish a trained run: ``masks.pt``, the plots and ``summary.json`` (rank 0 writes; a collective call).
+
+    Args:
+        exp: the run's experiment (after its last step).
+        run: its directory; config: its config.
+        runs_dir: where its dense baseline is looked up (None: not looked up; nor for a dense run).
+        trace: its density trace.
+        elapsed: the training wall time over every session, read when the summary is made.
+        resumed: whether a session resumed a checkpoint; branched: whether the run is a branch (``branch.json``).
+        plots: write the PNG plots.
+
+    Returns:
+        The summary dict.
+
+    Raises:
+        MaskDivergenceError: the ranks of a data-parallel run hold different masks.
+    """
+    par = exp.parallel
+    masks = run_masks(exp)
+    # The final cross-rank check; each rank logs its own checksum (equal to that of masks.pt).
+    checksum = assert_masks_identical(masks, group=par.control) if par.distributed else masks_checksum(masks)
+    logger.info("%s: rank %d of %d: final masks checksum %s", run.name, par.rank, par.world_size, checksum)
+    if par.is_main:
+        save_checkpoint(masks, run.masks_file)
+    records = run.read_metrics()
+    dense = dense_reference(runs_dir, config) if runs_dir is not None and config.sparse.method != DENSE else None
+    summary = run_summary(exp, run, masks=masks, checksum=checksum, records=records, trace=trace,
+                          density_history=trace.history(), wall_time=elapsed(), resumed=resumed, dense=dense,
+                          branch=read_branch_record(run) if branched else None)
+    if par.is_main:
+        write_run_outputs(run, summary, records, plots=plots)
+    return summary

@@ -5,30 +5,22 @@ The loop is the library's two-line contract in a plain PyTorch loop: ``optimizer
 on the validation and test splits after every epoch; a checkpoint after every epoch and, on SIGINT/SIGTERM (see
 :mod:`.signals`), after the current step, holding every part of the run's state (:mod:`.run_state`), so a resume
 continues the very same computation (on CPU the final masks and metrics are bit-identical); at the end
-``masks.pt``, the plots and ``summary.json`` (written last: it marks the run finished, and a finished run is never
-retrained).
+``masks.pt``, the plots and ``summary.json``, which marks the run finished (:mod:`.summary`).
 
 Every study is such a run. A run may start from parts of another run's checkpoint and/or given weights (a
 :class:`~.branch.Branch`: lottery levels and their controls, plasticity cells, replays), keep full checkpoints at
 requested steps or epochs (``checkpoints/step_<n>.pt``, never rotated, readable as branch sources), stop early
 without finishing (:meth:`Trainer.fit_until`), and give its checkpoint at any step with the least training
-(:meth:`Trainer.checkpoint_at`: a run past that step is replayed from its nearest earlier checkpoint).
+(:meth:`Trainer.checkpoint_at`; a run past that step is replayed, see :mod:`.replay`).
 
-What the topology does is recorded as it happens: every topology update appends one line to ``topology.jsonl``
-(:mod:`.topology_log`), and with ``train.log`` the run's figures also go to TensorBoard and/or MLflow
-(:mod:`.tracking`: scalars per step, topology figures per update, epoch metrics and weight histograms per epoch,
-the config as hyperparameters); a resumed run continues the same logs.
+What the topology does is recorded as it happens: one line of ``topology.jsonl`` per update
+(:mod:`.topology_log`), and with ``train.log`` the run's figures go to TensorBoard and/or MLflow (:mod:`.tracking`);
+a resumed run continues the same logs.
 
-One process per run: the process that trains a run holds an OS-level lock on its directory (see :mod:`.lock`)
-from before its first write until it is done; a second process on the same run raises
-:class:`~.lock.DirectoryLocked` naming the holder's PID and writes nothing. The kernel drops the lock of a killed
-process, so a resume is never blocked.
-
-Crash safety: every file is written atomically (temporary file, fsync, rename), the checkpoint keeps its
-predecessor as ``checkpoint.prev.pt``, and a resume truncates ``metrics.jsonl`` to the checkpointed epochs and
-``topology.jsonl`` to the checkpointed step, so a run killed at any moment (SIGKILL included) resumes to the same
-masks and metrics as an uninterrupted one. A
-checkpoint that cannot be read is reported in one warning naming the file, set aside as ``checkpoint.bad.pt``,
+One process per run, and crash safety: the run directory is locked from before the first write until the run is
+done, and put in order before each session's first step (:mod:`.run_setup`: leftovers of a crash removed, logs
+truncated to the checkpoint a resume starts from). The checkpoint keeps its predecessor as ``checkpoint.prev.pt``;
+a checkpoint that cannot be read is reported in one warning naming the file, set aside as ``checkpoint.bad.pt``,
 and the run resumes from ``checkpoint.prev.pt``. Anything wrong with the inputs of a resume (an unreadable or
 foreign checkpoint, a different config or branch) raises before a file is touched.
 
@@ -36,7 +28,6 @@ Data parallel (under torchrun, see :mod:`.parallel`): every rank runs this loop 
 gradients; evaluation is split across ranks and summed; after every topology update the ranks compare mask
 checksums (:func:`sparsetrain.distributed.assert_masks_identical`); only rank 0 writes files, and the other
 ranks wait for it where they would read them. SIGINT/SIGTERM on any rank stops every rank at the same step.
-There is no gradient accumulation: one minibatch, one optimizer step.
 """
 
 from __future__ import annotations
@@ -44,8 +35,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
-import shutil
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -54,29 +43,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsetrain.atomic import remove_temp_files, replace_durably, sync_file, write_text
+from sparsetrain.atomic import sync_file
 from sparsetrain.checkpoint_io import CheckpointError, save_checkpoint
-from sparsetrain.distributed import assert_masks_identical, masks_checksum
-from sparsetrain.itop import itop_by_layer
+from sparsetrain.distributed import assert_masks_identical
 from sparsetrain.topology import TopologyEvent
 
-from .branch import Branch, check_branch_record, read_branch_record, start_branch, write_branch_record
+from .branch import Branch, read_branch_record, start_branch
 from .build import Experiment, attach_sparsifier, build_experiment, sparsifier_step
+from .callback import TrainerCallback
 from .checkpoint import capture_rng, restore_rng
-from .config import DENSE, ConfigError, ExperimentConfig
-from .loggers import check_installed, discard_logs, open_tracker
-from .lock import DirectoryLock, DirectoryLocked
-from .metrics import RunningSums, append_metrics, evaluate, truncate_metrics
-from .rundir import RunDir, dense_reference
+from .config import ConfigError, ExperimentConfig
+from .epoch import epoch_record, optimizer_step
+from .loggers import tracking_session
+from .lock import DirectoryLock
+from .metrics import RunningSums, append_metrics
+from .rundir import RunDir
+from .replay import replay_to_step
+from .run_setup import check_run_dir, check_trackers, hold_run_lock, prepare_run_dir
 from .run_state import (
     CHECKPOINT_VERSION,
-    DAMAGED_CHECKPOINT,
     EVERYTHING,
     check_counts,
     check_resumable,
     kept_steps,
     loop_state,
-    nearest_checkpoint,
     object_state,
     plan_start,
     read_run_checkpoint,
@@ -84,32 +74,14 @@ from .run_state import (
     step_at,
 )
 from .signals import StopRequest, TrainingInterrupted
-from .summary import run_summary, write_run_outputs
-from .topology_log import append_event, truncate_events
+from .summary import finish_run
+from .topology_log import append_event
 from .trace import DensityTrace, run_masks, run_report, run_weights
 from .tracking import RunTracker
 
 __all__ = ["Trainer", "TrainerCallback", "CHECKPOINT_VERSION"]
 
 logger = logging.getLogger(__name__)
-
-REPLAY_DIR = "replay"
-
-
-class TrainerCallback:
-    """Hooks for a progress display; every method is optional. The trainer never prints."""
-
-    def on_start(self, trainer: Trainer) -> None:
-        """Training (re)starts at ``trainer.step`` of ``trainer.total_steps``."""
-
-    def on_step(self, trainer: Trainer) -> None:
-        """After every optimizer step (``trainer.running()`` gives loss, accuracy and sparsity)."""
-
-    def on_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        """After every epoch's evaluation, with its metrics record."""
-
-    def on_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
-        """After the summary is written."""
 
 
 class Trainer:
@@ -200,23 +172,10 @@ class Trainer:
             CheckpointError: the branch's source cannot be read.
         """
         if self.exp is None:
-            for kind in self.config.train.log:
-                try:
-                    check_installed(kind)
-                except ImportError as exc:
-                    raise ConfigError(f"train.log={self.config.train.log!r}: {exc}") from None
-            self._check_run_dir()
+            check_trackers(self.config)
+            check_run_dir(self.run, self.config, self.branch)
             self._build(source=not (self.run.checkpoint_file.exists() or self.run.previous_checkpoint_file.exists()))
         return self.exp
-
-    def _check_run_dir(self) -> None:
-        """The run directory, if it exists, must hold this config and this branch (or none)."""
-        if self.run.config_file.exists():
-            saved = self.run.read_config()
-            if saved.non_default() != self.config.non_default():
-                raise ConfigError(f"{self.run.path} holds a different config (hash collision?); move it away "
-                                  "or use another --runs-dir")
-        check_branch_record(self.run, self.branch)
 
     def _build(self, source: bool) -> None:
         """Build the run at step 0; a branch's source is built in unless a resume will replace every part."""
@@ -258,7 +217,7 @@ class Trainer:
         """
         finished = self.run.read_summary()
         if finished is not None:
-            self._check_run_dir()
+            check_run_dir(self.run, self.config, self.branch)
             return finished
         with self.locked():
             finished = self.run.read_summary()  # another process may have finished it while we waited to lock
@@ -300,9 +259,7 @@ class Trainer:
             if self.step > target:
                 raise ValueError(f"{self.run.path} is at step {self.step}, past step {target}: checkpoint_at(step="
                                  f"{target}) replays it")
-            self._loop(until=target)
-            if self._saved_step != self.step:
-                self._save_checkpoint()
+            self._train_until(target)
         return self.step
 
     def checkpoint_at(self, *, step: int | None = None, epoch: int | None = None) -> Path:
@@ -312,9 +269,7 @@ class Trainer:
         * the run has not reached step n (new, or interrupted before it): the run itself trains on to n, keeps
           the checkpoint there and stops (:meth:`fit_until`); a later :meth:`fit` continues from n.
         * the run is past n (finished, or interrupted later): it is replayed in ``<run>/replay/`` from its nearest
-          checkpoint at or before n (a kept one, or ``checkpoint(.prev).pt``; a full restore continues
-          bit-identically on CPU), or from its start (step 0, or its branch) when it has none; the replay's
-          checkpoint at n is moved to ``checkpoints/step_<n>.pt`` and the replay directory removed.
+          checkpoint at or before n, or from its start, and the replay's checkpoint at n is kept (:mod:`.replay`).
 
         Args:
             step / epoch: which state (exactly one).
@@ -338,9 +293,7 @@ class Trainer:
             if self.run.read_summary() is None:
                 self._open(restart=False)
                 if self.step <= target:
-                    self._loop(until=target)
-                    if self._saved_step != self.step:
-                        self._save_checkpoint()
+                    self._train_until(target)
                     return kept
             return self._replay(target)
 
@@ -353,39 +306,26 @@ class Trainer:
         Raises:
             DirectoryLocked: another process trains this run (on every rank).
         """
-        par = self.prepare().parallel
-        refused = None
-        if par.is_main:
-            try:
-                self._lock.acquire()
-            except DirectoryLocked as exc:
-                refused = str(exc)
-        refused = par.broadcast(refused)
-        if refused is not None:
-            raise DirectoryLocked(refused)
-        try:
+        with hold_run_lock(self._lock, self.prepare().parallel):
             yield
-        finally:
-            if par.is_main:
-                self._lock.release()
+
+    def _train_until(self, target: int) -> None:
+        """Train the opened session to step ``target`` and leave it checkpointed there."""
+        self._loop(until=target)
+        if self._saved_step != self.step:
+            self._save_checkpoint()
 
     def _replay(self, target: int) -> Path:
         """Replay this run up to ``target`` from its nearest checkpoint (see :meth:`checkpoint_at`)."""
-        nearest = nearest_checkpoint(self.run, target)
-        branch = Branch(checkpoint=nearest[1]) if nearest is not None else self.branch
-        where = self.run.path / REPLAY_DIR
-        shutil.rmtree(where, ignore_errors=True)  # a replay cut short is started again (it is short)
-        logger.info("%s: replaying from step %d to keep the checkpoint at step %d", self.run.name,
-                    nearest[0] if nearest is not None else 0, target)
-        # a replay reproduces a state; it logs nothing to the trackers (its topology.jsonl goes with its directory)
-        replay = Trainer(self.config.with_overrides({"train.log": []}), run_dir=where, branch=branch,
-                         keep_steps=(target,), callback=self.callback, plots=False)
-        replay.fit_until(step=target)
-        kept = self.run.kept_checkpoint(target)
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        replace_durably(replay.run.kept_checkpoint(target), kept)
-        shutil.rmtree(where, ignore_errors=True)
-        return kept
+
+        def train_to(where: Path, branch: Branch | None) -> Path:
+            # a replay reproduces a state; it logs nothing to the trackers (its topology.jsonl goes with its dir)
+            replay = Trainer(self.config.with_overrides({"train.log": []}), run_dir=where, branch=branch,
+                             keep_steps=(target,), callback=self.callback, plots=False)
+            replay.fit_until(step=target)
+            return replay.run.kept_checkpoint(target)
+
+        return replay_to_step(self.run, target, self.branch, train_to)
 
     def _open(self, restart: bool) -> None:
         """Set up training: resume from the run's checkpoint, or start fresh (step 0, or the branch's start)."""
@@ -406,28 +346,8 @@ class Trainer:
         if kind == "resume":
             self._load(state if state is not None else read_run_checkpoint(Path(detail)), Path(detail))
         if par.is_main:
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            remove_temp_files(self.run.path)  # left by writes a crash cut short
-            if self.run.checkpoints_dir.is_dir():
-                remove_temp_files(self.run.checkpoints_dir)
-            for bad in self._damaged:
-                os.replace(bad, self.run.path / DAMAGED_CHECKPOINT)
-            if kind != "resume" and self.branch is not None:
-                assert self._branch_start is not None  # written before config.yaml: a branch never lacks it
-                write_branch_record(self.run, {"source": self.branch.identity(self.run.path), **self._branch_start})
-            write_text(self.config.to_yaml(), self.run.config_file)
-            if kind == "resume":
-                kept = truncate_metrics(self.run.metrics_file, self.epoch)
-                truncate_events(self.run.topology_file, self.step)
-                logger.info("resuming %s at step %d (epoch %d, %d metric records)", self.run.name, self.step,
-                            self.epoch, kept)
-            else:
-                # A restart forgets the old run at once: a crash before the first new checkpoint must not resume it.
-                for old in (self.run.checkpoint_file, self.run.previous_checkpoint_file, self.run.metrics_file,
-                            self.run.topology_file):
-                    old.unlink(missing_ok=True)
-                shutil.rmtree(self.run.checkpoints_dir, ignore_errors=True)
-                discard_logs(self.run)
+            prepare_run_dir(self.run, self.config, resume=kind == "resume", step=self.step, epoch=self.epoch,
+                            damaged=self._damaged, branch=self.branch, branch_start=self._branch_start)
         if kind != "resume":
             self._begin()
         par.barrier()
@@ -475,16 +395,14 @@ class Trainer:
     @contextlib.contextmanager
     def _tracking(self) -> Iterator[None]:
         """The loggers of ``train.log`` (rank 0), open for one training session and closed however it ends."""
-        exp = self.exp
-        assert exp is not None
-        kinds = self.config.train.log if exp.parallel.is_main else []
-        self._tracker = open_tracker(kinds, self.run, resume_step=self.resumed_from, runs_dir=self.runs_dir)
+        assert self.exp is not None
+        kinds = self.config.train.log if self.exp.parallel.is_main else []
         try:
-            self._tracker.log_config(self.config.to_dict())
-            yield
+            with tracking_session(kinds, self.run, self.config.to_dict(), resume_step=self.resumed_from,
+                                  runs_dir=self.runs_dir) as self._tracker:
+                yield
         finally:
-            tracker, self._tracker = self._tracker, RunTracker()
-            tracker.close()
+            self._tracker = RunTracker()
 
     def _record_topology(self, event: TopologyEvent) -> None:
         """A topology update of this run (rank 0): one line of topology.jsonl, and its figures to the loggers."""
@@ -521,26 +439,8 @@ class Trainer:
     def _train_step(self, inputs: Tensor, targets: Tensor) -> None:
         exp = self.exp
         assert exp is not None
-        inputs = inputs.to(exp.device, non_blocking=True)
-        targets = targets.to(exp.device, non_blocking=True)
-        exp.optimizer.zero_grad(set_to_none=True)
-        with exp.autocast():
-            logits = exp.train_model(inputs)
-            loss = exp.loss_fn(logits, targets)
-        clip = exp.config.optim.grad_clip
-        self._lr = float(exp.optimizer.param_groups[0]["lr"])
-        if exp.scaler is not None:
-            exp.scaler.scale(loss).backward()
-            if clip is not None:
-                exp.scaler.unscale_(exp.optimizer)
-                torch.nn.utils.clip_grad_norm_(exp.model.parameters(), clip)
-            exp.scaler.step(exp.optimizer)
-            exp.scaler.update()
-        else:
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(exp.model.parameters(), clip)
-            exp.optimizer.step()
+        self._lr = float(exp.optimizer.param_groups[0]["lr"])  # the schedule moves it after the step
+        loss, logits = optimizer_step(exp, inputs, targets)
         self.step += 1
         self._batch_in_epoch += 1
         if exp.sparsifier is not None and sparsifier_step(exp):
@@ -555,18 +455,8 @@ class Trainer:
         exp = self.exp
         assert exp is not None
         self.epoch += 1
-        exp.parallel.sync_buffers(exp.model)  # evaluate rank 0's model everywhere (batch-norm statistics)
-        val_loss, val_acc = evaluate(exp, exp.val_loader)
-        test_loss, test_acc = evaluate(exp, exp.test_loader)
-        train_loss, train_acc = self._running.means(exp.parallel)
-        record = {
-            "epoch": self.epoch, "step": self.step, "train_loss": train_loss, "train_acc": train_acc,
-            "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "sparsity": self.measured_sparsity(), "mask_sparsity": self._sparsity, "lr": self._lr,
-            "itop_rate": exp.sparsifier.itop_rate() if exp.sparsifier is not None else None,
-            "itop_layers": itop_by_layer(exp.sparsifier.ever_active if exp.sparsifier is not None else None),
-            "time": self.elapsed(),
-        }
+        record = epoch_record(exp, self._running, epoch=self.epoch, step=self.step, mask_sparsity=self._sparsity,
+                              lr=self._lr, elapsed=self.elapsed)
         if exp.parallel.is_main:
             append_metrics(self.run.metrics_file, record)
             self._tracker.log_epoch(record, *run_weights(exp))
@@ -584,9 +474,6 @@ class Trainer:
         """Sparsity measured from the weights of the sparsified tensors (the prunable ones for dense runs)."""
         assert self.exp is not None
         return run_report(self.exp).sparsity
-
-    def _density_history(self) -> list[tuple[int, dict[str, float]]]:
-        return self._trace.history()
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:
@@ -667,22 +554,7 @@ class Trainer:
 
     # -- the end -------------------------------------------------------------------------------------------------
     def _finish(self) -> dict[str, Any]:
-        exp = self.exp
-        assert exp is not None
-        par = exp.parallel
-        masks = run_masks(exp)
-        # The final cross-rank check; each rank logs its own checksum (equal to that of masks.pt).
-        checksum = assert_masks_identical(masks, group=par.control) if par.distributed else masks_checksum(masks)
-        logger.info("%s: rank %d of %d: final masks checksum %s", self.run.name, par.rank, par.world_size, checksum)
-        if par.is_main:
-            save_checkpoint(masks, self.run.masks_file)
-        records = self.run.read_metrics()
-        dense = (dense_reference(self.runs_dir, self.config)
-                 if self.runs_dir is not None and self.config.sparse.method != DENSE else None)
-        summary = run_summary(exp, self.run, masks=masks, checksum=checksum, records=records, trace=self._trace,
-                              density_history=self._density_history(), wall_time=self.elapsed(),
-                              resumed=self.resumed_from is not None, dense=dense,
-                              branch=read_branch_record(self.run) if self.branch is not None else None)
-        if par.is_main:
-            write_run_outputs(self.run, summary, records, plots=self.plots)
-        return summary
+        assert self.exp is not None
+        return finish_run(self.exp, self.run, self.config, runs_dir=self.runs_dir, trace=self._trace,
+                          elapsed=self.elapsed, resumed=self.resumed_from is not None,
+                          branched=self.branch is not None, plots=self.plots)
