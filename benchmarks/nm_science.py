@@ -87,7 +87,7 @@ def run_config(bench: str, method: str, pattern: str | None, sparsity: float, se
         if DENSE_UNDER_PATTERN[bench]:
             options["sparsity_overrides"] = {n: 0.0 for n in DENSE_UNDER_PATTERN[bench]}
     overrides.update({"sparse.method": name, "sparse.options": options})
-    return ExperimentConfig().with_overrides(overrides).canonical()
+    return ExperimentConfig().with_overrides(overrides).pinned_storage().canonical()
 
 
 def cells(seeds: list[int], epochs: int = EPOCHS) -> list[Cell]:

@@ -22,6 +22,7 @@ from sparsetrain.enforcement import DenseMaskEnforcer
 from sparsetrain.masks import FlatMask, random_masks
 from sparsetrain.sparse import TrainableSparseLinear
 from sparsetrain.sparse import held_layers
+from sparsetrain.sparse import storage_masks
 from sparsetrain.sparse.backend import PackedMasks, SparseEnforcer, SparseMasks, sparse_is_faster
 
 STEPS = 24
@@ -277,7 +278,9 @@ def test_the_dense_gradient_is_kept_only_for_steps_that_read_it_and_walked_one_l
         assert all(layer._grad_inputs.pairs == [] for layer in layers) and sp.enforcer._ready == {}
 
 
-def test_random_masks_in_blocks_are_the_dense_ones_and_packed_masks_count_like_bool_ones():
+@pytest.mark.parametrize("chunk", [1 << 16, 7])  # 7: bits set over many small passes (a large layer's update)
+def test_random_masks_in_blocks_are_the_dense_ones_and_packed_masks_count_like_bool_ones(chunk, monkeypatch):
+    monkeypatch.setattr(storage_masks, "_SET_CHUNK", chunk)
     params = {"a": torch.empty(300, 70, device="meta"), "b": torch.zeros(33, 20), "c": torch.empty(1000, 90)}
     for scope, distribution in (("layer", "erk"), ("global", "uniform")):
         dense = random_masks(params | {"a": torch.empty(300, 70)}, 0.9, distribution,

@@ -22,12 +22,33 @@ def sparse_config(**extra):
     return tiny("granet", **{"sparse.backend": "sparse", "sparse.options.initial_sparsity": 0.5, **extra})
 
 
-def test_the_backend_is_part_of_the_run_identity_only_when_not_the_default():
-    default = tiny("rigl")
-    assert default.sparse.backend == "dense" and "sparse.backend" not in default.non_default()
-    for backend in ("sparse", "auto"):
+def test_auto_is_the_default_and_renames_only_the_runs_it_may_change():
+    # Runs are named against "dense" (the default when they were named): "auto" is left out of a run's identity
+    # where it cannot hold a layer sparse, and named where it may.
+    start_dense, start_sparse = tiny("granet"), tiny("rigl")
+    assert start_dense.sparse.backend == start_sparse.sparse.backend == "auto"
+    assert "sparse.backend" not in start_dense.non_default()
+    assert start_dense.run_name() == tiny("granet", **{"sparse.backend": "dense"}).run_name()
+    given_masks = tiny("granet", **{"sparse.options.masks": "masks.pt"})
+    for config in (start_sparse, given_masks, tiny("granet", **{"sparse.options.initial_sparsity": 0.5})):
+        assert config.non_default()["sparse.backend"] == "auto"
+    for backend in ("dense", "sparse"):
         other = tiny("rigl", **{"sparse.backend": backend})
-        assert other.non_default()["sparse.backend"] == backend and other.run_name() != default.run_name()
+        assert other.run_name() != start_sparse.run_name()
+    assert "sparse.backend" not in tiny("rigl", **{"sparse.backend": "dense"}).non_default()
+    assert tiny("rigl", **{"sparse.backend": "sparse"}).non_default()["sparse.backend"] == "sparse"
+    for extra in ({"sparse.pattern": "2:4"}, {"train.precision": "bf16"}):  # both train on the dense path
+        assert "sparse.backend" not in tiny("rigl", **extra).non_default()
+
+
+def test_studies_pin_auto_to_the_dense_storage_their_tables_came_from():
+    from sparsetrain.studies.reproduce import SETTINGS, run_config
+
+    setting = SETTINGS["quick"]
+    bench = setting.benchmarks[0]
+    config = run_config(bench, setting, "rigl", 0.9, 0)
+    assert config.sparse.backend == "dense" and "sparse.backend" not in config.non_default()
+    assert tiny("rigl", **{"sparse.backend": "sparse"}).pinned_storage().sparse.backend == "sparse"
 
 
 def test_sparse_backend_run_holds_its_linears_sparse_and_resumes_bit_identically(tmp_path):

@@ -34,13 +34,16 @@ def test_a_changed_default_renames_only_the_runs_it_changes():
     behaviour keeps the old name; runs the option does not act on keep theirs."""
     base = ExperimentConfig()
 
-    def name(method, **options):
-        return base.with_overrides({"sparse.method": method, "sparse.options": options}).run_name()
+    def name(method, backend="auto", **options):
+        return base.with_overrides({"sparse.method": method, "sparse.options": options,
+                                    "sparse.backend": backend}).run_name()
 
     for method, old in (("rigl", "rigl-33a41dfd"), ("set", "set-8f8a76c8"), ("static", "static-ab9dd024"),
                         ("snfs", "snfs-59a4f4a1")):  # the names at 0.2.0, before the option existed
-        assert name(method, sparse_init="none") == old
-        assert name(method) == name(method, sparse_init="fan_in") != old
+        assert name(method, "dense", sparse_init="none") == old
+        assert name(method, "dense") == name(method, "dense", sparse_init="fan_in") != old
+        # sparse.backend's default became auto: a method that starts sparse is renamed under it, too
+        assert name(method) != name(method, "dense")
     assert name("granet") == name("granet", sparse_init="none") == "granet-44136fa3"  # dense start: nothing acts
     assert name("granet", initial_sparsity=0.5) != name("granet", initial_sparsity=0.5, sparse_init="none")
     assert name("srste") == "srste-ed90a8e4" != name("srste", sparse_init="fan_in")  # SR-STE keeps none

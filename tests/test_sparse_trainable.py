@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sparsetrain.sparse import TrainableSparseLinear, sddmm, spmm
-from sparsetrain.streaming_topk import topk_positions
+from sparsetrain.streaming_topk import topk_positions, union_sorted
 from sparsetrain.topk import topk_mask
 
 needs_native = pytest.mark.skipif(not sddmm.native_available() or not spmm.native_available(),
@@ -447,3 +447,11 @@ def test_topk_positions_over_blocks_equals_topk_mask(path: str, k: int, block: i
     ranked = scores.abs() if absolute else scores - scores.min()  # topk_mask's eligible wants scores >= 0
     want = topk_mask(ranked, k, eligible).nonzero().squeeze(1)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("sizes", [(0, 5), (5, 0), (40, 300), (300, 40), (200, 200)])
+def test_union_sorted_is_the_sorted_set_union(path: str, sizes: tuple[int, int]) -> None:
+    gen = torch.Generator().manual_seed(sum(sizes))
+    a, b = (torch.randperm(500, generator=gen)[:n].sort().values for n in sizes)  # overlapping draws
+    want = torch.tensor(sorted(set(a.tolist()) | set(b.tolist())), dtype=torch.int64)
+    assert torch.equal(union_sorted(a, b), want)

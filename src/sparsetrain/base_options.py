@@ -41,7 +41,9 @@ backend: where the sparsified weights live (:mod:`sparsetrain.sparse.backend`): 
     weights), "sparse" (each sparsified ``nn.Linear`` is replaced by a
     :class:`~sparsetrain.sparse.TrainableSparseLinear` that stores, trains and updates only its active
     weights; other tensors stay masked-dense) or "auto" (sparse only where that is measured faster). With a
-    ``pattern`` "sparse" is refused and "auto" is the dense path (the N:M kernels are inference-only).
+    ``pattern`` "sparse" is refused and "auto" is the dense path (the N:M kernels are inference-only). The default
+    here is "dense" because sparse storage replaces the model's ``nn.Linear`` modules (a plain training loop keeps
+    the modules it built); ``sparsetrain train``, which owns its model, checkpoints and export, defaults to "auto".
 """
 
 from __future__ import annotations

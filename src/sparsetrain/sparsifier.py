@@ -107,6 +107,13 @@ class Sparsifier:
         in force only then."""
         return options.get("masks") is None
 
+    @classmethod
+    def storage_may_be_sparse(cls, options: Mapping[str, Any]) -> bool:
+        """Whether ``backend="auto"`` may hold some of this method's tensors in sparse storage, given these options:
+        only a method that attaches with sparse unstructured masks (drawn or given) can, as "auto" decides at
+        attach. The run identity names "auto" only then (:meth:`ExperimentConfig.non_default`)."""
+        return options.get("pattern") is None and (cls.starts_sparse(options) or options.get("masks") is not None)
+
     # -- build: no side effects -----------------------------------------------------------------------------------
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **options: Any) -> None:
         if not isinstance(model, nn.Module):

@@ -17,13 +17,15 @@ import torch
 from torch import Tensor
 
 from sparsetrain import native
-from sparsetrain.topk import topk_mask
+from sparsetrain.topk import kth_largest, topk_mask
 
-__all__ = ["topk_positions"]
+__all__ = ["merge_sorted", "topk_positions", "union_sorted"]
 
 _SIGNATURES: dict[str, native.Signature] = {
     "select_above": (ctypes.c_int64, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_int64,
                                       ctypes.c_void_p, ctypes.c_void_p]),
+    "keep_best": (ctypes.c_int64, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_int64]),
+    "union_i64": (ctypes.c_int64, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]),
 }
 
 
@@ -95,7 +97,39 @@ def topk_positions(blocks: Iterable[tuple[int, Tensor]], k: int, *, absolute: bo
 def _keep_best(values: Tensor, positions: Tensor, count: int, k: int) -> int:
     """Keep the ``k`` best of the first ``count`` candidates at the front, in position order (ties to the lowest
     position: positions are increasing); returns k."""
+    library = _load() if values.dtype == torch.float32 and values.is_cpu else None
+    if library is not None:
+        kth = kth_largest(values[:count], k)
+        return int(library.keep_best(count, values.data_ptr(), positions.data_ptr(), kth, k))
     best = topk_mask(values[:count], k).nonzero().squeeze(1)
     values[:k] = values.index_select(0, best)
     positions[:k] = positions.index_select(0, best)
     return k
+
+
+def merge_sorted(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """The merge of two increasing int64 tensors, and the slot of each entry of ``a`` in it.
+
+    An entry's slot is its own rank plus the number of entries of the other tensor before it (ties: ``a`` first),
+    so distinct inputs give an increasing result; equal entries stay duplicated.
+    """
+    a_at = torch.arange(a.shape[0], device=a.device) + torch.searchsorted(b, a)
+    b_at = torch.arange(b.shape[0], device=a.device) + torch.searchsorted(a, b, right=True)
+    merged = torch.empty(a.shape[0] + b.shape[0], dtype=torch.int64, device=a.device)
+    merged[a_at] = a
+    merged[b_at] = b
+    return merged, a_at
+
+
+def union_sorted(a: Tensor, b: Tensor) -> Tensor:
+    """The increasing union, without duplicates, of two increasing int64 tensors (a merge, not a sort)."""
+    library = _load() if a.is_cpu and b.is_cpu and a.dtype == b.dtype == torch.int64 else None
+    if library is None:
+        if a.numel():
+            slot = torch.searchsorted(a, b).clamp_(max=a.numel() - 1)
+            b = b[a.index_select(0, slot) != b]
+        return merge_sorted(a, b)[0] if b.numel() else a
+    a, b = a.contiguous(), b.contiguous()
+    out = torch.empty(a.numel() + b.numel(), dtype=torch.int64)
+    n = int(library.union_i64(a.numel(), a.data_ptr(), b.numel(), b.data_ptr(), out.data_ptr()))
+    return out[:n].clone() if n < out.numel() else out

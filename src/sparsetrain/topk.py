@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .native import try_load
 
-__all__ = ["topk_mask", "global_topk_masks", "drop_and_grow", "exact_counts", "NEG_INF"]
+__all__ = ["kth_largest", "topk_mask", "global_topk_masks", "drop_and_grow", "exact_counts", "NEG_INF"]
 
 #: Score for entries that must rank below every candidate when scores may be negative.
 NEG_INF = float("-inf")
@@ -118,6 +118,15 @@ def _native_mask_at_least(library: ctypes.CDLL, flat: Tensor, threshold: float,
         ctypes.c_int(torch.get_num_threads()), ctypes.c_void_p(mask.data_ptr()),
     )
     return mask, int(count)
+
+
+def kth_largest(scores: Tensor, k: int) -> float:
+    """The ``k``-th largest entry of ``scores`` (1 <= k <= numel), as a float exactly equal to it."""
+    flat = scores.reshape(-1)
+    library = _native_library([flat], None)
+    if library is not None:
+        return _native_kth_largest(library, [flat], k, None)
+    return float(_kth_largest(flat, k))
 
 
 def topk_mask(scores: Tensor, k: int, eligible: Tensor | None = None, n_eligible: int | None = None) -> Tensor:

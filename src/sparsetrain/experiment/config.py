@@ -58,6 +58,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The ``sparse.backend`` run identities are named against: the default before "auto" became it (see
+#: :meth:`ExperimentConfig._backend_identity`).
+NAMED_BACKEND = "dense"
+
 #: Values a field no longer takes, with where they went: (field, value) -> the explanation in the error.
 _MOVED = {("sparse.distribution", "global"): "'global' is a scope, not a distribution: set sparse.scope=global "
                                              "(--sparse-scope global)",
@@ -340,19 +344,38 @@ class ExperimentConfig:
         ``sparse.options`` holds only the options that differ from the method's declared defaults, normalised by
         type (:meth:`sparsetrain.options.OptionSet.identity`). In the identifying view, a global scope without a
         distribution is spelled as it was before scope and distribution were two fields
-        (``sparse.distribution: global``), so the runs named then keep their names.
+        (``sparse.distribution: global``), so the runs named then keep their names; and ``sparse.backend`` is
+        named against "dense", its default when those runs were named (:meth:`_backend_identity`).
         """
         result = {}
         for info in iter_fields():
             value = getattr(getattr(self, info.section), info.name)
+            default = info.default
             if info.path == "sparse.options":
                 value = self._method_options_identity(value)
-            if value != info.default and (info.hashed or not hashed_only):
+            elif info.path == "sparse.backend" and hashed_only:
+                value, default = self._backend_identity(), NAMED_BACKEND
+            if value != default and (info.hashed or not hashed_only):
                 result[info.path] = value
         if hashed_only and result.get("sparse.scope") == "global" and "sparse.distribution" not in result:
             del result["sparse.scope"]
             result["sparse.distribution"] = "global"
         return result
+
+    def _backend_identity(self) -> str:
+        """``sparse.backend`` as the run identity names it: "auto" counts as "dense" (:data:`NAMED_BACKEND`) where
+        it cannot hold a layer sparse, so the runs it leaves unchanged keep the names they had when "dense" was the
+        default: no sparsifier (the dense baseline), a method that cannot be held sparse
+        (:meth:`~sparsetrain.sparsifier.Sparsifier.storage_may_be_sparse`: GMP and GraNet from dense, SR-STE), an N:M
+        pattern or a precision other than fp32 (both train dense)."""
+        import sparsetrain
+
+        sparse, backend = self.sparse, self.sparse.backend
+        cls = sparsetrain.METHODS.get(sparse.method)
+        may_be_sparse = cls is not None and cls.storage_may_be_sparse(sparse.options)
+        if backend == "auto" and (not may_be_sparse or sparse.pattern is not None or self.train.precision != "fp32"):
+            return NAMED_BACKEND
+        return backend
 
     def _method_options_identity(self, options: dict[str, Any]) -> dict[str, Any]:
         import sparsetrain
@@ -380,6 +403,15 @@ class ExperimentConfig:
         config = copy.deepcopy(self)
         config.sparse = SparseConfig(method=DENSE)
         return config
+
+    def pinned_storage(self) -> ExperimentConfig:
+        """The config with ``sparse.backend`` "auto" replaced by "dense" (another backend is left as it is).
+
+        For the studies and result scripts whose published tables came from the masked-dense path, before "auto" was
+        the default: their runs keep those names and digits (sparse storage computes the same function with
+        another float summation order) unless a recipe asks for "sparse" itself.
+        """
+        return self.with_overrides({"sparse.backend": NAMED_BACKEND}) if self.sparse.backend == "auto" else self
 
     def canonical(self) -> ExperimentConfig:
         """The config with fields that a method ignores reset (the dense method ignores the sparse section)."""

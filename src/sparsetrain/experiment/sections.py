@@ -211,9 +211,10 @@ class SparseConfig:
                                  "a layer's reduction dim keeps N; sparse.sparsity at its default then means 1 - N/M "
                                  "(none: unstructured)", check=(_is_pattern, "'N:M' with integers 1 <= N < M, e.g. "
                                                                             "2:4"))
-    backend: str = option("dense", "where the sparsified weights live: dense (bool masks over dense weights), sparse "
-                          "(Linear layers store and train only their active weights), auto (sparse for the Linear "
-                          "layers where that is measured faster, see sparsetrain.sparse.backend; dense with autocast)",
+    backend: str = option("auto", "where the sparsified weights live: auto (the faster storage per Linear layer, "
+                          "from the measured break-even: sparse where it is float32 on the CPU, large and at most 0.3 "
+                          "dense when the method starts; dense otherwise and with autocast), dense (bool masks over "
+                          "dense weights), sparse (Linear layers store and train only their active weights)",
                           choices=BACKENDS)
     options: dict[str, Any] = option({}, "method-specific keyword arguments (e.g. initial_sparsity, drop_fraction)",
                                      flag="--method-option")

@@ -74,6 +74,11 @@ class SRSTE(Sparsifier):
                reference=_ZHOU),
     )
 
+    @classmethod
+    def storage_may_be_sparse(cls, options: Mapping[str, Any]) -> bool:
+        """Never: SR-STE trains every weight (its own straight-through enforcer, whatever the backend)."""
+        return False
+
     def build_enforcer(self, values: Mapping[str, Any]) -> MaskEnforcer:
         if self.optimizer is None:
             raise ValueError("optimizer=None is not allowed for SRSTE: the dense weights are restored and decayed "

@@ -5,6 +5,8 @@
  * k-th best score (or, with `absolute`, whose magnitude is above it). NaN never passes. Where AVX-512 is available,
  * 16 scores are compared at once and the few that pass are written with compress-stores; a block where nothing
  * passes (most of them, once the threshold has settled) costs one load and one compare per 16 entries.
+ * keep_best compacts the candidates to the k best in place once they are many (after select.c's kth_largest gave
+ * the k-th best value), and union_i64 merges the positions a layer ever had active with its current ones (ITOP).
  */
 #include <math.h>
 #include <stdint.h>
@@ -46,3 +48,36 @@ int64_t select_above(int64_t n, const float *scores, float threshold, int absolu
     return count;
 }
 
+
+/* Keep, in place at the front of values / positions (in their order), the k best of the first `count`
+ * candidates, whose k-th largest value is `kth`: every value above it, then the first ones equal to it until k are
+ * kept (the candidates are in increasing position, so ties go to the lowest positions). Returns how many were
+ * kept (k, unless fewer than k are >= kth). */
+int64_t keep_best(int64_t count, float *values, int64_t *positions, float kth, int64_t k) {
+    int64_t above = 0;
+    for (int64_t i = 0; i < count; ++i) above += values[i] > kth;
+    int64_t ties = k - above, kept = 0;
+    for (int64_t i = 0; i < count && kept < k; ++i) {
+        const float v = values[i];
+        if (v > kth || (v == kth && ties-- > 0)) {
+            values[kept] = v;
+            positions[kept++] = positions[i];
+        }
+    }
+    return kept;
+}
+
+/* The increasing union of the increasing int64 arrays a (na entries) and b (nb), without duplicates, written to
+ * out (room for na + nb). Returns its length. */
+int64_t union_i64(int64_t na, const int64_t *a, int64_t nb, const int64_t *b, int64_t *out) {
+    int64_t i = 0, j = 0, n = 0;
+    while (i < na && j < nb) {
+        const int64_t x = a[i], y = b[j];
+        out[n++] = x < y ? x : y;
+        i += x <= y;
+        j += y <= x;
+    }
+    while (i < na) out[n++] = a[i++];
+    while (j < nb) out[n++] = b[j++];
+    return n;
+}

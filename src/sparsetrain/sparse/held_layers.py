@@ -124,26 +124,31 @@ def drop_and_grow_layer(name: str, layer: TrainableSparseLinear, pairs: GradInpu
     if n_swap == 0:
         return
     keep = topk_mask(layer.weight_values.detach().abs(), n_active - n_swap)
-    positions = layer.flat_indices()
-    excluded = positions if mode == "forbid" else positions[keep]
-    grown = topk_positions(growth_blocks(name, layer, pairs, growth, generator, excluded), n_swap,
-                           absolute=growth != "random")
+    grown = topk_positions(growth_blocks(name, layer, pairs, growth, generator, None if mode == "forbid" else keep),
+                           n_swap, absolute=growth != "random")
     if mode == "keep":  # a weight dropped and grown back in the same update keeps its value and state
+        positions = layer.flat_indices()
         slot = torch.searchsorted(positions, grown).clamp_(max=positions.numel() - 1)
         back = positions.index_select(0, slot) == grown
+        del positions  # before the replacement's own buffers
         keep[slot[back]] = True
-        layer.replace(keep, grown[~back], optimizer)
+        grown = grown[~back]
+        del slot, back
+        layer.replace(keep, grown, optimizer)
     else:
         layer.replace(keep, grown, optimizer)
 
 
 def growth_blocks(name: str, layer: TrainableSparseLinear, pairs: GradInputs | None, growth: Growth,
-                  generator: torch.Generator, excluded: Tensor) -> Iterator[tuple[int, Tensor]]:
-    """``(offset, scores)`` over row blocks of a held layer's dense growth score, NaN at ``excluded`` (int64 flat
-    positions, increasing)."""
+                  generator: torch.Generator, kept: Tensor | None) -> Iterator[tuple[int, Tensor]]:
+    """``(offset, scores)`` over row blocks of a held layer's dense growth score, NaN at the positions that may not
+    grow: the slots ``kept`` (bool over the layer's slots), or every active one when ``kept`` is None. The excluded
+    positions of a block come from its rows' slice of the CSR indices, so none of the layer's index sets is
+    expanded whole."""
     n_in, n_out = layer.in_features, layer.out_features
     rows = max(GROWTH_MIN_ROWS, GROWTH_BLOCK // n_in)
     dense_score = growth(name) if callable(growth) else None
+    crow, col = layer.weight_crow_indices, layer.weight_col_indices
     for first in range(0, n_out, rows):
         last = min(first + rows, n_out)
         start, end = first * n_in, last * n_in
@@ -153,8 +158,13 @@ def growth_blocks(name: str, layer: TrainableSparseLinear, pairs: GradInputs | N
             block = torch.rand(end - start, generator=generator).to(layer.weight_values.device)
         else:
             block = dense_score.reshape(-1)[start:end].to(torch.float32, copy=True)
-        lo, hi = torch.searchsorted(excluded, torch.tensor([start, end], device=excluded.device)).tolist()
-        block[(excluded[lo:hi] - start).to(block.device)] = float("nan")  # NaN is never chosen
+        k0, k1 = int(crow[first]), int(crow[last])
+        counts = crow[first:last + 1].diff().long()
+        local = torch.repeat_interleave(torch.arange(last - first, device=col.device) * n_in, counts,
+                                        output_size=k1 - k0) + col[k0:k1]
+        if kept is not None:
+            local = local[kept[k0:k1]]
+        block[local.to(block.device)] = float("nan")  # NaN is never chosen
         yield start, block
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from sparsetrain.masks import FlatMask
 from sparsetrain.sparse.trainable import TrainableSparseLinear
+from sparsetrain.streaming_topk import union_sorted
 
 __all__ = ["SparseMasks", "PackedMasks", "active_positions", "as_bool"]
 
@@ -74,6 +75,8 @@ class SparseMasks(Mapping[str, Tensor]):
 _BIT_VALUES = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 _COUNT_CHUNK = 1 << 22
+#: Positions set per pass when a record is in bits (bounds the temporaries of an update of a large layer).
+_SET_CHUNK = 1 << 16
 #: A record keeps sorted positions while they take fewer bytes than one bit per entry (int64: 64 bits each).
 _POSITIONS_PER_BIT = 64
 
@@ -97,19 +100,20 @@ class PackedMasks(Mapping[str, Tensor]):
         stored = self.store[name]
         numel = math.prod(self.shapes[name])
         if stored.dtype == torch.int64:
-            merged = torch.unique(torch.cat([stored, positions]), sorted=True)
+            merged = union_sorted(stored, positions)
             if merged.numel() * _POSITIONS_PER_BIT < numel:
                 self.store[name] = merged
                 return
             self.store[name] = torch.zeros(-(-numel // 8), dtype=torch.uint8)
             positions = merged
-        byte = positions >> 3
-        bit = _BIT_VALUES.index_select(0, positions & 7)
-        bytes_hit, owner = torch.unique_consecutive(byte, return_inverse=True)
-        # Distinct positions set distinct bits of a byte, so their sum is their bitwise or.
-        packed = torch.zeros(bytes_hit.shape[0], dtype=torch.int32).index_add_(0, owner, bit.to(torch.int32))
         bits = self.store[name]
-        bits[bytes_hit] = bits.index_select(0, bytes_hit) | packed.to(torch.uint8)
+        for chunk in positions.split(_SET_CHUNK):  # a few temporaries of the chunk's size, never of the layer's
+            byte = chunk >> 3
+            bit = _BIT_VALUES.index_select(0, chunk & 7)
+            bytes_hit, owner = torch.unique_consecutive(byte, return_inverse=True)
+            # Distinct positions set distinct bits of a byte, so their sum is their bitwise or.
+            packed = torch.zeros(bytes_hit.shape[0], dtype=torch.int32).index_add_(0, owner, bit.to(torch.int32))
+            bits[bytes_hit] = bits.index_select(0, bytes_hit) | packed.to(torch.uint8)
 
     def __getitem__(self, name: str) -> Tensor:
         stored = self.store[name]

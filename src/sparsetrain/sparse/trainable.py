@@ -53,6 +53,7 @@ from sparsetrain.sparse.sddmm import (
     native_sddmm,
 )
 from sparsetrain.sparse.spmm import native_linear
+from sparsetrain.streaming_topk import merge_sorted
 
 __all__ = ["TrainableSparseLinear"]
 
@@ -156,7 +157,8 @@ class _SparseLinearFunction(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = dy.sum(0)
         if ctx.grad_inputs.enabled:
-            ctx.grad_inputs.pairs.append((x, dy))
+            # Detached: x's graph would keep the earlier layers' backward nodes (and their index structures) alive.
+            ctx.grad_inputs.pairs.append((x.detach(), dy))
         return grad_x, grad_values, grad_bias, None, None
 
 
@@ -196,19 +198,13 @@ def _replacement(layout: _Layout, keep: Tensor, grow: Tensor) -> tuple[Tensor, T
         return replaced
     flat = _rows_of(layout.crow) * layout.in_features + layout.col.long()
     kept_slots = keep.nonzero().squeeze(1)
-    kept = flat.index_select(0, kept_slots)
-    # Merge two sorted lists: each entry's new slot is its rank in the other list plus its own rank.
-    kept_at = torch.arange(kept.shape[0], device=kept.device) + torch.searchsorted(grow, kept)
-    grow_at = torch.arange(grow.shape[0], device=kept.device) + torch.searchsorted(kept, grow)
-    merged = torch.empty(kept.shape[0] + grow.shape[0], dtype=torch.int64, device=kept.device)
-    merged[kept_at] = kept
-    merged[grow_at] = grow
+    merged, kept_at = merge_sorted(flat.index_select(0, kept_slots), grow)
     if merged.shape[0] > 1 and not bool((merged[1:] > merged[:-1]).all()):
         raise ValueError("grow must be strictly increasing positions of the weight, none of them kept")
-    source = torch.full(merged.shape, -1, dtype=torch.int32, device=kept.device)
+    source = torch.full(merged.shape, -1, dtype=torch.int32, device=merged.device)
     source[kept_at] = kept_slots.to(torch.int32)
     rows = torch.div(merged, layout.in_features, rounding_mode="floor")
-    crow = torch.zeros(layout.out_features + 1, dtype=torch.int64, device=kept.device)
+    crow = torch.zeros(layout.out_features + 1, dtype=torch.int64, device=merged.device)
     crow[1:] = torch.bincount(rows, minlength=layout.out_features).cumsum(0)
     return crow.to(torch.int32), (merged - rows * layout.in_features).to(torch.int32), source
 
@@ -460,6 +456,8 @@ class TrainableSparseLinear(nn.Module):
         else:
             _resize(param, _carried(param.data, source), _carried(grad, source) if grad is not None else None)
         del source
+        # Let go of the old structure (W.T's included) before the new transpose is built: peak memory holds one.
+        self._set_layout(None)
         self._set_layout(_layout_of_csr(self.in_features, self.out_features, crow, col))
         logger.debug("topology replaced: %d active weights, %d of them grown", param.shape[0], grow.shape[0])
 
@@ -499,8 +497,11 @@ class TrainableSparseLinear(nn.Module):
             self.__dict__["_layout_cache"] = cached
         return cached
 
-    def _set_layout(self, layout: _Layout) -> None:
-        for name, value in zip(_LAYOUT_BUFFERS, layout.tensors()):
+    def _set_layout(self, layout: _Layout | None) -> None:
+        """Install ``layout``'s index tensors (None: empty ones, releasing the old structure)."""
+        self.__dict__.pop("_layout_cache", None)  # the cached view would keep the old tensors alive
+        empty = torch.empty(0, dtype=torch.int32, device=self.weight_crow_indices.device)
+        for name, value in zip(_LAYOUT_BUFFERS, layout.tensors() if layout is not None else (empty,) * 5):
             setattr(self, name, value)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore[no-untyped-def]

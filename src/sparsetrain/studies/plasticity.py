@@ -390,7 +390,7 @@ class PlasticityStudy:
         if cell.regeneration:
             options.update(prune_end=0, drop_fraction=self.drop_fraction)
             overrides.update({"sparse.method": "granet", "sparse.update_every": self.update_every(total_steps)})
-        return self.config.with_overrides({**overrides, "sparse.options": options})
+        return self.config.with_overrides({**overrides, "sparse.options": options}).pinned_storage()
 
     def train_cell(self, cell: PlasticityCell, callback: TrainerCallback | None = None) -> dict[str, Any]:
         """Prune the dense checkpoint of ``cell.epoch`` and train it to the end (skipped when finished).

@@ -237,7 +237,7 @@ def run_config(bench: Benchmark, setting: ReproSetting, method: str, sparsity: f
     overrides = {**base_overrides(bench, setting), **method_overrides(method, setting), "train.seed": seed}
     if method != "dense":
         overrides["sparse.sparsity"] = sparsity
-    return ExperimentConfig().with_overrides(overrides).canonical()
+    return ExperimentConfig().with_overrides(overrides).pinned_storage().canonical()
 
 
 def grid_runs(setting: ReproSetting, bench: Benchmark | None = None) -> Iterator[tuple[Benchmark, str, float, int]]:

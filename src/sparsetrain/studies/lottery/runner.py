@@ -300,7 +300,7 @@ class _Lottery:
         """The recipe with ``masks_file`` as a fixed mask (static), at the masks' sparsity."""
         return self.recipe.with_overrides({"sparse.method": "static",
                                            "sparse.sparsity": sparsity_report(masks).sparsity,
-                                           "sparse.options": {"masks": str(masks_file.resolve())}})
+                                           "sparse.options": {"masks": str(masks_file.resolve())}}).pinned_storage()
 
     def level(self, level: int, rewind: Path) -> None:
         """Level ``level`` >= 1: the ticket, then its controls, each a branch of the rewind point."""
