@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sparsetrain.sparse import TrainableSparseLinear, sddmm, spmm
-from sparsetrain.streaming_topk import topk_positions, union_sorted
+from sparsetrain.streaming_topk import exclude_rows, topk_positions, union_sorted
 from sparsetrain.topk import topk_mask
 
 needs_native = pytest.mark.skipif(not sddmm.native_available() or not spmm.native_available(),
@@ -455,3 +455,16 @@ def test_union_sorted_is_the_sorted_set_union(path: str, sizes: tuple[int, int])
     a, b = (torch.randperm(500, generator=gen)[:n].sort().values for n in sizes)  # overlapping draws
     want = torch.tensor(sorted(set(a.tolist()) | set(b.tolist())), dtype=torch.int64)
     assert torch.equal(union_sorted(a, b), want)
+
+
+@pytest.mark.parametrize("with_kept", [False, True])
+def test_exclude_rows_marks_exactly_the_entries_of_the_block(path: str, with_kept: bool) -> None:
+    gen = torch.Generator().manual_seed(3)
+    mask = torch.rand(9, 7, generator=gen) < 0.4
+    layer = TrainableSparseLinear.from_dense(torch.randn(9, 7, generator=gen), mask)
+    kept = torch.rand(layer.nnz, generator=gen) < 0.5 if with_kept else None
+    excluded = torch.zeros(9 * 7, dtype=torch.bool)
+    excluded[layer.flat_indices()[kept] if with_kept else layer.flat_indices()] = True
+    block = torch.randn(4 * 7, generator=gen)  # rows 3..6
+    exclude_rows(block, layer.weight_crow_indices, layer.weight_col_indices, kept, 3, 7)
+    assert torch.equal(block.isnan(), excluded[21:49])

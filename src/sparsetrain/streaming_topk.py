@@ -19,13 +19,14 @@ from torch import Tensor
 from sparsetrain import native
 from sparsetrain.topk import kth_largest, topk_mask
 
-__all__ = ["merge_sorted", "topk_positions", "union_sorted"]
+__all__ = ["exclude_rows", "merge_sorted", "topk_positions", "union_sorted"]
 
 _SIGNATURES: dict[str, native.Signature] = {
     "select_above": (ctypes.c_int64, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_int64,
                                       ctypes.c_void_p, ctypes.c_void_p]),
     "keep_best": (ctypes.c_int64, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_int64]),
     "union_i64": (ctypes.c_int64, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]),
+    "exclude_rows": (None, [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3),
 }
 
 
@@ -133,3 +134,24 @@ def union_sorted(a: Tensor, b: Tensor) -> Tensor:
     out = torch.empty(a.numel() + b.numel(), dtype=torch.int64)
     n = int(library.union_i64(a.numel(), a.data_ptr(), b.numel(), b.data_ptr(), out.data_ptr()))
     return out[:n].clone() if n < out.numel() else out
+
+
+def exclude_rows(block: Tensor, crow: Tensor, col: Tensor, kept: Tensor | None, first: int, last: int) -> None:
+    """Mark NaN, in ``block`` (the scores of rows ``first .. last - 1`` of a CSR matrix, row-major, flattened),
+    the positions of that matrix's entries in those rows: all of them, or those whose ``kept`` (bool over the
+    entries) is True. NaN is never chosen by :func:`topk_positions`."""
+    n_in = block.numel() // max(last - first, 1)
+    library = (_load() if block.is_cpu and block.dtype == torch.float32 and block.is_contiguous()
+               and crow.dtype == col.dtype == torch.int32 and crow.is_cpu else None)
+    if library is not None:
+        kept = kept.contiguous() if kept is not None else None
+        library.exclude_rows(block.data_ptr(), crow.contiguous().data_ptr(), col.contiguous().data_ptr(),
+                             kept.data_ptr() if kept is not None else None, first, last, n_in)
+        return
+    k0, k1 = int(crow[first]), int(crow[last])
+    counts = crow[first:last + 1].diff().long()
+    local = torch.repeat_interleave(torch.arange(last - first, device=col.device) * n_in, counts,
+                                    output_size=k1 - k0) + col[k0:k1]
+    if kept is not None:
+        local = local[kept[k0:k1]]
+    block.view(-1).index_fill_(0, local.to(block.device), float("nan"))

@@ -5,7 +5,8 @@
  * k-th best score (or, with `absolute`, whose magnitude is above it). NaN never passes. Where AVX-512 is available,
  * 16 scores are compared at once and the few that pass are written with compress-stores; a block where nothing
  * passes (most of them, once the threshold has settled) costs one load and one compare per 16 entries.
- * keep_best compacts the candidates to the k best in place once they are many (after select.c's kth_largest gave
+ * exclude_rows marks the positions that may not grow (the kept ones) NaN in a block of rows, straight from the CSR
+ * indices. keep_best compacts the candidates to the k best in place once they are many (after select.c's kth_largest gave
  * the k-th best value), and union_i64 merges the positions a layer ever had active with its current ones (ITOP).
  */
 #include <math.h>
@@ -80,4 +81,15 @@ int64_t union_i64(int64_t na, const int64_t *a, int64_t nb, const int64_t *b, in
     while (i < na) out[n++] = a[i++];
     while (j < nb) out[n++] = b[j++];
     return n;
+}
+
+/* Set block[(r - first) * in + col[k]] = NaN for the entries k of rows first..last-1 of a CSR structure (crow,
+ * col), those with kept[k] != 0 only when `kept` is given: the positions of a block of rows that may not grow. */
+void exclude_rows(float *block, const int32_t *crow, const int32_t *col, const uint8_t *kept, int64_t first,
+                  int64_t last, int64_t in) {
+    for (int64_t r = first; r < last; ++r) {
+        float *row = block + (r - first) * in;
+        for (int32_t k = crow[r]; k < crow[r + 1]; ++k)
+            if (!kept || kept[k]) row[col[k]] = NAN;
+    }
 }

@@ -24,7 +24,7 @@ from sparsetrain.scores import Growth
 from sparsetrain.sparse.storage_masks import active_positions
 from sparsetrain.sparse.trainable import TrainableSparseLinear
 from sparsetrain.sparse_init import unit_factors
-from sparsetrain.streaming_topk import topk_positions
+from sparsetrain.streaming_topk import exclude_rows, topk_positions
 from sparsetrain.topk import topk_mask
 from sparsetrain.updates import swap_count
 
@@ -158,13 +158,7 @@ def growth_blocks(name: str, layer: TrainableSparseLinear, pairs: GradInputs | N
             block = torch.rand(end - start, generator=generator).to(layer.weight_values.device)
         else:
             block = dense_score.reshape(-1)[start:end].to(torch.float32, copy=True)
-        k0, k1 = int(crow[first]), int(crow[last])
-        counts = crow[first:last + 1].diff().long()
-        local = torch.repeat_interleave(torch.arange(last - first, device=col.device) * n_in, counts,
-                                        output_size=k1 - k0) + col[k0:k1]
-        if kept is not None:
-            local = local[kept[k0:k1]]
-        block[local.to(block.device)] = float("nan")  # NaN is never chosen
+        exclude_rows(block, crow, col, kept, first, last)  # NaN is never chosen
         yield start, block
 
 
