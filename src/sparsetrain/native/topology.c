@@ -55,10 +55,42 @@ int64_t select_above(int64_t n, const float *scores, float threshold, int absolu
  * kept (the candidates are in increasing position, so ties go to the lowest positions). Returns how many were
  * kept (k, unless fewer than k are >= kth). */
 int64_t keep_best(int64_t count, float *values, int64_t *positions, float kth, int64_t k) {
-    int64_t above = 0;
-    for (int64_t i = 0; i < count; ++i) above += values[i] > kth;
+    int64_t above = 0, i = 0;
+#ifdef __AVX512F__
+    const __m512 limit = _mm512_set1_ps(kth);
+    for (; i + 16 <= count; i += 16)
+        above += __builtin_popcount(_mm512_cmp_ps_mask(_mm512_loadu_ps(values + i), limit, _CMP_GT_OQ));
+#endif
+    for (; i < count; ++i) above += values[i] > kth;
     int64_t ties = k - above, kept = 0;
-    for (int64_t i = 0; i < count && kept < k; ++i) {
+    i = 0;
+#ifdef __AVX512F__
+    /* Compress-store the lanes above kth, 16 at a time; a group holding a value equal to kth goes lane by lane,
+     * in order, so that the ties kept are the first ones. Writes never overtake reads (kept <= i). */
+    for (; i + 16 <= count && kept < k; i += 16) {
+        const __m512 v = _mm512_loadu_ps(values + i);
+        if (_mm512_cmp_ps_mask(v, limit, _CMP_EQ_OQ)) {
+            for (int64_t j = i; j < i + 16 && kept < k; ++j) {
+                const float x = values[j];
+                if (x > kth || (x == kth && ties-- > 0)) {
+                    values[kept] = x;
+                    positions[kept++] = positions[j];
+                }
+            }
+            continue;
+        }
+        const __mmask16 pass = _mm512_cmp_ps_mask(v, limit, _CMP_GT_OQ);
+        if (!pass) continue;
+        const __mmask8 low = (__mmask8)(pass & 0xff), high = (__mmask8)(pass >> 8);
+        const __m512i lo = _mm512_loadu_si512(positions + i), hi = _mm512_loadu_si512(positions + i + 8);
+        _mm512_mask_compressstoreu_ps(values + kept, pass, v);
+        _mm512_mask_compressstoreu_epi64(positions + kept, low, lo);
+        const int n_low = __builtin_popcount(low);
+        _mm512_mask_compressstoreu_epi64(positions + kept + n_low, high, hi);
+        kept += n_low + __builtin_popcount(high);
+    }
+#endif
+    for (; i < count && kept < k; ++i) {
         const float v = values[i];
         if (v > kth || (v == kth && ties-- > 0)) {
             values[kept] = v;
