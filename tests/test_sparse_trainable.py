@@ -166,6 +166,28 @@ def test_nd_inputs_empty_rows_and_extreme_densities(path: str) -> None:
         close(dw, dw_ref[mask])
 
 
+@pytest.mark.parametrize("batch", [3, 40])
+def test_a_layer_using_few_inputs_reads_only_those(path: str, batch: int) -> None:
+    # 11 of 300 inputs hold the active weights: the products read only those (the narrow layout).
+    dense, mask = masked_linear(300, 7, 0.5, seed=8)
+    used = torch.zeros(300, dtype=torch.bool)
+    used[torch.randperm(300, generator=torch.Generator().manual_seed(9))[:11]] = True
+    mask &= used
+    mask[0, 299] = True  # the last input too: the renumbering must reach the end
+    with torch.no_grad():
+        dense.weight.mul_(mask)
+    sparse = TrainableSparseLinear.from_linear(dense, mask)
+    narrow = sparse._layout().narrow
+    assert narrow is not None and narrow.used.tolist() == mask.any(0).nonzero().squeeze(1).tolist()
+    x, out = torch.randn(batch, 300), torch.randn(batch, 7)
+    y, dx, dw, db = gradients(sparse, x, out)
+    y_ref, dx_ref, dw_ref, db_ref = gradients(dense, x, out)
+    for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref[mask]), (db, db_ref)):
+        close(got, want)
+    # A layer using most of its inputs keeps the plain layout.
+    assert TrainableSparseLinear.from_linear(dense, torch.ones_like(mask))._layout().narrow is None
+
+
 def test_input_without_grad_skips_the_input_gradient(path: str) -> None:
     dense, mask = masked_linear(30, 10, 0.2)
     sparse = TrainableSparseLinear.from_linear(dense, mask)

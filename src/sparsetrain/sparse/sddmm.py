@@ -21,7 +21,7 @@ from torch import Tensor
 
 from sparsetrain import native
 
-__all__ = ["default_tile", "native_csr_flat", "native_csr_from_flat", "native_csr_replace", "native_csr_transpose",
+__all__ = ["checked_gather_or_zero", "checked_sddmm", "default_tile", "kernels", "native_csr_flat", "native_csr_from_flat", "native_csr_replace", "native_csr_transpose",
            "native_gather_or_zero", "native_sddmm"]
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,27 @@ def native_sddmm(x: Tensor, dy: Tensor, crow: Tensor, col: Tensor, *, tile: int 
         return None
     x = x if _rows_ok(x) else x.contiguous()
     dy = dy if _rows_ok(dy) else dy.contiguous()
+    return checked_sddmm(library, x, dy, crow, col, tile)
+
+
+def kernels() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None when native kernels are unavailable (for the ``checked_*`` functions)."""
+    return _load()
+
+
+def checked_sddmm(library: ctypes.CDLL, x: Tensor, dy: Tensor, crow: Tensor, col: Tensor,
+                  tile: int = 0) -> Tensor | None:
+    """:func:`native_sddmm` without its checks, for a caller that made them once (a layer's hot path).
+
+    Args:
+        library: from :func:`kernels`.
+        x, dy: float32 CPU tensors with unit-stride rows, as for :func:`native_sddmm`.
+        crow, col: int32 CPU CSR indices, contiguous.
+        tile: as for :func:`native_sddmm`.
+
+    Returns:
+        A new ``(nnz,)`` float32 tensor in CSR order, or None when the kernel failed (out of memory).
+    """
     (batch, in_features), out_features = x.shape, dy.shape[1]
     dw = torch.empty(col.shape[0], dtype=torch.float32)
     tile = tile or default_tile(col.shape[0], in_features)
@@ -212,7 +233,11 @@ def native_gather_or_zero(values: Tensor, source: Tensor) -> Tensor | None:
     library = _load()
     if library is None:
         return None
-    values, source = values.contiguous(), source.contiguous()
+    return checked_gather_or_zero(library, values.contiguous(), source.contiguous())
+
+
+def checked_gather_or_zero(library: ctypes.CDLL, values: Tensor, source: Tensor) -> Tensor:
+    """:func:`native_gather_or_zero` without its checks (contiguous float32 ``values``, int32 ``source``, CPU)."""
     out = torch.empty(source.shape[0], dtype=torch.float32)
     library.gather_or_zero_f32(source.shape[0], values.data_ptr(), source.data_ptr(), out.data_ptr(),
                                torch.get_num_threads())
