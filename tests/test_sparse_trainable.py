@@ -87,6 +87,7 @@ def test_sddmm_kernel_for_every_batch_tiling(tile: int, batch: int) -> None:
     gen = torch.Generator().manual_seed(batch)
     weight = torch.rand(45, 70, generator=gen) < 0.3
     weight[::4] = False  # empty rows: groups of 16 nonzeros cross several row boundaries
+    weight[-3:] = False  # and at the end, where only the bias gradient has work
     csr = weight.float().to_sparse_csr()
     crow, col = csr.crow_indices().int(), csr.col_indices().int()
     x = torch.randn(batch, 70, generator=gen, dtype=torch.float64)
@@ -95,6 +96,13 @@ def test_sddmm_kernel_for_every_batch_tiling(tile: int, batch: int) -> None:
     want = (dy.t() @ x)[weight].float()
     assert got is not None and got.shape == want.shape
     close(got, want)
+    # The bias gradient summed on the way, also for a pattern without any nonzero.
+    for crow_, col_, want_ in ((crow, col, want), (torch.zeros_like(crow), col[:0], want[:0])):
+        bias_grad = torch.full((45,), float("nan"))
+        got = sddmm.checked_sddmm(sddmm.kernels(), x.float(), dy.float(), crow_, col_, tile, bias_grad)
+        assert got is not None
+        close(got, want_)
+        close(bias_grad, dy.sum(0).float())
 
 
 @needs_native
@@ -109,8 +117,8 @@ def test_two_threads_give_the_same_gradients(two_threads: None, batch: int) -> N
     one = gradients(sparse, x, out)
     for a, b in zip(two, one):
         close(a, b)
-    # The weight gradient's summation order does not depend on the thread count.
-    assert torch.equal(two[2], one[2])
+    # The weight and bias gradients' summation orders do not depend on the thread count.
+    assert torch.equal(two[2], one[2]) and torch.equal(two[3], one[3])
 
 
 def test_native_float32_matches_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,7 @@ def default_tile(nnz: int, in_features: int) -> int:
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES: dict[str, native.Signature] = {
-    "sddmm_f32": (_INT, [_I64] * 3 + [_P] * 3 + [_I64, _P, _I64, _P, _INT, _INT]),
+    "sddmm_f32": (_INT, [_I64] * 3 + [_P] * 3 + [_I64, _P, _I64, _P, _INT, _P, _INT]),
     "csr_transpose": (_INT, [_I64, _I64] + [_P] * 5),
     "csr_from_flat": (_INT, [_I64, _P, _I64, _I64, _P, _P]),
     "csr_flat": (None, [_I64, _I64, _P, _P, _P]),
@@ -102,8 +102,8 @@ def kernels() -> ctypes.CDLL | None:
     return _load()
 
 
-def checked_sddmm(library: ctypes.CDLL, x: Tensor, dy: Tensor, crow: Tensor, col: Tensor,
-                  tile: int = 0) -> Tensor | None:
+def checked_sddmm(library: ctypes.CDLL, x: Tensor, dy: Tensor, crow: Tensor, col: Tensor, tile: int = 0,
+                  bias_grad: Tensor | None = None) -> Tensor | None:
     """:func:`native_sddmm` without its checks, for a caller that made them once (a layer's hot path).
 
     Args:
@@ -111,16 +111,20 @@ def checked_sddmm(library: ctypes.CDLL, x: Tensor, dy: Tensor, crow: Tensor, col
         x, dy: float32 CPU tensors with unit-stride rows, as for :func:`native_sddmm`.
         crow, col: int32 CPU CSR indices, contiguous.
         tile: as for :func:`native_sddmm`.
+        bias_grad: optional contiguous float32 ``(out_features,)`` tensor that receives ``dy.sum(0)`` (summed while
+            the kernel reads dy anyway; per output, the batch rows in order).
 
     Returns:
-        A new ``(nnz,)`` float32 tensor in CSR order, or None when the kernel failed (out of memory).
+        A new ``(nnz,)`` float32 tensor in CSR order, or None when the kernel failed (out of memory; ``bias_grad``
+        is then undefined).
     """
     (batch, in_features), out_features = x.shape, dy.shape[1]
     dw = torch.empty(col.shape[0], dtype=torch.float32)
     tile = tile or default_tile(col.shape[0], in_features)
     status = library.sddmm_f32(
         batch, in_features, out_features, crow.data_ptr(), col.data_ptr(), x.data_ptr(), max(x.stride(0), 1),
-        dy.data_ptr(), max(dy.stride(0), 1), dw.data_ptr(), tile, torch.get_num_threads(),
+        dy.data_ptr(), max(dy.stride(0), 1), dw.data_ptr(), tile,
+        bias_grad.data_ptr() if bias_grad is not None else None, torch.get_num_threads(),
     )
     if status != 0:
         logger.warning("native sddmm failed (out of memory?); using the PyTorch path for this call")

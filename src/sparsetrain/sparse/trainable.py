@@ -174,14 +174,18 @@ def _product(kernels: _Kernels | None, x: Tensor, crow: Tensor, col: Tensor, val
     return y_t.t()
 
 
-def _values_grad(kernels: _Kernels | None, x: Tensor, dy: Tensor, crow: Tensor, col: Tensor) -> Tensor:
-    """``dy.T @ x`` at the active positions of the CSR pattern ``(crow, col)``, in ``weight_values`` order."""
+def _values_grad(kernels: _Kernels | None, x: Tensor, dy: Tensor, crow: Tensor, col: Tensor,
+                 with_bias: bool) -> tuple[Tensor, Tensor | None]:
+    """``dy.T @ x`` at the active positions of the CSR pattern ``(crow, col)``, in ``weight_values`` order, and
+    with ``with_bias`` the bias gradient ``dy.sum(0)`` (the native kernel sums it while packing dy)."""
     if kernels is not None:
-        dw = sddmm.checked_sddmm(kernels[1], x, dy, crow, col)
+        db = dy.new_empty(dy.shape[1]) if with_bias else None
+        dw = sddmm.checked_sddmm(kernels[1], x, dy, crow, col, bias_grad=db)
         if dw is not None:
-            return dw
+            return dw, db
     template = _csr(crow, col, torch.zeros(col.shape[0], dtype=x.dtype), (dy.shape[1], x.shape[1]))
-    return torch.sparse.sampled_addmm(template, dy.t(), x, beta=0.0).values()
+    dw = torch.sparse.sampled_addmm(template, dy.t(), x, beta=0.0).values()
+    return dw, dy.sum(0) if with_bias else None
 
 
 def _transpose_values(kernels: _Kernels | None, values: Tensor, layout: _Layout) -> Tensor:
@@ -221,10 +225,11 @@ class _SparseLinearFunction(torch.autograd.Function):
             # write-back was cheaper than a zero gradient plus a scatter of the used columns.
             grad_x = _product(kernels, dy, layout.t_crow, layout.t_rows, _transpose_values(kernels, values, layout),
                               None, layout.in_features)
+        with_bias = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1]:
             col = narrow.col if narrow is not None else layout.col
-            grad_values = _values_grad(kernels, x_used, dy, layout.crow, col)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_values, grad_bias = _values_grad(kernels, x_used, dy, layout.crow, col, with_bias)
+        elif with_bias:
             grad_bias = dy.sum(0)
         if ctx.grad_inputs.enabled:
             ctx.grad_inputs.pairs.append((x, dy))
