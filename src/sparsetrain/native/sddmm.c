@@ -22,6 +22,11 @@
  * thread packs its own copy of the x tile (cheap next to the products) and needs no barrier. The first tile
  * stores into dw, later tiles add to it, so dw's arithmetic does not depend on the thread count: per nonzero,
  * the tiles in order, each the shuffle tree over the lanes of a chain of nv multiply-adds.
+ *
+ * On request sddmm_f32 also returns the bias gradient db = dy.sum(0): packing dy loads its rows anyway, so each
+ * thread adds them to db for its rows as they pass (rows without a nonzero, and a remainder of fewer than 4 batch
+ * rows, read dy directly). Summation order: per output, the batch rows one by one in order, whatever the tiles and
+ * threads (torch's dy.sum(0) sums in another order; the differences are float rounding).
  */
 #include "tiles.h"
 

@@ -8,7 +8,9 @@ sorted flat positions (:func:`native_csr_from_flat`, :func:`native_csr_flat`), a
 :func:`sparsetrain.sparse.spmm.native_linear` with the transpose.
 
 Each function returns None whenever the kernel cannot serve the call (kernel unavailable, ``SPARSETRAIN_NATIVE=0``,
-or a dtype / device / index width it does not handle); the caller then uses its PyTorch path.
+or a dtype / device / index width it does not handle); the caller then uses its PyTorch path. The ``checked_*``
+functions are the same kernels without those checks, for a caller that made them once per call (the layer's hot
+path, where each check costs microseconds): :func:`kernels` gives the library they take.
 """
 
 from __future__ import annotations

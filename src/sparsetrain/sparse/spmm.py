@@ -9,7 +9,8 @@ over (tile, row range) work items; the N:M kernel also blocks over inputs).
 
 Both return None whenever the kernel cannot serve a call (kernel unavailable, or ``SPARSETRAIN_NATIVE=0``, or
 a dtype / device / index width it does not handle, or autograd needs a graph); the caller then uses its
-PyTorch path.
+PyTorch path. :func:`checked_linear` is the CSR product without those checks, for a caller that made them once per
+call (TrainableSparseLinear's hot path).
 """
 
 from __future__ import annotations
