@@ -106,6 +106,17 @@ def test_sddmm_kernel_for_every_batch_tiling(tile: int, batch: int) -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("n", [0, 5, 16, 37, 5000])
+def test_gather_or_zero_kernel(n: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    values = torch.randn(300, generator=gen)
+    source = torch.randint(-2, 300, (n,), generator=gen, dtype=torch.int32)  # some negative: zero there
+    got = sddmm.native_gather_or_zero(values, source)
+    want = torch.where(source >= 0, values[source.clamp(min=0).long()], 0.0)
+    assert got is not None and torch.equal(got, want)
+
+
+@needs_native
 @pytest.mark.parametrize("batch", [5, 64, 130])
 def test_two_threads_give_the_same_gradients(two_threads: None, batch: int) -> None:
     dense, mask = masked_linear(300, 90, 0.05, seed=3)
