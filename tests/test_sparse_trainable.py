@@ -87,6 +87,7 @@ def test_sddmm_kernel_for_every_batch_tiling(tile: int, batch: int) -> None:
     gen = torch.Generator().manual_seed(batch)
     weight = torch.rand(45, 70, generator=gen) < 0.3
     weight[::4] = False  # empty rows: groups of 16 nonzeros cross several row boundaries
+    weight[-3:] = False  # and at the end, where only the bias gradient has work
     csr = weight.float().to_sparse_csr()
     crow, col = csr.crow_indices().int(), csr.col_indices().int()
     x = torch.randn(batch, 70, generator=gen, dtype=torch.float64)
@@ -95,6 +96,24 @@ def test_sddmm_kernel_for_every_batch_tiling(tile: int, batch: int) -> None:
     want = (dy.t() @ x)[weight].float()
     assert got is not None and got.shape == want.shape
     close(got, want)
+    # The bias gradient summed on the way, also for a pattern without any nonzero.
+    for crow_, col_, want_ in ((crow, col, want), (torch.zeros_like(crow), col[:0], want[:0])):
+        bias_grad = torch.full((45,), float("nan"))
+        got = sddmm.checked_sddmm(sddmm.kernels(), x.float(), dy.float(), crow_, col_, tile, bias_grad)
+        assert got is not None
+        close(got, want_)
+        close(bias_grad, dy.sum(0).float())
+
+
+@needs_native
+@pytest.mark.parametrize("n", [0, 5, 16, 37, 5000])
+def test_gather_or_zero_kernel(n: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    values = torch.randn(300, generator=gen)
+    source = torch.randint(-2, 300, (n,), generator=gen, dtype=torch.int32)  # some negative: zero there
+    got = sddmm.native_gather_or_zero(values, source)
+    want = torch.where(source >= 0, values[source.clamp(min=0).long()], 0.0)
+    assert got is not None and torch.equal(got, want)
 
 
 @needs_native
@@ -109,8 +128,8 @@ def test_two_threads_give_the_same_gradients(two_threads: None, batch: int) -> N
     one = gradients(sparse, x, out)
     for a, b in zip(two, one):
         close(a, b)
-    # The weight gradient's summation order does not depend on the thread count.
-    assert torch.equal(two[2], one[2])
+    # The weight and bias gradients' summation orders do not depend on the thread count.
+    assert torch.equal(two[2], one[2]) and torch.equal(two[3], one[3])
 
 
 def test_native_float32_matches_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,6 +183,28 @@ def test_nd_inputs_empty_rows_and_extreme_densities(path: str) -> None:
         close(y, y_ref)
         close(dx, dx_ref)
         close(dw, dw_ref[mask])
+
+
+@pytest.mark.parametrize("batch", [3, 40])
+def test_a_layer_using_few_inputs_reads_only_those(path: str, batch: int) -> None:
+    # 11 of 300 inputs hold the active weights: the products read only those (the narrow layout).
+    dense, mask = masked_linear(300, 7, 0.5, seed=8)
+    used = torch.zeros(300, dtype=torch.bool)
+    used[torch.randperm(300, generator=torch.Generator().manual_seed(9))[:11]] = True
+    mask &= used
+    mask[0, 299] = True  # the last input too: the renumbering must reach the end
+    with torch.no_grad():
+        dense.weight.mul_(mask)
+    sparse = TrainableSparseLinear.from_linear(dense, mask)
+    narrow = sparse._layout().narrow
+    assert narrow is not None and narrow.used.tolist() == mask.any(0).nonzero().squeeze(1).tolist()
+    x, out = torch.randn(batch, 300), torch.randn(batch, 7)
+    y, dx, dw, db = gradients(sparse, x, out)
+    y_ref, dx_ref, dw_ref, db_ref = gradients(dense, x, out)
+    for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref[mask]), (db, db_ref)):
+        close(got, want)
+    # A layer using most of its inputs keeps the plain layout.
+    assert TrainableSparseLinear.from_linear(dense, torch.ones_like(mask))._layout().narrow is None
 
 
 def test_input_without_grad_skips_the_input_gradient(path: str) -> None:

@@ -22,6 +22,11 @@
  * thread packs its own copy of the x tile (cheap next to the products) and needs no barrier. The first tile
  * stores into dw, later tiles add to it, so dw's arithmetic does not depend on the thread count: per nonzero,
  * the tiles in order, each the shuffle tree over the lanes of a chain of nv multiply-adds.
+ *
+ * On request sddmm_f32 also returns the bias gradient db = dy.sum(0): packing dy loads its rows anyway, so each
+ * thread adds them to db for its rows as they pass (rows without a nonzero, and a remainder of fewer than 4 batch
+ * rows, read dy directly). Summation order: per output, the batch rows one by one in order, whatever the tiles and
+ * threads (torch's dy.sum(0) sums in another order; the differences are float rounding).
  */
 #include "tiles.h"
 
@@ -166,17 +171,26 @@ static int64_t part_start(const int32_t *rowptr, int64_t rows, int t, int parts)
     return lo;
 }
 
+/* db[r] += dy[b, r] for the batch rows b0..b0+nb in order and the columns r0..r1. */
+static void add_rows(const float *dy, int64_t ldy, int64_t b0, int64_t nb, int64_t r0, int64_t r1, float *db) {
+    for (int64_t b = b0; b < b0 + nb; ++b)
+        for (int64_t r = r0; r < r1; ++r) db[r] += dy[b * ldy + r];
+}
+
 /* dw[k] = sum_b dy[b, r_k] * x[b, c_k] for the CSR pattern (rowptr, cols) of an out x in matrix; x is
  * (batch, in) with leading dimension ldx, dy is (batch, out) with leading dimension ldy, both row-major.
- * max_nv: 1, 2, 4 or 8 (widest batch tile 16 .. 128 rows). Returns 0, or -1 when an argument is out of range or a
- * buffer could not be allocated (dw then undefined). */
+ * max_nv: 1, 2, 4 or 8 (widest batch tile 16 .. 128 rows). db: NULL, or `out` floats that receive the bias
+ * gradient dy.sum(0), summed while dy is packed (per output, the batch rows added one by one in order, whatever the
+ * tiles and threads). Returns 0, or -1 when an argument is out of range or a buffer could not be allocated (dw and
+ * db then undefined). */
 int sddmm_f32(int64_t batch, int64_t in, int64_t out, const int32_t *rowptr, const int32_t *cols, const float *x,
-              int64_t ldx, const float *dy, int64_t ldy, float *dw, int max_nv, int threads) {
+              int64_t ldx, const float *dy, int64_t ldy, float *dw, int max_nv, float *db, int threads) {
     if (batch < 0 || in < 0 || out < 0 || (max_nv != 1 && max_nv != 2 && max_nv != 4 && max_nv != 8)) return -1;
     const int32_t nnz = out > 0 ? rowptr[out] : 0;
-    if (nnz == 0) return 0;
-    if (batch == 0) {
-        memset(dw, 0, sizeof(float) * (size_t)nnz);
+    if (db) memset(db, 0, sizeof(float) * (size_t)out);
+    if (nnz == 0 || batch == 0) {
+        if (nnz > 0) memset(dw, 0, sizeof(float) * (size_t)nnz);
+        if (db) add_rows(dy, ldy, 0, batch, 0, out, db);
         return 0;
     }
     if (threads < 1) threads = 1;
@@ -191,8 +205,11 @@ int sddmm_f32(int64_t batch, int64_t in, int64_t out, const int32_t *rowptr, con
 #else
         const int t = 0, parts = 1;
 #endif
-        const int64_t r0 = part_start(rowptr, out, t, parts), r1 = part_start(rowptr, out, t + 1, parts);
+        /* The last part also takes the empty rows at the end (their bias gradient). */
+        const int64_t r0 = part_start(rowptr, out, t, parts);
+        const int64_t r1 = t + 1 == parts ? out : part_start(rowptr, out, t + 1, parts);
         const int32_t k0 = rowptr[r0], k1 = rowptr[r1];
+        if (db && k1 == k0) add_rows(dy, ldy, 0, batch, r0, r1, db);
         float *xt = NULL, *dyt = NULL;
         if (k1 > k0) {
             xt = scratch(0, (size_t)(in > 0 ? in : 1) * 16 * max_nv * sizeof(float));
@@ -203,11 +220,12 @@ int sddmm_f32(int64_t batch, int64_t in, int64_t out, const int32_t *rowptr, con
             const tile_t tile = tiles[i];
             if (tile.nv == 0) {
                 sddmm_direct(rowptr, cols, x, ldx, dy, ldy, tile.b0, tile.nb, r0, r1, dw, i > 0);
+                if (db) add_rows(dy, ldy, tile.b0, tile.nb, r0, r1, db);
                 continue;
             }
             const int T = 16 * tile.nv;
-            pack_tile(x, ldx, in, tile.b0, tile.nb, T, xt);
-            pack_tile(dy + r0, ldy, r1 - r0, tile.b0, tile.nb, T, dyt);
+            pack_tile(x, ldx, in, tile.b0, tile.nb, T, xt, NULL);
+            pack_tile(dy + r0, ldy, r1 - r0, tile.b0, tile.nb, T, dyt, db ? db + r0 : NULL);
             switch (tile.nv) {
             case 8: sddmm_8(rowptr, cols, xt, dyt, r0, k0, k1, dw, i > 0); break;
             case 4: sddmm_4(rowptr, cols, xt, dyt, r0, k0, k1, dw, i > 0); break;
@@ -302,5 +320,18 @@ int csr_replace(int64_t rows, int64_t in, const int32_t *rowptr, const int32_t *
 /* dst[i] = src[source[i]], or 0 where source[i] < 0. */
 void gather_or_zero_f32(int64_t n, const float *src, const int32_t *source, float *dst, int threads) {
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) if (threads > 1 && n > 65536) schedule(static)
-    for (int64_t i = 0; i < n; ++i) dst[i] = source[i] >= 0 ? src[source[i]] : 0.0f;
+    for (int64_t i0 = 0; i0 < n; i0 += 4096) {
+        const int64_t i1 = i0 + 4096 < n ? i0 + 4096 : n;
+        int64_t i = i0;
+#ifdef __AVX512F__
+        /* 16 entries per masked vector gather: 0.078 instead of 0.093 ms for the scalar loop on the W.T order of
+         * 168k weights (one thread). */
+        for (; i + 16 <= i1; i += 16) {
+            const __m512i at = _mm512_loadu_si512((const void *)(source + i));
+            const __mmask16 valid = _mm512_cmpge_epi32_mask(at, _mm512_setzero_si512());
+            _mm512_storeu_ps(dst + i, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, at, src, 4));
+        }
+#endif
+        for (; i < i1; ++i) dst[i] = source[i] >= 0 ? src[source[i]] : 0.0f;
+    }
 }

@@ -173,7 +173,7 @@ static int run_items(int64_t batch, int64_t in, int64_t out, int max_nv, int thr
             const int64_t r0 = (it % parts) * chunk;
             const int64_t r1 = r0 + chunk < out ? r0 + chunk : out;
             if (r0 >= r1) continue;
-            if (tile.nv != 0) pack_tile(x, ldx, in, tile.b0, tile.nb, 16 * tile.nv, xt);
+            if (tile.nv != 0) pack_tile(x, ldx, in, tile.b0, tile.nb, 16 * tile.nv, xt, NULL);
             rows(ctx, &tile, xt, r0, r1);
         }
     }

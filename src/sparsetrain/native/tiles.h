@@ -51,8 +51,9 @@ static inline void transpose16(__m512 r[16]) {
 }
 #endif
 
-/* Pack x[b0 : b0 + nb, :] transposed into xt (in x T), zero-filling lanes nb..T-1. */
-static void pack_tile(const float *x, int64_t ldx, int64_t in, int64_t b0, int nb, int T, float *xt) {
+/* Pack x[b0 : b0 + nb, :] transposed into xt (in x T), zero-filling lanes nb..T-1. When `sums` is not NULL, also
+ * add the tile's rows to it (sums[i] += x[b, i] for b = b0, b0 + 1, ... in order: the packing has them loaded). */
+static void pack_tile(const float *x, int64_t ldx, int64_t in, int64_t b0, int nb, int T, float *xt, float *sums) {
 #ifdef __AVX512F__
     for (int g = 0; g < T; g += 16) {
         const int rows = nb - g < 0 ? 0 : (nb - g > 16 ? 16 : nb - g);
@@ -62,6 +63,11 @@ static void pack_tile(const float *x, int64_t ldx, int64_t in, int64_t b0, int n
             __m512 r[16];
             for (int j = 0; j < 16; ++j)
                 r[j] = j < rows ? _mm512_maskz_loadu_ps(mask, x + (b0 + g + j) * ldx + i) : _mm512_setzero_ps();
+            if (sums && rows > 0) {
+                __m512 acc = _mm512_maskz_loadu_ps(mask, sums + i);
+                for (int j = 0; j < rows; ++j) acc = _mm512_add_ps(acc, r[j]);
+                _mm512_mask_storeu_ps(sums + i, mask, acc);
+            }
             transpose16(r);
             for (int c = 0; c < cols; ++c) _mm512_store_ps(xt + (i + c) * T + g, r[c]);
         }
@@ -73,6 +79,8 @@ static void pack_tile(const float *x, int64_t ldx, int64_t in, int64_t b0, int n
         for (int j = 0; j < nb; ++j) {
             const float *src = x + (b0 + j) * ldx;
             for (int64_t i = i0; i < i1; ++i) xt[i * T + j] = src[i];
+            if (sums)
+                for (int64_t i = i0; i < i1; ++i) sums[i] += src[i];
         }
         for (int j = nb; j < T; ++j)
             for (int64_t i = i0; i < i1; ++i) xt[i * T + j] = 0.0f;

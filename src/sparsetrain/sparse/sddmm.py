@@ -8,7 +8,9 @@ sorted flat positions (:func:`native_csr_from_flat`, :func:`native_csr_flat`), a
 :func:`sparsetrain.sparse.spmm.native_linear` with the transpose.
 
 Each function returns None whenever the kernel cannot serve the call (kernel unavailable, ``SPARSETRAIN_NATIVE=0``,
-or a dtype / device / index width it does not handle); the caller then uses its PyTorch path.
+or a dtype / device / index width it does not handle); the caller then uses its PyTorch path. The ``checked_*``
+functions are the same kernels without those checks, for a caller that made them once per call (the layer's hot
+path, where each check costs microseconds): :func:`kernels` gives the library they take.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import Tensor
 
 from sparsetrain import native
 
-__all__ = ["default_tile", "native_csr_flat", "native_csr_from_flat", "native_csr_replace", "native_csr_transpose",
+__all__ = ["checked_gather_or_zero", "checked_sddmm", "default_tile", "kernels", "native_csr_flat", "native_csr_from_flat", "native_csr_replace", "native_csr_transpose",
            "native_gather_or_zero", "native_sddmm"]
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ def default_tile(nnz: int, in_features: int) -> int:
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES: dict[str, native.Signature] = {
-    "sddmm_f32": (_INT, [_I64] * 3 + [_P] * 3 + [_I64, _P, _I64, _P, _INT, _INT]),
+    "sddmm_f32": (_INT, [_I64] * 3 + [_P] * 3 + [_I64, _P, _I64, _P, _INT, _P, _INT]),
     "csr_transpose": (_INT, [_I64, _I64] + [_P] * 5),
     "csr_from_flat": (_INT, [_I64, _P, _I64, _I64, _P, _P]),
     "csr_flat": (None, [_I64, _I64, _P, _P, _P]),
@@ -94,12 +96,37 @@ def native_sddmm(x: Tensor, dy: Tensor, crow: Tensor, col: Tensor, *, tile: int 
         return None
     x = x if _rows_ok(x) else x.contiguous()
     dy = dy if _rows_ok(dy) else dy.contiguous()
+    return checked_sddmm(library, x, dy, crow, col, tile)
+
+
+def kernels() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None when native kernels are unavailable (for the ``checked_*`` functions)."""
+    return _load()
+
+
+def checked_sddmm(library: ctypes.CDLL, x: Tensor, dy: Tensor, crow: Tensor, col: Tensor, tile: int = 0,
+                  bias_grad: Tensor | None = None) -> Tensor | None:
+    """:func:`native_sddmm` without its checks, for a caller that made them once (a layer's hot path).
+
+    Args:
+        library: from :func:`kernels`.
+        x, dy: float32 CPU tensors with unit-stride rows, as for :func:`native_sddmm`.
+        crow, col: int32 CPU CSR indices, contiguous.
+        tile: as for :func:`native_sddmm`.
+        bias_grad: optional contiguous float32 ``(out_features,)`` tensor that receives ``dy.sum(0)`` (summed while
+            the kernel reads dy anyway; per output, the batch rows in order).
+
+    Returns:
+        A new ``(nnz,)`` float32 tensor in CSR order, or None when the kernel failed (out of memory; ``bias_grad``
+        is then undefined).
+    """
     (batch, in_features), out_features = x.shape, dy.shape[1]
     dw = torch.empty(col.shape[0], dtype=torch.float32)
     tile = tile or default_tile(col.shape[0], in_features)
     status = library.sddmm_f32(
         batch, in_features, out_features, crow.data_ptr(), col.data_ptr(), x.data_ptr(), max(x.stride(0), 1),
-        dy.data_ptr(), max(dy.stride(0), 1), dw.data_ptr(), tile, torch.get_num_threads(),
+        dy.data_ptr(), max(dy.stride(0), 1), dw.data_ptr(), tile,
+        bias_grad.data_ptr() if bias_grad is not None else None, torch.get_num_threads(),
     )
     if status != 0:
         logger.warning("native sddmm failed (out of memory?); using the PyTorch path for this call")
@@ -212,7 +239,11 @@ def native_gather_or_zero(values: Tensor, source: Tensor) -> Tensor | None:
     library = _load()
     if library is None:
         return None
-    values, source = values.contiguous(), source.contiguous()
+    return checked_gather_or_zero(library, values.contiguous(), source.contiguous())
+
+
+def checked_gather_or_zero(library: ctypes.CDLL, values: Tensor, source: Tensor) -> Tensor:
+    """:func:`native_gather_or_zero` without its checks (contiguous float32 ``values``, int32 ``source``, CPU)."""
     out = torch.empty(source.shape[0], dtype=torch.float32)
     library.gather_or_zero_f32(source.shape[0], values.data_ptr(), source.data_ptr(), out.data_ptr(),
                                torch.get_num_threads())

@@ -9,7 +9,8 @@ over (tile, row range) work items; the N:M kernel also blocks over inputs).
 
 Both return None whenever the kernel cannot serve a call (kernel unavailable, or ``SPARSETRAIN_NATIVE=0``, or
 a dtype / device / index width it does not handle, or autograd needs a graph); the caller then uses its
-PyTorch path.
+PyTorch path. :func:`checked_linear` is the CSR product without those checks, for a caller that made them once per
+call (TrainableSparseLinear's hot path).
 """
 
 from __future__ import annotations
@@ -106,6 +107,28 @@ def native_linear(
     if library is None:
         return None
     x, crow, col, values, bias = _contiguous(x, crow, col, values, bias)
+    return checked_linear(library, x, crow, col, values, bias, out_features, tile)
+
+
+def kernels() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None when native kernels are unavailable (for :func:`checked_linear`)."""
+    return _load()
+
+
+def checked_linear(library: ctypes.CDLL, x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Tensor | None,
+                   out_features: int, tile: int) -> Tensor | None:
+    """:func:`native_linear` without its checks, for a caller that made them once (a layer's hot path).
+
+    Args:
+        library: from :func:`kernels`.
+        x: float32 CPU input ``(batch, in_features)`` with unit-stride rows.
+        crow, col, values, bias: as for :func:`native_linear`, CPU, contiguous, of the dtypes it requires.
+        out_features: rows of the weight.
+        tile: 0, 1, 2 or 4, as for :func:`native_linear`.
+
+    Returns:
+        A new contiguous ``(batch, out_features)`` tensor, or None when the kernel failed (out of memory).
+    """
     weight = (crow.data_ptr(), col.data_ptr(), values.data_ptr())
     return _run_linear(library.spmm_linear_f32, "spmm", x, out_features, weight, bias, options=(tile,))
 
