@@ -509,3 +509,22 @@ def test_exclude_rows_marks_exactly_the_entries_of_the_block(path: str, with_kep
     block = torch.randn(4 * 7, generator=gen)  # rows 3..6
     exclude_rows(block, layer.weight_crow_indices, layer.weight_col_indices, kept, 3, 7)
     assert torch.equal(block.isnan(), excluded[21:49])
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 40])
+def test_gradient_rows_of_few_live_units_equal_the_dense_gradient(chunk: int) -> None:
+    from sparsetrain.sparse.held_layers import GradientRows
+
+    gen = torch.Generator().manual_seed(chunk)
+    layer = TrainableSparseLinear.from_dense(torch.randn(40, 12, generator=gen), torch.rand(40, 12, generator=gen) < 0.2)
+    pairs = []
+    for _ in range(2):  # two backward passes accumulate
+        dy = torch.randn(5, 40, generator=gen)
+        dy[:, torch.rand(40, generator=gen) < 0.8] = 0  # most units get no gradient
+        pairs.append((torch.randn(5, 12, generator=gen), dy))
+    want = sum(dy.t() @ x for x, dy in pairs)
+    rows = GradientRows(layer, pairs, chunk)
+    assert rows.live is not None and rows.live.numel() < 0.75 * 40
+    for first in range(0, 40, 8):  # blocks in increasing order, as growth reads them
+        torch.testing.assert_close(rows(first, min(first + 8, 40)), want[first:first + 8])
+    assert GradientRows(layer, None, chunk)(0, 40).count_nonzero() == 0
