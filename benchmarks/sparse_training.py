@@ -25,12 +25,15 @@ OpenMP libraries load). Implementations, interleaved repeat by repeat so that dr
 
 Both peers are optional and live only in the benchmark's own environment (see docs/benchmarks/sparse_training.md
 for the install commands); without them their columns say so. Peak memory of a training run (one process per
-implementation and sparsity, glibc told to return freed memory, the peak reset after the model is built) and a
-sparse-convolution measurement (ResNet-20-size layers: dense conv2d vs SparseProp's sparse convolution vs im2col +
-the sparse Linear kernels) complete the doc.
+implementation and sparsity, glibc told to return freed memory, the peak reset after the model is built) completes
+the doc. A second doc holds the single-layer break-even (the rule of ``backend="auto"``), where the time goes at 99%,
+and a sparse-convolution measurement (ResNet-20-size layers: dense conv2d vs SparseProp's sparse convolution vs
+im2col + the sparse Linear kernels):
 
-    PYTHONPATH=src .bench-venv/bin/python benchmarks/sparse_training.py [--threads 1 2] [--repeats 3]
-        [--clock thread] [--case mlp gpt] [--quick]
+    PYTHONPATH=src .bench-venv/bin/python benchmarks/sparse_training.py --clock thread --repeats 3 --no-conv \
+        --no-breakeven                                                  # docs/benchmarks/sparse_training.md
+    PYTHONPATH=src .bench-venv/bin/python benchmarks/sparse_training.py --no-timing --no-memory --case mlp \
+        --doc sparse_training_extras                                    # docs/benchmarks/sparse_training_extras.md
 
 The last line printed gives the MLP step ratios to dense at 90/95/99% on 1 thread.
 """
@@ -219,12 +222,17 @@ def child_timing(args: argparse.Namespace) -> None:
     clock = time.thread_time if args.clock == "thread" and args.threads == 1 else time.perf_counter
     results = {}
     for case in args.case:
+        # One dense model (and one GPT stand-in) per process, timed in every sparsity's windows: the dense step does
+        # not depend on the sparsity, and a model built anew per sparsity lands on other memory, which moved its
+        # step by up to 15% between sparsities of one process (160 vs 185 ms on the MLP). Ratios use the median of
+        # all its windows in the process (main()).
+        shared = {impl: make_trainer(impl, case, 0.0) for impl in ("dense", "stub") if impl == "dense" or case == "gpt"}
         for sparsity in args.sparsities:
             trainers = {}
             for impl in IMPLEMENTATIONS + (("stub",) if case == "gpt" else ()):
                 if impl in METHODS and impl not in CASE_METHODS[case]:
                     continue
-                trainer = make_trainer(impl, case, sparsity)
+                trainer = shared[impl] if impl in shared else make_trainer(impl, case, sparsity)
                 if trainer is not None:
                     trainers[impl] = trainer
             samples = time_windows(trainers, args.repeats, args.steps, args.dense_steps, clock)
@@ -357,15 +365,17 @@ def child_floor(args: argparse.Namespace) -> None:
     for sparsity in FLOOR_SPARSITIES:
         layer = TrainableSparseLinear.from_linear(linear, random_mask((4096, 4096), sparsity, seed=0))
         layout, values, bias = layer._layout(), layer.weight_values.detach(), layer.bias.detach()
+        kernels = trainable._kernels(x, values, bias, layout)
         results[str(sparsity)] = {
-            "forward product (+ bias)": best_ms(lambda: trainable._product(x, layout.crow, layout.col, values, bias,
-                                                                          4096)),
-            "input gradient (W.T product)": best_ms(lambda: trainable._product(
-                dy, layout.t_crow, layout.t_rows, trainable._transpose_values(values, layout), None, 4096)),
-            "weight gradient (SDDMM)": best_ms(lambda: trainable._values_grad(x, dy, layout, torch.float32)),
+            "forward product (+ bias)": best_ms(lambda: trainable._product(kernels, x, layout.crow, layout.col,
+                                                                          values, bias, 4096)),
+            "input gradient (W.T product, values gathered)": best_ms(lambda: trainable._product(
+                kernels, dy, layout.t_crow, layout.t_rows, trainable._transpose_values(kernels, values, layout),
+                None, 4096)),
+            "weight gradient (SDDMM) and bias gradient": best_ms(lambda: trainable._values_grad(
+                kernels, x, dy, layout.crow, layout.col, True)),
             "ReLU forward": best_ms(lambda: torch.relu(x)),
             "ReLU backward": best_ms(lambda: torch.ops.aten.threshold_backward(dy, x, 0)),
-            "bias gradient": best_ms(lambda: dy.sum(0)),
             "dense gradient for growth (RigL update steps)": best_ms(lambda: [
                 dy[:, r:r + 64].t() @ x for r in range(0, 4096, 64)], 3),
         }
@@ -510,7 +520,8 @@ def main() -> None:
         f"{args.steps // UPDATE_EVERY} update), {args.dense_steps} per dense window; median of {args.repeats} "
         "windows, implementations "
         "interleaved window by window in one process per thread count; ratio = median step / median dense step of "
-        "the same process. Clock: "
+        "the same process (one dense model per process, timed in the windows of every sparsity; its median over all "
+        "of them is the *dense ms* column, the same on every row). Clock: "
         + ("CPU time of the calling thread on 1 thread (`--clock thread`: time preempted by other jobs is not "
            "counted; every implementation runs on the calling thread there), wall time on 2 threads."
            if args.clock == "thread" else "wall time.")
@@ -526,9 +537,12 @@ def main() -> None:
             "step (timed with shape-only stand-ins for the sparse Linears) plus the density times their share.\n\n")
         for threads, result in timing.items():
             rows = []
+            pooled = {impl: statistics.median([w for sparsity in args.sparsities
+                                               for w in result["timing"][f"{case}/{sparsity}"][impl]["step"]])
+                      for impl in ("dense", "stub") if impl in result["timing"][f"{case}/{args.sparsities[0]}"]}
             for sparsity in args.sparsities:
                 samples = result["timing"][f"{case}/{sparsity}"]
-                median = {impl: statistics.median(s["step"]) for impl, s in samples.items()}
+                median = {impl: statistics.median(s["step"]) for impl, s in samples.items()} | pooled
                 dense = median["dense"]
                 ratio = {impl: median[impl] / dense if impl in median else None for impl in IMPLEMENTATIONS}
                 updates = samples["rigl"]["update"]
@@ -579,7 +593,9 @@ def main() -> None:
         sections.append(conv_section(args, table))
     sections.append(f"Wall time of this run: {time.perf_counter() - started:.0f} s; load average at the end: "
                     + " ".join(f"{v:.2f}" for v in os.getloadavg()) + ".")
-    write_doc(args.doc, "Truly sparse training: step time and memory against dense and the peers",
+    title = ("Truly sparse training: break-even, where the time goes, convolutions" if args.no_timing else
+             "Truly sparse training: step time and memory against dense and the peers")
+    write_doc(args.doc, title,
               INSTALL + "\n\n" + "\n\n".join(sections) + "\n\n" + NOTES)
     if ratios_1:
         print("MLP step ratio to dense (RigL on sparse storage), 1 thread: "
@@ -633,7 +649,7 @@ def breakeven_section(args: argparse.Namespace, table: Callable) -> str:
             "Forward, ReLU, backward (input and weight gradients) and SGD with momentum of one layer, batch 128, "
             "1 thread: TrainableSparseLinear's step time over dense `nn.Linear`'s (below 1 = sparse storage is "
             f"faster). `backend=\"auto\"` holds a float32 CPU Linear sparse at density <= {AUTO_MAX_DENSITY} with "
-            f"at least {AUTO_MIN_WEIGHTS:,} weights, where every row measured here was at least about 20% faster; "
+            f"at least {AUTO_MIN_WEIGHTS:,} weights, where every row measured here was at least about 15% faster; "
             "the masked-dense path (bool masks, fused optimizer step) costs about what dense does.\n\n"
             + table(["in x out", "dense ms", *(f"density {d}" for d in BREAK_EVEN_DENSITIES)], rows))
 
@@ -646,7 +662,9 @@ def floor_section(args: argparse.Namespace, table: Callable) -> str:
     return ("## Where the time goes at 99% (the MLP's 4096 x 4096 layer, batch 128, 1 thread)\n\n"
             "Milliseconds per call, best of 7 windows. Each product packs its dense operand (batch x 4096) and writes "
             "a dense result, whatever the density: the 99.99% column (1,678 weights) is that fixed cost. The dense "
-            "gradient is what RigL's update steps add, once per ΔT = 100 steps, for this layer alone.\n\n"
+            "gradient is what RigL's update steps add, once per ΔT = 100 steps, for this layer alone, with every "
+            "unit live (random output gradients); in the benchmark MLP at 99% only about 10% of this layer's units "
+            "have a gradient (the next layer reads few of them), and only their rows are multiplied.\n\n"
             + table(["piece", *(f"{s:.2%} sparse" for s in FLOOR_SPARSITIES)], rows))
 
 
@@ -687,17 +705,21 @@ NOTES = """Notes:
   (values, their gradient and momentum, int32 CSR indices of W and W.T). On RigL's and GraNet's update steps the
   layers keep their inputs and output gradients during the backward; the update computes each layer's dense gradient
   in row blocks of 2^18 scores (at least 64 rows), one layer at a time, and selects the grown positions over the
-  blocks, so no layer's dense gradient is held whole. SET and Static never keep them.
+  blocks, so no layer's dense gradient is held whole; only the rows of units with a nonzero output gradient are
+  multiplied (the others are exactly zero: 90% of the middle layer's units at 99%, because the 4096 -> 10 layer
+  reads few of them). SET and Static never keep them.
 - sparselab's RigL keeps a copy of every layer's input and output gradient at every step (its hooks) and updates row
   by row in Python; SparseProp has no regrowth, so its rows carry no topology update at all.
 - The masks are uniform random at every layer (the same per-layer sparsity for every implementation); sparselab draws
   its own random mask at the same sparsity.
 - At 99% the step is no longer proportional to the density: every sparse product packs its dense operand and writes
-  a dense result, and ReLU, the bias gradients and the loss stay dense (see "Where the time goes"); RigL adds its
-  dense gradient (RigL's own accounting) on each update step. Ideas measured and left out: packing each operand once
-  for the three products (slower: the packs of a whole batch leave the cache), and fusing ReLU into the layer (it
-  would save the ReLU forward pass, about 0.2 ms of a 4096-wide layer's step, at the price of rewriting the model's
-  ReLU modules).
+  a dense result, and ReLU and the loss stay dense (docs/benchmarks/sparse_training_extras.md, "Where the time
+  goes"); RigL adds its dense gradient (RigL's own accounting) on each update step. Ideas measured and left out:
+  keeping the forward's packed input for the weight gradient (the forward lost what the backward gained), four
+  partial sums instead of two in the product kernel (8% slower: it waits on L2), and fusing ReLU into the layer (it
+  would save the ReLU forward pass, about 0.15 ms of a 4096-wide layer's step, at the price of rewriting the
+  model's ReLU modules). Not tried yet: handing activations between consecutive sparse layers in a batch-inner
+  (transposed) layout, so that no product packs its operand or transposes its result.
 - Each thread count runs with `OMP_NUM_THREADS` set to it, so the peers' OpenMP kernels use the same number of
   threads as torch; left unset, their kernels would use every core even in the 1-thread rows."""
 

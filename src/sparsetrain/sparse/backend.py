@@ -86,7 +86,7 @@ __all__ = ["AUTO_MAX_DENSITY", "AUTO_MIN_WEIGHTS", "sparse_is_faster", "SparseEn
 logger = logging.getLogger(__name__)
 
 #: "auto" holds a Linear sparse at most this dense at attach: the measured break-even of a whole training step
-#: (docs/benchmarks/sparse_training.md, "Break-even"), with a margin.
+#: (docs/benchmarks/sparse_training_extras.md, "Break-even"), with a margin.
 AUTO_MAX_DENSITY = 0.3
 #: ... and only with at least this many weights: below it the fixed costs of the sparse kernels dominate.
 AUTO_MIN_WEIGHTS = 1 << 17
