@@ -120,6 +120,20 @@ def _kill_at_write(process, cwd, nth, run=None):
     process.join()
 
 
+def _kill_between_writes(process, cwd, nth):
+    """SIGKILL once the ``nth`` atomic write has been renamed and no other has begun: in the training (or
+    evaluation) that follows it, the phase that random moments reach least when the writes are slowed down."""
+    seen = set()
+    while process.is_alive():
+        current = _temp_files(cwd)
+        seen |= current
+        if len(seen) >= nth and not current:
+            break
+        time.sleep(0.001)
+    process.kill()
+    process.join()
+
+
 def _result(run):
     import json
 
@@ -166,6 +180,8 @@ def test_sigkill_at_20_random_moments_then_resume_matches_an_uninterrupted_run(t
         log = cwd / "log.txt"
         if trial % 4 == 3:  # aim a quarter of the kills into an atomic write's window
             _kill_at_write(_start(forkserver, cwd, log, AIMED_WRITE_DELAY), cwd, rng.randint(1, writes))
+        elif trial % 4 == 1:  # and a quarter between writes: after config.yaml or an epoch's checkpoint
+            _kill_between_writes(_start(forkserver, cwd, log, WRITE_DELAY), cwd, rng.randint(1, 6))
         else:
             _kill_after(_start(forkserver, cwd, log, WRITE_DELAY), rng.uniform(0.0, duration))
         run = _run_dir(cwd)
@@ -182,7 +198,7 @@ def test_sigkill_at_20_random_moments_then_resume_matches_an_uninterrupted_run(t
         _same(_result(run), reference)
         assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp") or p.name == "checkpoint.bad.pt"]
     assert phases.count("write") >= KILLS // 4 - 1, phases  # one aimed kill may miss on a busy machine
-    assert phases.count("train/eval") >= 2, phases
+    assert phases.count("train/eval") >= KILLS // 4 - 2, phases  # two aimed kills may miss on a busy machine
 
 
 @pytest.fixture(scope="module")
