@@ -207,6 +207,107 @@ def test_a_layer_using_few_inputs_reads_only_those(path: str, batch: int) -> Non
     assert TrainableSparseLinear.from_linear(dense, torch.ones_like(mask))._layout().narrow is None
 
 
+@needs_native
+@pytest.mark.parametrize("live", [0, 1, 9, 40, 41, 60, 61, 80])
+@pytest.mark.parametrize("batch", [3, 40])
+@pytest.mark.parametrize("narrow", [False, True])
+def test_units_without_gradient_are_left_out_of_the_backward(monkeypatch: pytest.MonkeyPatch, live: int,
+                                                              batch: int, narrow: bool) -> None:
+    # 80 output units of which `live` get a gradient (the others meet zero output weights, like the units of a
+    # hidden layer that a very sparse next layer does not read). Up to half of them (40), the backward takes only
+    # their rows of W at once; up to three quarters (60), once the same units come again. The gradients are those
+    # of the masked-dense layer either way.
+    from sparsetrain.sparse import trainable
+
+    dense, mask = masked_linear(300, 80, 0.3, seed=10)
+    if narrow:  # and the narrow layout (few inputs used) on top
+        mask[:, 40:] = False
+        with torch.no_grad():
+            dense.weight.mul_(mask)
+    sparse = TrainableSparseLinear.from_linear(dense, mask)
+    assert (sparse._layout().narrow is not None) == narrow
+    taken = []
+    original = trainable._backward_of_live_units
+    monkeypatch.setattr(trainable, "_backward_of_live_units", lambda *a: taken.append(a[5].units) or original(*a))
+    out = torch.randn(batch, 80)
+    out[:, torch.randperm(80, generator=torch.Generator().manual_seed(live))[live:]] = 0.0
+    units = out.ne(0).any(0).nonzero().squeeze(1).tolist()
+    at_once, on_repeat = live <= 40, live <= 60
+    x = torch.randn(batch, 300)
+    y, dx, dw, db = gradients(sparse, x, out)
+    y_ref, dx_ref, dw_ref, db_ref = gradients(dense, x, out)
+    for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref[mask]), (db, db_ref)):
+        close(got, want)
+    assert len(taken) == int(at_once)
+    # The same units again, without an input gradient (a first layer): the weight and bias gradients alone.
+    kept = sparse._layout().__dict__.get("_live_rows")
+    sparse.zero_grad(set_to_none=True)
+    (sparse(x) * out).sum().backward()
+    close(sparse.weight_values.grad, dw_ref[mask])
+    close(sparse.bias.grad, db_ref)
+    assert len(taken) == int(at_once) + int(on_repeat)
+    assert all(t.tolist() == units for t in taken)
+    if at_once:
+        assert sparse._layout().__dict__.get("_live_rows") is kept  # the rows' structures were reused
+    # Other units next (one live unit off, one other on): taken at once only up to half; the structures follow.
+    if on_repeat and 0 < live < 80:
+        other = out.clone()
+        other[:, units[0]] = 0.0
+        other[:, out.eq(0).all(0).nonzero()[0]] = 1.0
+        dense.zero_grad(set_to_none=True)
+        sparse.zero_grad(set_to_none=True)
+        for got, want in zip(gradients(sparse, x, other)[1:], gradients(dense, x, other)[1:]):
+            close(got, want[mask] if want.shape == mask.shape else want)
+        assert len(taken) == 2 * int(at_once) + int(on_repeat)
+        if at_once:
+            assert sparse._layout().__dict__["_live_rows"] is not kept
+
+
+@needs_native
+@pytest.mark.parametrize("cols", [0, 1, 15, 16, 17, 100])
+@pytest.mark.parametrize("rows", [0, 1, 7, 8, 9, 30])
+def test_live_columns_kernel(rows: int, cols: int) -> None:
+    gen = torch.Generator().manual_seed(rows * 101 + cols)
+    wide = torch.randn(rows, cols + 5, generator=gen)
+    a = wide[:, :cols]  # rows with a gap (leading dimension above the width)
+    a.mul_(torch.rand(cols, generator=gen) < 0.5)  # whole zero columns
+    if rows and cols:
+        a[rows - 1, cols - 1] = float("nan")  # NaN is not zero
+        a[0, 0] = -0.0  # and -0.0 is
+    library = sddmm.kernels()
+    want = ((a != 0) | a.isnan()).any(0).nonzero().squeeze(1).tolist()
+    got = sddmm.checked_live_columns(library, a, cols)
+    assert got is not None and got.dtype == torch.int32 and got.tolist() == want
+    if want:
+        assert sddmm.checked_live_columns(library, a, len(want) - 1) is None
+        assert sddmm.checked_live_columns(library, a, len(want)).tolist() == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_live_units_on_both_paths(path: str, dtype: torch.dtype) -> None:
+    from sparsetrain.sparse.trainable import live_units
+
+    dy = torch.randn(37, 50, dtype=dtype) * (torch.rand(50, generator=torch.Generator().manual_seed(12)) < 0.3)
+    dy[5, 7] = float("nan")
+    want = dy.ne(0).any(0).nonzero().squeeze(1)
+    got = live_units(dy)
+    assert got is not None and got.dtype == torch.int32 and got.tolist() == want.tolist()
+    assert live_units(dy, want.numel() - 1) is None
+    assert live_units(dy.t().contiguous().t()).tolist() == want.tolist()  # columns with unit stride
+
+
+@needs_native
+def test_select_rows_kernel() -> None:
+    _, mask = masked_linear(30, 20, 0.3, seed=11)
+    mask[3] = False  # an empty row among the selected ones
+    crow = torch.cat([torch.zeros(1, dtype=torch.int64), mask.sum(1).cumsum(0)]).to(torch.int32)
+    rows = torch.tensor([0, 3, 4, 19], dtype=torch.int32)
+    new_crow, slots = sddmm.checked_select_rows(sddmm.kernels(), crow, rows)
+    want = [k for r in rows.tolist() for k in range(int(crow[r]), int(crow[r + 1]))]
+    assert slots.tolist() == want
+    assert new_crow.tolist() == [0, *torch.tensor([int(crow[r + 1] - crow[r]) for r in rows]).cumsum(0).tolist()]
+
+
 def test_input_without_grad_skips_the_input_gradient(path: str) -> None:
     dense, mask = masked_linear(30, 10, 0.2)
     sparse = TrainableSparseLinear.from_linear(dense, mask)

@@ -8,7 +8,9 @@
  * - csr_replace / gather_or_zero_f32: a topology change (keep some entries, add others) as a new CSR structure and
  *   a map from new slots to old ones, then every tensor shaped like the values carried through that map in one
  *   pass (zero at the new entries), with 8 bytes of scratch per entry; the same gather lays W's values out in
- *   W.T's order once per backward.
+ *   W.T's order once per backward;
+ * - live_columns_f32 / csr_select_rows: the output units whose gradient is not zero over the batch, and the CSR
+ *   structure of their rows of W, for a backward that leaves the other rows out.
  *
  * sddmm_f32 cuts the batch into tiles of T = 16 * nv rows like spmm.c (tiles.h). Per tile, each thread packs x
  * transposed (in x T) and the rows of dy it owns (its rows x T), then walks its nonzeros: the T-wide product of
@@ -334,4 +336,67 @@ void gather_or_zero_f32(int64_t n, const float *src, const int32_t *source, floa
 #endif
         for (; i < i1; ++i) dst[i] = source[i] >= 0 ? src[source[i]] : 0.0f;
     }
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Live output units: the backward of a layer whose output gradient is zero in whole columns (units that no later
+ * weight reads, or whose ReLU is off for the whole batch) needs only the rows of W of the other units.
+ * ------------------------------------------------------------------------------------------------------------- */
+
+/* The columns of the rows x cols matrix a (leading dimension lda) holding an entry that is not zero (NaN counts as
+ * not zero), ascending, into live. The rows are read in groups of LIVE_GROUP, front to back, each group across
+ * the columns in blocks of 16 (a block whose 16 columns are all known live is not read again); after each group
+ * the live columns are counted, so a gradient with more than max_live of them costs a few rows' reads. Returns the
+ * count, or -1 when there are more than max_live (or the scratch of 2 bytes per 16 columns was not allocated). */
+#define LIVE_GROUP 8
+int64_t live_columns_f32(int64_t rows, int64_t cols, const float *a, int64_t lda, int64_t max_live, int32_t *live) {
+    const int64_t blocks = (cols + 15) / 16;
+    uint16_t *seen = calloc((size_t)(blocks > 0 ? blocks : 1), sizeof(uint16_t));
+    if (!seen) return -1;
+    for (int64_t r0 = 0; r0 < rows; r0 += LIVE_GROUP) {
+        const int64_t r1 = r0 + LIVE_GROUP < rows ? r0 + LIVE_GROUP : rows;
+        int64_t count = 0;
+        for (int64_t b = 0; b < blocks; ++b) {
+            const int width = cols - 16 * b >= 16 ? 16 : (int)(cols - 16 * b);
+            const uint32_t full = (uint32_t)((1u << width) - 1u);
+            uint32_t m = seen[b];
+            if (m != full) {
+                const float *col0 = a + 16 * b;
+#ifdef __AVX512F__
+                for (int64_t r = r0; r < r1; ++r)
+                    m |= _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps((__mmask16)full, col0 + r * lda),
+                                            _mm512_setzero_ps(), _CMP_NEQ_UQ);
+#else
+                for (int64_t r = r0; r < r1; ++r)
+                    for (int j = 0; j < width; ++j)
+                        if (col0[r * lda + j] != 0.0f) m |= 1u << j;
+#endif
+                seen[b] = (uint16_t)m;
+            }
+            count += __builtin_popcount(m);
+        }
+        if (count > max_live) {
+            free(seen);
+            return -1;
+        }
+        if (count == cols) break;
+    }
+    int64_t n = 0;
+    for (int64_t b = 0; b < blocks; ++b)
+        for (uint32_t m = seen[b]; m; m &= m - 1) live[n++] = (int32_t)(16 * b + __builtin_ctz(m));
+    free(seen);
+    return n;
+}
+
+/* The CSR structure of the rows live[0..n_live) of a CSR matrix (ascending): new_rowptr (n_live + 1) and, for each
+ * of its entries, the slot it has in the full matrix (slots, room for all entries). Returns the entry count. */
+int64_t csr_select_rows(const int32_t *rowptr, int64_t n_live, const int32_t *live, int32_t *new_rowptr,
+                        int32_t *slots) {
+    int32_t j = 0;
+    new_rowptr[0] = 0;
+    for (int64_t i = 0; i < n_live; ++i) {
+        for (int32_t k = rowptr[live[i]]; k < rowptr[live[i] + 1]; ++k) slots[j++] = k;
+        new_rowptr[i + 1] = j;
+    }
+    return j;
 }

@@ -22,7 +22,7 @@ from sparsetrain.masks import FlatMask
 from sparsetrain.optim_state import swap_parameter
 from sparsetrain.scores import Growth
 from sparsetrain.sparse.storage_masks import active_positions
-from sparsetrain.sparse.trainable import TrainableSparseLinear
+from sparsetrain.sparse.trainable import TrainableSparseLinear, live_units
 from sparsetrain.sparse_init import unit_factors
 from sparsetrain.streaming_topk import exclude_rows, topk_positions
 from sparsetrain.topk import topk_mask
@@ -187,13 +187,14 @@ class GradientRows:
 
     def __init__(self, layer: TrainableSparseLinear, pairs: GradInputs | None, chunk: int) -> None:
         self.layer, self.pairs, self.chunk = layer, pairs or [], chunk
-        live = None
+        live = torch.zeros(layer.out_features, dtype=torch.bool, device=layer.weight_values.device)
         for _, dy in self.pairs:
-            units = dy.ne(0).any(0)
-            live = units if live is None else live | units
+            units = live_units(dy)
+            assert units is not None  # no limit asked
+            live[units.long()] = True
         #: The live output units (int64, increasing), or None to multiply whole blocks.
         self.live = None
-        if live is not None and int(live.sum()) < LIVE_ROWS_FRACTION * layer.out_features:
+        if self.pairs and int(live.sum()) < LIVE_ROWS_FRACTION * layer.out_features:
             self.live = live.nonzero().squeeze(1)
         self._cached = (0, 0, None)  # live[c0:c1] and their gradient rows
 

@@ -4,7 +4,8 @@ Wraps ``native/sddmm.c`` (compiled on first use by :mod:`sparsetrain.native`; it
 kernels): the weight gradient at the active positions only (:func:`native_sddmm`), the CSR structure of the
 transpose (:func:`native_csr_transpose`), a gather (:func:`native_gather_or_zero`), the conversions between CSR and
 sorted flat positions (:func:`native_csr_from_flat`, :func:`native_csr_flat`), and a topology change
-(:func:`native_csr_replace`, :func:`native_gather_or_zero`). The input gradient is
+(:func:`native_csr_replace`, :func:`native_gather_or_zero`), and the pieces of a backward over the live output units
+only (:func:`checked_live_columns`, :func:`checked_select_rows`). The input gradient is
 :func:`sparsetrain.sparse.spmm.native_linear` with the transpose.
 
 Each function returns None whenever the kernel cannot serve the call (kernel unavailable, ``SPARSETRAIN_NATIVE=0``,
@@ -23,7 +24,8 @@ from torch import Tensor
 
 from sparsetrain import native
 
-__all__ = ["checked_gather_or_zero", "checked_sddmm", "default_tile", "kernels", "native_csr_flat", "native_csr_from_flat", "native_csr_replace", "native_csr_transpose",
+__all__ = ["checked_gather_or_zero", "checked_live_columns", "checked_sddmm", "checked_select_rows", "default_tile",
+           "kernels", "native_csr_flat", "native_csr_from_flat", "native_csr_replace", "native_csr_transpose",
            "native_gather_or_zero", "native_sddmm"]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ _SIGNATURES: dict[str, native.Signature] = {
     "csr_flat": (None, [_I64, _I64, _P, _P, _P]),
     "csr_replace": (_INT, [_I64, _I64, _P, _P, _P, _I64, _P, _P, _P, _P]),
     "gather_or_zero_f32": (None, [_I64, _P, _P, _P, _INT]),
+    "live_columns_f32": (_I64, [_I64, _I64, _P, _I64, _I64, _P]),
+    "csr_select_rows": (_I64, [_P, _I64, _P, _P, _P]),
 }
 
 
@@ -248,3 +252,28 @@ def checked_gather_or_zero(library: ctypes.CDLL, values: Tensor, source: Tensor)
     library.gather_or_zero_f32(source.shape[0], values.data_ptr(), source.data_ptr(), out.data_ptr(),
                                torch.get_num_threads())
     return out
+
+
+def checked_live_columns(library: ctypes.CDLL, a: Tensor, max_live: int) -> Tensor | None:
+    """The columns of ``a`` that hold an entry other than zero (NaN included), ascending, as int32; or None when
+    there are more than ``max_live`` of them (the scan stops there).
+
+    Args:
+        library: from :func:`kernels`.
+        a: 2-D float32 CPU tensor with unit-stride rows.
+        max_live: the most columns wanted.
+    """
+    rows, cols = a.shape
+    live = torch.empty(cols, dtype=torch.int32)
+    count = library.live_columns_f32(rows, cols, a.data_ptr(), max(a.stride(0), 1), max_live, live.data_ptr())
+    return None if count < 0 else live[:count]
+
+
+def checked_select_rows(library: ctypes.CDLL, crow: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """The CSR row pointers of the rows ``rows`` (int32, ascending) of a CSR matrix, and the slots of their entries
+    in the full matrix (int32, in order): ``col[slots]`` and ``values[slots]`` complete the selection."""
+    new_crow = torch.empty(rows.shape[0] + 1, dtype=torch.int32)
+    slots = torch.empty(int(crow[-1]), dtype=torch.int32)
+    count = library.csr_select_rows(crow.data_ptr(), rows.shape[0], rows.data_ptr(), new_crow.data_ptr(),
+                                    slots.data_ptr())
+    return new_crow, slots[:count]

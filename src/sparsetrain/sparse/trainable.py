@@ -20,6 +20,15 @@ A layer whose active weights sit in at most a quarter of its inputs (the MLP's 4
 sparsity uses at most 410 of 4096) runs its forward and weight gradient on those inputs only (``x[:, used]``, the
 columns renumbered once per topology) instead of packing the whole input for every batch tile.
 
+A layer whose output gradient is zero in whole columns (output units that no active weight of the next layer reads,
+ReLUs off for the whole batch) runs its backward on the rows of W of the other units only (at most
+``LIVE_FRACTION`` of them, or ``STABLE_LIVE_FRACTION`` when the same units repeat): their weight gradient is the sampled product at their entries, scattered into a zero
+gradient, and the input gradient the product with the transpose of those rows. At 99% sparsity the MLP's 4096 -> 10
+output layer reads at most 410 of the 4096 units of the hidden layer before it, so that layer's backward takes about
+a tenth of its rows (RigL then grows the weights of those rows: 37% of the layer's entries after its first update).
+Deviation from the dense product, on purpose: a unit with a zero output gradient over the whole batch gets an exactly
+zero weight gradient even where the layer input holds inf or NaN (the dense product would give NaN there).
+
 Layout choice: plain CSR with a precomputed transpose permutation. The forward kernel was already the fastest we
 measured for CSR x dense (docs/benchmarks/sparse_inference.md); the transpose costs 8 bytes per active weight and
 a gather per backward (0.6 ms of the 20 ms MLP step of docs/benchmarks/sparse_training.md at 95%, measured while
@@ -60,7 +69,7 @@ from sparsetrain.sparse.sddmm import (
 )
 from sparsetrain.streaming_topk import merge_sorted
 
-__all__ = ["TrainableSparseLinear"]
+__all__ = ["TrainableSparseLinear", "live_units"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +80,23 @@ PRODUCT_TILE = 2
 within 10% of it on the MLP's 784 x 4096, 4096 x 4096 and 4096 x 10 layers at 90% and 99% sparsity, batch 128,
 one thread; the inference default (chosen by input width for another machine) was up to 25% slower here."""
 
-#: Buffers of the index structures, in _Layout's order; only W's CSR goes into the state_dict.
 NARROW_FRACTION = 0.25
 """Largest fraction of the inputs with an active weight at which the forward and the weight gradient read only the
 used inputs (see :class:`_Narrow`). The MLP's 4096 -> 10 layer at 99% sparsity uses at most 410 of its 4096 inputs:
 its forward + backward went from 0.80 to 0.64 ms (1 thread, batch 128); at 95% (40% of the inputs used) the copy
 of the used columns cost about what the smaller products saved, hence a quarter."""
 
+LIVE_FRACTION = 0.5
+"""Largest fraction of a layer's output units with a gradient other than zero over the batch at which the backward
+always multiplies only their rows of W (see ``_backward_of_live_units``). The backward of a 4096 x 4096 layer (1
+thread, batch 128, its rows' structures kept) took 0.13-0.34x the time of the whole-matrix backward with a tenth of
+the units live, 0.40-0.53x with 30%, 0.61-0.71x with half, 0.88-0.91x with 70% (90-99% sparsity)."""
+
+STABLE_LIVE_FRACTION = 0.75
+"""Largest fraction of live units at which the backward still takes only their rows when the same units were live
+at the previous backward (their rows' structures are then built once and kept; see :meth:`_Layout.live_rows`)."""
+
+#: Buffers of the index structures, in _Layout's order; only W's CSR goes into the state_dict.
 _LAYOUT_BUFFERS = ("weight_crow_indices", "weight_col_indices", "weight_t_crow_indices", "weight_t_row_indices",
                    "weight_t_perm")
 _PERSISTENT = frozenset(_LAYOUT_BUFFERS[:2])
@@ -117,6 +136,33 @@ class _Layout:
         t_crow = torch.cat([self.t_crow.index_select(0, used), self.t_crow[-1:]])
         return _Narrow(used, renumber.index_select(0, self.col.long()), t_crow)
 
+    def live_rows(self, kernels: _Kernels, units: Tensor) -> _LiveRows | None:
+        """W's rows of the output units ``units`` (int32, ascending), or None where leaving the other rows out would
+        not pay: more than ``LIVE_FRACTION`` of the units, and not the same ones as at the previous call.
+
+        The rows' structures are kept until other units are asked for: the units with a gradient mostly stay the
+        same from step to step (the ones a sparse next layer reads). A larger set than ``LIVE_FRACTION`` is taken
+        only once it has repeated (up to ``STABLE_LIVE_FRACTION``, the caller's limit), since building the rows'
+        transpose for a set that changes every step would cost more than it saves.
+        """
+        cached = self.__dict__.get("_live_rows")
+        if cached is not None and _same(cached.units, units):
+            return cached
+        previous, self.__dict__["_previous_live"] = self.__dict__.get("_previous_live"), units
+        if units.shape[0] > LIVE_FRACTION * self.out_features and not (previous is not None and _same(previous, units)):
+            return None
+        crow, slots = sddmm.checked_select_rows(kernels[1], self.crow, units)
+        col = self.narrow.col if self.narrow is not None else self.col
+        cached = _LiveRows(self.in_features, units, crow, slots, col.index_select(0, slots),
+                           self.col.index_select(0, slots))
+        self.__dict__["_live_rows"] = cached
+        return cached
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Two index tensors hold the same entries."""
+    return a.shape == b.shape and torch.equal(a, b)
+
 
 @dataclass(frozen=True, eq=False)
 class _Narrow:
@@ -130,6 +176,33 @@ class _Narrow:
     used: Tensor  # int64: the used inputs, ascending
     col: Tensor  # int32: W's column indices renumbered to positions in ``used``
     t_crow: Tensor  # int32: W.T's row pointers over the used inputs only (len(used) + 1)
+
+
+@dataclass(frozen=True, eq=False)
+class _LiveRows:
+    """W's rows of some output units (the ones with a gradient): their CSR over the inputs the products read, the
+    slots of their entries in ``weight_values``, and (built on first use) the transpose for the input gradient."""
+
+    in_features: int
+    units: Tensor  # int32: the output units, ascending
+    crow: Tensor  # int32: row pointers over the units
+    slots: Tensor  # int32: each entry's slot in weight_values
+    col: Tensor  # int32: column indices as the weight gradient reads them (renumbered for a narrow layer)
+    full_col: Tensor  # int32: column indices among all inputs
+
+    @cached_property
+    def slots_long(self) -> Tensor:
+        """``slots`` as int64 (the index of a scatter)."""
+        return self.slots.long()
+
+    @cached_property
+    def transposed(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(t_crow, t_rows, t_slots)``: the rows' transpose (inputs x units) and each of its entries' slot in
+        ``weight_values``."""
+        transposed = native_csr_transpose(self.crow, self.full_col, self.in_features)
+        assert transposed is not None  # only built where the kernels serve the layer (int32 CPU indices)
+        t_crow, t_rows, perm = transposed
+        return t_crow, t_rows, self.slots.index_select(0, perm)
 
 
 @dataclass(eq=False)
@@ -200,6 +273,50 @@ def _transpose_values(kernels: _Kernels | None, values: Tensor, layout: _Layout)
     return values.index_select(0, layout.perm)
 
 
+def live_units(dy: Tensor, at_most: int | None = None) -> Tensor | None:
+    """The output units whose gradient is not zero over the batch: the columns of ``dy`` (batch x units) holding an
+    entry other than zero (NaN included), ascending, as int32; or None when there are more than ``at_most``.
+
+    A unit outside them (one that no active weight of the next layer reads, a ReLU off for the whole batch) has an
+    exactly zero row in the weight gradient and adds nothing to the input gradient. Native scan for float32 CPU
+    gradients with unit-stride rows (it stops early once more than ``at_most`` are found), else PyTorch.
+    """
+    at_most = dy.shape[1] if at_most is None else at_most
+    if dy.dtype == torch.float32 and dy.is_cpu and dy.dim() == 2 and dy.stride(1) == 1:
+        library = sddmm.kernels()
+        if library is not None:
+            return sddmm.checked_live_columns(library, dy, at_most)
+    live = dy.ne(0).any(0).nonzero().squeeze(1)
+    return live.to(torch.int32) if live.shape[0] <= at_most else None
+
+
+def _backward_of_live_units(kernels: _Kernels, x_used: Tensor, dy: Tensor, values: Tensor, layout: _Layout,
+                            rows: _LiveRows, need_x: bool, need_values: bool,
+                            with_bias: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The backward over W's rows of the live units ``rows.units`` only: every other row meets an output gradient
+    that is zero over the whole batch, so it adds nothing to ``dx`` and its weights' (and bias') gradient is zero.
+
+    ``dx = dy[:, live] @ W[live]`` is the product with the transpose of those rows, ``dw`` the sampled product at
+    their entries, scattered into a zero gradient. The rows' structures are kept by the layout while the live
+    units stay the same (see :meth:`_Layout.live_rows`).
+    """
+    live = rows.units
+    dy_live = dy.index_select(1, live)
+    grad_x = grad_values = grad_bias = None
+    if need_x:
+        t_crow, t_rows, t_slots = rows.transposed
+        values_t = sddmm.checked_gather_or_zero(kernels[1], values, t_slots)
+        grad_x = _product(kernels, dy_live, t_crow, t_rows, values_t, None, layout.in_features)
+    if need_values:
+        grad_live, bias_live = _values_grad(kernels, x_used, dy_live, rows.crow, rows.col, with_bias)
+        grad_values = grad_live.new_zeros(values.shape[0]).index_copy_(0, rows.slots_long, grad_live)
+        if bias_live is not None:
+            grad_bias = bias_live.new_zeros(layout.out_features).index_copy_(0, live.long(), bias_live)
+    elif with_bias:
+        grad_bias = dy.sum(0)
+    return grad_x, grad_values, grad_bias
+
+
 class _SparseLinearFunction(torch.autograd.Function):
     """``y = x @ W.T + b`` with gradients for ``x``, W's values (active positions only) and ``b``."""
 
@@ -224,13 +341,23 @@ class _SparseLinearFunction(torch.autograd.Function):
         kernels: _Kernels | None = ctx.kernels
         narrow = layout.narrow
         dy = dy.contiguous()
+        with_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        # Only the live units' rows of W when few units have a gradient (native kernels only).
+        live = live_units(dy, int(STABLE_LIVE_FRACTION * dy.shape[1])) if kernels is not None else None
+        rows = layout.live_rows(kernels, live) if live is not None and kernels is not None else None
+        if rows is not None:
+            assert kernels is not None
+            grad_x, grad_values, grad_bias = _backward_of_live_units(
+                kernels, x_used, dy, values, layout, rows, ctx.needs_input_grad[0], ctx.needs_input_grad[1], with_bias)
+            if ctx.grad_inputs.enabled:
+                ctx.grad_inputs.pairs.append((x.detach(), dy))
+            return grad_x, grad_values, grad_bias, None, None
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
             # Over all inputs even for a narrow layer: writing the zero rows of the unused inputs in the product's
             # write-back was cheaper than a zero gradient plus a scatter of the used columns.
             grad_x = _product(kernels, dy, layout.t_crow, layout.t_rows, _transpose_values(kernels, values, layout),
                               None, layout.in_features)
-        with_bias = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1]:
             col = narrow.col if narrow is not None else layout.col
             grad_values, grad_bias = _values_grad(kernels, x_used, dy, layout.crow, col, with_bias)
