@@ -361,11 +361,17 @@ def child_floor(args: argparse.Namespace) -> None:
     results = {}
     torch.manual_seed(0)
     x, dy = torch.randn(128, 4096), torch.randn(128, 4096)
+    # The output gradient of the benchmark MLP's middle layer at 99%: about a tenth of the units have one.
+    dy_few = torch.zeros_like(dy)
+    few = torch.randperm(4096)[:410]
+    dy_few[:, few] = dy[:, few]
     linear = nn.Linear(4096, 4096)
     for sparsity in FLOOR_SPARSITIES:
         layer = TrainableSparseLinear.from_linear(linear, random_mask((4096, 4096), sparsity, seed=0))
         layout, values, bias = layer._layout(), layer.weight_values.detach(), layer.bias.detach()
         kernels = trainable._kernels(x, values, bias, layout)
+        live = trainable.live_units(dy_few)
+        rows = layout.live_rows(kernels, live) if kernels is not None and live is not None else None
         results[str(sparsity)] = {
             "forward product (+ bias)": best_ms(lambda: trainable._product(kernels, x, layout.crow, layout.col,
                                                                           values, bias, 4096)),
@@ -374,6 +380,9 @@ def child_floor(args: argparse.Namespace) -> None:
                 None, 4096)),
             "weight gradient (SDDMM) and bias gradient": best_ms(lambda: trainable._values_grad(
                 kernels, x, dy, layout.crow, layout.col, True)),
+            "input + weight + bias gradients, 10% of the units live (their rows only)": best_ms(
+                lambda: trainable._backward_of_live_units(kernels, x, dy_few, values, layout, rows, True, True, True))
+            if rows is not None else float("nan"),
             "ReLU forward": best_ms(lambda: torch.relu(x)),
             "ReLU backward": best_ms(lambda: torch.ops.aten.threshold_backward(dy, x, 0)),
             "dense gradient for growth (RigL update steps)": best_ms(lambda: [
@@ -661,10 +670,13 @@ def floor_section(args: argparse.Namespace, table: Callable) -> str:
     rows = [[name, *(f"{result[str(s)][name]:.3f}" for s in FLOOR_SPARSITIES)] for name in names]
     return ("## Where the time goes at 99% (the MLP's 4096 x 4096 layer, batch 128, 1 thread)\n\n"
             "Milliseconds per call, best of 7 windows. Each product packs its dense operand (batch x 4096) and writes "
-            "a dense result, whatever the density: the 99.99% column (1,678 weights) is that fixed cost. The dense "
-            "gradient is what RigL's update steps add, once per ΔT = 100 steps, for this layer alone, with every "
-            "unit live (random output gradients); in the benchmark MLP at 99% only about 10% of this layer's units "
-            "have a gradient (the next layer reads few of them), and only their rows are multiplied.\n\n"
+            "a dense result, whatever the density: the 99.99% column (1,678 weights) is that fixed cost. The input "
+            "and weight gradient rows take every unit live (random output gradients); in the benchmark MLP at 99% "
+            "only about 10% of this layer's units have a gradient (the next layer reads few of them), and the "
+            "backward then multiplies only their rows of W (the *10% of the units live* row: all three gradients, "
+            "the rows' structures kept from the step before). The dense gradient is what RigL's update steps add, "
+            "once per ΔT = 100 steps, for this layer alone, every unit live; there too only the live units' rows "
+            "are multiplied in the MLP.\n\n"
             + table(["piece", *(f"{s:.2%} sparse" for s in FLOOR_SPARSITIES)], rows))
 
 
@@ -712,14 +724,24 @@ NOTES = """Notes:
   by row in Python; SparseProp has no regrowth, so its rows carry no topology update at all.
 - The masks are uniform random at every layer (the same per-layer sparsity for every implementation); sparselab draws
   its own random mask at the same sparsity.
+- A layer whose output gradient is zero in whole columns runs its backward on the rows of W of the other units
+  only (exact: a unit with no gradient over the batch has a zero weight-gradient row and adds nothing to the input
+  gradient). In this MLP that is the middle layer: the 4096 -> 10 layer has 40,960 x density weights, so it reads
+  at most that many of the middle layer's 4096 units (410 at 99%, 819 at 98%, 2,048 at 95%), and the middle
+  layer's backward takes those units' rows only (whenever at most half of the units are live). RigL
+  then grows weights into those rows (they are the ones with a gradient): 37% of the middle layer's weights sit in
+  them after its first update at 99%. Neither peer skips these rows. A network whose next layers read every unit
+  (the GPT rows) gains nothing from it and pays a scan of a few rows of the gradient.
 - At 99% the step is no longer proportional to the density: every sparse product packs its dense operand and writes
   a dense result, and ReLU and the loss stay dense (docs/benchmarks/sparse_training_extras.md, "Where the time
   goes"); RigL adds its dense gradient (RigL's own accounting) on each update step. Ideas measured and left out:
   keeping the forward's packed input for the weight gradient (the forward lost what the backward gained), four
-  partial sums instead of two in the product kernel (8% slower: it waits on L2), and fusing ReLU into the layer (it
+  partial sums instead of two in the product kernel (8% slower: it waits on L2), fusing ReLU into the layer (it
   would save the ReLU forward pass, about 0.15 ms of a 4096-wide layer's step, at the price of rewriting the
-  model's ReLU modules). Not tried yet: handing activations between consecutive sparse layers in a batch-inner
-  (transposed) layout, so that no product packs its operand or transposes its result.
+  model's ReLU modules), and reading a batch-inner (transposed) input in place instead of packing it, the first
+  step of handing activations between sparse layers transposed (on the 4096 x 4096 layer at 99%, 1 thread:
+  1.09-1.22 ms per forward product against 0.95 ms with the packing: its 512-byte rows read 128 bytes at a time
+  fall into a quarter of the L2 cache's sets).
 - Each thread count runs with `OMP_NUM_THREADS` set to it, so the peers' OpenMP kernels use the same number of
   threads as torch; left unset, their kernels would use every core even in the 1-thread rows."""
 

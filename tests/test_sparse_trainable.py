@@ -114,6 +114,10 @@ def test_gather_or_zero_kernel(n: int) -> None:
     got = sddmm.native_gather_or_zero(values, source)
     want = torch.where(source >= 0, values[source.clamp(min=0).long()], 0.0)
     assert got is not None and torch.equal(got, want)
+    # and its inverse: distinct slots of a larger tensor, zero elsewhere
+    slots = torch.randperm(n + 7, generator=gen)[:n].sort().values.to(torch.int32)
+    scattered = sddmm.checked_scatter_or_zero(sddmm.kernels(), got, slots, n + 7)
+    assert torch.equal(scattered, torch.zeros(n + 7).index_copy_(0, slots.long(), got))
 
 
 @needs_native
@@ -208,15 +212,14 @@ def test_a_layer_using_few_inputs_reads_only_those(path: str, batch: int) -> Non
 
 
 @needs_native
-@pytest.mark.parametrize("live", [0, 1, 9, 40, 41, 60, 61, 80])
+@pytest.mark.parametrize("live", [0, 1, 9, 40, 41, 80])
 @pytest.mark.parametrize("batch", [3, 40])
 @pytest.mark.parametrize("narrow", [False, True])
 def test_units_without_gradient_are_left_out_of_the_backward(monkeypatch: pytest.MonkeyPatch, live: int,
                                                               batch: int, narrow: bool) -> None:
     # 80 output units of which `live` get a gradient (the others meet zero output weights, like the units of a
     # hidden layer that a very sparse next layer does not read). Up to half of them (40), the backward takes only
-    # their rows of W at once; up to three quarters (60), once the same units come again. The gradients are those
-    # of the masked-dense layer either way.
+    # their rows of W. The gradients are those of the masked-dense layer either way.
     from sparsetrain.sparse import trainable
 
     dense, mask = masked_linear(300, 80, 0.3, seed=10)
@@ -232,25 +235,26 @@ def test_units_without_gradient_are_left_out_of_the_backward(monkeypatch: pytest
     out = torch.randn(batch, 80)
     out[:, torch.randperm(80, generator=torch.Generator().manual_seed(live))[live:]] = 0.0
     units = out.ne(0).any(0).nonzero().squeeze(1).tolist()
-    at_once, on_repeat = live <= 40, live <= 60
     x = torch.randn(batch, 300)
     y, dx, dw, db = gradients(sparse, x, out)
     y_ref, dx_ref, dw_ref, db_ref = gradients(dense, x, out)
     for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref[mask]), (db, db_ref)):
         close(got, want)
-    assert len(taken) == int(at_once)
-    # The same units again, without an input gradient (a first layer): the weight and bias gradients alone.
+    assert [t.tolist() for t in taken] == ([units] if live <= 40 else [])
+    # The same units again, without an input gradient (a first layer): the weight and bias gradients alone, from
+    # the rows' structures kept by the layout, bit for bit what a layer that built them anew gives.
     kept = sparse._layout().__dict__.get("_live_rows")
     sparse.zero_grad(set_to_none=True)
     (sparse(x) * out).sum().backward()
     close(sparse.weight_values.grad, dw_ref[mask])
     close(sparse.bias.grad, db_ref)
-    assert len(taken) == int(at_once) + int(on_repeat)
-    assert all(t.tolist() == units for t in taken)
-    if at_once:
-        assert sparse._layout().__dict__.get("_live_rows") is kept  # the rows' structures were reused
-    # Other units next (one live unit off, one other on): taken at once only up to half; the structures follow.
-    if on_repeat and 0 < live < 80:
+    assert sparse._layout().__dict__.get("_live_rows") is kept
+    fresh = TrainableSparseLinear.from_linear(dense, mask)
+    (fresh(x) * out).sum().backward()
+    assert torch.equal(fresh.weight_values.grad, sparse.weight_values.grad)
+    assert torch.equal(fresh.bias.grad, sparse.bias.grad)
+    # Other units next (one live unit off, one other on): the structures follow them.
+    if 0 < live <= 40:
         other = out.clone()
         other[:, units[0]] = 0.0
         other[:, out.eq(0).all(0).nonzero()[0]] = 1.0
@@ -258,9 +262,7 @@ def test_units_without_gradient_are_left_out_of_the_backward(monkeypatch: pytest
         sparse.zero_grad(set_to_none=True)
         for got, want in zip(gradients(sparse, x, other)[1:], gradients(dense, x, other)[1:]):
             close(got, want[mask] if want.shape == mask.shape else want)
-        assert len(taken) == 2 * int(at_once) + int(on_repeat)
-        if at_once:
-            assert sparse._layout().__dict__["_live_rows"] is not kept
+        assert len(taken) == 4 and sparse._layout().__dict__["_live_rows"] is not kept
 
 
 @needs_native

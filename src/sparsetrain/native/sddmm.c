@@ -9,8 +9,9 @@
  *   a map from new slots to old ones, then every tensor shaped like the values carried through that map in one
  *   pass (zero at the new entries), with 8 bytes of scratch per entry; the same gather lays W's values out in
  *   W.T's order once per backward;
- * - live_columns_f32 / csr_select_rows: the output units whose gradient is not zero over the batch, and the CSR
- *   structure of their rows of W, for a backward that leaves the other rows out.
+ * - live_columns_f32 / csr_select_rows / scatter_or_zero_f32: the output units whose gradient is not zero over the
+ *   batch, the CSR structure of their rows of W, and their weight gradient scattered into a zero one, for a
+ *   backward that leaves the other rows out.
  *
  * sddmm_f32 cuts the batch into tiles of T = 16 * nv rows like spmm.c (tiles.h). Per tile, each thread packs x
  * transposed (in x T) and the rows of dy it owns (its rows x T), then walks its nonzeros: the T-wide product of
@@ -399,4 +400,10 @@ int64_t csr_select_rows(const int32_t *rowptr, int64_t n_live, const int32_t *li
         new_rowptr[i + 1] = j;
     }
     return j;
+}
+
+/* dst[0..n_dst) = 0, then dst[idx[i]] = src[i] for i < n (idx within range, distinct). */
+void scatter_or_zero_f32(int64_t n_dst, float *dst, int64_t n, const int32_t *idx, const float *src) {
+    memset(dst, 0, sizeof(float) * (size_t)n_dst);
+    for (int64_t i = 0; i < n; ++i) dst[idx[i]] = src[i];
 }

@@ -5,7 +5,8 @@ kernels): the weight gradient at the active positions only (:func:`native_sddmm`
 transpose (:func:`native_csr_transpose`), a gather (:func:`native_gather_or_zero`), the conversions between CSR and
 sorted flat positions (:func:`native_csr_from_flat`, :func:`native_csr_flat`), and a topology change
 (:func:`native_csr_replace`, :func:`native_gather_or_zero`), and the pieces of a backward over the live output units
-only (:func:`checked_live_columns`, :func:`checked_select_rows`). The input gradient is
+only (:func:`checked_live_columns`, :func:`checked_select_rows`, :func:`checked_scatter_or_zero`). The input
+gradient is
 :func:`sparsetrain.sparse.spmm.native_linear` with the transpose.
 
 Each function returns None whenever the kernel cannot serve the call (kernel unavailable, ``SPARSETRAIN_NATIVE=0``,
@@ -24,7 +25,8 @@ from torch import Tensor
 
 from sparsetrain import native
 
-__all__ = ["checked_gather_or_zero", "checked_live_columns", "checked_sddmm", "checked_select_rows", "default_tile",
+__all__ = ["checked_gather_or_zero", "checked_live_columns", "checked_scatter_or_zero", "checked_sddmm",
+           "checked_select_rows", "default_tile",
            "kernels", "native_csr_flat", "native_csr_from_flat", "native_csr_replace", "native_csr_transpose",
            "native_gather_or_zero", "native_sddmm"]
 
@@ -53,6 +55,7 @@ _SIGNATURES: dict[str, native.Signature] = {
     "gather_or_zero_f32": (None, [_I64, _P, _P, _P, _INT]),
     "live_columns_f32": (_I64, [_I64, _I64, _P, _I64, _I64, _P]),
     "csr_select_rows": (_I64, [_P, _I64, _P, _P, _P]),
+    "scatter_or_zero_f32": (None, [_I64, _P, _I64, _P, _P]),
 }
 
 
@@ -277,3 +280,11 @@ def checked_select_rows(library: ctypes.CDLL, crow: Tensor, rows: Tensor) -> tup
     count = library.csr_select_rows(crow.data_ptr(), rows.shape[0], rows.data_ptr(), new_crow.data_ptr(),
                                     slots.data_ptr())
     return new_crow, slots[:count]
+
+
+def checked_scatter_or_zero(library: ctypes.CDLL, values: Tensor, index: Tensor, size: int) -> Tensor:
+    """A new float32 tensor of ``size`` zeros with ``out[index[i]] = values[i]`` (contiguous float32 ``values``,
+    int32 ``index`` of distinct entries below ``size``, CPU): the inverse of :func:`checked_gather_or_zero`."""
+    out = torch.empty(size, dtype=torch.float32)
+    library.scatter_or_zero_f32(size, out.data_ptr(), index.shape[0], index.data_ptr(), values.data_ptr())
+    return out

@@ -22,7 +22,7 @@ columns renumbered once per topology) instead of packing the whole input for eve
 
 A layer whose output gradient is zero in whole columns (output units that no active weight of the next layer reads,
 ReLUs off for the whole batch) runs its backward on the rows of W of the other units only (at most
-``LIVE_FRACTION`` of them, or ``STABLE_LIVE_FRACTION`` when the same units repeat): their weight gradient is the sampled product at their entries, scattered into a zero
+``LIVE_FRACTION`` of them): their weight gradient is the sampled product at their entries, scattered into a zero
 gradient, and the input gradient the product with the transpose of those rows. At 99% sparsity the MLP's 4096 -> 10
 output layer reads at most 410 of the 4096 units of the hidden layer before it, so that layer's backward takes about
 a tenth of its rows (RigL then grows the weights of those rows: 37% of the layer's entries after its first update).
@@ -88,13 +88,12 @@ of the used columns cost about what the smaller products saved, hence a quarter.
 
 LIVE_FRACTION = 0.5
 """Largest fraction of a layer's output units with a gradient other than zero over the batch at which the backward
-always multiplies only their rows of W (see ``_backward_of_live_units``). The backward of a 4096 x 4096 layer (1
-thread, batch 128, its rows' structures kept) took 0.13-0.34x the time of the whole-matrix backward with a tenth of
-the units live, 0.40-0.53x with 30%, 0.61-0.71x with half, 0.88-0.91x with 70% (90-99% sparsity)."""
-
-STABLE_LIVE_FRACTION = 0.75
-"""Largest fraction of live units at which the backward still takes only their rows when the same units were live
-at the previous backward (their rows' structures are then built once and kept; see :meth:`_Layout.live_rows`)."""
+multiplies only their rows of W (see ``_backward_of_live_units``). The backward of a 4096 x 4096 layer (1 thread,
+batch 128) took 0.13-0.34x the time of the whole-matrix backward with a tenth of the units live, 0.31-0.53x with 30%,
+0.57-0.73x with half, 0.83-0.90x with 70% (90-99% sparsity), the rows' structures kept from the step before; built
+anew at every step (live units that change every step), 0.94-1.05x with half, 1.21-1.46x with 70%. The choice depends
+on the current gradient only, never on earlier steps: the two ways round differently, and a resumed run must take
+the same one as the uninterrupted run."""
 
 #: Buffers of the index structures, in _Layout's order; only W's CSR goes into the state_dict.
 _LAYOUT_BUFFERS = ("weight_crow_indices", "weight_col_indices", "weight_t_crow_indices", "weight_t_row_indices",
@@ -136,25 +135,18 @@ class _Layout:
         t_crow = torch.cat([self.t_crow.index_select(0, used), self.t_crow[-1:]])
         return _Narrow(used, renumber.index_select(0, self.col.long()), t_crow)
 
-    def live_rows(self, kernels: _Kernels, units: Tensor) -> _LiveRows | None:
-        """W's rows of the output units ``units`` (int32, ascending), or None where leaving the other rows out would
-        not pay: more than ``LIVE_FRACTION`` of the units, and not the same ones as at the previous call.
-
-        The rows' structures are kept until other units are asked for: the units with a gradient mostly stay the
-        same from step to step (the ones a sparse next layer reads). A larger set than ``LIVE_FRACTION`` is taken
-        only once it has repeated (up to ``STABLE_LIVE_FRACTION``, the caller's limit), since building the rows'
-        transpose for a set that changes every step would cost more than it saves.
-        """
+    def live_rows(self, kernels: _Kernels, units: Tensor) -> _LiveRows:
+        """W's rows of the output units ``units`` (int32, ascending), kept until other units are asked for: the units
+        with a gradient mostly stay the same from step to step (the ones a sparse next layer reads). Built anew, the
+        same units give the same structures, so the gradients never depend on what was kept."""
         cached = self.__dict__.get("_live_rows")
         if cached is not None and _same(cached.units, units):
             return cached
-        previous, self.__dict__["_previous_live"] = self.__dict__.get("_previous_live"), units
-        if units.shape[0] > LIVE_FRACTION * self.out_features and not (previous is not None and _same(previous, units)):
-            return None
         crow, slots = sddmm.checked_select_rows(kernels[1], self.crow, units)
-        col = self.narrow.col if self.narrow is not None else self.col
-        cached = _LiveRows(self.in_features, units, crow, slots, col.index_select(0, slots),
-                           self.col.index_select(0, slots))
+        transposed = native_csr_transpose(crow, self.col.index_select(0, slots), self.in_features)
+        assert transposed is not None  # the kernels are loaded and the indices are int32 CPU tensors
+        t_crow, t_rows, perm = transposed
+        cached = _LiveRows(units, t_crow, t_rows, slots.index_select(0, perm))
         self.__dict__["_live_rows"] = cached
         return cached
 
@@ -180,29 +172,13 @@ class _Narrow:
 
 @dataclass(frozen=True, eq=False)
 class _LiveRows:
-    """W's rows of some output units (the ones with a gradient): their CSR over the inputs the products read, the
-    slots of their entries in ``weight_values``, and (built on first use) the transpose for the input gradient."""
+    """W's rows of some output units (the ones with a gradient), held as their transpose (inputs x units), 8 bytes
+    per entry: the input gradient is the product with it, the weight gradient the sampled product at its entries."""
 
-    in_features: int
     units: Tensor  # int32: the output units, ascending
-    crow: Tensor  # int32: row pointers over the units
-    slots: Tensor  # int32: each entry's slot in weight_values
-    col: Tensor  # int32: column indices as the weight gradient reads them (renumbered for a narrow layer)
-    full_col: Tensor  # int32: column indices among all inputs
-
-    @cached_property
-    def slots_long(self) -> Tensor:
-        """``slots`` as int64 (the index of a scatter)."""
-        return self.slots.long()
-
-    @cached_property
-    def transposed(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(t_crow, t_rows, t_slots)``: the rows' transpose (inputs x units) and each of its entries' slot in
-        ``weight_values``."""
-        transposed = native_csr_transpose(self.crow, self.full_col, self.in_features)
-        assert transposed is not None  # only built where the kernels serve the layer (int32 CPU indices)
-        t_crow, t_rows, perm = transposed
-        return t_crow, t_rows, self.slots.index_select(0, perm)
+    t_crow: Tensor  # int32: row pointers over the inputs
+    t_rows: Tensor  # int32: each entry's unit, as a position in ``units``
+    t_slots: Tensor  # int32: each entry's slot in weight_values
 
 
 @dataclass(eq=False)
@@ -290,30 +266,28 @@ def live_units(dy: Tensor, at_most: int | None = None) -> Tensor | None:
     return live.to(torch.int32) if live.shape[0] <= at_most else None
 
 
-def _backward_of_live_units(kernels: _Kernels, x_used: Tensor, dy: Tensor, values: Tensor, layout: _Layout,
+def _backward_of_live_units(kernels: _Kernels, x: Tensor, dy: Tensor, values: Tensor, layout: _Layout,
                             rows: _LiveRows, need_x: bool, need_values: bool,
                             with_bias: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The backward over W's rows of the live units ``rows.units`` only: every other row meets an output gradient
     that is zero over the whole batch, so it adds nothing to ``dx`` and its weights' (and bias') gradient is zero.
 
-    ``dx = dy[:, live] @ W[live]`` is the product with the transpose of those rows, ``dw`` the sampled product at
-    their entries, scattered into a zero gradient. The rows' structures are kept by the layout while the live
+    With ``R`` the transpose of those rows (inputs x live units): ``dx = dy[:, live] @ R.T`` is the product with
+    ``R``, and the weight gradient at R's entries is ``x.T @ dy[:, live]`` sampled there (the sampled product with
+    the two operands' roles exchanged), scattered into a zero gradient. ``R`` is kept by the layout while the live
     units stay the same (see :meth:`_Layout.live_rows`).
     """
     live = rows.units
     dy_live = dy.index_select(1, live)
     grad_x = grad_values = grad_bias = None
     if need_x:
-        t_crow, t_rows, t_slots = rows.transposed
-        values_t = sddmm.checked_gather_or_zero(kernels[1], values, t_slots)
-        grad_x = _product(kernels, dy_live, t_crow, t_rows, values_t, None, layout.in_features)
+        values_t = sddmm.checked_gather_or_zero(kernels[1], values, rows.t_slots)
+        grad_x = _product(kernels, dy_live, rows.t_crow, rows.t_rows, values_t, None, layout.in_features)
     if need_values:
-        grad_live, bias_live = _values_grad(kernels, x_used, dy_live, rows.crow, rows.col, with_bias)
-        grad_values = grad_live.new_zeros(values.shape[0]).index_copy_(0, rows.slots_long, grad_live)
-        if bias_live is not None:
-            grad_bias = bias_live.new_zeros(layout.out_features).index_copy_(0, live.long(), bias_live)
-    elif with_bias:
-        grad_bias = dy.sum(0)
+        grad_t, _ = _values_grad(kernels, dy_live, x, rows.t_crow, rows.t_rows, False)
+        grad_values = sddmm.checked_scatter_or_zero(kernels[1], grad_t, rows.t_slots, values.shape[0])
+    if with_bias:
+        grad_bias = dy_live.new_zeros(layout.out_features).index_copy_(0, live.long(), dy_live.sum(0))
     return grad_x, grad_values, grad_bias
 
 
@@ -343,12 +317,12 @@ class _SparseLinearFunction(torch.autograd.Function):
         dy = dy.contiguous()
         with_bias = ctx.has_bias and ctx.needs_input_grad[2]
         # Only the live units' rows of W when few units have a gradient (native kernels only).
-        live = live_units(dy, int(STABLE_LIVE_FRACTION * dy.shape[1])) if kernels is not None else None
-        rows = layout.live_rows(kernels, live) if live is not None and kernels is not None else None
-        if rows is not None:
+        live = live_units(dy, int(LIVE_FRACTION * dy.shape[1])) if kernels is not None else None
+        if live is not None:
             assert kernels is not None
+            rows = layout.live_rows(kernels, live)
             grad_x, grad_values, grad_bias = _backward_of_live_units(
-                kernels, x_used, dy, values, layout, rows, ctx.needs_input_grad[0], ctx.needs_input_grad[1], with_bias)
+                kernels, x, dy, values, layout, rows, ctx.needs_input_grad[0], ctx.needs_input_grad[1], with_bias)
             if ctx.grad_inputs.enabled:
                 ctx.grad_inputs.pairs.append((x.detach(), dy))
             return grad_x, grad_values, grad_bias, None, None
