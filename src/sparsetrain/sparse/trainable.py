@@ -315,28 +315,26 @@ class _SparseLinearFunction(torch.autograd.Function):
         kernels: _Kernels | None = ctx.kernels
         narrow = layout.narrow
         dy = dy.contiguous()
+        need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with_bias = ctx.has_bias and ctx.needs_input_grad[2]
         # Only the live units' rows of W when few units have a gradient (native kernels only).
         live = live_units(dy, int(LIVE_FRACTION * dy.shape[1])) if kernels is not None else None
         if live is not None:
             assert kernels is not None
-            rows = layout.live_rows(kernels, live)
             grad_x, grad_values, grad_bias = _backward_of_live_units(
-                kernels, x, dy, values, layout, rows, ctx.needs_input_grad[0], ctx.needs_input_grad[1], with_bias)
-            if ctx.grad_inputs.enabled:
-                ctx.grad_inputs.pairs.append((x.detach(), dy))
-            return grad_x, grad_values, grad_bias, None, None
-        grad_x = grad_values = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            # Over all inputs even for a narrow layer: writing the zero rows of the unused inputs in the product's
-            # write-back was cheaper than a zero gradient plus a scatter of the used columns.
-            grad_x = _product(kernels, dy, layout.t_crow, layout.t_rows, _transpose_values(kernels, values, layout),
-                              None, layout.in_features)
-        if ctx.needs_input_grad[1]:
-            col = narrow.col if narrow is not None else layout.col
-            grad_values, grad_bias = _values_grad(kernels, x_used, dy, layout.crow, col, with_bias)
-        elif with_bias:
-            grad_bias = dy.sum(0)
+                kernels, x, dy, values, layout, layout.live_rows(kernels, live), need_x, need_values, with_bias)
+        else:
+            grad_x = grad_values = grad_bias = None
+            if need_x:
+                # Over all inputs even for a narrow layer: writing the zero rows of the unused inputs in the
+                # product's write-back was cheaper than a zero gradient plus a scatter of the used columns.
+                grad_x = _product(kernels, dy, layout.t_crow, layout.t_rows,
+                                  _transpose_values(kernels, values, layout), None, layout.in_features)
+            if need_values:
+                col = narrow.col if narrow is not None else layout.col
+                grad_values, grad_bias = _values_grad(kernels, x_used, dy, layout.crow, col, with_bias)
+            elif with_bias:
+                grad_bias = dy.sum(0)
         if ctx.grad_inputs.enabled:
             # Detached: x's graph would keep the earlier layers' backward nodes (and their index structures) alive.
             ctx.grad_inputs.pairs.append((x.detach(), dy))
